@@ -1,0 +1,168 @@
+//! Internet checksum math (RFC 1071, incremental updates per RFC 1624).
+//!
+//! All 16-bit values are numbers read big-endian from the wire
+//! (`u16::from_be_bytes`), so the same code serves the XDP program and the tests.
+
+/// Folds a 32-bit one's-complement accumulator into 16 bits.
+#[inline(always)]
+pub const fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum `check` after one covered 16-bit word changed from `old` to `new`
+/// (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+pub const fn update_u16(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check) as u32 + (!old) as u32 + new as u32)
+}
+
+/// Checksum `check` after a covered IPv4 address changed from `old` to `new`.
+#[inline(always)]
+pub const fn update_addr(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let check = update_u16(
+        check,
+        u16::from_be_bytes([old[0], old[1]]),
+        u16::from_be_bytes([new[0], new[1]]),
+    );
+    update_u16(
+        check,
+        u16::from_be_bytes([old[2], old[3]]),
+        u16::from_be_bytes([new[2], new[3]]),
+    )
+}
+
+/// UDP's rule: a computed checksum of zero is sent as 0xffff, because zero on
+/// the wire means "no checksum".
+#[inline(always)]
+pub const fn udp_nonzero(check: u16) -> u16 {
+    if check == 0 {
+        0xffff
+    } else {
+        check
+    }
+}
+
+/// One's-complement sum of `data` as big-endian words (odd tail padded with zero).
+pub fn sum_words(data: &[u8], mut acc: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for word in &mut chunks {
+        acc += u16::from_be_bytes([word[0], word[1]]) as u32;
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    if let [last] = chunks.remainder() {
+        acc += (*last as u32) << 8;
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+/// Full IPv4 header checksum of `header` (its checksum field must be zero).
+pub fn ipv4_header(header: &[u8]) -> u16 {
+    !fold(sum_words(header, 0))
+}
+
+/// Full TCP/UDP checksum of `segment` (header with zero checksum field, plus
+/// payload) under the IPv4 pseudo-header.
+pub fn l4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
+    let mut acc = sum_words(&src, 0);
+    acc = sum_words(&dst, acc);
+    acc += proto as u32;
+    acc += segment.len() as u32;
+    !fold(sum_words(segment, acc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    extern crate std;
+    use std::vec::Vec;
+
+    fn segment_with_check(mut segment: Vec<u8>, offset: usize, check: u16) -> Vec<u8> {
+        segment[offset..offset + 2].copy_from_slice(&check.to_be_bytes());
+        segment
+    }
+
+    #[test]
+    fn known_ipv4_header() {
+        // Example header from RFC 1071 discussions / Wikipedia: checksum 0xb861.
+        let header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(ipv4_header(&header), 0xb861);
+    }
+
+    #[test]
+    fn verifying_a_correct_header_sums_to_zero() {
+        let mut header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        let check = ipv4_header(&header);
+        header[10..12].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(ipv4_header(&header), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn address_and_port_rewrite_matches_full_recomputation(
+            src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+            new_src in any::<[u8; 4]>(), new_dst in any::<[u8; 4]>(),
+            sport in any::<u16>(), dport in any::<u16>(),
+            new_sport in any::<u16>(), new_dport in any::<u16>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            // A TCP header (20 bytes, checksum at 16) followed by the payload.
+            let mut segment = Vec::from([0u8; 20]);
+            segment[0..2].copy_from_slice(&sport.to_be_bytes());
+            segment[2..4].copy_from_slice(&dport.to_be_bytes());
+            segment[12] = 0x50;
+            segment.extend_from_slice(&payload);
+            let check = l4(src, dst, 6, &segment);
+
+            let mut incremental = update_addr(check, src, new_src);
+            incremental = update_addr(incremental, dst, new_dst);
+            incremental = update_u16(incremental, sport, new_sport);
+            incremental = update_u16(incremental, dport, new_dport);
+
+            let mut rewritten = segment.clone();
+            rewritten[0..2].copy_from_slice(&new_sport.to_be_bytes());
+            rewritten[2..4].copy_from_slice(&new_dport.to_be_bytes());
+            let full = l4(new_src, new_dst, 6, &rewritten);
+            // 0x0000 and 0xffff are the same number in one's complement; the
+            // receiver's verification (sum == 0) accepts either.
+            let verify = l4(new_src, new_dst, 6, &segment_with_check(rewritten, 16, incremental));
+            prop_assert!(verify == 0 || verify == 0xffff, "incremental {incremental:#x} full {full:#x}");
+            prop_assert!(incremental == full || (incremental ^ full) == 0xffff);
+        }
+
+        #[test]
+        fn ip_header_rewrite_matches_full_recomputation(
+            header in any::<[u8; 20]>(), new_src in any::<[u8; 4]>(), new_dst in any::<[u8; 4]>(),
+        ) {
+            let mut header = header;
+            header[10] = 0;
+            header[11] = 0;
+            let check = ipv4_header(&header);
+            let old_src = [header[12], header[13], header[14], header[15]];
+            let old_dst = [header[16], header[17], header[18], header[19]];
+            let incremental = update_addr(update_addr(check, old_src, new_src), old_dst, new_dst);
+            header[12..16].copy_from_slice(&new_src);
+            header[16..20].copy_from_slice(&new_dst);
+            let full = ipv4_header(&header);
+            prop_assert!(incremental == full || (incremental ^ full) == 0xffff);
+            header[10..12].copy_from_slice(&incremental.to_be_bytes());
+            let verify = ipv4_header(&header);
+            prop_assert!(verify == 0 || verify == 0xffff);
+        }
+
+        #[test]
+        fn udp_never_emits_zero(check in any::<u16>()) {
+            prop_assert_ne!(udp_nonzero(check), 0);
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Map key/value layouts and checksum math shared by the XDP program and the agent.
+//!
+//! This crate is the single source of truth for everything that crosses the
+//! kernel/user boundary: every struct is `#[repr(C)]` with explicit padding so
+//! that both sides (and `bpftool map dump`, through BTF) agree on the bytes.
+//! Addresses are stored as `[u8; 4]` in network order (so bpftool prints
+//! `[10,100,0,100]`), ports as host-order `u16` (so bpftool prints `80`).
+#![no_std]
+
+pub mod checksum;
+
+/// Names of the maps, as the XDP program declares them and as they are pinned
+/// under `/sys/fs/bpf/<instance>/`.
+pub mod map_names {
+    /// `ServiceKey` -> `ServiceValue`: the configured services.
+    pub const SERVICES: &str = "services";
+    /// Backend id -> `BackendValue`: address and port of each backend.
+    pub const BACKENDS: &str = "backends";
+    /// `service_id * RING_SIZE + slot` -> backend id: the weighted schedule.
+    pub const RINGS: &str = "rings";
+    /// Per-CPU cursor into each service's ring (index = service id).
+    pub const RR_CURSORS: &str = "rr_cursors";
+    /// Client-side `FlowKey` -> `FlowValue`: forward connection tracking.
+    pub const FLOWS: &str = "flows";
+    /// Backend-side `FlowKey` -> `ReplyValue`: reverse connection tracking.
+    pub const REPLIES: &str = "replies";
+    /// Index 0 -> `Settings`: node-wide settings written by the agent.
+    pub const SETTINGS: &str = "settings";
+    /// ifindex -> ifindex: interfaces the program may redirect to.
+    pub const TX_PORTS: &str = "tx_ports";
+    /// Per-CPU `Counters` per service id.
+    pub const SERVICE_STATS: &str = "service_stats";
+    /// Per-CPU `Counters` per backend id.
+    pub const BACKEND_STATS: &str = "backend_stats";
+    /// Per-CPU packet count per `Reason`.
+    pub const REASONS: &str = "reasons";
+
+    /// Every map the program declares, in a stable order.
+    pub const ALL: [&str; 11] = [
+        SERVICES,
+        BACKENDS,
+        RINGS,
+        RR_CURSORS,
+        FLOWS,
+        REPLIES,
+        SETTINGS,
+        TX_PORTS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        REASONS,
+    ];
+}
+
+/// Most services one node can hold (service ids are `0..MAX_SERVICES`).
+pub const MAX_SERVICES: u32 = 256;
+/// Most backends one node can hold across all services (backend ids are `0..MAX_BACKENDS`).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Slots in each service's schedule ring. Weights are scaled to fit.
+pub const RING_SIZE: u32 = 256;
+/// Default size of each connection-tracking map.
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+/// Redirect targets (interfaces) the program can send to.
+pub const MAX_TX_PORTS: u32 = 64;
+/// How many source ports the program tries before it counts port exhaustion.
+pub const PORT_ALLOC_TRIES: u32 = 8;
+
+/// IP protocol numbers as stored in `ServiceKey::proto` and `FlowKey::proto`.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Identifies a service: the VIP, the L4 protocol and the service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub vip: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// What the program needs to schedule a new connection of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// Index into `rings`, `rr_cursors` and `service_stats`.
+    pub id: u32,
+    /// Number of used slots in this service's ring; 0 means no backend takes
+    /// new connections (TCP SYNs are answered with RST, UDP is dropped).
+    pub ring_len: u32,
+}
+
+/// A backend as the program rewrites packets towards it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendValue {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+    /// The service this backend id belongs to (ids are never shared).
+    pub service_id: u32,
+}
+
+/// Connection 5-tuple, as seen on the wire in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Life-cycle of a tracked flow; picks its idle timeout.
+pub mod flow_state {
+    /// TCP: SYN seen, no reply from the backend yet.
+    pub const TCP_HANDSHAKE: u8 = 1;
+    /// TCP: the backend has answered.
+    pub const TCP_ESTABLISHED: u8 = 2;
+    /// TCP: FIN or RST seen in either direction.
+    pub const TCP_CLOSING: u8 = 3;
+    /// UDP: any datagram.
+    pub const UDP: u8 = 4;
+}
+
+/// Forward connection-tracking entry (client side), keyed by the client's
+/// `FlowKey` (client -> VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub backend_addr: [u8; 4],
+    pub backend_port: u16,
+    /// Source port the LB allocated towards the backend.
+    pub lb_port: u16,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// One of `flow_state::*`.
+    pub state: u8,
+    pub _pad: [u8; 7],
+    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    pub last_seen_ns: u64,
+}
+
+/// Reverse connection-tracking entry, keyed by the backend's reply `FlowKey`
+/// (backend -> LB private address). It points back at the forward entry, which
+/// holds the flow's state and freshness, so both directions age together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReplyValue {
+    /// The forward entry's key: client address/port and VIP/port.
+    pub client: FlowKey,
+}
+
+/// Node-wide settings, written by the agent at index 0 of `settings`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// The LB node's private (backend-facing) address: the NAT source.
+    pub lb_addr: [u8; 4],
+    /// Inclusive source port range the program allocates from.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Idle timeouts in nanoseconds.
+    pub tcp_handshake_ns: u64,
+    pub tcp_established_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_ns: u64,
+    /// 1 once the agent has written the settings; until then the program passes everything.
+    pub ready: u32,
+    pub _pad: u32,
+}
+
+/// Traffic counters, per CPU, for a service or a backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Connections scheduled (services) or handed to this backend (backends).
+    pub new_flows: u64,
+}
+
+/// Why the program passed, dropped or answered a packet itself; index into `reasons`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded client -> backend.
+    ForwardedToBackend = 0,
+    /// Forwarded backend -> client.
+    ForwardedToClient = 1,
+    /// Not IPv4 (ARP, IPv6, ...): passed.
+    PassNotIpv4 = 2,
+    /// IPv4 but not for a configured service nor a tracked reply: passed.
+    PassNotService = 3,
+    /// Too short to tell where it goes: passed for the stack to judge.
+    PassTruncated = 4,
+    /// For a VIP but its L4 header is cut short: dropped.
+    DropTruncated = 5,
+    /// An IP fragment for a VIP (cannot be balanced by ports): dropped.
+    DropFragment = 6,
+    /// IP options on a packet for a VIP: dropped.
+    DropIpOptions = 7,
+    /// New TCP connection to a service with no backend: answered with RST.
+    RstNoBackend = 8,
+    /// New UDP flow to a service with no backend: dropped.
+    DropNoBackend = 9,
+    /// No free source port towards the chosen backend: dropped.
+    DropPortExhausted = 10,
+    /// Next hop has no resolved neighbour yet: dropped (the agent resolves it).
+    DropFibNoNeigh = 11,
+    /// Route lookup failed (no route, blackhole, unreachable, ...): dropped.
+    DropFibFailed = 12,
+    /// Redirect target not in `tx_ports`: dropped.
+    DropNoTxPort = 13,
+    /// TCP segment without SYN and without a tracked flow: answered with RST.
+    RstNoFlow = 14,
+    /// A reply to an LB port whose flow has expired or was removed: passed.
+    PassReplyNoFlow = 15,
+    /// Settings not written yet (agent starting): passed.
+    PassNotReady = 16,
+    /// Flow table insert failed: dropped.
+    DropFlowInsert = 17,
+}
+
+impl Reason {
+    /// Number of reasons; the size of the `reasons` map.
+    pub const COUNT: u32 = 18;
+
+    /// Every reason, index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::ForwardedToBackend,
+        Reason::ForwardedToClient,
+        Reason::PassNotIpv4,
+        Reason::PassNotService,
+        Reason::PassTruncated,
+        Reason::DropTruncated,
+        Reason::DropFragment,
+        Reason::DropIpOptions,
+        Reason::RstNoBackend,
+        Reason::DropNoBackend,
+        Reason::DropPortExhausted,
+        Reason::DropFibNoNeigh,
+        Reason::DropFibFailed,
+        Reason::DropNoTxPort,
+        Reason::RstNoFlow,
+        Reason::PassReplyNoFlow,
+        Reason::PassNotReady,
+        Reason::DropFlowInsert,
+    ];
+
+    /// Stable snake_case name for CLI output and metrics labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::ForwardedToBackend => "forwarded_to_backend",
+            Reason::ForwardedToClient => "forwarded_to_client",
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotService => "pass_not_service",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::DropTruncated => "drop_truncated",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropIpOptions => "drop_ip_options",
+            Reason::RstNoBackend => "rst_no_backend",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropPortExhausted => "drop_port_exhausted",
+            Reason::DropFibNoNeigh => "drop_fib_no_neigh",
+            Reason::DropFibFailed => "drop_fib_failed",
+            Reason::DropNoTxPort => "drop_no_tx_port",
+            Reason::RstNoFlow => "rst_no_flow",
+            Reason::PassReplyNoFlow => "pass_reply_no_flow",
+            Reason::PassNotReady => "pass_not_ready",
+            Reason::DropFlowInsert => "drop_flow_insert",
+        }
+    }
+}
+
+/// Idle timeout of a flow in `state` under `settings`.
+#[inline(always)]
+pub fn flow_timeout_ns(settings: &Settings, state: u8) -> u64 {
+    match state {
+        flow_state::TCP_HANDSHAKE => settings.tcp_handshake_ns,
+        flow_state::TCP_ESTABLISHED => settings.tcp_established_ns,
+        flow_state::TCP_CLOSING => settings.tcp_closing_ns,
+        _ => settings.udp_ns,
+    }
+}
+
+/// Whether a flow last seen at `last_seen_ns` is expired at `now_ns`.
+#[inline(always)]
+pub fn flow_expired(settings: &Settings, flow: &FlowValue, now_ns: u64) -> bool {
+    now_ns.saturating_sub(flow.last_seen_ns) > flow_timeout_ns(settings, flow.state)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), Copy, made of integers and byte arrays
+    // with explicit padding fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::ReplyValue {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<ServiceValue>(), 8);
+        assert_eq!(size_of::<BackendValue>(), 12);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<FlowValue>(), 32);
+        assert_eq!(size_of::<ReplyValue>(), 16);
+        assert_eq!(size_of::<Settings>(), 48);
+        assert_eq!(size_of::<Counters>(), 24);
+    }
+
+    #[test]
+    fn reason_table_matches_discriminants() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{}", reason.name());
+        }
+    }
+
+    #[test]
+    fn timeouts_follow_state() {
+        let settings = Settings {
+            tcp_handshake_ns: 1,
+            tcp_established_ns: 2,
+            tcp_closing_ns: 3,
+            udp_ns: 4,
+            ..Settings::default()
+        };
+        let mut flow = FlowValue {
+            state: flow_state::TCP_ESTABLISHED,
+            last_seen_ns: 10,
+            ..FlowValue::default()
+        };
+        assert!(!flow_expired(&settings, &flow, 12));
+        assert!(flow_expired(&settings, &flow, 13));
+        flow.state = flow_state::UDP;
+        assert!(!flow_expired(&settings, &flow, 14));
+        // A clock that went backwards never expires a flow.
+        assert!(!flow_expired(&settings, &flow, 0));
+    }
+}
