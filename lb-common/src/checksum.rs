@@ -44,6 +44,18 @@ pub const fn udp_nonzero(check: u16) -> u16 {
     }
 }
 
+/// One's-complement sum of a fixed-size even-length array as big-endian
+/// words. Fixed bounds keep the BPF verifier happy where a slice would not.
+#[inline(always)]
+pub fn sum_array<const N: usize>(data: &[u8; N], mut acc: u32) -> u32 {
+    let mut i = 0;
+    while i + 1 < N {
+        acc += u16::from_be_bytes([data[i], data[i + 1]]) as u32;
+        i += 2;
+    }
+    acc
+}
+
 /// One's-complement sum of `data` as big-endian words (odd tail padded with zero).
 pub fn sum_words(data: &[u8], mut acc: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);
@@ -108,6 +120,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fixed_array_sum_matches_slice_sum(data in any::<[u8; 20]>()) {
+            prop_assert_eq!(fold(sum_array(&data, 0)), fold(sum_words(&data, 0)));
+        }
+
         #[test]
         fn address_and_port_rewrite_matches_full_recomputation(
             src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),

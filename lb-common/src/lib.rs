@@ -34,9 +34,12 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "backend_stats";
     /// Per-CPU packet count per `Reason`.
     pub const REASONS: &str = "reasons";
+    /// VIP address -> number of services on it: recognises packets for a VIP
+    /// that cannot be matched to a service port (fragments, IP options, truncated).
+    pub const VIPS: &str = "vips";
 
     /// Every map the program declares, in a stable order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         BACKENDS,
         RINGS,
@@ -48,6 +51,7 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         REASONS,
+        VIPS,
     ];
 }
 

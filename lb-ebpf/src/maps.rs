@@ -1,0 +1,65 @@
+//! Every map of the program. Key/value layouts live in `lb_common`; names are
+//! `lb_common::map_names` (the agent pins them under /sys/fs/bpf/<instance>/).
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    BackendValue, Counters, FlowKey, FlowValue, ReplyValue, Reason, ServiceKey, ServiceValue,
+    Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, RING_SIZE,
+};
+
+const SERVICES_MAX: usize = MAX_SERVICES as usize;
+const BACKENDS_MAX: usize = MAX_BACKENDS as usize;
+const RING_SLOTS: usize = (MAX_SERVICES * RING_SIZE) as usize;
+const FLOWS_MAX: usize = DEFAULT_MAX_FLOWS as usize;
+const REASONS_MAX: usize = Reason::COUNT as usize;
+
+/// Configured services: (VIP, port, protocol) -> id and schedule length.
+#[btf_map(name = "services")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue, SERVICES_MAX> = HashMap::new();
+
+/// VIP address -> number of services on it (for packets without usable ports).
+#[btf_map(name = "vips")]
+pub static VIPS: HashMap<[u8; 4], u32, SERVICES_MAX> = HashMap::new();
+
+/// Backend id -> address and port.
+#[btf_map(name = "backends")]
+pub static BACKENDS: Array<BackendValue, BACKENDS_MAX> = Array::new();
+
+/// Weighted schedule of each service: slot `id * RING_SIZE + n` -> backend id.
+#[btf_map(name = "rings")]
+pub static RINGS: Array<u32, RING_SLOTS> = Array::new();
+
+/// Per-CPU position in each service's schedule.
+#[btf_map(name = "rr_cursors")]
+pub static RR_CURSORS: PerCpuArray<u32, SERVICES_MAX> = PerCpuArray::new();
+
+/// Forward connection tracking, keyed by the client's 5-tuple.
+#[btf_map(name = "flows")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue, FLOWS_MAX> = LruHashMap::new();
+
+/// Reverse connection tracking, keyed by the backend reply's 5-tuple.
+#[btf_map(name = "replies")]
+pub static REPLIES: LruHashMap<FlowKey, ReplyValue, FLOWS_MAX> = LruHashMap::new();
+
+/// Node-wide settings at index 0.
+#[btf_map(name = "settings")]
+pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+/// Interfaces the program may redirect to (ifindex -> ifindex).
+#[btf_map(name = "tx_ports")]
+pub static TX_PORTS: DevMapHash<{ MAX_TX_PORTS as usize }> = DevMapHash::new();
+
+/// Per-CPU traffic per service id.
+#[btf_map(name = "service_stats")]
+pub static SERVICE_STATS: PerCpuArray<Counters, SERVICES_MAX> = PerCpuArray::new();
+
+/// Per-CPU traffic per backend id.
+#[btf_map(name = "backend_stats")]
+pub static BACKEND_STATS: PerCpuArray<Counters, BACKENDS_MAX> = PerCpuArray::new();
+
+/// Per-CPU packets per `Reason`.
+#[btf_map(name = "reasons")]
+pub static REASONS: PerCpuArray<u64, REASONS_MAX> = PerCpuArray::new();

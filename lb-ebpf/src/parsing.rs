@@ -1,0 +1,152 @@
+//! Header parsing: Ethernet -> IPv4 -> TCP/UDP, with the checks that decide
+//! whether a packet is ours to touch at all.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::{maps::VIPS, ptr::ptr_at};
+
+pub const IP_OFFSET: usize = EthHdr::LEN;
+/// Packets with IP options are never rewritten, so L4 always starts here.
+pub const L4_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const IP_MF: u8 = 0x20;
+const IP_OFFSET_HIGH_MASK: u8 = 0x1f;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+/// Byte offset of the flags in the TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
+
+/// A parsed IPv4 TCP/UDP packet without options or fragmentation.
+pub struct Packet {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+    /// Start of the TCP or UDP header, bounds-checked for the full header of `proto`.
+    pub l4: *mut u8,
+    pub proto: u8,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Ports in host order.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+    /// IP total length in host order (the L3 packet size).
+    pub ip_len: u16,
+}
+
+/// What to do with a packet that did not parse into a `Packet`.
+pub struct Verdict {
+    pub action: u32,
+    pub reason: Reason,
+}
+
+#[inline(always)]
+fn pass(reason: Reason) -> Verdict {
+    Verdict {
+        action: aya_ebpf::bindings::xdp_action::XDP_PASS,
+        reason,
+    }
+}
+
+#[inline(always)]
+fn drop(reason: Reason) -> Verdict {
+    Verdict {
+        action: aya_ebpf::bindings::xdp_action::XDP_DROP,
+        reason,
+    }
+}
+
+#[inline(always)]
+fn is_vip(addr: &[u8; 4]) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { VIPS.get(addr).is_some() }
+}
+
+/// Parses the headers. Anything that is not a plain IPv4 TCP/UDP packet is
+/// passed to the stack, unless it is addressed to a VIP, in which case it
+/// cannot be balanced safely and is dropped (fragments, IP options, cut-short
+/// L4 headers): forwarding it anywhere would be wrong, and the node's stack
+/// has no listener for the VIP.
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|()| pass(Reason::PassTruncated))?;
+    // SAFETY: `eth` is bounds-checked.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IPV4 {
+        return Err(pass(Reason::PassNotIpv4));
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, IP_OFFSET).map_err(|()| pass(Reason::PassTruncated))?;
+    // SAFETY: `ip` is bounds-checked.
+    let (vihl, proto, frags, dst, src, tot_len) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            (*ip).frags,
+            (*ip).dst_addr,
+            (*ip).src_addr,
+            (*ip).tot_len,
+        )
+    };
+    if vihl >> 4 != 4 {
+        return Err(pass(Reason::PassNotIpv4));
+    }
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(pass(Reason::PassNotService));
+    }
+    if vihl & 0x0f != 5 {
+        return Err(if is_vip(&dst) {
+            drop(Reason::DropIpOptions)
+        } else {
+            pass(Reason::PassNotService)
+        });
+    }
+    if frags[0] & (IP_MF | IP_OFFSET_HIGH_MASK) != 0 || frags[1] != 0 {
+        return Err(if is_vip(&dst) {
+            drop(Reason::DropFragment)
+        } else {
+            pass(Reason::PassNotService)
+        });
+    }
+    let truncated = || {
+        if is_vip(&dst) {
+            drop(Reason::DropTruncated)
+        } else {
+            pass(Reason::PassTruncated)
+        }
+    };
+    let (l4, tcp_flags) = if proto == PROTO_TCP {
+        let tcp: *mut TcpHdr = ptr_at(ctx, L4_OFFSET).map_err(|()| truncated())?;
+        let flags_ptr = (tcp as *const u8).wrapping_add(TCP_FLAGS_OFFSET);
+        // SAFETY: the flags byte lies inside the bounds-checked TCP header.
+        (tcp as *mut u8, unsafe { *flags_ptr })
+    } else {
+        let udp: *mut UdpHdr = ptr_at(ctx, L4_OFFSET).map_err(|()| truncated())?;
+        (udp as *mut u8, 0)
+    };
+    // SAFETY: the first four bytes of TCP and UDP headers are the ports, inside the checked header.
+    let (sport, dport) = unsafe {
+        let ports = l4 as *const [u8; 4];
+        let p = *ports;
+        (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        )
+    };
+    Ok(Packet {
+        eth,
+        ip,
+        l4,
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+        tcp_flags,
+        ip_len: u16::from_be_bytes(tot_len),
+    })
+}
