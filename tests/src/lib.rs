@@ -1,1 +1,8 @@
+//! Shared helpers for the program tests (BPF_PROG_TEST_RUN) and the
+//! end-to-end tests: packet crafting, network-namespace guards and locating
+//! the build's artifacts.
 
+pub mod artifacts;
+pub mod netns;
+pub mod packet;
+pub mod program;

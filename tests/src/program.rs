@@ -1,0 +1,321 @@
+//! Runs the real XDP object through BPF_PROG_TEST_RUN inside a throw-away
+//! network namespace that has the interfaces, addresses and (permanent)
+//! neighbours that `bpf_fib_lookup` needs, so outputs are fully determined.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use aya::{
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    map_names, BackendValue, Counters, FlowKey, FlowValue, Reason, ServiceKey, ServiceValue,
+    Settings, RING_SIZE,
+};
+
+use crate::{netns::NetNs, packet::Mac};
+
+pub const CLIENT: [u8; 4] = [10, 100, 0, 10];
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x10];
+pub const VIP: [u8; 4] = [10, 100, 0, 100];
+pub const LB_PUB: [u8; 4] = [10, 100, 0, 11];
+pub const LB_PRIV: [u8; 4] = [10, 200, 0, 11];
+pub const WEB1: [u8; 4] = [10, 200, 0, 21];
+pub const WEB1_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x21];
+pub const WEB2: [u8; 4] = [10, 200, 0, 22];
+pub const WEB2_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x22];
+pub const PUB_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x11];
+pub const PRIV_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x11];
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The loaded program and its maps, in a namespace shaped like an LB node.
+pub struct Harness {
+    pub ebpf: Ebpf,
+    pub pub_ifindex: u32,
+    pub priv_ifindex: u32,
+    // Dropped last: the namespace outlives the program's use of its devices.
+    _ns: NetNs,
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("interface name");
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "no interface {name} in the test namespace");
+    index
+}
+
+fn mac(m: &Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Harness {
+    /// Builds the namespace (pub0 10.100.0.11, priv0 10.200.0.11, neighbours
+    /// for the client and two web servers), loads `object` and writes
+    /// settings for one NAT port range.
+    pub fn new(object: &Path, port_min: u16, port_max: u16) -> Self {
+        let ns = NetNs::new("lbt-prog");
+        ns.enter_current_thread();
+        let n = ns.name().to_string();
+        let sh = |script: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-ec", script])
+                .output()
+                .expect("spawn sh");
+            assert!(
+                out.status.success(),
+                "setup in {n} failed: {script}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(&format!(
+            "ip link set lo up
+             ip link add pub0 address {pub_mac} type veth peer name pubpeer
+             ip link add priv0 address {priv_mac} type veth peer name privpeer
+             for d in pub0 pubpeer priv0 privpeer; do ip link set $d up; done
+             ip addr add 10.100.0.11/24 dev pub0
+             ip addr add 10.200.0.11/24 dev priv0
+             ip neigh replace 10.100.0.10 lladdr {client_mac} dev pub0 nud permanent
+             ip neigh replace 10.200.0.21 lladdr {web1_mac} dev priv0 nud permanent
+             ip neigh replace 10.200.0.22 lladdr {web2_mac} dev priv0 nud permanent
+             echo 1 > /proc/sys/net/ipv4/conf/pub0/forwarding
+             echo 1 > /proc/sys/net/ipv4/conf/priv0/forwarding",
+            pub_mac = mac(&PUB_MAC),
+            priv_mac = mac(&PRIV_MAC),
+            client_mac = mac(&CLIENT_MAC),
+            web1_mac = mac(&WEB1_MAC),
+            web2_mac = mac(&WEB2_MAC),
+        ));
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, 4096)
+            .map_max_entries(map_names::REPLIES, 4096)
+            .load_file(object)
+            .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
+        let program: &mut Xdp = ebpf
+            .program_mut("lb")
+            .expect("program lb")
+            .try_into()
+            .expect("lb is XDP");
+        program.load().unwrap_or_else(|e| panic!("verifier: {e:?}"));
+
+        let mut harness = Self {
+            ebpf,
+            pub_ifindex: ifindex("pub0"),
+            priv_ifindex: ifindex("priv0"),
+            _ns: ns,
+        };
+        harness.set_settings(Settings {
+            lb_addr: LB_PRIV,
+            port_min,
+            port_max,
+            tcp_handshake_ns: 30_000_000_000,
+            tcp_established_ns: 900_000_000_000,
+            tcp_closing_ns: 10_000_000_000,
+            udp_ns: 60_000_000_000,
+            ready: 1,
+            _pad: 0,
+        });
+        let mut tx: DevMapHash<_> = harness
+            .ebpf
+            .map_mut(map_names::TX_PORTS)
+            .expect("tx_ports")
+            .try_into()
+            .expect("devmap");
+        for index in [harness.pub_ifindex, harness.priv_ifindex] {
+            tx.insert(index, index, None, 0).expect("tx_ports insert");
+        }
+        harness
+    }
+
+    pub fn set_settings(&mut self, settings: Settings) {
+        let mut map: Array<_, Settings> = self
+            .ebpf
+            .map_mut(map_names::SETTINGS)
+            .expect("settings")
+            .try_into()
+            .expect("array");
+        map.set(0, settings, 0).expect("write settings");
+    }
+
+    /// Installs a service whose ring alternates over `backends` (id, addr, port).
+    pub fn add_service(
+        &mut self,
+        id: u32,
+        vip: [u8; 4],
+        port: u16,
+        proto: u8,
+        backends: &[(u32, [u8; 4], u16)],
+    ) {
+        {
+            let mut map: Array<_, BackendValue> = self
+                .ebpf
+                .map_mut(map_names::BACKENDS)
+                .expect("backends")
+                .try_into()
+                .expect("array");
+            for (backend_id, addr, bport) in backends {
+                map.set(
+                    *backend_id,
+                    BackendValue {
+                        addr: *addr,
+                        port: *bport,
+                        _pad: 0,
+                        service_id: id,
+                    },
+                    0,
+                )
+                .expect("write backend");
+            }
+        }
+        {
+            let mut rings: Array<_, u32> = self
+                .ebpf
+                .map_mut(map_names::RINGS)
+                .expect("rings")
+                .try_into()
+                .expect("array");
+            for (slot, (backend_id, _, _)) in backends.iter().enumerate() {
+                rings
+                    .set(id * RING_SIZE + slot as u32, *backend_id, 0)
+                    .expect("write ring");
+            }
+        }
+        {
+            let mut vips: HashMap<_, [u8; 4], u32> = self
+                .ebpf
+                .map_mut(map_names::VIPS)
+                .expect("vips")
+                .try_into()
+                .expect("hash");
+            vips.insert(vip, 1, 0).expect("write vip");
+        }
+        let mut services: HashMap<_, ServiceKey, ServiceValue> = self
+            .ebpf
+            .map_mut(map_names::SERVICES)
+            .expect("services")
+            .try_into()
+            .expect("hash");
+        services
+            .insert(
+                ServiceKey {
+                    vip,
+                    port,
+                    proto,
+                    _pad: 0,
+                },
+                ServiceValue {
+                    id,
+                    ring_len: backends.len() as u32,
+                },
+                0,
+            )
+            .expect("write service");
+    }
+
+    /// Runs one frame arriving on `ingress_ifindex`; returns the action and
+    /// the frame as the program left it.
+    pub fn run(&self, ingress_ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_repeat(ingress_ifindex, frame, 1)
+            .map(|(action, out, _)| (action, out))
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e:?}"))
+    }
+
+    /// Like `run`, `repeat` times; also returns the kernel's mean duration.
+    pub fn run_repeat(
+        &self,
+        ingress_ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration), ProgramError> {
+        let program: &Xdp = self
+            .ebpf
+            .program("lb")
+            .expect("program lb")
+            .try_into()
+            .expect("lb is XDP");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let result = program.test_run(opts)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out, result.duration))
+    }
+
+    pub fn reason_count(&self, reason: Reason) -> u64 {
+        let map: PerCpuArray<_, u64> = self
+            .ebpf
+            .map(map_names::REASONS)
+            .expect("reasons")
+            .try_into()
+            .expect("percpu array");
+        map.get(&(reason as u32), 0)
+            .expect("read reasons")
+            .iter()
+            .sum()
+    }
+
+    pub fn service_counters(&self, id: u32) -> Counters {
+        self.sum_counters(map_names::SERVICE_STATS, id)
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Counters {
+        self.sum_counters(map_names::BACKEND_STATS, id)
+    }
+
+    fn sum_counters(&self, name: &str, id: u32) -> Counters {
+        let map: PerCpuArray<_, Counters> = self
+            .ebpf
+            .map(name)
+            .expect("stats map")
+            .try_into()
+            .expect("percpu array");
+        map.get(&id, 0)
+            .expect("read counters")
+            .iter()
+            .fold(Counters::default(), |acc, c| Counters {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+                new_flows: acc.new_flows + c.new_flows,
+            })
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        let map: HashMap<_, FlowKey, FlowValue> = self
+            .ebpf
+            .map(map_names::FLOWS)
+            .expect("flows")
+            .try_into()
+            .expect("lru hash");
+        map.get(key, 0).ok()
+    }
+
+    pub fn flow_count(&self) -> usize {
+        let map: HashMap<_, FlowKey, FlowValue> = self
+            .ebpf
+            .map(map_names::FLOWS)
+            .expect("flows")
+            .try_into()
+            .expect("lru hash");
+        map.keys().count()
+    }
+}
+
+pub fn addr(a: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(a)
+}

@@ -1,0 +1,485 @@
+//! Program tests: the real XDP object run through BPF_PROG_TEST_RUN on
+//! crafted frames, as a table of {name, input, expected action, expected
+//! output} (after Katran's testing fixtures), plus stateful sequences.
+
+use integration_tests::{
+    artifacts,
+    packet::{
+        arp_request, assert_checksums_valid, ipv6_frame, Frame, L4, TCP_ACK, TCP_FIN, TCP_PSH,
+        TCP_RST, TCP_SYN,
+    },
+    program::*,
+};
+use lb_common::{flow_state, FlowKey, Reason, PROTO_TCP, PROTO_UDP};
+
+const NAT_PORT: u16 = 20000;
+
+/// A harness with `www` (TCP 80 -> web1, web2), `dns` (UDP 5353 -> web1)
+/// and `empty` (TCP 443, no backends), NAT range of one port so outputs are
+/// exact.
+fn lab_harness() -> Option<Harness> {
+    let object = artifacts::lb_object()?;
+    let mut h = Harness::new(&object, NAT_PORT, NAT_PORT);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80), (1, WEB2, 80)]);
+    h.add_service(1, VIP, 5353, PROTO_UDP, &[(2, WEB1, 5353)]);
+    h.add_service(2, VIP, 443, PROTO_TCP, &[]);
+    Some(h)
+}
+
+fn client_syn(sport: u16) -> Frame {
+    Frame::tcp(CLIENT, sport, VIP, 80, TCP_SYN).macs(CLIENT_MAC, PUB_MAC)
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    ingress_public: bool,
+    action: u32,
+    /// `None`: the frame must come out unchanged.
+    output: Option<Vec<u8>>,
+    reason: Reason,
+}
+
+#[test]
+fn stateless_table() {
+    let Some(h) = lab_harness() else { return };
+    let syn = client_syn(40000).build();
+    let mut fragment = Frame::tcp(CLIENT, 40001, VIP, 80, TCP_SYN)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build();
+    fragment[14 + 6] = 0x20; // more fragments
+    let mut later_fragment = fragment.clone();
+    later_fragment[14 + 6] = 0x00;
+    later_fragment[14 + 7] = 0x10; // offset 16 * 8
+    let mut fragment_elsewhere = Frame::tcp(CLIENT, 40001, LB_PUB, 80, TCP_SYN)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build();
+    fragment_elsewhere[14 + 6] = 0x20;
+    let mut options = syn.clone();
+    options[14] = 0x46; // IHL 6: one word of options
+    let arp = arp_request(CLIENT_MAC, CLIENT, LB_PUB);
+    let ipv6 = ipv6_frame(CLIENT_MAC, PUB_MAC);
+    let ssh = Frame::tcp(CLIENT, 50000, LB_PUB, 22, TCP_SYN)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build();
+    let other_port = Frame::tcp(CLIENT, 50000, VIP, 8080, TCP_SYN)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build();
+    let icmp = {
+        let mut f = ssh.clone();
+        f[14 + 9] = 1;
+        f
+    };
+    let udp_no_service = Frame::udp(CLIENT, 5000, VIP, 5354)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build();
+    let stray_reply = Frame::tcp(WEB1, 80, LB_PRIV, NAT_PORT, TCP_SYN | TCP_ACK)
+        .macs(WEB1_MAC, PRIV_MAC)
+        .build();
+
+    let cases = vec![
+        Case {
+            name: "ARP passes untouched",
+            input: arp,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassNotIpv4,
+        },
+        Case {
+            name: "IPv6 passes untouched",
+            input: ipv6,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassNotIpv4,
+        },
+        Case {
+            name: "SSH to the node passes untouched",
+            input: ssh,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassNotService,
+        },
+        Case {
+            name: "ICMP passes untouched",
+            input: icmp,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassNotService,
+        },
+        Case {
+            name: "unknown TCP port on the VIP passes",
+            input: other_port,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassNotService,
+        },
+        Case {
+            name: "unknown UDP port on the VIP passes",
+            input: udp_no_service,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassNotService,
+        },
+        Case {
+            name: "first fragment to a VIP is dropped",
+            input: fragment,
+            ingress_public: true,
+            action: XDP_DROP,
+            output: None,
+            reason: Reason::DropFragment,
+        },
+        Case {
+            name: "later fragment to a VIP is dropped",
+            input: later_fragment,
+            ingress_public: true,
+            action: XDP_DROP,
+            output: None,
+            reason: Reason::DropFragment,
+        },
+        Case {
+            name: "fragment to another address passes",
+            input: fragment_elsewhere,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassNotService,
+        },
+        Case {
+            name: "IP options to a VIP are dropped",
+            input: options,
+            ingress_public: true,
+            action: XDP_DROP,
+            output: None,
+            reason: Reason::DropIpOptions,
+        },
+        Case {
+            name: "reply to an untracked NAT port passes",
+            input: stray_reply,
+            ingress_public: false,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassReplyNoFlow,
+        },
+    ];
+    for case in cases {
+        let before = h.reason_count(case.reason);
+        let ingress = if case.ingress_public {
+            h.pub_ifindex
+        } else {
+            h.priv_ifindex
+        };
+        let (action, out) = h.run(ingress, &case.input);
+        assert_eq!(action, case.action, "{}: action", case.name);
+        let expected = case.output.as_ref().unwrap_or(&case.input);
+        assert_eq!(&out, expected, "{}: output frame", case.name);
+        assert_eq!(
+            h.reason_count(case.reason),
+            before + 1,
+            "{}: reason {:?} counted",
+            case.name,
+            case.reason
+        );
+    }
+}
+
+#[test]
+fn truncated_at_every_offset() {
+    let Some(h) = lab_harness() else { return };
+    let full = client_syn(40000).build();
+    // The kernel refuses test frames shorter than an Ethernet header.
+    for len in 14..full.len() {
+        let cut = &full[..len];
+        let (action, out) = h.run(h.pub_ifindex, cut);
+        // Up to the end of the IPv4 header the destination is unknown: the
+        // stack judges it. With the VIP visible but TCP cut short: dropped.
+        let expected = if len < 34 { XDP_PASS } else { XDP_DROP };
+        assert_eq!(action, expected, "frame cut at {len} bytes");
+        assert_eq!(out, cut, "frame cut at {len} bytes must stay untouched");
+    }
+    assert_eq!(h.flow_count(), 0, "no flow from truncated frames");
+}
+
+#[test]
+fn new_flow_established_and_reply_are_full_nated() {
+    let Some(h) = lab_harness() else { return };
+
+    // New connection: client -> VIP becomes LB -> web1 from the NAT port.
+    let syn = client_syn(40000);
+    let (action, out) = h.run(h.pub_ifindex, &syn.build());
+    assert_eq!(action, XDP_REDIRECT, "different egress interface: redirect");
+    let expected = syn
+        .clone()
+        .macs(PRIV_MAC, WEB1_MAC)
+        .rewritten(LB_PRIV, NAT_PORT, WEB1, 80)
+        .build();
+    assert_eq!(out, expected);
+    assert_checksums_valid(&out);
+    let key = FlowKey {
+        src_addr: CLIENT,
+        dst_addr: VIP,
+        src_port: 40000,
+        dst_port: 80,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let flow = h.flow(&key).expect("flow tracked");
+    assert_eq!(
+        (flow.backend_addr, flow.backend_port, flow.lb_port),
+        (WEB1, 80, NAT_PORT)
+    );
+    assert_eq!(flow.state, flow_state::TCP_HANDSHAKE);
+
+    // Reply: web1 -> LB:NAT_PORT becomes VIP -> client.
+    let synack =
+        Frame::tcp(WEB1, 80, LB_PRIV, NAT_PORT, TCP_SYN | TCP_ACK).macs(WEB1_MAC, PRIV_MAC);
+    let (action, out) = h.run(h.priv_ifindex, &synack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    let expected = synack
+        .macs(PUB_MAC, CLIENT_MAC)
+        .rewritten(VIP, 80, CLIENT, 40000)
+        .build();
+    assert_eq!(out, expected);
+    assert_checksums_valid(&out);
+    assert_eq!(
+        h.flow(&key).expect("flow").state,
+        flow_state::TCP_ESTABLISHED
+    );
+
+    // Established: data with payload sticks to web1 and keeps checksums right.
+    let data = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .payload(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (action, out) = h.run(h.pub_ifindex, &data.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        data.macs(PRIV_MAC, WEB1_MAC)
+            .rewritten(LB_PRIV, NAT_PORT, WEB1, 80)
+            .build()
+    );
+    assert_checksums_valid(&out);
+
+    // FIN moves the flow to closing.
+    let fin = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_FIN | TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
+    assert_eq!(h.run(h.pub_ifindex, &fin.build()).0, XDP_REDIRECT);
+    assert_eq!(h.flow(&key).expect("flow").state, flow_state::TCP_CLOSING);
+
+    let service = h.service_counters(0);
+    assert_eq!(service.new_flows, 1);
+    assert_eq!(service.packets, 4);
+    assert_eq!(h.backend_counters(0).packets, 4);
+    assert_eq!(h.backend_counters(1).packets, 0);
+    assert_eq!(h.reason_count(Reason::ForwardedToBackend), 3);
+    assert_eq!(h.reason_count(Reason::ForwardedToClient), 1);
+}
+
+#[test]
+fn udp_with_and_without_checksum() {
+    let Some(h) = lab_harness() else { return };
+    let query = Frame::udp(CLIENT, 33333, VIP, 5353).macs(CLIENT_MAC, PUB_MAC);
+    let (action, out) = h.run(h.pub_ifindex, &query.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        query
+            .macs(PRIV_MAC, WEB1_MAC)
+            .rewritten(LB_PRIV, NAT_PORT, WEB1, 5353)
+            .build()
+    );
+    assert_checksums_valid(&out);
+
+    let answer = Frame::udp(WEB1, 5353, LB_PRIV, NAT_PORT)
+        .macs(WEB1_MAC, PRIV_MAC)
+        .payload(b"web1\n");
+    let (action, out) = h.run(h.priv_ifindex, &answer.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        answer
+            .macs(PUB_MAC, CLIENT_MAC)
+            .rewritten(VIP, 5353, CLIENT, 33333)
+            .build()
+    );
+    assert_checksums_valid(&out);
+
+    // A datagram without checksum keeps "no checksum" (zero) after NAT.
+    let mut unchecked = Frame::udp(CLIENT, 33333, VIP, 5353).macs(CLIENT_MAC, PUB_MAC);
+    unchecked.l4 = L4::Udp {
+        sport: 33333,
+        dport: 5353,
+        zero_checksum: true,
+    };
+    let (action, out) = h.run(h.pub_ifindex, &unchecked.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        &out[14 + 20 + 6..14 + 20 + 8],
+        &[0, 0],
+        "zero UDP checksum preserved"
+    );
+    assert_eq!(
+        out,
+        unchecked
+            .macs(PRIV_MAC, WEB1_MAC)
+            .rewritten(LB_PRIV, NAT_PORT, WEB1, 5353)
+            .build()
+    );
+}
+
+#[test]
+fn no_backend_answers_syn_with_rst_and_drops_udp() {
+    let Some(mut h) = lab_harness() else { return };
+    let syn = Frame::tcp(CLIENT, 40000, VIP, 443, TCP_SYN).macs(CLIENT_MAC, PUB_MAC);
+    let (action, out) = h.run(h.pub_ifindex, &syn.build());
+    assert_eq!(action, XDP_TX, "RST goes back out of the ingress interface");
+    let mut expected =
+        Frame::tcp(VIP, 443, CLIENT, 40000, TCP_RST | TCP_ACK).macs(PUB_MAC, CLIENT_MAC);
+    expected.l4 = L4::Tcp {
+        sport: 443,
+        dport: 40000,
+        seq: 0,
+        ack: 1001,
+        flags: TCP_RST | TCP_ACK,
+    };
+    expected.ttl = 64;
+    assert_checksums_valid(&out);
+    // Compare everything but the IP id (ours is 0) and the window (ours is 0).
+    let built = expected.build();
+    assert_eq!(out.len(), built.len(), "RST frame length");
+    assert_eq!(&out[..14], &built[..14], "MACs swapped");
+    assert_eq!(
+        &out[14 + 12..14 + 20],
+        &built[14 + 12..14 + 20],
+        "addresses swapped"
+    );
+    assert_eq!(
+        &out[34..34 + 14],
+        &built[34..34 + 14],
+        "ports, seq, ack, flags"
+    );
+    assert_eq!(h.reason_count(Reason::RstNoBackend), 1);
+
+    // A SYN carrying data is answered with ack = seq + 1 + data length.
+    let syn_data = syn.clone().payload(b"hello");
+    let (action, out) = h.run(h.pub_ifindex, &syn_data.build());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        u32::from_be_bytes([out[42], out[43], out[44], out[45]]),
+        1000 + 1 + 5
+    );
+    assert_eq!(out.len(), 54, "payload trimmed from the RST");
+    assert_checksums_valid(&out);
+
+    // A RST is never answered.
+    let rst = Frame::tcp(CLIENT, 40000, VIP, 443, TCP_RST)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build();
+    assert_eq!(h.run(h.pub_ifindex, &rst).0, XDP_DROP);
+
+    // UDP to a service without backends is dropped and counted.
+    h.add_service(3, VIP, 5300, PROTO_UDP, &[]);
+    let query = Frame::udp(CLIENT, 1000, VIP, 5300)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build();
+    assert_eq!(h.run(h.pub_ifindex, &query).0, XDP_DROP);
+    assert_eq!(h.reason_count(Reason::DropNoBackend), 1);
+}
+
+#[test]
+fn untracked_mid_stream_segment_gets_rst() {
+    let Some(h) = lab_harness() else { return };
+    let ack = Frame::tcp(CLIENT, 41000, VIP, 80, TCP_ACK | TCP_PSH)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .payload(b"data");
+    let (action, out) = h.run(h.pub_ifindex, &ack.build());
+    assert_eq!(action, XDP_TX);
+    assert_checksums_valid(&out);
+    assert_eq!(
+        out[34 + 13],
+        TCP_RST,
+        "RST without ACK when the segment had ACK"
+    );
+    assert_eq!(
+        u32::from_be_bytes([out[38], out[39], out[40], out[41]]),
+        5000,
+        "seq = segment's ack"
+    );
+    assert_eq!(h.reason_count(Reason::RstNoFlow), 1);
+    assert_eq!(h.flow_count(), 0);
+}
+
+#[test]
+fn round_robin_alternates_and_flows_stick() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 29999);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80), (1, WEB2, 80)]);
+    let mut ports = std::collections::HashSet::new();
+    let mut per_backend = [0u32; 2];
+    for sport in 40000..40040u16 {
+        let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_checksums_valid(&out);
+        let dst = [out[30], out[31], out[32], out[33]];
+        let nat_port = u16::from_be_bytes([out[34], out[35]]);
+        assert!(
+            (20000..=29999).contains(&nat_port),
+            "NAT port {nat_port} in range"
+        );
+        assert!(
+            ports.insert(nat_port),
+            "NAT port {nat_port} handed out twice"
+        );
+        per_backend[usize::from(dst == WEB2)] += 1;
+        // The same connection's next segment goes to the same backend.
+        let again = Frame::tcp(CLIENT, sport, VIP, 80, TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
+        let (_, out2) = h.run(h.pub_ifindex, &again.build());
+        assert_eq!(
+            &out2[30..36],
+            &out[30..36],
+            "flow sticks to its backend and port"
+        );
+    }
+    // BPF_PROG_TEST_RUN runs on one CPU, so the per-CPU cursor alternates exactly.
+    assert_eq!(per_backend, [20, 20]);
+}
+
+#[test]
+fn port_exhaustion_is_counted_not_misforwarded() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 20001);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    let mut used = Vec::new();
+    for sport in [40000u16, 40001] {
+        let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
+        assert_eq!(action, XDP_REDIRECT);
+        used.push(u16::from_be_bytes([out[34], out[35]]));
+    }
+    used.sort_unstable();
+    assert_eq!(used, vec![20000, 20001]);
+    let (action, _) = h.run(h.pub_ifindex, &client_syn(40002).build());
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(h.reason_count(Reason::DropPortExhausted), 1);
+}
+
+#[test]
+fn not_ready_passes_everything() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 20000);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    h.set_settings(lb_common::Settings::default());
+    let syn = client_syn(40000).build();
+    let (action, out) = h.run(h.pub_ifindex, &syn);
+    assert_eq!((action, out), (XDP_PASS, syn));
+    assert_eq!(h.reason_count(Reason::PassNotReady), 1);
+}
