@@ -16,7 +16,8 @@ pub mod map_names {
     pub const SERVICES: &str = "services";
     /// Backend id -> `BackendValue`: address and port of each backend.
     pub const BACKENDS: &str = "backends";
-    /// `service_id * RING_SIZE + slot` -> backend id: the weighted schedule.
+    /// `(service_id * 2 + ring_half) * RING_SIZE + slot` -> backend id: the
+    /// weighted schedule, double-buffered per service.
     pub const RINGS: &str = "rings";
     /// Per-CPU cursor into each service's ring (index = service id).
     pub const RR_CURSORS: &str = "rr_cursors";
@@ -91,6 +92,17 @@ pub struct ServiceValue {
     /// Number of used slots in this service's ring; 0 means no backend takes
     /// new connections (TCP SYNs are answered with RST, UDP is dropped).
     pub ring_len: u32,
+    /// Which of the service's two rings is live (0 or 1). The agent writes
+    /// the other one and then flips this value in one map update, so the
+    /// program never sees a half-written schedule.
+    pub ring_half: u32,
+    pub _pad: u32,
+}
+
+/// First slot in `rings` of half `ring_half` of service `service_id`'s ring.
+#[inline(always)]
+pub const fn ring_base(service_id: u32, ring_half: u32) -> u32 {
+    (service_id * 2 + (ring_half & 1)) * RING_SIZE
 }
 
 /// A backend as the program rewrites packets towards it.
@@ -317,7 +329,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
-        assert_eq!(size_of::<ServiceValue>(), 8);
+        assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<BackendValue>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowValue>(), 32);

@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use lb_common::{
-    flow_expired, flow_state, BackendValue, FlowKey, FlowValue, ReplyValue, ServiceValue,
-    Settings, PORT_ALLOC_TRIES, PROTO_TCP, RING_SIZE,
+    flow_expired, flow_state, ring_base, BackendValue, FlowKey, FlowValue, ReplyValue,
+    ServiceValue, Settings, PORT_ALLOC_TRIES, PROTO_TCP, RING_SIZE,
 };
 
 use crate::{
@@ -53,7 +53,7 @@ pub fn schedule(service: &ServiceValue) -> Option<(u32, BackendValue)> {
         *cursor = position.wrapping_add(1);
         position
     };
-    let slot = service.id * RING_SIZE + position.checked_rem(service.ring_len)?;
+    let slot = ring_base(service.id, service.ring_half) + position.checked_rem(service.ring_len)?;
     let backend_id = *RINGS.get(slot)?;
     let backend = *BACKENDS.get(backend_id)?;
     Some((backend_id, backend))

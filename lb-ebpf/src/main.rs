@@ -57,7 +57,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     if let Some(service) = unsafe { SERVICES.get(&key) }.copied() {
         return from_client(ctx, settings, &pkt, &service);
     }
-    if pkt.dst == settings.lb_addr && pkt.dport >= settings.port_min && pkt.dport <= settings.port_max
+    if pkt.dst == settings.lb_addr
+        && pkt.dport >= settings.port_min
+        && pkt.dport <= settings.port_max
     {
         return from_backend(ctx, settings, &pkt);
     }
@@ -65,7 +67,12 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
 }
 
 #[inline(always)]
-fn reject(ctx: &XdpContext, pkt: &Packet, rst_reason: Reason, drop_reason: Reason) -> (u32, Reason) {
+fn reject(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    rst_reason: Reason,
+    drop_reason: Reason,
+) -> (u32, Reason) {
     if pkt.proto == lb_common::PROTO_TCP {
         if let Some(action) = reply_rst(ctx, pkt) {
             return (action, rst_reason);

@@ -6,13 +6,13 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendValue, Counters, FlowKey, FlowValue, ReplyValue, Reason, ServiceKey, ServiceValue,
+    BackendValue, Counters, FlowKey, FlowValue, Reason, ReplyValue, ServiceKey, ServiceValue,
     Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, RING_SIZE,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
 const BACKENDS_MAX: usize = MAX_BACKENDS as usize;
-const RING_SLOTS: usize = (MAX_SERVICES * RING_SIZE) as usize;
+const RING_SLOTS: usize = (MAX_SERVICES * 2 * RING_SIZE) as usize;
 const FLOWS_MAX: usize = DEFAULT_MAX_FLOWS as usize;
 const REASONS_MAX: usize = Reason::COUNT as usize;
 
@@ -28,7 +28,7 @@ pub static VIPS: HashMap<[u8; 4], u32, SERVICES_MAX> = HashMap::new();
 #[btf_map(name = "backends")]
 pub static BACKENDS: Array<BackendValue, BACKENDS_MAX> = Array::new();
 
-/// Weighted schedule of each service: slot `id * RING_SIZE + n` -> backend id.
+/// Weighted schedule of each service, two halves per service (see `lb_common::ring_base`).
 #[btf_map(name = "rings")]
 pub static RINGS: Array<u32, RING_SLOTS> = Array::new();
 

@@ -3,7 +3,9 @@
 //! has no backend to go to and for segments of connections we do not track,
 //! so clients fail fast instead of waiting for a timeout.
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
+};
 use lb_common::{
     checksum::{fold, sum_array},
     PROTO_TCP,
@@ -44,9 +46,12 @@ pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     let (rst_seq, rst_ack, flags) = if pkt.tcp_flags & TCP_ACK != 0 {
         (ack_seq, 0, TCP_RST)
     } else {
-        let syn_fin =
-            (pkt.tcp_flags & TCP_SYN != 0) as u32 + (pkt.tcp_flags & TCP_FIN != 0) as u32;
-        (0, seq.wrapping_add(payload).wrapping_add(syn_fin), TCP_RST | TCP_ACK)
+        let syn_fin = (pkt.tcp_flags & TCP_SYN != 0) as u32 + (pkt.tcp_flags & TCP_FIN != 0) as u32;
+        (
+            0,
+            seq.wrapping_add(payload).wrapping_add(syn_fin),
+            TCP_RST | TCP_ACK,
+        )
     };
     let (client, vip, client_port, vip_port) = (pkt.src, pkt.dst, pkt.sport, pkt.dport);
 

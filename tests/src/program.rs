@@ -10,8 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, BackendValue, Counters, FlowKey, FlowValue, Reason, ServiceKey, ServiceValue,
-    Settings, RING_SIZE,
+    map_names, ring_base, BackendValue, Counters, FlowKey, FlowValue, Reason, ServiceKey,
+    ServiceValue, Settings,
 };
 
 use crate::{netns::NetNs, packet::Mac};
@@ -185,7 +185,7 @@ impl Harness {
                 .expect("array");
             for (slot, (backend_id, _, _)) in backends.iter().enumerate() {
                 rings
-                    .set(id * RING_SIZE + slot as u32, *backend_id, 0)
+                    .set(ring_base(id, 0) + slot as u32, *backend_id, 0)
                     .expect("write ring");
             }
         }
@@ -215,6 +215,8 @@ impl Harness {
                 ServiceValue {
                     id,
                     ring_len: backends.len() as u32,
+                    ring_half: 0,
+                    _pad: 0,
                 },
                 0,
             )
