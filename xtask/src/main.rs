@@ -1,1 +1,175 @@
-fn main(){}
+//! `cargo xtask`: the command line over the xtask library.
+
+use std::{net::SocketAddr, os::unix::process::CommandExt as _, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use xtask::{
+    build::{self, BuildOptions},
+    cmd,
+    lab::{self, Lab, LabOptions},
+    udp,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, lab, demo, test and bench tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Bootstrap the eBPF toolchain, build the eBPF programs and the agent.
+    Build {
+        /// Build the agent with the dev profile (eBPF stays optimized).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build, then run the agent (`lb-agent [--instance N] run --config FILE`).
+    Run {
+        #[arg(long, default_value = "/etc/lb-agent/lb-agent.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        instance: Option<String>,
+        /// Passed to lb-agent verbatim instead of `run --config FILE`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The namespace lab (see ../shared/notes/lab.md).
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Build, bring up the lab `demo`, show the balancer at work, tear down.
+    Demo,
+    /// The full check (the README's test command; .ci/run runs it).
+    Test,
+    /// Benchmarks (not yet implemented).
+    Bench,
+    /// The lab's UDP responder: answers every datagram with `<name>\n`.
+    #[command(hide = true)]
+    UdpResponder {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Stops by itself after this long.
+        #[arg(long, default_value = "24h", value_parser = udp::parse_duration)]
+        lifetime: std::time::Duration,
+    },
+    /// Sends UDP queries (fresh source port each) and prints the replies.
+    #[command(hide = true)]
+    UdpQuery {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "1s", value_parser = udp::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Build the lab (tearing down an existing one with the prefix first).
+    Up {
+        #[arg(long, default_value = lab::DEFAULT_PREFIX)]
+        prefix: String,
+        /// Leave the LB nodes without agents.
+        #[arg(long)]
+        no_agent: bool,
+    },
+    /// Remove everything of the lab (works on half-built labs too).
+    Down {
+        #[arg(long, default_value = lab::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+    /// Namespaces, processes and the agent's services.
+    Status {
+        #[arg(long, default_value = lab::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+fn main() {
+    if let Err(err) = run(Cli::parse().command) {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Build { debug } => {
+            let a = build::build_all(BuildOptions { debug })?;
+            println!("eBPF programs: {}", a.lb_object.display());
+            println!("               {}", a.trivial_object.display());
+            println!("agent:         {}", a.agent.display());
+            Ok(())
+        }
+        Task::Run {
+            config,
+            instance,
+            args,
+        } => {
+            let a = build::build_all(BuildOptions::default())?;
+            let mut agent = std::process::Command::new(&a.agent);
+            if let Some(instance) = instance {
+                agent.arg("--instance").arg(instance);
+            }
+            if args.is_empty() {
+                agent.arg("run").arg("--config").arg(config);
+            } else {
+                agent.args(args);
+            }
+            Err(agent.exec()).with_context(|| format!("cannot exec {}", a.agent.display()))
+        }
+        Task::Lab { action } => lab_task(action),
+        Task::Demo => xtask::demo::run(),
+        Task::Test => xtask::ci::run(),
+        Task::Bench => {
+            println!("cargo xtask bench: not yet implemented");
+            Ok(())
+        }
+        Task::UdpResponder {
+            bind,
+            name,
+            pid_file,
+            lifetime,
+        } => udp::respond(bind, &name, pid_file.as_deref(), lifetime),
+        Task::UdpQuery { to, timeout, count } => udp::query_many(to, count, timeout),
+    }
+}
+
+fn lab_task(action: LabAction) -> Result<()> {
+    match action {
+        LabAction::Up { prefix, no_agent } => {
+            cmd::catch_interrupts();
+            let mut options = LabOptions {
+                agent: !no_agent,
+                ..LabOptions::with_prefix(&prefix)
+            };
+            if options.agent {
+                options.agent_bin = Some(build::build_all(BuildOptions::default())?.agent);
+            }
+            let lab = Lab::up(&options)?;
+            print!("{}", lab.status());
+            Ok(())
+        }
+        LabAction::Down { prefix } => {
+            Lab::down(&prefix)?;
+            eprintln!("xtask: lab {prefix} is down");
+            Ok(())
+        }
+        LabAction::Status { prefix } => {
+            print!("{}", Lab::attach(&prefix)?.status());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! The namespace lab of ../shared/notes/lab.md: namespaces, bridges, veths,
+//! nginx and UDP responders on the web servers, the agent on lb1; plus the
+//! handle (`Lab`) and tear-down guard (`LabGuard`) the tests use.
+//!
+//! Everything the lab makes derives from its prefix: namespaces `<P>-<node>`,
+//! run dir `/run/lb-lab/<P>/`, pins `/sys/fs/bpf/<P>-lbN`, agent sockets
+//! `/run/lb-agent/<P>-lbN.sock`. Interface names do not: every node has its
+//! own namespace, so they are fixed (`pub0`, `priv0`, `eth0`; `<node>[-pub|
+//! -priv]` on the switch) and always short enough.
+
+mod agent;
+pub mod process;
+mod topology;
+mod web;
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::Deref,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    str::FromStr,
+    sync::Mutex,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub use agent::agent_config;
+pub use topology::{Link, LINKS};
+
+use crate::{apt, build, cmd};
+
+/// The prefix of `cargo xtask lab up` without `--prefix`.
+pub const DEFAULT_PREFIX: &str = "lab";
+/// The floating IP / VIP of both services.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 100);
+/// Public network (client side), /24.
+pub const PUBLIC_NET: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 0);
+/// Private network (web server side), /24.
+pub const PRIVATE_NET: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 0);
+/// Prefix length of both networks.
+pub const NET_PREFIX_LEN: u8 = 24;
+/// The `www` service (TCP) port and the `dns` service (UDP) port.
+pub const HTTP_PORT: u16 = 80;
+pub const UDP_PORT: u16 = 5353;
+/// Source ports the agents use towards the web servers.
+pub const PORT_RANGE: (u16, u16) = (20000, 29999);
+/// Where the lab keeps configs, logs and pid files (`<RUN_ROOT>/<prefix>`).
+pub const RUN_ROOT: &str = "/run/lb-lab";
+/// bpffs mount point; the agent pins under `<BPFFS>/<instance>`.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The agent's control sockets: `<AGENT_SOCKET_DIR>/<instance>.sock`.
+pub const AGENT_SOCKET_DIR: &str = "/run/lb-agent";
+/// How long `start_agent` waits for the control socket.
+pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Grace between SIGTERM and SIGKILL when stopping lab processes.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// A machine of the lab; its namespace is `<prefix>-<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    /// Holds the bridges `br-pub` and `br-priv`.
+    Sw,
+    /// The outside world, 10.100.0.10.
+    Client,
+    /// Primary LB node: 10.100.0.11 on `pub0`, 10.200.0.11 on `priv0`.
+    Lb1,
+    /// Standby LB node: 10.100.0.12 on `pub0`, 10.200.0.12 on `priv0`.
+    Lb2,
+    /// Web servers 10.200.0.21..23 (nginx :80, UDP responder :5353).
+    Web1,
+    Web2,
+    /// The spare, not in the default config.
+    Web3,
+}
+
+impl Node {
+    pub const ALL: [Node; 7] = [
+        Node::Sw,
+        Node::Client,
+        Node::Lb1,
+        Node::Lb2,
+        Node::Web1,
+        Node::Web2,
+        Node::Web3,
+    ];
+    pub const LBS: [Node; 2] = [Node::Lb1, Node::Lb2];
+    pub const WEBS: [Node; 3] = [Node::Web1, Node::Web2, Node::Web3];
+
+    /// `sw`, `client`, `lb1`, `lb2`, `web1`, `web2`, `web3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Node::Sw => "sw",
+            Node::Client => "client",
+            Node::Lb1 => "lb1",
+            Node::Lb2 => "lb2",
+            Node::Web1 => "web1",
+            Node::Web2 => "web2",
+            Node::Web3 => "web3",
+        }
+    }
+
+    /// Address on the public network (client and LB nodes).
+    pub fn public_address(self) -> Option<Ipv4Addr> {
+        match self {
+            Node::Client => Some(Ipv4Addr::new(10, 100, 0, 10)),
+            Node::Lb1 => Some(Ipv4Addr::new(10, 100, 0, 11)),
+            Node::Lb2 => Some(Ipv4Addr::new(10, 100, 0, 12)),
+            _ => None,
+        }
+    }
+
+    /// Address on the private network (LB nodes and web servers).
+    pub fn private_address(self) -> Option<Ipv4Addr> {
+        match self {
+            Node::Lb1 => Some(Ipv4Addr::new(10, 200, 0, 11)),
+            Node::Lb2 => Some(Ipv4Addr::new(10, 200, 0, 12)),
+            Node::Web1 => Some(Ipv4Addr::new(10, 200, 0, 21)),
+            Node::Web2 => Some(Ipv4Addr::new(10, 200, 0, 22)),
+            Node::Web3 => Some(Ipv4Addr::new(10, 200, 0, 23)),
+            _ => None,
+        }
+    }
+
+    pub fn is_lb(self) -> bool {
+        Self::LBS.contains(&self)
+    }
+
+    pub fn is_web(self) -> bool {
+        Self::WEBS.contains(&self)
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Node {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Node::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .with_context(|| format!("no lab node `{s}` (sw, client, lb1, lb2, web1..web3)"))
+    }
+}
+
+/// How to bring a lab up.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Short name every namespace and path derives from (≤ 12 chars,
+    /// `[a-z0-9-]`), e.g. `lab`, `demo`, `t1`.
+    pub prefix: String,
+    /// Start the agent on lb1 (needs the built agent).
+    pub agent: bool,
+    /// The agent binary; default `$LB_AGENT_BIN` or `target/release/lb-agent`.
+    pub agent_bin: Option<PathBuf>,
+    /// The xtask binary (UDP responder/client); default `$LB_XTASK_BIN`,
+    /// this process if it is xtask, or `target/debug/xtask`.
+    pub xtask_bin: Option<PathBuf>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            agent: true,
+            agent_bin: None,
+            xtask_bin: None,
+        }
+    }
+}
+
+impl LabOptions {
+    /// Defaults with another prefix.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A handle to the lab with one prefix. Dropping it leaves the lab up (use
+/// `LabGuard` or `Lab::down` to remove it).
+pub struct Lab {
+    prefix: String,
+    run_dir: PathBuf,
+    agent_bin: PathBuf,
+    xtask_bin: PathBuf,
+    /// Background processes this handle started, reaped once they exit.
+    children: Mutex<Vec<Child>>,
+}
+
+impl fmt::Debug for Lab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lab")
+            .field("prefix", &self.prefix)
+            .field("run_dir", &self.run_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that a prefix is short and made of `[a-z0-9-]`.
+pub fn validate_prefix(prefix: &str) -> Result<()> {
+    let ok = (1..=12).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !prefix.starts_with('-')
+        && !prefix.ends_with('-');
+    if !ok {
+        bail!("lab prefix `{prefix}`: use 1-12 characters of a-z, 0-9 and inner `-`");
+    }
+    Ok(())
+}
+
+/// `/run/lb-lab/<prefix>`.
+pub fn run_dir(prefix: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(prefix)
+}
+
+/// `<prefix>-<node>`.
+pub fn ns_name(prefix: &str, node: Node) -> String {
+    format!("{prefix}-{}", node.name())
+}
+
+fn ns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+impl Lab {
+    /// A handle to the lab `prefix` (whether or not it is up), with the
+    /// default binaries.
+    pub fn attach(prefix: &str) -> Result<Lab> {
+        Self::attach_with(&LabOptions::with_prefix(prefix))
+    }
+
+    fn attach_with(options: &LabOptions) -> Result<Lab> {
+        validate_prefix(&options.prefix)?;
+        let agent_bin = match &options.agent_bin {
+            Some(path) => path.clone(),
+            None => std::env::var_os(build::ENV_AGENT_BIN)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| build::agent_binary_path(false)),
+        };
+        let xtask_bin = match &options.xtask_bin {
+            Some(path) => path.clone(),
+            None => build::xtask_binary()?,
+        };
+        Ok(Lab {
+            prefix: options.prefix.clone(),
+            run_dir: run_dir(&options.prefix),
+            agent_bin,
+            xtask_bin,
+            children: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Builds the lab (tearing down an existing one with the same prefix
+    /// first). On failure everything made so far is removed again.
+    pub fn up(options: &LabOptions) -> Result<Lab> {
+        if !cmd::is_root() {
+            bail!("the lab needs root (network namespaces, BPF)");
+        }
+        let lab = Self::attach_with(options)?;
+        if options.agent && !lab.agent_bin.exists() {
+            bail!(
+                "no agent binary at {} (run `cargo xtask build`, or use --no-agent)",
+                lab.agent_bin.display()
+            );
+        }
+        ensure_lab_programs()?;
+        ensure_bpffs()?;
+        if Self::exists(&lab.prefix) {
+            eprintln!("xtask: lab {} exists; tearing it down first", lab.prefix);
+            Self::down(&lab.prefix)?;
+        }
+        match lab.build(options.agent) {
+            Ok(()) => Ok(lab),
+            Err(err) => {
+                eprintln!("xtask: lab {} failed to come up; tearing down", lab.prefix);
+                if let Err(down_err) = Self::down(&lab.prefix) {
+                    eprintln!("xtask: tear-down failed too: {down_err:#}");
+                }
+                lab.reap();
+                Err(err)
+            }
+        }
+    }
+
+    /// `up`, wrapped in a guard that tears the lab down when dropped.
+    pub fn up_guarded(options: &LabOptions) -> Result<LabGuard> {
+        Self::up(options).map(LabGuard::new)
+    }
+
+    fn build(&self, agent: bool) -> Result<()> {
+        let p = &self.prefix;
+        eprintln!("xtask: lab {p}: namespaces, bridges, veths, addresses...");
+        create_dir(Path::new(RUN_ROOT))?;
+        create_dir(&self.run_dir)?;
+        topology::build(p)?;
+        cmd::check_interrupted()?;
+        eprintln!("xtask: lab {p}: nginx and UDP responders on web1..web3...");
+        for node in Node::WEBS {
+            web::start_nginx(self, node)?;
+            web::start_responder(self, node)?;
+        }
+        cmd::check_interrupted()?;
+        if agent {
+            eprintln!(
+                "xtask: lab {p}: agent on lb1 ({})...",
+                self.agent_bin.display()
+            );
+            self.start_agent(Node::Lb1)?;
+        }
+        eprintln!(
+            "xtask: lab {p} is up. Try: ip netns exec {} curl -s http://{VIP}/",
+            self.ns(Node::Client)
+        );
+        Ok(())
+    }
+
+    /// Whether anything of the lab `prefix` exists (a namespace or its run dir).
+    pub fn exists(prefix: &str) -> bool {
+        run_dir(prefix).exists() || Node::ALL.iter().any(|&n| ns_exists(&ns_name(prefix, n)))
+    }
+
+    /// Removes everything of the lab `prefix`: stops its processes (SIGTERM,
+    /// SIGKILL after 3 s), deletes its namespaces, pins, sockets and run
+    /// dir. Succeeds on a half-built or already removed lab.
+    pub fn down(prefix: &str) -> Result<()> {
+        validate_prefix(prefix)?;
+        let run_dir = run_dir(prefix);
+        let mut problems = Vec::new();
+
+        // Our processes, by pid file, if the pid still names one of them.
+        let marker = format!("{}/", run_dir.display());
+        let pids: Vec<u32> = pid_files(&run_dir)
+            .iter()
+            .filter_map(|f| process::read_pid(f))
+            .filter(|&pid| process::alive(pid) && process::cmdline_contains(pid, &marker))
+            .collect();
+        process::stop_all(&pids, STOP_GRACE);
+
+        // Whatever else still runs inside the namespaces.
+        let namespaces: Vec<String> = Node::ALL
+            .iter()
+            .map(|&n| ns_name(prefix, n))
+            .filter(|ns| ns_exists(ns))
+            .collect();
+        let pids: Vec<u32> = namespaces
+            .iter()
+            .flat_map(|ns| process::netns_pids(ns))
+            .collect();
+        let left = process::stop_all(&pids, STOP_GRACE);
+        if !left.is_empty() {
+            problems.push(format!("processes {left:?} survived SIGKILL"));
+        }
+
+        for ns in &namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            if ns_exists(ns) {
+                problems.push(format!("namespace {ns} could not be deleted"));
+            }
+        }
+        for node in Node::LBS {
+            let pins = Path::new(BPFFS).join(ns_name(prefix, node));
+            if pins.exists() {
+                if let Err(err) = std::fs::remove_dir_all(&pins) {
+                    problems.push(format!("removing {}: {err}", pins.display()));
+                }
+            }
+        }
+        for socket in agent_sockets(prefix) {
+            if let Err(err) = std::fs::remove_file(&socket) {
+                problems.push(format!("removing {}: {err}", socket.display()));
+            }
+        }
+        if run_dir.exists() {
+            if let Err(err) = std::fs::remove_dir_all(&run_dir) {
+                problems.push(format!("removing {}: {err}", run_dir.display()));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("lab {prefix} tear-down incomplete: {}", problems.join("; "));
+        }
+        Ok(())
+    }
+
+    /// Prints namespaces, processes and the agent's `services list`.
+    pub fn status(&self) -> String {
+        let mut out = format!(
+            "lab {} (run dir {}):\n",
+            self.prefix,
+            self.run_dir.display()
+        );
+        for node in Node::ALL {
+            let ns = self.ns(node);
+            let state = if ns_exists(&ns) { "present" } else { "MISSING" };
+            out.push_str(&format!("  namespace {ns:<14} {state}\n"));
+        }
+        let mut show = |what: &str, pid: Option<u32>| {
+            let state = match pid {
+                Some(pid) if process::alive(pid) => format!("running (pid {pid})"),
+                _ => "not running".to_owned(),
+            };
+            out.push_str(&format!("  {what:<24} {state}\n"));
+        };
+        for node in Node::LBS {
+            show(&format!("agent {node}"), self.agent_pid(node));
+        }
+        for node in Node::WEBS {
+            show(
+                &format!("nginx {node}"),
+                process::read_pid(&web::nginx_pid_path(self, node)),
+            );
+            show(
+                &format!("udp responder {node}"),
+                process::read_pid(&web::responder_pid_path(self, node)),
+            );
+        }
+        for node in Node::LBS {
+            if !self.socket_path(node).exists() {
+                continue;
+            }
+            out.push_str(&format!("  {} services list:\n", self.instance(node)));
+            match self.agent_cli(node, &["services", "list"]) {
+                Ok(o) => {
+                    for line in String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .chain(String::from_utf8_lossy(&o.stderr).lines())
+                    {
+                        out.push_str(&format!("    {line}\n"));
+                    }
+                }
+                Err(err) => out.push_str(&format!("    {err:#}\n")),
+            }
+        }
+        out
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `/run/lb-lab/<prefix>`.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The agent binary this handle starts.
+    pub fn agent_bin(&self) -> &Path {
+        &self.agent_bin
+    }
+
+    /// The xtask binary (UDP responder and client).
+    pub fn xtask_bin(&self) -> &Path {
+        &self.xtask_bin
+    }
+
+    /// The namespace of `node`: `<prefix>-<node>`.
+    pub fn ns(&self, node: Node) -> String {
+        ns_name(&self.prefix, node)
+    }
+
+    /// `ip netns exec <ns> args...`; the output whatever the exit status.
+    pub fn exec(&self, node: Node, args: &[&str]) -> Result<Output> {
+        cmd::output(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns(node)])
+                .args(args),
+        )
+    }
+
+    /// Like `exec`, but fails (quoting stderr) unless it exits 0; returns stdout.
+    pub fn exec_ok(&self, node: Node, args: &[&str]) -> Result<String> {
+        cmd::stdout_of(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns(node)])
+                .args(args),
+        )
+    }
+
+    /// `nsenter --net=/run/netns/<ns> args...`: only the network namespace
+    /// changes, so /sys/fs/bpf pins stay visible (`ip netns exec` remounts /sys).
+    pub fn exec_net(&self, node: Node, args: &[&str]) -> Result<Output> {
+        cmd::output(self.nsenter(node).args(args))
+    }
+
+    /// A `nsenter --net=...` command for `node`, program and arguments still to add.
+    pub fn nsenter(&self, node: Node) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns(node)));
+        c
+    }
+
+    /// `curl -s --max-time 2 <url>` from `node`; the body, or an error.
+    pub fn http_get(&self, from: Node, url: &str) -> Result<String> {
+        self.exec_ok(from, &["curl", "-sS", "--max-time", "2", url])
+    }
+
+    /// `count` UDP queries (each from a fresh source port) from `from` to
+    /// `to`; each reply's text (trimmed), or `None` after `timeout`.
+    pub fn udp_query(
+        &self,
+        from: Node,
+        to: SocketAddrV4,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<Vec<Option<String>>> {
+        let xtask = self.xtask_bin.to_string_lossy().into_owned();
+        let out = self.exec_ok(
+            from,
+            &[
+                &xtask,
+                "udp-query",
+                "--to",
+                &to.to_string(),
+                "--timeout",
+                &format!("{}ms", timeout.as_millis()),
+                "--count",
+                &count.to_string(),
+            ],
+        )?;
+        Ok(out
+            .lines()
+            .map(|l| (l != crate::udp::NO_REPLY).then(|| l.to_owned()))
+            .collect())
+    }
+
+    /// Path of a web server's nginx access log.
+    pub fn access_log_path(&self, node: Node) -> PathBuf {
+        web::web_dir(self, node).join("access.log")
+    }
+
+    /// Starts a background process in `node`'s network namespace (own
+    /// process group, stdin closed, output appended to `log`) and keeps its
+    /// handle for reaping. Returns its pid.
+    fn spawn_in(&self, node: Node, program: &Path, args: &[&str], log: &Path) -> Result<u32> {
+        use std::os::unix::process::CommandExt as _;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut command = self.nsenter(node);
+        command
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .process_group(0);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", cmd::describe(&command)))?;
+        let pid = child.id();
+        self.lock_children().push(child);
+        Ok(pid)
+    }
+
+    fn lock_children(&self) -> std::sync::MutexGuard<'_, Vec<Child>> {
+        self.children
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Collects exited background children (no zombies left behind).
+    pub fn reap(&self) {
+        self.lock_children()
+            .retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+    }
+}
+
+/// Tears the lab down when dropped (also when a test panics).
+#[derive(Debug)]
+pub struct LabGuard {
+    lab: Lab,
+}
+
+impl LabGuard {
+    pub fn new(lab: Lab) -> Self {
+        Self { lab }
+    }
+}
+
+impl Deref for LabGuard {
+    type Target = Lab;
+
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(err) = Lab::down(&self.lab.prefix) {
+            eprintln!("xtask: {err:#}");
+        }
+        self.lab.reap();
+    }
+}
+
+/// Programs the lab runs, installed with apt when missing.
+fn ensure_lab_programs() -> Result<()> {
+    apt::ensure_programs(
+        &[
+            ("ip", "iproute2"),
+            ("nsenter", "util-linux"),
+            ("ethtool", "ethtool"),
+            ("nginx", "nginx-light"),
+            ("curl", "curl"),
+        ],
+        "for the namespace lab",
+    )
+}
+
+/// Mounts bpffs on /sys/fs/bpf in this mount namespace unless it is there.
+fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    });
+    if !mounted {
+        eprintln!("xtask: mounting bpffs on {BPFFS}");
+        cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and parents) readable by nginx's unprivileged workers.
+fn create_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {}", dir.display()))
+}
+
+/// Every `*.pid` in the run dir and its subdirectories.
+fn pid_files(run_dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![run_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if path.parent() == Some(run_dir) {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "pid") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// `/run/lb-agent/<prefix>-lb<N>.sock` files that exist.
+fn agent_sockets(prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(AGENT_SOCKET_DIR) else {
+        return Vec::new();
+    };
+    let head = format!("{prefix}-lb");
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix(&head))
+                .and_then(|n| n.strip_suffix(".sock"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        for ok in ["lab", "demo", "t1", "a-b", "abcdefghijkl"] {
+            assert!(validate_prefix(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Lab", "a_b", "abcdefghijklm", "a/b"] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nodes_round_trip_and_addresses() {
+        for node in Node::ALL {
+            assert_eq!(node.name().parse::<Node>().unwrap(), node);
+        }
+        assert_eq!(ns_name("t1", Node::Lb1), "t1-lb1");
+        assert_eq!(
+            Node::Lb1.private_address(),
+            Some(Ipv4Addr::new(10, 200, 0, 11))
+        );
+        assert_eq!(
+            Node::Web3.private_address(),
+            Some(Ipv4Addr::new(10, 200, 0, 23))
+        );
+        assert_eq!(
+            Node::Client.public_address(),
+            Some(Ipv4Addr::new(10, 100, 0, 10))
+        );
+        assert!(Node::Client.private_address().is_none());
+    }
+}

@@ -1,0 +1,29 @@
+//! The project's tasks as a library: toolchain bootstrap and builds
+//! (`build`, `toolchain`), the namespace lab (`lab`, used by the `tests`
+//! crate), the demo, the full check (`ci`) and the lab's UDP tools (`udp`).
+//! `main.rs` only parses the command line.
+
+pub mod apt;
+pub mod build;
+pub mod ci;
+pub mod cmd;
+pub mod demo;
+pub mod lab;
+pub mod toolchain;
+pub mod udp;
+
+use std::path::{Path, PathBuf};
+
+pub use build::{
+    agent_binary_path, build_all, ebpf_object_path, xtask_binary, Artifacts, BuildOptions,
+};
+pub use lab::{Lab, LabGuard, LabOptions, Node};
+pub use toolchain::Toolchain;
+
+/// The workspace root (xtask's parent directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
