@@ -37,6 +37,7 @@ pub const XDP_REDIRECT: u32 = 4;
 /// The loaded program and its maps, in a namespace shaped like an LB node.
 pub struct Harness {
     pub ebpf: Ebpf,
+    program: String,
     pub pub_ifindex: u32,
     pub priv_ifindex: u32,
     // Dropped last: the namespace outlives the program's use of its devices.
@@ -59,12 +60,81 @@ fn mac(m: &Mac) -> String {
 }
 
 impl Harness {
+    /// Loads another XDP program (`program` in `object`) into a namespace
+    /// of the same shape, without balancer settings (for the benchmark's
+    /// reference program).
+    pub fn with_program(object: &Path, program: &str) -> Self {
+        let ns = NetNs::new("lbt-prog");
+        ns.enter_current_thread();
+        Self::build_namespace(&ns);
+        let mut ebpf = EbpfLoader::new()
+            .load_file(object)
+            .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program)
+            .unwrap_or_else(|| panic!("program {program}"))
+            .try_into()
+            .expect("XDP program");
+        xdp.load().unwrap_or_else(|e| panic!("verifier: {e:?}"));
+        Self {
+            ebpf,
+            program: program.to_string(),
+            pub_ifindex: ifindex("pub0"),
+            priv_ifindex: ifindex("priv0"),
+            _ns: ns,
+        }
+    }
+
     /// Builds the namespace (pub0 10.100.0.11, priv0 10.200.0.11, neighbours
     /// for the client and two web servers), loads `object` and writes
     /// settings for one NAT port range.
     pub fn new(object: &Path, port_min: u16, port_max: u16) -> Self {
         let ns = NetNs::new("lbt-prog");
         ns.enter_current_thread();
+        Self::build_namespace(&ns);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, 4096)
+            .map_max_entries(map_names::REPLIES, 4096)
+            .load_file(object)
+            .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
+        let program: &mut Xdp = ebpf
+            .program_mut("lb")
+            .expect("program lb")
+            .try_into()
+            .expect("lb is XDP");
+        program.load().unwrap_or_else(|e| panic!("verifier: {e:?}"));
+
+        let mut harness = Self {
+            ebpf,
+            program: "lb".to_string(),
+            pub_ifindex: ifindex("pub0"),
+            priv_ifindex: ifindex("priv0"),
+            _ns: ns,
+        };
+        harness.set_settings(Settings {
+            lb_addr: LB_PRIV,
+            port_min,
+            port_max,
+            tcp_handshake_ns: 30_000_000_000,
+            tcp_established_ns: 900_000_000_000,
+            tcp_closing_ns: 10_000_000_000,
+            udp_ns: 60_000_000_000,
+            ready: 1,
+            _pad: 0,
+        });
+        let mut tx: DevMapHash<_> = harness
+            .ebpf
+            .map_mut(map_names::TX_PORTS)
+            .expect("tx_ports")
+            .try_into()
+            .expect("devmap");
+        for index in [harness.pub_ifindex, harness.priv_ifindex] {
+            tx.insert(index, index, None, 0).expect("tx_ports insert");
+        }
+        harness
+    }
+
+    fn build_namespace(ns: &NetNs) {
         let n = ns.name().to_string();
         let sh = |script: &str| {
             let out = std::process::Command::new("sh")
@@ -95,45 +165,16 @@ impl Harness {
             web1_mac = mac(&WEB1_MAC),
             web2_mac = mac(&WEB2_MAC),
         ));
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::FLOWS, 4096)
-            .map_max_entries(map_names::REPLIES, 4096)
-            .load_file(object)
-            .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
-        let program: &mut Xdp = ebpf
-            .program_mut("lb")
-            .expect("program lb")
-            .try_into()
-            .expect("lb is XDP");
-        program.load().unwrap_or_else(|e| panic!("verifier: {e:?}"));
+    }
 
-        let mut harness = Self {
-            ebpf,
-            pub_ifindex: ifindex("pub0"),
-            priv_ifindex: ifindex("priv0"),
-            _ns: ns,
-        };
-        harness.set_settings(Settings {
-            lb_addr: LB_PRIV,
-            port_min,
-            port_max,
-            tcp_handshake_ns: 30_000_000_000,
-            tcp_established_ns: 900_000_000_000,
-            tcp_closing_ns: 10_000_000_000,
-            udp_ns: 60_000_000_000,
-            ready: 1,
-            _pad: 0,
-        });
-        let mut tx: DevMapHash<_> = harness
+    pub fn ebpf_settings(&self) -> Settings {
+        let map: Array<_, Settings> = self
             .ebpf
-            .map_mut(map_names::TX_PORTS)
-            .expect("tx_ports")
+            .map(map_names::SETTINGS)
+            .expect("settings")
             .try_into()
-            .expect("devmap");
-        for index in [harness.pub_ifindex, harness.priv_ifindex] {
-            tx.insert(index, index, None, 0).expect("tx_ports insert");
-        }
-        harness
+            .expect("array");
+        map.get(&0, 0).expect("read settings")
     }
 
     pub fn set_settings(&mut self, settings: Settings) {
@@ -240,8 +281,8 @@ impl Harness {
     ) -> Result<(u32, Vec<u8>, std::time::Duration), ProgramError> {
         let program: &Xdp = self
             .ebpf
-            .program("lb")
-            .expect("program lb")
+            .program(&self.program)
+            .expect("program loaded")
             .try_into()
             .expect("lb is XDP");
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
