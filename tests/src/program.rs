@@ -25,6 +25,8 @@ pub const WEB1: [u8; 4] = [10, 200, 0, 21];
 pub const WEB1_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x21];
 pub const WEB2: [u8; 4] = [10, 200, 0, 22];
 pub const WEB2_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x22];
+/// Only the benchmark routes to the VIP (it loops flows back onto it).
+pub const VIP_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x64];
 pub const PUB_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x11];
 pub const PRIV_MAC: Mac = [0x02, 0, 0, 0, 0x02, 0x11];
 
@@ -157,6 +159,7 @@ impl Harness {
              ip neigh replace 10.100.0.10 lladdr {client_mac} dev pub0 nud permanent
              ip neigh replace 10.200.0.21 lladdr {web1_mac} dev priv0 nud permanent
              ip neigh replace 10.200.0.22 lladdr {web2_mac} dev priv0 nud permanent
+             ip neigh replace 10.100.0.100 lladdr {vip_mac} dev pub0 nud permanent
              echo 1 > /proc/sys/net/ipv4/conf/pub0/forwarding
              echo 1 > /proc/sys/net/ipv4/conf/priv0/forwarding",
             pub_mac = mac(&PUB_MAC),
@@ -164,6 +167,7 @@ impl Harness {
             client_mac = mac(&CLIENT_MAC),
             web1_mac = mac(&WEB1_MAC),
             web2_mac = mac(&WEB2_MAC),
+            vip_mac = mac(&VIP_MAC),
         ));
     }
 
@@ -298,6 +302,28 @@ impl Harness {
         let result = program.test_run(opts)?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out, result.duration))
+    }
+
+    /// Inserts a tracked flow in both directions, as the program would.
+    pub fn insert_flow(&mut self, client: FlowKey, flow: FlowValue, reply: FlowKey) {
+        {
+            let mut flows: HashMap<_, FlowKey, FlowValue> = self
+                .ebpf
+                .map_mut(map_names::FLOWS)
+                .expect("flows")
+                .try_into()
+                .expect("lru hash");
+            flows.insert(client, flow, 0).expect("insert flow");
+        }
+        let mut replies: HashMap<_, FlowKey, lb_common::ReplyValue> = self
+            .ebpf
+            .map_mut(map_names::REPLIES)
+            .expect("replies")
+            .try_into()
+            .expect("lru hash");
+        replies
+            .insert(reply, lb_common::ReplyValue { client }, 0)
+            .expect("insert reply");
     }
 
     pub fn reason_count(&self, reason: Reason) -> u64 {
