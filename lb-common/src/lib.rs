@@ -156,6 +156,26 @@ pub struct FlowValue {
     pub _pad: [u8; 7],
     /// `bpf_ktime_get_ns()` of the last packet in either direction.
     pub last_seen_ns: u64,
+    /// Route lookup result towards the backend, reused while fresh.
+    pub to_backend: NextHop,
+    /// Route lookup result towards the client, reused while fresh.
+    pub to_client: NextHop,
+}
+
+/// How long a flow reuses a route lookup before asking the kernel again, so
+/// a changed neighbour (MAC) or route reaches live flows within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// A cached `bpf_fib_lookup` answer: egress interface and MACs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// Egress ifindex; 0 = not looked up yet.
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// When the lookup was made (`bpf_ktime_get_ns()`).
+    pub looked_up_ns: u64,
 }
 
 /// Reverse connection-tracking entry, keyed by the backend's reply `FlowKey`
@@ -291,13 +311,24 @@ impl Reason {
 }
 
 /// Idle timeout of a flow in `state` under `settings`.
+///
+/// All four timeouts are read first and then selected by value: selecting a
+/// field by a runtime index compiles to pointer arithmetic the BPF verifier
+/// cannot bound.
 #[inline(always)]
 pub fn flow_timeout_ns(settings: &Settings, state: u8) -> u64 {
-    match state {
-        flow_state::TCP_HANDSHAKE => settings.tcp_handshake_ns,
-        flow_state::TCP_ESTABLISHED => settings.tcp_established_ns,
-        flow_state::TCP_CLOSING => settings.tcp_closing_ns,
-        _ => settings.udp_ns,
+    let handshake = settings.tcp_handshake_ns;
+    let established = settings.tcp_established_ns;
+    let closing = settings.tcp_closing_ns;
+    let udp = settings.udp_ns;
+    if state == flow_state::TCP_ESTABLISHED {
+        established
+    } else if state == flow_state::TCP_HANDSHAKE {
+        handshake
+    } else if state == flow_state::TCP_CLOSING {
+        closing
+    } else {
+        udp
     }
 }
 
@@ -316,6 +347,7 @@ mod pod {
     unsafe impl aya::Pod for super::BackendValue {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::ReplyValue {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counters {}
@@ -332,7 +364,8 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<BackendValue>(), 12);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowValue>(), 32);
+        assert_eq!(size_of::<FlowValue>(), 80);
+        assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 16);
         assert_eq!(size_of::<Settings>(), 48);
         assert_eq!(size_of::<Counters>(), 24);

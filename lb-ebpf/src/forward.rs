@@ -10,16 +10,50 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::Reason;
+use lb_common::{NextHop, Reason, NEXT_HOP_TTL_NS};
 
 use crate::{maps::TX_PORTS, parsing::Packet};
 
 const AF_INET: u8 = 2;
 
-/// Sends the (already rewritten) packet towards `dst`. Returns the XDP action
-/// or the reason the packet must be dropped.
+/// Sends the (already rewritten) packet towards `dst`, using the flow's
+/// cached next hop while it is fresh (a route lookup is the most expensive
+/// step of the established path) and refreshing it otherwise. Returns the
+/// XDP action or the reason the packet must be dropped.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Packet, src: [u8; 4], dst: [u8; 4]) -> Result<u32, Reason> {
+pub fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: [u8; 4],
+    dst: [u8; 4],
+    hop: &mut NextHop,
+    now: u64,
+) -> Result<u32, Reason> {
+    if hop.ifindex == 0 || now.wrapping_sub(hop.looked_up_ns) > NEXT_HOP_TTL_NS {
+        *hop = route(ctx, pkt, src, dst, now)?;
+    }
+    // SAFETY: `pkt.eth` was bounds-checked by `parse`.
+    unsafe {
+        (*pkt.eth).dst_addr = hop.dst_mac;
+        (*pkt.eth).src_addr = hop.src_mac;
+    }
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    TX_PORTS
+        .redirect(hop.ifindex, 0)
+        .map_err(|_| Reason::DropNoTxPort)
+}
+
+/// Asks the kernel's FIB for egress interface and MACs towards `dst`.
+#[inline(always)]
+fn route(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: [u8; 4],
+    dst: [u8; 4],
+    now: u64,
+) -> Result<NextHop, Reason> {
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of integers).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
@@ -45,17 +79,12 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, src: [u8; 4], dst: [u8; 4]) -> Re
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Err(Reason::DropFibFailed);
     }
-    // SAFETY: `pkt.eth` was bounds-checked by `parse`.
-    unsafe {
-        (*pkt.eth).dst_addr = params.dmac;
-        (*pkt.eth).src_addr = params.smac;
-    }
-    if params.ifindex == ingress {
-        return Ok(xdp_action::XDP_TX);
-    }
-    TX_PORTS
-        .redirect(params.ifindex, 0)
-        .map_err(|_| Reason::DropNoTxPort)
+    Ok(NextHop {
+        ifindex: params.ifindex,
+        src_mac: params.smac,
+        dst_mac: params.dmac,
+        looked_up_ns: now,
+    })
 }
 
 /// The action that drops a packet.

@@ -16,7 +16,7 @@ mod ptr;
 mod rst;
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
-use lb_common::{flow_expired, flow_state, FlowValue, Reason, ServiceKey, Settings};
+use lb_common::{flow_expired, flow_state, FlowValue, NextHop, Reason, ServiceKey, Settings};
 
 use crate::{
     counters::{count, count_traffic},
@@ -96,14 +96,40 @@ fn from_client(
     let is_tcp = pkt.proto == lb_common::PROTO_TCP;
     let is_syn = is_tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
-    let mut new_flow = false;
-    let flow = match FLOWS.get_ptr_mut(&client) {
+    let bytes = pkt.ip_len as u64;
+    match FLOWS.get_ptr_mut(&client) {
         // SAFETY: the entry stays valid during this run; fields are plain integers.
-        Some(entry) if unsafe { reusable(settings, &*entry, now, is_syn) } => unsafe {
-            (*entry).last_seen_ns = now;
-            (*entry).state = next_state((*entry).state, pkt.tcp_flags, false);
-            *entry
-        },
+        Some(entry) if unsafe { reusable(settings, &*entry, now, is_syn) } => {
+            // SAFETY: as above; the program is the only writer of these fields.
+            let flow = unsafe {
+                (*entry).last_seen_ns = now;
+                (*entry).state = next_state((*entry).state, pkt.tcp_flags, false);
+                &mut *entry
+            };
+            rewrite(
+                pkt,
+                &Rewrite {
+                    src: settings.lb_addr,
+                    dst: flow.backend_addr,
+                    sport: flow.lb_port,
+                    dport: flow.backend_port,
+                },
+            );
+            match forward(
+                ctx,
+                pkt,
+                settings.lb_addr,
+                flow.backend_addr,
+                &mut flow.to_backend,
+                now,
+            ) {
+                Ok(action) => {
+                    count_traffic(flow.service_id, flow.backend_id, bytes, false);
+                    (action, Reason::ForwardedToBackend)
+                }
+                Err(reason) => (DROP, reason),
+            }
+        }
         _ => {
             if is_tcp && !is_syn {
                 // Mid-stream segment of a connection we do not know (removed
@@ -116,7 +142,7 @@ fn from_client(
             let Some(lb_port) = allocate_port(settings, &backend, pkt.proto, now) else {
                 return (DROP, Reason::DropPortExhausted);
             };
-            let flow = FlowValue {
+            let mut flow = FlowValue {
                 backend_addr: backend.addr,
                 backend_port: backend.port,
                 lb_port,
@@ -125,32 +151,38 @@ fn from_client(
                 state: initial_state(pkt.proto),
                 _pad: [0; 7],
                 last_seen_ns: now,
+                to_backend: NextHop::default(),
+                to_client: NextHop::default(),
+            };
+            rewrite(
+                pkt,
+                &Rewrite {
+                    src: settings.lb_addr,
+                    dst: backend.addr,
+                    sport: lb_port,
+                    dport: backend.port,
+                },
+            );
+            // Route first: a flow whose first packet cannot be sent is not
+            // recorded, so the client's retransmission starts afresh.
+            let action = match forward(
+                ctx,
+                pkt,
+                settings.lb_addr,
+                backend.addr,
+                &mut flow.to_backend,
+                now,
+            ) {
+                Ok(action) => action,
+                Err(reason) => return (DROP, reason),
             };
             let reply = reply_key(&backend, settings, lb_port, pkt.proto);
             if !track(&client, &flow, &reply) {
                 return (DROP, Reason::DropFlowInsert);
             }
-            new_flow = true;
-            flow
-        }
-    };
-
-    let bytes = pkt.ip_len as u64;
-    rewrite(
-        pkt,
-        &Rewrite {
-            src: settings.lb_addr,
-            dst: flow.backend_addr,
-            sport: flow.lb_port,
-            dport: flow.backend_port,
-        },
-    );
-    match forward(ctx, pkt, settings.lb_addr, flow.backend_addr) {
-        Ok(action) => {
-            count_traffic(flow.service_id, flow.backend_id, bytes, new_flow);
+            count_traffic(service.id, backend_id, bytes, true);
             (action, Reason::ForwardedToBackend)
         }
-        Err(reason) => (DROP, reason),
     }
 }
 
@@ -179,18 +211,18 @@ fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet) -> (u32, Re
     };
     // SAFETY: the entry stays valid during this run; fields are plain integers.
     let flow = unsafe {
-        let flow = *entry;
+        let flow = &mut *entry;
         // An entry for the same client ports may since belong to another
         // backend or port: only the flow this reply key points at matches.
         if flow.lb_port != pkt.dport
             || flow.backend_addr != pkt.src
             || flow.backend_port != pkt.sport
-            || flow_expired(settings, &flow, now)
+            || flow_expired(settings, flow, now)
         {
             return (PASS, Reason::PassReplyNoFlow);
         }
-        (*entry).last_seen_ns = now;
-        (*entry).state = next_state(flow.state, pkt.tcp_flags, true);
+        flow.last_seen_ns = now;
+        flow.state = next_state(flow.state, pkt.tcp_flags, true);
         flow
     };
 
@@ -204,7 +236,14 @@ fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet) -> (u32, Re
             dport: client.src_port,
         },
     );
-    match forward(ctx, pkt, client.dst_addr, client.src_addr) {
+    match forward(
+        ctx,
+        pkt,
+        client.dst_addr,
+        client.src_addr,
+        &mut flow.to_client,
+        now,
+    ) {
         Ok(action) => {
             count_traffic(flow.service_id, flow.backend_id, bytes, false);
             (action, Reason::ForwardedToClient)

@@ -71,6 +71,8 @@ fn main() {
             state: flow_state::TCP_ESTABLISHED,
             _pad: [0; 7],
             last_seen_ns: monotonic_ns(),
+            to_backend: Default::default(),
+            to_client: Default::default(),
         },
         key(VIP, 80, CLIENT, CLIENT_PORT),
     );
