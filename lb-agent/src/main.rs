@@ -1,1 +1,130 @@
-fn main(){}
+//! `lb-agent`: parse arguments, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lb_agent::{
+    cli::{BackendsAction, Cli, Command, ServicesAction},
+    config::Config,
+    control::{client, protocol::Request, protocol::Response, socket_path},
+    daemon::{self, RunOptions},
+    output,
+};
+
+/// sysexits.h EX_USAGE: bad configuration or arguments.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("lb-agent: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let (request, json) = match cli.command {
+        Command::Run {
+            config,
+            keep_forwarding,
+        } => {
+            let options = RunOptions {
+                instance: cli.instance,
+                config_path: config,
+                keep_forwarding,
+                bpffs: lb_agent::dataplane::pins::BPFFS.into(),
+            };
+            return match daemon::run(options).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("lb-agent: {error:#}");
+                    if error
+                        .downcast_ref::<lb_agent::config::ConfigError>()
+                        .is_some()
+                    {
+                        ExitCode::from(EX_USAGE)
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+            };
+        }
+        Command::CheckConfig { config } => {
+            return match Config::load(&config) {
+                Ok(c) => {
+                    let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
+                    println!(
+                        "{}: valid ({} services, {} backends)",
+                        config.display(),
+                        c.services.len(),
+                        backends
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{error}");
+                    ExitCode::from(EX_USAGE)
+                }
+            };
+        }
+        Command::Backends { action } => match action {
+            BackendsAction::Add { target, weight } => (
+                Request::BackendsAdd {
+                    service: target.service,
+                    address: target.backend.0,
+                    port: target.backend.1,
+                    weight,
+                },
+                false,
+            ),
+            BackendsAction::Remove { target, now } => (
+                Request::BackendsRemove {
+                    service: target.service,
+                    address: target.backend.0,
+                    port: target.backend.1,
+                    now,
+                },
+                false,
+            ),
+            BackendsAction::List { service, json } => (Request::BackendsList { service }, json),
+        },
+        Command::Services {
+            action: ServicesAction::List { json },
+        } => (Request::ServicesList, json),
+        Command::Stats { json } => (Request::Stats, json),
+    };
+    let path = socket_path(&cli.instance);
+    match client::call(&path, &cli.instance, &request).await {
+        Ok(Response::Ok(reply)) => {
+            if json {
+                print!("{}", output::render_json(&reply));
+            } else {
+                print!("{}", output::render(&reply));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("lb-agent: {message}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("lb-agent: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The agent's state machine for one node: the wanted services (config plus
+//! run-time changes), the data plane's maps, and the operations the control
+//! API offers. Every change goes through `apply`, which rewrites the maps
+//! so the XDP program serves exactly the wanted state.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use lb_common::{ServiceKey, PROTO_TCP, PROTO_UDP};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, Protocol},
+    control::protocol::{BackendState, BackendStatus, ReasonCount, ServiceStatus, StatsReport},
+    dataplane::{
+        maps::monotonic_ns,
+        reconcile::{Reconciler, SlotState, WantedBackend, WantedService},
+        DataplaneError, Tables,
+    },
+    state::{BackendSpec, RuntimeState, StateError},
+};
+
+/// Errors of run-time operations; their text goes back to the CLI user.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The named service is not configured.
+    #[error("no service named {name:?}; `lb-agent services list` shows the configured ones")]
+    NoService { name: String },
+    /// The backend to remove is not a backend of the service.
+    #[error("{addr}:{port} is not a backend of {service}; `lb-agent backends list --service {service}` shows them")]
+    NoBackend {
+        service: String,
+        addr: Ipv4Addr,
+        port: u16,
+    },
+    /// The weight is outside the accepted range.
+    #[error("weight {weight} is out of range: use 1..=100")]
+    BadWeight { weight: u32 },
+    /// The change could not be written to the maps.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The change could not be persisted; the maps were not changed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+pub struct Agent {
+    config: Config,
+    state: RuntimeState,
+    state_path: PathBuf,
+    tables: Tables,
+    reconciler: Reconciler,
+}
+
+fn protocol_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
+
+fn protocol_name(proto: u8) -> &'static str {
+    if proto == PROTO_TCP {
+        "tcp"
+    } else {
+        "udp"
+    }
+}
+
+impl Agent {
+    /// Adopts whatever the maps hold, then applies config plus run-time state.
+    pub fn new(
+        config: Config,
+        state: RuntimeState,
+        state_path: PathBuf,
+        tables: Tables,
+    ) -> Result<Self, AgentError> {
+        let reconciler = Reconciler::adopt(&tables);
+        let mut agent = Self {
+            config,
+            state,
+            state_path,
+            tables,
+            reconciler,
+        };
+        agent.apply()?;
+        Ok(agent)
+    }
+
+    pub fn tables(&mut self) -> &mut Tables {
+        &mut self.tables
+    }
+
+    fn wanted(&self) -> Vec<WantedService> {
+        let effective = self.state.effective_backends(&self.config);
+        self.config
+            .services
+            .iter()
+            .map(|service| WantedService {
+                name: service.name.clone(),
+                key: ServiceKey {
+                    vip: service.vip.octets(),
+                    port: service.port,
+                    proto: protocol_number(service.protocol),
+                    _pad: 0,
+                },
+                backends: effective
+                    .get(&service.name)
+                    .map(|backends| {
+                        backends
+                            .iter()
+                            .map(|b| WantedBackend {
+                                addr: b.address,
+                                port: b.port,
+                                weight: b.weight,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Rewrites the maps to match the wanted state.
+    pub fn apply(&mut self) -> Result<(), AgentError> {
+        let wanted = self.wanted();
+        self.reconciler.apply(&mut self.tables, &wanted)?;
+        Ok(())
+    }
+
+    fn service_config(&self, name: &str) -> Result<&crate::config::ServiceConfig, AgentError> {
+        self.config
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| AgentError::NoService {
+                name: name.to_string(),
+            })
+    }
+
+    /// Adds a backend (or changes its weight) and persists the change.
+    pub fn add_backend(
+        &mut self,
+        service: &str,
+        addr: Ipv4Addr,
+        port: Option<u16>,
+        weight: Option<u32>,
+    ) -> Result<String, AgentError> {
+        let port = port.unwrap_or(self.service_config(service)?.port);
+        let weight = weight.unwrap_or(1);
+        if !(1..=100).contains(&weight) {
+            return Err(AgentError::BadWeight { weight });
+        }
+        let mut next = self.state.clone();
+        next.add_backend(
+            service,
+            BackendSpec {
+                address: addr,
+                port,
+                weight,
+            },
+        );
+        next.save(&self.state_path)?;
+        self.state = next;
+        self.apply()?;
+        info!(service, %addr, port, weight, "backend added");
+        Ok(format!(
+            "added {addr}:{port} (weight {weight}) to {service}"
+        ))
+    }
+
+    /// Removes a backend: draining by default, cutting its flows with `now`.
+    pub fn remove_backend(
+        &mut self,
+        service: &str,
+        addr: Ipv4Addr,
+        port: Option<u16>,
+        now: bool,
+    ) -> Result<String, AgentError> {
+        let port = port.unwrap_or(self.service_config(service)?.port);
+        let present = self
+            .state
+            .effective_backends(&self.config)
+            .get(service)
+            .is_some_and(|list| list.iter().any(|b| b.address == addr && b.port == port));
+        let slot_id = self
+            .reconciler
+            .service_by_name(service)
+            .and_then(|s| self.reconciler.find_backend(s.id, addr, port))
+            .map(|b| b.id);
+        if !(present || now && slot_id.is_some()) {
+            return Err(AgentError::NoBackend {
+                service: service.to_string(),
+                addr,
+                port,
+            });
+        }
+        if present {
+            let mut next = self.state.clone();
+            next.remove_backend(service, addr, port);
+            next.save(&self.state_path)?;
+            self.state = next;
+            self.apply()?;
+        }
+        if now {
+            let cut = match slot_id {
+                Some(id) => self.tables.remove_flows(|flow| flow.backend_id == id),
+                None => 0,
+            };
+            info!(service, %addr, port, flows = cut, "backend removed, flows cut");
+            Ok(format!(
+                "removed {addr}:{port} from {service}; cut {cut} flows"
+            ))
+        } else {
+            info!(service, %addr, port, "backend removed, draining");
+            Ok(format!(
+                "removed {addr}:{port} from {service}; draining (existing connections finish)"
+            ))
+        }
+    }
+
+    fn census(&self) -> crate::dataplane::maps::FlowCensus {
+        let settings = self.tables.settings().unwrap_or_default();
+        self.tables.flow_census(&settings, monotonic_ns())
+    }
+
+    pub fn list_backends(&self, service: &str) -> Result<Vec<BackendStatus>, AgentError> {
+        self.service_config(service)?;
+        let census = self.census();
+        let Some(slot) = self.reconciler.service_by_name(service) else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .reconciler
+            .backends_of(slot.id)
+            .map(|b| {
+                let counters = self.tables.backend_counters(b.id);
+                BackendStatus {
+                    address: b.addr,
+                    port: b.port,
+                    weight: b.weight,
+                    state: match b.state {
+                        SlotState::Active => BackendState::Active,
+                        SlotState::Draining => BackendState::Draining,
+                    },
+                    active_flows: census.per_backend.get(&b.id).copied().unwrap_or(0),
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    new_flows: counters.new_flows,
+                }
+            })
+            .collect())
+    }
+
+    pub fn list_services(&self) -> Vec<ServiceStatus> {
+        let census = self.census();
+        self.reconciler
+            .services()
+            .map(|slot| {
+                let counters = self.tables.service_counters(slot.id);
+                let backends: Vec<_> = self.reconciler.backends_of(slot.id).collect();
+                ServiceStatus {
+                    name: slot.name.clone(),
+                    vip: Ipv4Addr::from(slot.key.vip),
+                    port: slot.key.port,
+                    protocol: protocol_name(slot.key.proto).to_string(),
+                    backends: backends.len() as u32,
+                    active_backends: backends
+                        .iter()
+                        .filter(|b| b.state == SlotState::Active)
+                        .count() as u32,
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    new_flows: counters.new_flows,
+                    active_flows: census.per_service.get(&slot.id).copied().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> StatsReport {
+        let census = self.census();
+        let services = self.list_services();
+        let mut backends = Vec::new();
+        for service in &services {
+            if let Ok(list) = self.list_backends(&service.name) {
+                backends.extend(list.into_iter().map(|b| (service.name.clone(), b)));
+            }
+        }
+        StatsReport {
+            services,
+            backends,
+            reasons: self
+                .tables
+                .reasons()
+                .into_iter()
+                .map(|(reason, packets)| ReasonCount {
+                    reason: reason.name().to_string(),
+                    packets,
+                })
+                .collect(),
+            flows: census.active,
+            max_flows: u64::from(self.config.conntrack.max_flows),
+        }
+    }
+
+    /// Periodic upkeep: drop expired flows (freeing NAT ports) and release
+    /// the ids of drained backends without flows.
+    pub fn housekeeping(&mut self) {
+        let expired = self.tables.expire_flows(monotonic_ns());
+        if expired > 0 {
+            tracing::debug!(expired, "expired idle flows");
+        }
+        let census = self.census();
+        match self.reconciler.release_drained(&mut self.tables, &census) {
+            Ok(released) => {
+                for b in released {
+                    info!(addr = %b.addr, port = b.port, "drained backend has no flows left; released");
+                }
+            }
+            Err(error) => warn!(%error, "releasing drained backends"),
+        }
+    }
+
+    /// Every backend address in use (for neighbour resolution).
+    pub fn backend_addresses(&self) -> Vec<Ipv4Addr> {
+        let mut addrs: Vec<Ipv4Addr> = self
+            .reconciler
+            .services()
+            .flat_map(|s| self.reconciler.backends_of(s.id).map(|b| b.addr))
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        addrs
+    }
+}

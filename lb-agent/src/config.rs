@@ -1,0 +1,566 @@
+//! The agent's TOML configuration: parsing, defaults and validation. The doc
+//! comment on every field is the configuration reference (README mirrors it).
+
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::{Settings, MAX_BACKENDS, MAX_SERVICES};
+use serde::{Deserialize, Deserializer};
+
+/// Errors of reading and validating a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config {path}: {message}")]
+    Syntax { path: String, message: String },
+    /// The file parsed but describes something that cannot work.
+    #[error("config {path} is invalid:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node: interfaces, addresses, attach mode.
+    pub node: NodeConfig,
+    /// Connection tracking size and idle timeouts.
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+    /// The balanced services (`[[service]]` tables).
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; fails where the driver lacks XDP support.
+    Native,
+    /// Generic (skb) mode: works on any interface, slower.
+    Generic,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Client-facing interface: VIP traffic arrives here.
+    pub public_interface: String,
+    /// Backend-facing interface (may be the same as `public_interface`).
+    pub private_interface: String,
+    /// This node's own IPv4 address on the private network: the source
+    /// address backends see (put it in their allow lists).
+    pub private_address: Ipv4Addr,
+    /// "auto" (default), "native" or "generic".
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Inclusive NAT source port range towards backends. Must lie outside
+    /// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`); the
+    /// agent also reserves it in `net.ipv4.ip_local_reserved_ports`.
+    #[serde(default = "default_port_range")]
+    pub port_range: [u16; 2],
+    /// Directory of the state file `<instance>.json` that keeps run-time
+    /// backend changes across restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// On SIGINT/SIGTERM leave the program attached and the maps pinned, so
+    /// traffic keeps flowing while the agent is stopped (e.g. for upgrades).
+    #[serde(default)]
+    pub keep_forwarding_on_exit: bool,
+}
+
+fn default_port_range() -> [u16; 2] {
+    [20000, 29999]
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/lb-agent")
+}
+
+/// `[conntrack]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// Entries in each connection-tracking map (one per direction).
+    pub max_flows: u32,
+    /// Idle timeout of a TCP connection before the backend has answered.
+    #[serde(deserialize_with = "duration")]
+    pub tcp_handshake_timeout: Duration,
+    /// Idle timeout of an established TCP connection.
+    #[serde(deserialize_with = "duration")]
+    pub tcp_established_timeout: Duration,
+    /// Idle timeout after a FIN or RST.
+    #[serde(deserialize_with = "duration")]
+    pub tcp_closing_timeout: Duration,
+    /// Idle timeout of a UDP flow.
+    #[serde(deserialize_with = "duration")]
+    pub udp_timeout: Duration,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            max_flows: lb_common::DEFAULT_MAX_FLOWS,
+            tcp_handshake_timeout: Duration::from_secs(30),
+            tcp_established_timeout: Duration::from_secs(15 * 60),
+            tcp_closing_timeout: Duration::from_secs(10),
+            udp_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// TCP or UDP.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// `[[service]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique name used by the CLI (`--service NAME`): [a-z0-9_-], at most 32 characters.
+    pub name: String,
+    /// The virtual IP clients connect to.
+    pub vip: Ipv4Addr,
+    /// The service port on the VIP.
+    pub port: u16,
+    /// "tcp" or "udp".
+    pub protocol: Protocol,
+    /// The backends (`[[service.backend]]` tables).
+    #[serde(default, rename = "backend")]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[[service.backend]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// The backend's private address.
+    pub address: Ipv4Addr,
+    /// Backend port; defaults to the service port.
+    pub port: Option<u16>,
+    /// Relative share of new connections, 1..=100.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Parses "500ms", "30s", "15m", "1h" (also combined: "1m30s").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration; write e.g. \"30s\"".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(format!(
+                "{text:?} is not a duration; write e.g. \"500ms\", \"30s\", \"15m\", \"1h\""
+            ));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value.saturating_mul(60)),
+            "h" => Duration::from_secs(value.saturating_mul(3600)),
+            "" => return Err(format!("{text:?} has no unit; write e.g. \"{value}s\"")),
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?}; use ms, s, m or h"
+                ))
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn is_unusable(addr: Ipv4Addr) -> bool {
+    addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback()
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Everything wrong with the config, each with where and how to fix it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let node = &self.node;
+        if node.public_interface.is_empty() || node.private_interface.is_empty() {
+            problems.push(
+                "node: public_interface and private_interface must name interfaces (see `ip link`)"
+                    .into(),
+            );
+        }
+        if is_unusable(node.private_address) {
+            problems.push(format!(
+                "node.private_address = {} is not a usable unicast address; use this node's address on the backend network",
+                node.private_address
+            ));
+        }
+        let [low, high] = node.port_range;
+        if low == 0 || low > high {
+            problems.push(format!(
+                "node.port_range = [{low}, {high}]: write [first, last] with 0 < first <= last"
+            ));
+        } else if u32::from(high) - u32::from(low) + 1 < 1024 {
+            problems.push(format!(
+                "node.port_range = [{low}, {high}] has {} ports; give it at least 1024 (each backend can have one flow per port)",
+                u32::from(high) - u32::from(low) + 1
+            ));
+        }
+
+        let ct = &self.conntrack;
+        if !(1024..=16_777_216).contains(&ct.max_flows) {
+            problems.push(format!(
+                "conntrack.max_flows = {}: use 1024..=16777216",
+                ct.max_flows
+            ));
+        }
+        for (name, value) in [
+            ("tcp_handshake_timeout", ct.tcp_handshake_timeout),
+            ("tcp_established_timeout", ct.tcp_established_timeout),
+            ("tcp_closing_timeout", ct.tcp_closing_timeout),
+            ("udp_timeout", ct.udp_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("conntrack.{name} must be longer than zero"));
+            }
+        }
+        if ct.tcp_handshake_timeout > ct.tcp_established_timeout
+            || ct.tcp_closing_timeout > ct.tcp_established_timeout
+        {
+            problems.push("conntrack: tcp_handshake_timeout and tcp_closing_timeout must not exceed tcp_established_timeout".into());
+        }
+
+        if self.services.len() > MAX_SERVICES as usize {
+            problems.push(format!(
+                "{} services configured; at most {MAX_SERVICES} fit",
+                self.services.len()
+            ));
+        }
+        let total_backends: usize = self.services.iter().map(|s| s.backends.len()).sum();
+        if total_backends > MAX_BACKENDS as usize {
+            problems.push(format!(
+                "{total_backends} backends configured; at most {MAX_BACKENDS} fit"
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut endpoints = HashSet::new();
+        let vips: HashSet<Ipv4Addr> = self.services.iter().map(|s| s.vip).collect();
+        for (index, service) in self.services.iter().enumerate() {
+            let at = if service.name.is_empty() {
+                format!("service #{}", index + 1)
+            } else {
+                format!("service {:?}", service.name)
+            };
+            let valid_name = !service.name.is_empty()
+                && service.name.len() <= 32
+                && service
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                problems.push(format!(
+                    "{at}: name must be 1-32 characters of a-z, 0-9, '-' or '_'"
+                ));
+            }
+            if !names.insert(service.name.clone()) {
+                problems.push(format!(
+                    "{at}: the name is used twice; names must be unique"
+                ));
+            }
+            if !endpoints.insert((service.vip, service.port, service.protocol)) {
+                problems.push(format!(
+                    "{at}: {}:{} {:?} is already another service's; each (vip, port, protocol) once",
+                    service.vip, service.port, service.protocol
+                ));
+            }
+            if is_unusable(service.vip) {
+                problems.push(format!(
+                    "{at}: vip {} is not a usable unicast address",
+                    service.vip
+                ));
+            }
+            if service.port == 0 {
+                problems.push(format!("{at}: port 0 is not a service port"));
+            }
+            let mut seen = HashSet::new();
+            for backend in &service.backends {
+                let port = backend.port.unwrap_or(service.port);
+                let who = format!("{at} backend {}:{port}", backend.address);
+                if !seen.insert((backend.address, port)) {
+                    problems.push(format!("{who}: listed twice"));
+                }
+                if is_unusable(backend.address) || vips.contains(&backend.address) {
+                    problems.push(format!(
+                        "{who}: address must be a backend's unicast address, not a VIP"
+                    ));
+                }
+                if port == 0 {
+                    problems.push(format!("{who}: port 0 is not a backend port"));
+                }
+                if !(1..=100).contains(&backend.weight) {
+                    problems.push(format!(
+                        "{who}: weight {} is out of range 1..=100",
+                        backend.weight
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The node-wide settings the XDP program reads.
+    pub fn to_settings(&self) -> Settings {
+        let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        Settings {
+            lb_addr: self.node.private_address.octets(),
+            port_min: self.node.port_range[0],
+            port_max: self.node.port_range[1],
+            tcp_handshake_ns: ns(self.conntrack.tcp_handshake_timeout),
+            tcp_established_ns: ns(self.conntrack.tcp_established_timeout),
+            tcp_closing_ns: ns(self.conntrack.tcp_closing_timeout),
+            udp_ns: ns(self.conntrack.udp_timeout),
+            ready: 1,
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAB: &str = r#"
+[node]
+public_interface = "pub0"
+private_interface = "priv0"
+private_address = "10.200.0.11"
+xdp_mode = "generic"
+port_range = [20000, 29999]
+state_dir = "/run/lb-lab/lab/state"
+[conntrack]
+max_flows = 65536
+[[service]]
+name = "www"
+vip = "10.100.0.100"
+port = 80
+protocol = "tcp"
+  [[service.backend]]
+  address = "10.200.0.21"
+  [[service.backend]]
+  address = "10.200.0.22"
+  weight = 3
+[[service]]
+name = "dns"
+vip = "10.100.0.100"
+port = 5353
+protocol = "udp"
+  [[service.backend]]
+  address = "10.200.0.21"
+"#;
+
+    #[test]
+    fn lab_config_parses_with_defaults() {
+        let config = Config::parse(LAB, "lab.toml").expect("lab config is valid");
+        assert_eq!(config.node.xdp_mode, XdpMode::Generic);
+        assert_eq!(config.services.len(), 2);
+        let www = &config.services[0];
+        assert_eq!(www.backends[0].weight, 1);
+        assert_eq!(www.backends[0].port, None);
+        assert_eq!(www.backends[1].weight, 3);
+        assert_eq!(config.conntrack.max_flows, 65536);
+        assert_eq!(
+            config.conntrack.tcp_established_timeout,
+            Duration::from_secs(900)
+        );
+        let settings = config.to_settings();
+        assert_eq!(settings.lb_addr, [10, 200, 0, 11]);
+        assert_eq!((settings.port_min, settings.port_max), (20000, 29999));
+        assert_eq!(settings.udp_ns, 60_000_000_000);
+        assert_eq!(settings.ready, 1);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+    }
+
+    fn broken(replace: &str, with: &str) -> String {
+        assert!(LAB.contains(replace), "fixture lacks {replace:?}");
+        let text = LAB.replacen(replace, with, 1);
+        match Config::parse(&text, "broken.toml") {
+            Ok(_) => panic!("config with {with:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn broken_configs_say_what_and_where() {
+        let table: &[(&str, &str, &str)] = &[
+            ("name = \"dns\"", "name = \"www\"", "the name is used twice"),
+            (
+                "name = \"dns\"",
+                "name = \"DNS!\"",
+                "name must be 1-32 characters",
+            ),
+            (
+                "port = 5353\nprotocol = \"udp\"",
+                "port = 80\nprotocol = \"tcp\"",
+                "already another service's",
+            ),
+            (
+                "vip = \"10.100.0.100\"\nport = 80",
+                "vip = \"224.0.0.1\"\nport = 80",
+                "not a usable unicast address",
+            ),
+            (
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.21\"",
+                "listed twice",
+            ),
+            (
+                "address = \"10.200.0.22\"",
+                "address = \"10.100.0.100\"",
+                "not a VIP",
+            ),
+            ("weight = 3", "weight = 0", "weight 0 is out of range"),
+            (
+                "port_range = [20000, 29999]",
+                "port_range = [30000, 20000]",
+                "0 < first <= last",
+            ),
+            (
+                "port_range = [20000, 29999]",
+                "port_range = [20000, 20010]",
+                "at least 1024",
+            ),
+            (
+                "max_flows = 65536",
+                "max_flows = 10",
+                "conntrack.max_flows = 10",
+            ),
+            (
+                "max_flows = 65536",
+                "max_flows = 65536\nudp_timeout = \"0s\"",
+                "udp_timeout must be longer than zero",
+            ),
+            (
+                "max_flows = 65536",
+                "max_flows = 65536\ntcp_handshake_timeout = \"2h\"",
+                "must not exceed",
+            ),
+            (
+                "private_address = \"10.200.0.11\"",
+                "private_address = \"0.0.0.0\"",
+                "node.private_address",
+            ),
+            (
+                "xdp_mode = \"generic\"",
+                "xdp_mode = \"fast\"",
+                "unknown variant",
+            ),
+            (
+                "max_flows = 65536",
+                "max_flow = 65536",
+                "unknown field `max_flow`",
+            ),
+            (
+                "vip = \"10.100.0.100\"\nport = 80",
+                "vip = \"10.100.0.300\"\nport = 80",
+                "invalid IPv4 address",
+            ),
+            (
+                "max_flows = 65536",
+                "max_flows = 65536\nudp_timeout = \"60\"",
+                "has no unit",
+            ),
+        ];
+        for (replace, with, expected) in table {
+            let message = broken(replace, with);
+            assert!(
+                message.contains(expected),
+                "{with:?}: expected {expected:?} in:\n{message}"
+            );
+            assert!(
+                message.contains("broken.toml"),
+                "message names the file: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let text = LAB.replacen("port = 80", "port = \"eighty\"", 1);
+        let message = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(message.contains("line"), "{message}");
+    }
+}

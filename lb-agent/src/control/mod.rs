@@ -1,0 +1,19 @@
+//! The control API: one JSON request line and one JSON response line per
+//! connection on a root-only Unix socket `/run/lb-agent/<instance>.sock`.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+use std::path::PathBuf;
+
+/// Directory of the control sockets.
+pub const SOCKET_DIR: &str = "/run/lb-agent";
+
+/// The control socket of `instance`.
+pub fn socket_path(instance: &str) -> PathBuf {
+    PathBuf::from(SOCKET_DIR).join(format!("{instance}.sock"))
+}
+
+/// Largest request or response line accepted.
+pub const MAX_LINE: usize = 4 << 20;

@@ -1,0 +1,131 @@
+//! Requests and replies of the control API (serde, one JSON line each).
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    ServicesList,
+    BackendsList {
+        service: String,
+    },
+    BackendsAdd {
+        service: String,
+        address: Ipv4Addr,
+        port: Option<u16>,
+        weight: Option<u32>,
+    },
+    BackendsRemove {
+        service: String,
+        address: Ipv4Addr,
+        port: Option<u16>,
+        now: bool,
+    },
+    Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Reply {
+    Services(Vec<ServiceStatus>),
+    Backends(Vec<BackendStatus>),
+    Stats(StatsReport),
+    Changed { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    pub backends: u32,
+    pub active_backends: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub active_flows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    /// Takes new connections.
+    Active,
+    /// Removed: no new connections; existing ones finish.
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+    pub active_flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub services: Vec<ServiceStatus>,
+    /// (service name, backend).
+    pub backends: Vec<(String, BackendStatus)>,
+    pub reasons: Vec<ReasonCount>,
+    /// Live flows in the connection table.
+    pub flows: u64,
+    pub max_flows: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        let request = Request::BackendsRemove {
+            service: "www".into(),
+            address: Ipv4Addr::new(10, 200, 0, 23),
+            port: None,
+            now: true,
+        };
+        let text = serde_json::to_string(&request).expect("serialize");
+        assert_eq!(
+            text,
+            r#"{"op":"backends_remove","service":"www","address":"10.200.0.23","port":null,"now":true}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(&text).expect("parse"),
+            request
+        );
+        let response = Response::Ok(Reply::Changed {
+            message: "done".into(),
+        });
+        let text = serde_json::to_string(&response).expect("serialize");
+        assert_eq!(
+            text,
+            r#"{"status":"ok","kind":"changed","data":{"message":"done"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Response>(&text).expect("parse"),
+            response
+        );
+    }
+}

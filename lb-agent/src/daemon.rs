@@ -1,0 +1,239 @@
+//! `lb-agent run`: prepares the node, loads (or adopts) the data plane,
+//! applies the wanted state, then serves the control API and does upkeep
+//! until SIGINT/SIGTERM.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::{
+    agent::Agent,
+    config::{Config, XdpMode},
+    control::{
+        protocol::{Reply, Request, Response},
+        server::{bind, serve, ControlHandler},
+        socket_path,
+    },
+    dataplane::{loader::interface_index, Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT},
+    neighbors::NeighborKeeper,
+    ports,
+    state::RuntimeState,
+};
+
+/// How often expired flows are collected and drained backends released.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
+/// How often backend next hops are checked in the neighbour table.
+const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Options of `lb-agent run` besides the config file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub instance: String,
+    pub config_path: PathBuf,
+    /// Leave the program attached and maps pinned on exit.
+    pub keep_forwarding: bool,
+    /// BPF filesystem root (tests may point elsewhere).
+    pub bpffs: PathBuf,
+}
+
+struct Handler {
+    agent: Arc<Mutex<Agent>>,
+}
+
+impl ControlHandler for Handler {
+    fn handle(&self, request: Request) -> Response {
+        let Ok(mut agent) = self.agent.lock() else {
+            return Response::Error {
+                message: "agent state is poisoned by an earlier panic; restart the agent".into(),
+            };
+        };
+        let result = match request {
+            Request::ServicesList => Ok(Reply::Services(agent.list_services())),
+            Request::BackendsList { service } => agent.list_backends(&service).map(Reply::Backends),
+            Request::BackendsAdd {
+                service,
+                address,
+                port,
+                weight,
+            } => agent
+                .add_backend(&service, address, port, weight)
+                .map(|message| Reply::Changed { message }),
+            Request::BackendsRemove {
+                service,
+                address,
+                port,
+                now,
+            } => agent
+                .remove_backend(&service, address, port, now)
+                .map(|message| Reply::Changed { message }),
+            Request::Stats => Ok(Reply::Stats(agent.stats())),
+        };
+        match result {
+            Ok(reply) => Response::Ok(reply),
+            Err(error) => Response::Error {
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
+fn attach_mode(mode: XdpMode) -> XdpAttachMode {
+    match mode {
+        XdpMode::Auto => XdpAttachMode::Auto,
+        XdpMode::Native => XdpAttachMode::Native,
+        XdpMode::Generic => XdpAttachMode::Generic,
+    }
+}
+
+/// `bpf_fib_lookup` answers only for interfaces with IPv4 forwarding on.
+fn enable_forwarding(interface: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    std::fs::write(&path, "1").with_context(|| format!("enabling forwarding: write 1 to {path}"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            warn!(%error, "cannot watch SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = term.recv() => info!("SIGTERM received"),
+    }
+}
+
+pub fn state_file(state_dir: &Path, instance: &str) -> PathBuf {
+    state_dir.join(format!("{instance}.json"))
+}
+
+/// Runs the agent until a shutdown signal.
+pub async fn run(options: RunOptions) -> Result<()> {
+    let config = Config::load(&options.config_path)?;
+    let node = &config.node;
+    let interfaces = vec![
+        node.public_interface.clone(),
+        node.private_interface.clone(),
+    ];
+    for interface in &interfaces {
+        if interface_index(interface).is_none() {
+            anyhow::bail!(
+                "interface {interface} from {} does not exist on this node (see `ip link`); fix node.public_interface / node.private_interface",
+                options.config_path.display()
+            );
+        }
+    }
+
+    // Claim the control socket first: it also tells whether another agent
+    // already runs this instance, before anything touches the data plane.
+    let socket = socket_path(&options.instance);
+    let listener = bind(&socket).await?;
+
+    ports::reserve_nat_range(node.port_range[0], node.port_range[1])
+        .context("preparing the NAT source port range")?;
+    for interface in &interfaces {
+        enable_forwarding(interface)?;
+    }
+
+    let state_path = state_file(&node.state_dir, &options.instance);
+    let state = RuntimeState::load(&state_path)?;
+
+    let load = LoadOptions {
+        instance: options.instance.clone(),
+        interfaces: interfaces.clone(),
+        mode: attach_mode(node.xdp_mode),
+        max_flows: config.conntrack.max_flows,
+        bpffs: options.bpffs.clone(),
+    };
+    let mut dataplane = Dataplane::load(&load, LB_OBJECT)?;
+    let mut tables = dataplane.tables()?;
+    tables.write_settings(config.to_settings())?;
+    let ifindexes: Vec<u32> = interfaces
+        .iter()
+        .filter_map(|i| interface_index(i))
+        .collect();
+    tables.set_tx_ports(&ifindexes)?;
+    let keep_forwarding = options.keep_forwarding || node.keep_forwarding_on_exit;
+    let agent = Agent::new(config, state, state_path, tables)?;
+    let agent = Arc::new(Mutex::new(agent));
+
+    // Resolve backends before attaching, so first packets find their MACs.
+    let neighbors = NeighborKeeper::new()?;
+    let backends = lock(&agent)
+        .map(|a| a.backend_addresses())
+        .unwrap_or_default();
+    neighbors.resolve_now(&backends, 20).await;
+
+    dataplane.attach()?;
+    info!(instance = %options.instance, adopted = dataplane.adopted, "forwarding");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = {
+        let handler = Arc::new(Handler {
+            agent: agent.clone(),
+        });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(serve(listener, handler, async move {
+            let _ = stop.changed().await;
+        }))
+    };
+    let upkeep = {
+        let agent = agent.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+            let mut neighbor_tick = tokio::time::interval(NEIGHBOR_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = housekeeping.tick() => {
+                        if let Some(mut a) = lock(&agent) { a.housekeeping(); }
+                    }
+                    _ = neighbor_tick.tick() => {
+                        let addrs: Vec<Ipv4Addr> = lock(&agent).map(|a| a.backend_addresses()).unwrap_or_default();
+                        if let Err(error) = neighbors.ensure(&addrs).await {
+                            warn!(%error, "neighbour upkeep");
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = upkeep.await;
+    let _ = std::fs::remove_file(&socket);
+
+    if keep_forwarding {
+        // The pins hold program, links and maps; dropping our handles keeps them.
+        info!("keeping the XDP program attached and maps pinned (keep-forwarding)");
+        drop(dataplane);
+    } else {
+        dataplane.detach_and_unpin()?;
+        info!("detached and unpinned; bye");
+    }
+    Ok(())
+}
+
+fn lock(agent: &Arc<Mutex<Agent>>) -> Option<std::sync::MutexGuard<'_, Agent>> {
+    match agent.lock() {
+        Ok(guard) => Some(guard),
+        Err(_) => {
+            error!("agent state poisoned by a panic");
+            None
+        }
+    }
+}

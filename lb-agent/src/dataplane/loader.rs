@@ -1,0 +1,374 @@
+//! Loads the XDP program with its maps pinned under
+//! `/sys/fs/bpf/<instance>/`, adopting the maps (and so the live flows) of an
+//! earlier run, and attaches it through pinned bpf_links so the data path
+//! keeps forwarding when the agent dies. A restarted agent swaps its program
+//! into the existing links atomically (`bpf_link_update`): no packet sees a
+//! detached interface.
+
+use std::{
+    ffi::CString,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::MapInfo,
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    map_names, BackendValue, Counters, FlowKey, FlowValue, ReplyValue, ServiceKey, ServiceValue,
+    Settings,
+};
+use tracing::{info, warn};
+
+use super::{maps::Tables, pins, DataplaneError};
+
+/// How the program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode, works on every interface.
+    Generic,
+}
+
+/// What to load and where.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub instance: String,
+    /// Interfaces to attach to (public first; duplicates are ignored).
+    pub interfaces: Vec<String>,
+    pub mode: XdpAttachMode,
+    /// Size of each connection-tracking map.
+    pub max_flows: u32,
+    /// BPF filesystem root, normally `/sys/fs/bpf`.
+    pub bpffs: PathBuf,
+}
+
+/// A loaded (and possibly attached) instance of the program.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    dir: PathBuf,
+    interfaces: Vec<String>,
+    mode: XdpAttachMode,
+    /// Whether maps of an earlier run were adopted.
+    pub adopted: bool,
+}
+
+const PROGRAM: &str = "lb";
+
+/// (name, key size, value size) of every map, as this build lays them out.
+fn expected_layouts() -> [(&'static str, u32, u32); 12] {
+    use core::mem::size_of;
+    let s = |n: usize| n as u32;
+    [
+        (
+            map_names::SERVICES,
+            s(size_of::<ServiceKey>()),
+            s(size_of::<ServiceValue>()),
+        ),
+        (map_names::BACKENDS, 4, s(size_of::<BackendValue>())),
+        (map_names::RINGS, 4, 4),
+        (map_names::RR_CURSORS, 4, 4),
+        (
+            map_names::FLOWS,
+            s(size_of::<FlowKey>()),
+            s(size_of::<FlowValue>()),
+        ),
+        (
+            map_names::REPLIES,
+            s(size_of::<FlowKey>()),
+            s(size_of::<ReplyValue>()),
+        ),
+        (map_names::SETTINGS, 4, s(size_of::<Settings>())),
+        (map_names::TX_PORTS, 4, 8),
+        (map_names::SERVICE_STATS, 4, s(size_of::<Counters>())),
+        (map_names::BACKEND_STATS, 4, s(size_of::<Counters>())),
+        (map_names::REASONS, 4, 8),
+        (map_names::VIPS, 4, 4),
+    ]
+}
+
+/// Mounts the BPF filesystem on `path` unless it already is one.
+pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
+    let err = |source| DataplaneError::BpfFs {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: statfs on a valid C string into a zeroed struct.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    if stat.f_type as i64 == pins::BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = CString::new("bpf").map_err(|e| err(std::io::Error::other(e)))?;
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c_path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    info!(path = %path.display(), "mounted the BPF filesystem");
+    Ok(())
+}
+
+fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneError> {
+    for (name, key, value) in expected_layouts() {
+        let path = pins::map_pin(dir, name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name))?;
+        if (info.key_size(), info.value_size()) != (key, value) {
+            return Err(DataplaneError::IncompatiblePin {
+                path: path.display().to_string(),
+                dir: dir.display().to_string(),
+                found: (info.key_size(), info.value_size()),
+                expected: (key, value),
+            });
+        }
+        if (name == map_names::FLOWS || name == map_names::REPLIES)
+            && info.max_entries() != max_flows
+        {
+            warn!(
+                map = name,
+                pinned = info.max_entries(),
+                configured = max_flows,
+                "keeping the pinned connection table and its size so live flows survive; \
+                 stop the agent (without --keep-forwarding) to apply the new conntrack.max_flows"
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Loads `object` (verifier included) with maps pinned under
+    /// `<bpffs>/<instance>/`, reusing pinned maps of an earlier run.
+    pub fn load(opts: &LoadOptions, object: &[u8]) -> Result<Self, DataplaneError> {
+        if object.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        ensure_bpffs(&opts.bpffs)?;
+        let dir = pins::instance_dir(&opts.bpffs, &opts.instance);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| DataplaneError::Io {
+                action: "creating pin directory",
+                path: dir.display().to_string(),
+                source,
+            })?;
+        check_pins_compatible(&dir, opts.max_flows)?;
+        let adopted = pins::map_pin(&dir, map_names::FLOWS).exists();
+
+        let mut loader = EbpfLoader::new();
+        let pin_paths: Vec<(&str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|name| (*name, pins::map_pin(&dir, name)))
+            .collect();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader
+            .map_max_entries(map_names::FLOWS, opts.max_flows)
+            .map_max_entries(map_names::REPLIES, opts.max_flows);
+        let mut ebpf = loader.load(object)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| DataplaneError::Missing(format!("program {PROGRAM}")))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                action: "program lb is not XDP".into(),
+                source,
+            })?;
+        program.load().map_err(|source| DataplaneError::Program {
+            action: "loading the XDP program (verifier)".into(),
+            source,
+        })?;
+        let mut interfaces: Vec<String> = Vec::new();
+        for name in &opts.interfaces {
+            if !interfaces.contains(name) {
+                interfaces.push(name.clone());
+            }
+        }
+        if adopted {
+            info!(dir = %dir.display(), "adopted pinned maps and their flows from an earlier run");
+        }
+        Ok(Self {
+            ebpf,
+            dir,
+            interfaces,
+            mode: opts.mode,
+            adopted,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the maps out of the loaded object for typed access.
+    pub fn tables(&mut self) -> Result<Tables, DataplaneError> {
+        Tables::take(&mut self.ebpf)
+    }
+
+    /// Attaches to every interface: replaces the program in an existing
+    /// pinned link, or attaches and pins a new link.
+    pub fn attach(&mut self) -> Result<(), DataplaneError> {
+        let interfaces = self.interfaces.clone();
+        for interface in &interfaces {
+            if interface_index(interface).is_none() {
+                return Err(DataplaneError::NoInterface {
+                    name: interface.clone(),
+                });
+            }
+            let pin = pins::link_pin(&self.dir, interface);
+            if pin.exists() {
+                self.replace_in_link(interface, &pin)?;
+            } else {
+                self.attach_new(interface, &pin)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| DataplaneError::Missing(format!("program {PROGRAM}")))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                action: "program lb is not XDP".into(),
+                source,
+            })
+    }
+
+    fn replace_in_link(&mut self, interface: &str, pin: &Path) -> Result<(), DataplaneError> {
+        let pinned = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Io {
+            action: "opening pinned link",
+            path: pin.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let link: aya::programs::xdp::XdpLink =
+            FdLink::from(pinned)
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| DataplaneError::Io {
+                    action: "pinned link is not an XDP link",
+                    path: pin.display().to_string(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        let program = self.program()?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::Program {
+                action: format!("replacing the program on {interface}"),
+                source,
+            })?;
+        // The pin keeps the link (and the attachment) alive, not our fd.
+        let _ = program.take_link(id);
+        info!(interface, "swapped the new program into the existing link");
+        Ok(())
+    }
+
+    fn attach_new(&mut self, interface: &str, pin: &Path) -> Result<(), DataplaneError> {
+        let modes: &[(XdpMode, &str)] = match self.mode {
+            XdpAttachMode::Native => &[(XdpMode::Driver, "native")],
+            XdpAttachMode::Generic => &[(XdpMode::Skb, "generic")],
+            XdpAttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        };
+        let program = self.program()?;
+        let mut last_error = None;
+        for (mode, label) in modes {
+            match program.attach(interface, *mode) {
+                Ok(id) => {
+                    let link = program
+                        .take_link(id)
+                        .map_err(|source| DataplaneError::Program {
+                            action: format!("taking the link on {interface}"),
+                            source,
+                        })?;
+                    let fd_link: FdLink =
+                        link.try_into()
+                            .map_err(|e: aya::programs::links::LinkError| DataplaneError::Io {
+                                action: "this kernel attached XDP without bpf_link; cannot pin",
+                                path: interface.to_string(),
+                                source: std::io::Error::other(e.to_string()),
+                            })?;
+                    fd_link.pin(pin).map_err(|source| DataplaneError::Pin {
+                        path: pin.display().to_string(),
+                        source,
+                    })?;
+                    info!(interface, mode = label, "attached XDP program");
+                    return Ok(());
+                }
+                Err(error) => {
+                    warn!(interface, mode = label, %error, "XDP attach failed");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(DataplaneError::Program {
+            action: format!("attaching to {interface}"),
+            source: last_error.unwrap_or(aya::programs::ProgramError::NotLoaded),
+        })
+    }
+
+    /// Detaches from every interface and removes every pin of the instance.
+    pub fn detach_and_unpin(self) -> Result<(), DataplaneError> {
+        remove_instance(&self.dir, &self.interfaces)
+    }
+}
+
+/// Removes an instance's links (detaching the program) and map pins.
+pub fn remove_instance(dir: &Path, interfaces: &[String]) -> Result<(), DataplaneError> {
+    for interface in interfaces {
+        let pin = pins::link_pin(dir, interface);
+        if pin.exists() {
+            match PinnedLink::from_pin(&pin) {
+                Ok(link) => {
+                    let _ = link.unpin();
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+            info!(interface, "detached XDP program");
+        }
+    }
+    for name in map_names::ALL {
+        let _ = std::fs::remove_file(pins::map_pin(dir, name));
+    }
+    std::fs::remove_dir(dir).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(DataplaneError::Io {
+            action: "removing pin directory",
+            path: dir.display().to_string(),
+            source: e,
+        }),
+    })
+}
+
+/// ifindex of `name` in this network namespace.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}

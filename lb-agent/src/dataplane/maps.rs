@@ -1,0 +1,310 @@
+//! Typed access to every map of the program (layouts from `lb_common`).
+
+use std::{collections::HashMap as StdHashMap, path::Path};
+
+use aya::{
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    Ebpf,
+};
+use lb_common::{
+    flow_expired, map_names, ring_base, BackendValue, Counters, FlowKey, FlowValue, Reason,
+    ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS, RING_SIZE,
+};
+
+use super::{pins, DataplaneError};
+
+/// The maps of one instance, owned (they stay shared with the kernel program).
+pub struct Tables {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    vips: HashMap<MapData, [u8; 4], u32>,
+    backends: Array<MapData, BackendValue>,
+    rings: Array<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    replies: HashMap<MapData, FlowKey, ReplyValue>,
+    settings: Array<MapData, Settings>,
+    tx_ports: DevMapHash<MapData>,
+    service_stats: PerCpuArray<MapData, Counters>,
+    backend_stats: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, u64>,
+}
+
+/// Active flows per backend id, from one pass over the flow table.
+#[derive(Debug, Default, Clone)]
+pub struct FlowCensus {
+    pub per_backend: StdHashMap<u32, u64>,
+    pub per_service: StdHashMap<u32, u64>,
+    pub active: u64,
+    pub expired: u64,
+}
+
+/// Now on the clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn sum(values: &[Counters]) -> Counters {
+    values.iter().fold(Counters::default(), |acc, c| Counters {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+        new_flows: acc.new_flows + c.new_flows,
+    })
+}
+
+macro_rules! typed {
+    ($map:expr, $name:expr) => {
+        $map.try_into().map_err(DataplaneError::map($name))?
+    };
+}
+
+impl Tables {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DataplaneError::Missing(format!("map {name}")))
+        };
+        Self::from_maps(&mut take)
+    }
+
+    /// Opens the maps an instance pinned under `dir` (read-only use by
+    /// tools and tests; the agent itself uses `take`).
+    pub fn from_pins(dir: &Path) -> Result<Self, DataplaneError> {
+        let mut open = |name: &'static str| {
+            let data =
+                MapData::from_pin(pins::map_pin(dir, name)).map_err(DataplaneError::map(name))?;
+            Map::from_map_data(data).map_err(DataplaneError::map(name))
+        };
+        Self::from_maps(&mut open)
+    }
+
+    fn from_maps(
+        get: &mut dyn FnMut(&'static str) -> Result<Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        use map_names::*;
+        Ok(Self {
+            services: typed!(get(SERVICES)?, SERVICES),
+            vips: typed!(get(VIPS)?, VIPS),
+            backends: typed!(get(BACKENDS)?, BACKENDS),
+            rings: typed!(get(RINGS)?, RINGS),
+            flows: typed!(get(FLOWS)?, FLOWS),
+            replies: typed!(get(REPLIES)?, REPLIES),
+            settings: typed!(get(SETTINGS)?, SETTINGS),
+            tx_ports: typed!(get(TX_PORTS)?, TX_PORTS),
+            service_stats: typed!(get(SERVICE_STATS)?, SERVICE_STATS),
+            backend_stats: typed!(get(BACKEND_STATS)?, BACKEND_STATS),
+            reasons: typed!(get(REASONS)?, REASONS),
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings, DataplaneError> {
+        self.settings
+            .get(&0, 0)
+            .map_err(DataplaneError::map(map_names::SETTINGS))
+    }
+
+    pub fn write_settings(&mut self, settings: Settings) -> Result<(), DataplaneError> {
+        self.settings
+            .set(0, settings, 0)
+            .map_err(DataplaneError::map(map_names::SETTINGS))
+    }
+
+    pub fn services(&self) -> Vec<(ServiceKey, ServiceValue)> {
+        self.services.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn write_service(
+        &mut self,
+        key: ServiceKey,
+        value: ServiceValue,
+    ) -> Result<(), DataplaneError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(DataplaneError::map(map_names::SERVICES))
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        match self.services.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(DataplaneError::Map {
+                map: map_names::SERVICES,
+                source: e,
+            }),
+        }
+    }
+
+    /// Makes `vips` hold exactly `wanted` (address -> number of services).
+    pub fn set_vips(&mut self, wanted: &StdHashMap<[u8; 4], u32>) -> Result<(), DataplaneError> {
+        for (vip, count) in wanted {
+            self.vips
+                .insert(vip, count, 0)
+                .map_err(DataplaneError::map(map_names::VIPS))?;
+        }
+        let stale: Vec<[u8; 4]> = self
+            .vips
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|vip| !wanted.contains_key(vip))
+            .collect();
+        for vip in stale {
+            let _ = self.vips.remove(&vip);
+        }
+        Ok(())
+    }
+
+    /// Every backend slot in use (a zero address marks a free slot).
+    pub fn backends(&self) -> Vec<(u32, BackendValue)> {
+        (0..MAX_BACKENDS)
+            .filter_map(|id| self.backends.get(&id, 0).ok().map(|b| (id, b)))
+            .filter(|(_, b)| b.addr != [0; 4])
+            .collect()
+    }
+
+    pub fn write_backend(&mut self, id: u32, value: BackendValue) -> Result<(), DataplaneError> {
+        self.backends
+            .set(id, value, 0)
+            .map_err(DataplaneError::map(map_names::BACKENDS))
+    }
+
+    /// Writes half `half` of a service's ring.
+    pub fn write_ring(
+        &mut self,
+        service_id: u32,
+        half: u32,
+        ring: &[u32],
+    ) -> Result<(), DataplaneError> {
+        let base = ring_base(service_id, half);
+        for (slot, backend_id) in ring.iter().take(RING_SIZE as usize).enumerate() {
+            self.rings
+                .set(base + slot as u32, backend_id, 0)
+                .map_err(DataplaneError::map(map_names::RINGS))?;
+        }
+        Ok(())
+    }
+
+    /// Lets the program redirect to exactly these interfaces.
+    pub fn set_tx_ports(&mut self, ifindexes: &[u32]) -> Result<(), DataplaneError> {
+        for index in ifindexes {
+            self.tx_ports
+                .insert(*index, *index, None, 0)
+                .map_err(|source| DataplaneError::DevMap { source })?;
+        }
+        let stale: Vec<u32> = self
+            .tx_ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ifindexes.contains(k))
+            .collect();
+        for key in stale {
+            let _ = self.tx_ports.remove(key);
+        }
+        Ok(())
+    }
+
+    pub fn service_counters(&self, id: u32) -> Counters {
+        self.service_stats
+            .get(&id, 0)
+            .map(|v| sum(&v))
+            .unwrap_or_default()
+    }
+
+    pub fn backend_counters(&self, id: u32) -> Counters {
+        self.backend_stats
+            .get(&id, 0)
+            .map(|v| sum(&v))
+            .unwrap_or_default()
+    }
+
+    /// Zeroes a backend's counters when its id is handed to a new backend.
+    pub fn reset_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
+            action: "counting CPUs",
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| {
+                DataplaneError::Io {
+                    action: "building per-CPU values",
+                    path: String::new(),
+                    source: e,
+                }
+            })?;
+        self.backend_stats
+            .set(id, zeros, 0)
+            .map_err(DataplaneError::map(map_names::BACKEND_STATS))
+    }
+
+    pub fn reasons(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let count = self
+                    .reasons
+                    .get(&(*r as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*r, count)
+            })
+            .collect()
+    }
+
+    /// Counts live flows per backend and per service.
+    pub fn flow_census(&self, settings: &Settings, now_ns: u64) -> FlowCensus {
+        let mut census = FlowCensus::default();
+        for (_, flow) in self.flows.iter().filter_map(Result::ok) {
+            if flow_expired(settings, &flow, now_ns) {
+                census.expired += 1;
+                continue;
+            }
+            census.active += 1;
+            *census.per_backend.entry(flow.backend_id).or_default() += 1;
+            *census.per_service.entry(flow.service_id).or_default() += 1;
+        }
+        census
+    }
+
+    /// Deletes every flow (both directions) that `select` picks; returns how many.
+    pub fn remove_flows(&mut self, mut select: impl FnMut(&FlowValue) -> bool) -> usize {
+        let settings = self.settings().unwrap_or_default();
+        let doomed: Vec<(FlowKey, FlowValue)> = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, flow)| select(flow))
+            .collect();
+        for (key, flow) in &doomed {
+            let reply = FlowKey {
+                src_addr: flow.backend_addr,
+                dst_addr: settings.lb_addr,
+                src_port: flow.backend_port,
+                dst_port: flow.lb_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            let _ = self.replies.remove(&reply);
+            let _ = self.flows.remove(key);
+        }
+        doomed.len()
+    }
+
+    /// Deletes flows idle past their timeout, so their NAT ports and the
+    /// ids of drained backends can be reused.
+    pub fn expire_flows(&mut self, now_ns: u64) -> usize {
+        let settings = match self.settings() {
+            Ok(s) if s.ready != 0 => s,
+            _ => return 0,
+        };
+        self.remove_flows(|flow| flow_expired(&settings, flow, now_ns))
+    }
+
+    /// Number of entries in the flow table (live or not yet collected).
+    pub fn flow_entries(&self) -> usize {
+        self.flows.keys().count()
+    }
+}

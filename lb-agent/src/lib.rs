@@ -1,0 +1,20 @@
+//! lb-agent: loads the XDP load balancer, keeps its maps in step with the
+//! configuration and run-time changes, and serves the control API.
+//!
+//! Modules, one job each: `config` (TOML), `state` (persisted run-time
+//! changes), `schedule` (weighted ring), `ports` (NAT range vs kernel),
+//! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution),
+//! `agent` (operations), `control` (socket API), `cli` and `output`, and
+//! `daemon` (the `run` loop).
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod neighbors;
+pub mod output;
+pub mod ports;
+pub mod schedule;
+pub mod state;

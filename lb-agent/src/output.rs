@@ -1,0 +1,174 @@
+//! Renders control API replies for people (aligned tables) or as JSON.
+
+use crate::control::protocol::{BackendState, BackendStatus, Reply, ServiceStatus, StatsReport};
+
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().cloned().map(line));
+    out.join("\n") + "\n"
+}
+
+fn services(list: &[ServiceStatus]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                format!("{}:{}/{}", s.vip, s.port, s.protocol),
+                format!("{}/{}", s.active_backends, s.backends),
+                s.active_flows.to_string(),
+                s.new_flows.to_string(),
+                s.packets.to_string(),
+                s.bytes.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SERVICE",
+            "VIP",
+            "BACKENDS",
+            "FLOWS",
+            "NEW FLOWS",
+            "PACKETS",
+            "BYTES",
+        ],
+        &rows,
+    )
+}
+
+fn backend_row(b: &BackendStatus) -> Vec<String> {
+    vec![
+        format!("{}:{}", b.address, b.port),
+        b.weight.to_string(),
+        match b.state {
+            BackendState::Active => "active".into(),
+            BackendState::Draining => "draining".into(),
+        },
+        b.active_flows.to_string(),
+        b.new_flows.to_string(),
+        b.packets.to_string(),
+        b.bytes.to_string(),
+    ]
+}
+
+const BACKEND_HEADERS: [&str; 7] = [
+    "BACKEND",
+    "WEIGHT",
+    "STATE",
+    "FLOWS",
+    "NEW FLOWS",
+    "PACKETS",
+    "BYTES",
+];
+
+fn stats(report: &StatsReport) -> String {
+    let mut out = services(&report.services);
+    out.push('\n');
+    let rows: Vec<Vec<String>> = report
+        .backends
+        .iter()
+        .map(|(service, b)| {
+            let mut row = vec![service.clone()];
+            row.extend(backend_row(b));
+            row
+        })
+        .collect();
+    let mut headers = vec!["SERVICE"];
+    headers.extend(BACKEND_HEADERS);
+    out.push_str(&table(&headers, &rows));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = report
+        .reasons
+        .iter()
+        .filter(|r| r.packets > 0)
+        .map(|r| vec![r.reason.clone(), r.packets.to_string()])
+        .collect();
+    out.push_str(&table(&["REASON", "PACKETS"], &rows));
+    out.push_str(&format!(
+        "\nflow table: {} live of {} entries\n",
+        report.flows, report.max_flows
+    ));
+    out
+}
+
+/// Human rendering of a reply.
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Services(list) => services(list),
+        Reply::Backends(list) => table(
+            &BACKEND_HEADERS,
+            &list.iter().map(backend_row).collect::<Vec<_>>(),
+        ),
+        Reply::Stats(report) => stats(report),
+        Reply::Changed { message } => format!("{message}\n"),
+    }
+}
+
+/// JSON rendering of a reply's payload.
+pub fn render_json(reply: &Reply) -> String {
+    let value = match reply {
+        Reply::Services(list) => serde_json::to_string_pretty(list),
+        Reply::Backends(list) => serde_json::to_string_pretty(list),
+        Reply::Stats(report) => serde_json::to_string_pretty(report),
+        Reply::Changed { message } => {
+            serde_json::to_string_pretty(&serde_json::json!({ "message": message }))
+        }
+    };
+    value.unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn backend_table_is_aligned() {
+        let reply = Reply::Backends(vec![
+            BackendStatus {
+                address: Ipv4Addr::new(10, 200, 0, 21),
+                port: 80,
+                weight: 1,
+                state: BackendState::Active,
+                active_flows: 3,
+                packets: 100,
+                bytes: 5000,
+                new_flows: 7,
+            },
+            BackendStatus {
+                address: Ipv4Addr::new(10, 200, 0, 3),
+                port: 8080,
+                weight: 10,
+                state: BackendState::Draining,
+                active_flows: 1,
+                packets: 0,
+                bytes: 0,
+                new_flows: 0,
+            },
+        ]);
+        let text = render(&reply);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("BACKEND          WEIGHT"), "{text}");
+        assert!(lines[2].contains("draining"), "{text}");
+        let col = lines[0].find("STATE").expect("header");
+        assert_eq!(&lines[1][col..col + 6], "active");
+    }
+}

@@ -1,0 +1,194 @@
+//! The NAT source port range versus the kernel: it must not overlap the
+//! ephemeral range the node's own sockets draw from, and it is added to
+//! `ip_local_reserved_ports` so no local socket ever auto-binds into it
+//! (replies to those ports are taken by the XDP program before the stack).
+
+use std::path::Path;
+
+/// Errors of checking and reserving the NAT port range.
+#[derive(Debug, thiserror::Error)]
+pub enum PortsError {
+    /// A sysctl file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sysctl file held something unexpected.
+    #[error("cannot parse {path}: {content:?}")]
+    Parse { path: String, content: String },
+    /// The NAT range overlaps the kernel's ephemeral port range.
+    #[error(
+        "node.port_range {min}-{max} overlaps the kernel's ephemeral port range {eph_min}-{eph_max}; \
+         choose a port_range outside it, or narrow it with `sysctl net.ipv4.ip_local_port_range=\"{suggest_min} {eph_max}\"`"
+    )]
+    Overlap {
+        min: u16,
+        max: u16,
+        eph_min: u16,
+        eph_max: u16,
+        suggest_min: u32,
+    },
+}
+
+/// Parses `ip_local_port_range` ("32768\t60999").
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b)), None) => Some((a, b)),
+        _ => None,
+    }
+}
+
+/// Parses `ip_local_reserved_ports` ("8080,20000-29999" or empty).
+pub fn parse_reserved(text: &str) -> Option<Vec<(u16, u16)>> {
+    text.trim()
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let part = part.trim();
+            match part.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => part.parse().ok().map(|p| (p, p)),
+            }
+        })
+        .collect()
+}
+
+/// The reserved list with `range` merged in (overlapping/adjacent ranges joined).
+pub fn merge_reserved(existing: &[(u16, u16)], range: (u16, u16)) -> String {
+    let mut all: Vec<(u16, u16)> = existing.to_vec();
+    all.push(range);
+    all.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in all {
+        match merged.last_mut() {
+            Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn read(path: &Path) -> Result<String, PortsError> {
+    std::fs::read_to_string(path).map_err(|source| PortsError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Checks and reserves `min..=max` using the sysctl files under `ipv4_dir`
+/// (normally `/proc/sys/net/ipv4`).
+pub fn reserve_nat_range_at(ipv4_dir: &Path, min: u16, max: u16) -> Result<(), PortsError> {
+    let range_path = ipv4_dir.join("ip_local_port_range");
+    let text = read(&range_path)?;
+    let (eph_min, eph_max) = parse_port_range(&text).ok_or_else(|| PortsError::Parse {
+        path: range_path.display().to_string(),
+        content: text.clone(),
+    })?;
+    if min <= eph_max && eph_min <= max {
+        return Err(PortsError::Overlap {
+            min,
+            max,
+            eph_min,
+            eph_max,
+            suggest_min: u32::from(max) + 1,
+        });
+    }
+    let reserved_path = ipv4_dir.join("ip_local_reserved_ports");
+    let text = read(&reserved_path)?;
+    let existing = parse_reserved(&text).ok_or_else(|| PortsError::Parse {
+        path: reserved_path.display().to_string(),
+        content: text.clone(),
+    })?;
+    if existing.iter().any(|(a, b)| *a <= min && max <= *b) {
+        return Ok(());
+    }
+    std::fs::write(&reserved_path, merge_reserved(&existing, (min, max))).map_err(|source| {
+        PortsError::Io {
+            path: reserved_path.display().to_string(),
+            source,
+        }
+    })
+}
+
+/// Checks and reserves the range in this network namespace.
+pub fn reserve_nat_range(min: u16, max: u16) -> Result<(), PortsError> {
+    reserve_nat_range_at(Path::new("/proc/sys/net/ipv4"), min, max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsing() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("x"), None);
+        assert_eq!(parse_reserved("\n"), Some(vec![]));
+        assert_eq!(
+            parse_reserved("8080,20000-29999\n"),
+            Some(vec![(8080, 8080), (20000, 29999)])
+        );
+        assert_eq!(parse_reserved("a-b"), None);
+    }
+
+    #[test]
+    fn merging() {
+        assert_eq!(merge_reserved(&[], (20000, 29999)), "20000-29999");
+        assert_eq!(
+            merge_reserved(&[(8080, 8080)], (20000, 29999)),
+            "8080,20000-29999"
+        );
+        assert_eq!(
+            merge_reserved(&[(19000, 20500), (29999, 30000)], (20000, 29999)),
+            "19000-30000"
+        );
+    }
+
+    fn fake_proc(range: &str, reserved: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "lb-ports-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("ip_local_port_range"), range).expect("write");
+        std::fs::write(dir.join("ip_local_reserved_ports"), reserved).expect("write");
+        dir
+    }
+
+    #[test]
+    fn overlap_is_refused_with_a_fix() {
+        let dir = fake_proc("10000\t60999\n", "\n");
+        let message = reserve_nat_range_at(&dir, 20000, 29999)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("overlaps") && message.contains("30000 60999"),
+            "{message}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn reservation_is_merged_once() {
+        let dir = fake_proc("32768\t60999\n", "8080\n");
+        reserve_nat_range_at(&dir, 20000, 29999).expect("reserve");
+        reserve_nat_range_at(&dir, 20000, 29999).expect("again");
+        let text = std::fs::read_to_string(dir.join("ip_local_reserved_ports")).expect("read");
+        assert_eq!(text, "8080,20000-29999");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
