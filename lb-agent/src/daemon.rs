@@ -18,7 +18,7 @@ use crate::{
     config::{Config, XdpMode},
     control::{
         protocol::{Reply, Request, Response},
-        server::{bind, serve, ControlHandler},
+        server::{bind, ensure_not_running, serve, ControlHandler},
         socket_path,
     },
     dataplane::{loader::interface_index, Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT},
@@ -135,10 +135,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         }
     }
 
-    // Claim the control socket first: it also tells whether another agent
-    // already runs this instance, before anything touches the data plane.
+    // Refuse early if another agent runs this instance, before anything
+    // touches its data plane. The socket itself is bound only once the
+    // program is attached: its appearance tells scripts the node forwards.
     let socket = socket_path(&options.instance);
-    let listener = bind(&socket).await?;
+    ensure_not_running(&socket).await?;
 
     ports::reserve_nat_range(node.port_range[0], node.port_range[1])
         .context("preparing the NAT source port range")?;
@@ -179,6 +180,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     info!(instance = %options.instance, adopted = dataplane.adopted, "forwarding");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = bind(&socket).await?;
     let server = {
         let handler = Arc::new(Handler {
             agent: agent.clone(),

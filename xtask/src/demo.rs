@@ -174,6 +174,8 @@ fn tour(lab: &Lab) -> Result<Findings> {
         let counts = http_round(lab, &url)?;
         show_counts(&counts);
         findings.expect(!counts.contains_key("web3"), "new requests skipped web3");
+        // nginx's rate limit sends in bursts: give the next one time to land.
+        sleep_checked(Duration::from_secs(2))?;
         let later = download.received();
         eprintln!("  download still receiving: {later} bytes (stopping it now)");
         findings.expect(later > after, "the download was still receiving");

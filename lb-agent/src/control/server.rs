@@ -41,6 +41,16 @@ pub enum ServerError {
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Fails if an agent answers on `path`.
+pub async fn ensure_not_running(path: &Path) -> Result<(), ServerError> {
+    if path.exists() && UnixStream::connect(path).await.is_ok() {
+        return Err(ServerError::InUse {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Binds `path` (directory 0700, socket 0600), replacing a stale socket.
 pub async fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let io = |source| ServerError::Io {
