@@ -204,8 +204,12 @@ impl Agent {
         if now {
             let cut = match slot_id {
                 Some(id) => self.tables.remove_flows(|flow| flow.backend_id == id),
-                None => 0,
+                None => Vec::new(),
             };
+            if let Err(error) = crate::reset::provoke_clients(&cut) {
+                warn!(%error, "cut flows' clients will notice on their next send");
+            }
+            let cut = cut.len();
             info!(service, %addr, port, flows = cut, "backend removed, flows cut");
             Ok(format!(
                 "removed {addr}:{port} from {service}; cut {cut} flows"

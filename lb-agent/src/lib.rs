@@ -16,5 +16,6 @@ pub mod dataplane;
 pub mod neighbors;
 pub mod output;
 pub mod ports;
+pub mod reset;
 pub mod schedule;
 pub mod state;

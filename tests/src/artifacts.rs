@@ -54,6 +54,11 @@ pub fn agent_binary() -> Option<PathBuf> {
     privileged_artifact("LB_AGENT_BIN", "target/release/lb-agent")
 }
 
+/// The xtask binary (the lab's UDP responder and client).
+pub fn xtask_binary() -> Option<PathBuf> {
+    privileged_artifact("LB_XTASK_BIN", "target/debug/xtask")
+}
+
 fn privileged_artifact(env_var: &str, default: &str) -> Option<PathBuf> {
     if !is_root() {
         eprintln!("SKIP: needs root (BPF and network namespaces); run `cargo xtask test` as root");

@@ -27,6 +27,13 @@ impl NetNs {
         Self { name }
     }
 
+    /// A handle to a namespace someone else made (not deleted on drop).
+    pub fn existing(name: &str) -> ExistingNs {
+        ExistingNs {
+            name: name.to_string(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -65,6 +72,26 @@ impl NetNs {
             .output()
             .unwrap_or_else(|e| panic!("spawn in {}: {e}", self.name))
     }
+}
+
+/// A namespace owned elsewhere (e.g. by the lab).
+pub struct ExistingNs {
+    name: String,
+}
+
+impl ExistingNs {
+    /// See `NetNs::enter_current_thread`.
+    pub fn enter_current_thread(&self) {
+        enter(&self.name);
+    }
+}
+
+fn enter(name: &str) {
+    let file = File::open(format!("/run/netns/{name}"))
+        .unwrap_or_else(|e| panic!("open netns {name}: {e}"));
+    // SAFETY: a valid namespace fd; setns only affects this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
 
 impl Drop for NetNs {

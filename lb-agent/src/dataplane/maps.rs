@@ -269,8 +269,9 @@ impl Tables {
         census
     }
 
-    /// Deletes every flow (both directions) that `select` picks; returns how many.
-    pub fn remove_flows(&mut self, mut select: impl FnMut(&FlowValue) -> bool) -> usize {
+    /// Deletes every flow (both directions) that `select` picks; returns
+    /// their client-side keys.
+    pub fn remove_flows(&mut self, mut select: impl FnMut(&FlowValue) -> bool) -> Vec<FlowKey> {
         let settings = self.settings().unwrap_or_default();
         let doomed: Vec<(FlowKey, FlowValue)> = self
             .flows
@@ -290,7 +291,7 @@ impl Tables {
             let _ = self.replies.remove(&reply);
             let _ = self.flows.remove(key);
         }
-        doomed.len()
+        doomed.into_iter().map(|(key, _)| key).collect()
     }
 
     /// Deletes flows idle past their timeout, so their NAT ports and the
@@ -301,6 +302,7 @@ impl Tables {
             _ => return 0,
         };
         self.remove_flows(|flow| flow_expired(&settings, flow, now_ns))
+            .len()
     }
 
     /// Number of entries in the flow table (live or not yet collected).

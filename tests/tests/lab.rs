@@ -1,0 +1,462 @@
+//! End-to-end tests in the namespace lab with real nginx: traffic through
+//! the XDP load balancer, live backend changes, drain and cut, non-VIP
+//! traffic, kill -9 with adoption, restarts keeping run-time changes, and a
+//! clean tear-down. Each test has its own lab prefix; the guard removes the
+//! lab even when the test fails.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{artifacts, netns::NetNs};
+use xtask::lab::{Lab, LabGuard, LabOptions, Node};
+
+const VIP_URL: &str = "http://10.100.0.100/";
+
+fn lab(prefix: &str) -> Option<LabGuard> {
+    let agent = artifacts::agent_binary()?;
+    let xtask = artifacts::xtask_binary()?;
+    let options = LabOptions {
+        agent_bin: Some(agent),
+        xtask_bin: Some(xtask),
+        ..LabOptions::with_prefix(prefix)
+    };
+    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
+}
+
+fn agent(lab: &Lab, args: &[&str]) -> String {
+    let out = lab
+        .agent_cli(Node::Lb1, args)
+        .unwrap_or_else(|e| panic!("lb-agent {args:?}: {e:#}"));
+    assert!(
+        out.status.success(),
+        "lb-agent {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `count` sequential requests to the VIP; answers by body (or "error").
+fn http_round(lab: &Lab, count: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..count {
+        let answer = lab
+            .http_get(Node::Client, VIP_URL)
+            .map(|body| body.trim().to_string())
+            .unwrap_or_else(|e| format!("error: {e:#}"));
+        *counts.entry(answer).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A slow download of /slow from the client, as a child process writing
+/// headers and body to files in the lab's run dir.
+struct Download {
+    child: Child,
+    headers: PathBuf,
+    body: PathBuf,
+}
+
+impl Download {
+    fn start(lab: &Lab, name: &str) -> Self {
+        let headers = lab.run_dir().join(format!("{name}.headers"));
+        let body = lab.run_dir().join(format!("{name}.body"));
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns(Node::Client),
+                "curl",
+                "-s",
+                "--max-time",
+                "90",
+                "-D",
+            ])
+            .arg(&headers)
+            .arg("-o")
+            .arg(&body)
+            .arg("http://10.100.0.100/slow")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start curl");
+        Self {
+            child,
+            headers,
+            body,
+        }
+    }
+
+    /// Waits (≤ 5 s) for the response headers; returns the backend's name.
+    fn backend(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(&self.headers) {
+                if let Some(line) = text
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("x-backend:"))
+                {
+                    return Some(line.split(':').nth(1)?.trim().to_string());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn received(&self) -> u64 {
+        std::fs::metadata(&self.body).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether bytes keep arriving over `window` (nginx sends in bursts).
+    fn progresses(&self, window: Duration) -> bool {
+        let before = self.received();
+        std::thread::sleep(window);
+        self.received() > before
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts downloads until one lands on `backend` (bounded).
+fn download_on(lab: &Lab, backend: &str) -> Download {
+    for attempt in 0..12 {
+        let download = Download::start(lab, &format!("dl-{backend}-{attempt}"));
+        if download.backend().as_deref() == Some(backend) {
+            return download;
+        }
+    }
+    panic!("no download landed on {backend} in 12 attempts");
+}
+
+#[test]
+fn http_splits_evenly_and_backends_see_the_lb_address() {
+    let Some(lab) = lab("e2split") else { return };
+    let counts = http_round(&lab, 200);
+    let web1 = counts.get("web1").copied().unwrap_or(0);
+    let web2 = counts.get("web2").copied().unwrap_or(0);
+    assert_eq!(
+        web1 + web2,
+        200,
+        "every request answered by web1/web2: {counts:?}"
+    );
+    assert!(
+        (90..=110).contains(&web1),
+        "split within 100±10%: {counts:?}"
+    );
+
+    for web in [Node::Web1, Node::Web2] {
+        let log = std::fs::read_to_string(lab.access_log_path(web)).expect("access log");
+        let clients: std::collections::BTreeSet<&str> = log
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(
+            clients.into_iter().collect::<Vec<_>>(),
+            vec!["10.200.0.11"],
+            "{web}: only the LB's private address reaches nginx"
+        );
+    }
+    let stats = agent(&lab, &["stats"]);
+    assert!(stats.contains("forwarded_to_backend"), "{stats}");
+}
+
+#[test]
+fn udp_is_answered_by_both_responders() {
+    let Some(lab) = lab("e2udp") else { return };
+    let vip = SocketAddrV4::new("10.100.0.100".parse().expect("ip"), 5353);
+    let answers = lab
+        .udp_query(Node::Client, vip, 8, Duration::from_secs(1))
+        .expect("udp queries");
+    let mut seen = BTreeMap::new();
+    for answer in &answers {
+        let answer = answer.clone().unwrap_or_else(|| "no reply".into());
+        *seen.entry(answer).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("web1"), Some(&4), "{seen:?}");
+    assert_eq!(seen.get("web2"), Some(&4), "{seen:?}");
+}
+
+#[test]
+fn backends_added_live_drain_and_cut() {
+    let Some(lab) = lab("e2live") else { return };
+    let added = agent(
+        &lab,
+        &["backends", "add", "--service", "www", "10.200.0.23:80"],
+    );
+    assert!(added.contains("added 10.200.0.23:80"), "{added}");
+    let counts = http_round(&lab, 30);
+    // Each CPU walks the schedule with its own cursor: shares are exact per
+    // CPU, so the total may be off by one per CPU.
+    let web3 = counts.get("web3").copied().unwrap_or(0);
+    assert!(
+        (8..=12).contains(&web3),
+        "web3 takes its share at once: {counts:?}"
+    );
+
+    // Drain: a long download through web3 keeps going, new ones skip web3.
+    let mut download = download_on(&lab, "web3");
+    let removed = agent(
+        &lab,
+        &["backends", "remove", "--service", "www", "10.200.0.23:80"],
+    );
+    assert!(removed.contains("draining"), "{removed}");
+    let list = agent(&lab, &["backends", "list", "--service", "www"]);
+    let web3 = list
+        .lines()
+        .find(|l| l.starts_with("10.200.0.23:80"))
+        .expect("web3 listed");
+    assert!(web3.contains("draining"), "{list}");
+    let counts = http_round(&lab, 20);
+    assert!(
+        !counts.contains_key("web3"),
+        "no new connection to a draining backend: {counts:?}"
+    );
+    assert!(
+        download.progresses(Duration::from_secs(2)),
+        "drained download keeps receiving"
+    );
+    assert!(download.running());
+
+    // --now cuts it.
+    let cut = agent(
+        &lab,
+        &[
+            "backends",
+            "remove",
+            "--service",
+            "www",
+            "10.200.0.23:80",
+            "--now",
+        ],
+    );
+    assert!(
+        cut.contains("; cut ") && !cut.contains("cut 0 flows"),
+        "{cut}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while download.running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!download.running(), "--now ended the download within 5 s");
+    assert!(
+        download.received() < 2 * 1024 * 1024,
+        "download was cut short"
+    );
+}
+
+#[test]
+fn non_vip_tcp_to_the_lb_node_still_works() {
+    let Some(lab) = lab("e2ssh") else { return };
+    let lb1 = NetNs::existing(&lab.ns(Node::Lb1));
+    let client = NetNs::existing(&lab.ns(Node::Client));
+    // An SSH-like service on the LB's own public address.
+    let server = std::thread::spawn(move || {
+        lb1.enter_current_thread();
+        let listener = TcpListener::bind("10.100.0.11:2222").expect("bind on lb1");
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).expect("read");
+        stream.write_all(b"pong!").expect("write");
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = std::thread::spawn(move || {
+        client.enter_current_thread();
+        let mut stream = TcpStream::connect_timeout(
+            &"10.100.0.11:2222".parse().expect("addr"),
+            Duration::from_secs(3),
+        )
+        .expect("connect to lb1's own address");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        stream.write_all(b"ping!").expect("write");
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).expect("read");
+        buf
+    })
+    .join()
+    .expect("client thread");
+    server.join().expect("server thread");
+    assert_eq!(&reply, b"pong!");
+}
+
+#[test]
+fn kill_9_keeps_forwarding_and_restart_adopts_flows() {
+    let Some(lab) = lab("e2kill") else { return };
+    let mut download = download_on(&lab, "web1");
+
+    // A bounded client loop runs across the kill and the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = {
+        let stop = stop.clone();
+        let client = lab.ns(Node::Client);
+        std::thread::spawn(move || {
+            let mut ok = 0;
+            let mut failed = Vec::new();
+            for i in 0..400 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &client,
+                        "curl",
+                        "-sS",
+                        "--max-time",
+                        "2",
+                        VIP_URL,
+                    ])
+                    .output()
+                    .expect("curl");
+                if out.status.success() {
+                    ok += 1;
+                } else {
+                    failed.push((i, String::from_utf8_lossy(&out.stderr).into_owned()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    lab.kill_agent(Node::Lb1, libc::SIGKILL).expect("kill -9");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        download.progresses(Duration::from_secs(2)),
+        "download continues without the agent"
+    );
+    lab.start_agent(Node::Lb1).expect("restart");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = results.join().expect("client loop");
+    assert!(ok > 20, "client loop ran ({ok} requests)");
+    assert!(
+        failed.is_empty(),
+        "requests failed around kill -9/restart: {failed:?}"
+    );
+
+    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb1)).expect("agent log");
+    assert!(
+        log.contains("adopted pinned maps"),
+        "restart adopted the maps:\n{log}"
+    );
+    assert!(
+        log.contains("swapped the new program into the existing link"),
+        "{log}"
+    );
+    let list = agent(&lab, &["backends", "list", "--service", "www"]);
+    let web1 = list
+        .lines()
+        .find(|l| l.starts_with("10.200.0.21:80"))
+        .expect("web1 listed");
+    let flows: u64 = web1
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.parse().ok())
+        .expect("flows column");
+    assert!(
+        flows >= 1,
+        "the download's flow survived the restart: {list}"
+    );
+    assert!(
+        download.progresses(Duration::from_secs(2)),
+        "download continues after restart"
+    );
+    assert!(download.running());
+}
+
+#[test]
+fn runtime_changes_survive_a_restart() {
+    let Some(lab) = lab("e2state") else { return };
+    agent(
+        &lab,
+        &[
+            "backends",
+            "add",
+            "--service",
+            "www",
+            "10.200.0.23:80",
+            "--weight",
+            "2",
+        ],
+    );
+    agent(
+        &lab,
+        &[
+            "backends",
+            "remove",
+            "--service",
+            "www",
+            "10.200.0.21:80",
+            "--now",
+        ],
+    );
+    lab.stop_agent(Node::Lb1).expect("graceful stop");
+    lab.start_agent(Node::Lb1).expect("start again");
+    let list = agent(&lab, &["backends", "list", "--service", "www"]);
+    let active: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("active"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(active, vec!["10.200.0.22:80", "10.200.0.23:80"], "{list}");
+    let counts = http_round(&lab, 30);
+    let web3 = counts.get("web3").copied().unwrap_or(0);
+    assert!((18..=22).contains(&web3), "weight 2 of 3: {counts:?}");
+    assert_eq!(counts.get("web1"), None, "{counts:?}");
+}
+
+#[test]
+fn lab_down_leaves_nothing_behind() {
+    let Some(lab) = lab("e2down") else { return };
+    let _ = http_round(&lab, 3);
+    let run_dir = lab.run_dir().to_path_buf();
+    drop(lab);
+    let namespaces = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !namespaces.contains("e2down-"),
+        "namespaces left: {namespaces}"
+    );
+    for path in [
+        run_dir,
+        PathBuf::from("/sys/fs/bpf/e2down-lb1"),
+        PathBuf::from("/run/lb-agent/e2down-lb1.sock"),
+    ] {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+    let ps = String::from_utf8_lossy(
+        &Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .expect("ps")
+            .stdout,
+    )
+    .into_owned();
+    assert!(!ps.contains("/run/lb-lab/e2down"), "processes left:\n{ps}");
+    assert!(!ps.contains("e2down-lb1"), "agent left:\n{ps}");
+}
