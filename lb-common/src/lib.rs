@@ -67,7 +67,7 @@ pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Redirect targets (interfaces) the program can send to.
 pub const MAX_TX_PORTS: u32 = 64;
 /// How many source ports the program tries before it counts port exhaustion.
-pub const PORT_ALLOC_TRIES: u32 = 8;
+pub const PORT_ALLOC_TRIES: u32 = 32;
 
 /// IP protocol numbers as stored in `ServiceKey::proto` and `FlowKey::proto`.
 pub const PROTO_TCP: u8 = 6;

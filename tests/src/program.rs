@@ -91,12 +91,17 @@ impl Harness {
     /// for the client and two web servers), loads `object` and writes
     /// settings for one NAT port range.
     pub fn new(object: &Path, port_min: u16, port_max: u16) -> Self {
+        Self::with_capacity(object, port_min, port_max, 4096)
+    }
+
+    /// Like `new`, with `max_flows` entries in each conntrack map.
+    pub fn with_capacity(object: &Path, port_min: u16, port_max: u16, max_flows: u32) -> Self {
         let ns = NetNs::new("lbt-prog");
         ns.enter_current_thread();
         Self::build_namespace(&ns);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::FLOWS, 4096)
-            .map_max_entries(map_names::REPLIES, 4096)
+            .map_max_entries(map_names::FLOWS, max_flows)
+            .map_max_entries(map_names::REPLIES, max_flows)
             .load_file(object)
             .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
         let program: &mut Xdp = ebpf

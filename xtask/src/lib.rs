@@ -4,6 +4,7 @@
 //! `main.rs` only parses the command line.
 
 pub mod apt;
+pub mod bench;
 pub mod build;
 pub mod ci;
 pub mod cmd;

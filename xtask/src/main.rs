@@ -48,7 +48,7 @@ enum Task {
     Demo,
     /// The full check (the README's test command; .ci/run runs it).
     Test,
-    /// Benchmarks (not yet implemented).
+    /// Benchmarks: XDP ns/packet vs a trivial program, wrk via the LB vs direct.
     Bench,
     /// The lab's UDP responder: answers every datagram with `<name>\n`.
     #[command(hide = true)]
@@ -133,10 +133,7 @@ fn run(task: Task) -> Result<()> {
         Task::Lab { action } => lab_task(action),
         Task::Demo => xtask::demo::run(),
         Task::Test => xtask::ci::run(),
-        Task::Bench => {
-            println!("cargo xtask bench: not yet implemented");
-            Ok(())
-        }
+        Task::Bench => xtask::bench::run(),
         Task::UdpResponder {
             bind,
             name,
