@@ -342,6 +342,12 @@ impl Config {
                     service.vip
                 ));
             }
+            if service.vip == node.private_address {
+                problems.push(format!(
+                    "{at}: vip {} is node.private_address, the NAT source; give the service its own address",
+                    service.vip
+                ));
+            }
             if service.port == 0 {
                 problems.push(format!("{at}: port 0 is not a service port"));
             }
@@ -542,6 +548,11 @@ protocol = "udp"
                 "max_flows = 65536",
                 "max_flows = 65536\nudp_timeout = \"60\"",
                 "has no unit",
+            ),
+            (
+                "private_address = \"10.200.0.11\"",
+                "private_address = \"10.100.0.100\"",
+                "is node.private_address",
             ),
         ];
         for (replace, with, expected) in table {

@@ -333,9 +333,10 @@ pub fn flow_timeout_ns(settings: &Settings, state: u8) -> u64 {
 }
 
 /// Whether a flow last seen at `last_seen_ns` is expired at `now_ns`.
+/// A zero timeout expires a flow at once, even within one clock tick.
 #[inline(always)]
 pub fn flow_expired(settings: &Settings, flow: &FlowValue, now_ns: u64) -> bool {
-    now_ns.saturating_sub(flow.last_seen_ns) > flow_timeout_ns(settings, flow.state)
+    now_ns.saturating_sub(flow.last_seen_ns) >= flow_timeout_ns(settings, flow.state)
 }
 
 #[cfg(feature = "user")]
@@ -392,10 +393,10 @@ mod tests {
             last_seen_ns: 10,
             ..FlowValue::default()
         };
-        assert!(!flow_expired(&settings, &flow, 12));
-        assert!(flow_expired(&settings, &flow, 13));
+        assert!(!flow_expired(&settings, &flow, 11));
+        assert!(flow_expired(&settings, &flow, 12));
         flow.state = flow_state::UDP;
-        assert!(!flow_expired(&settings, &flow, 14));
+        assert!(!flow_expired(&settings, &flow, 13));
         // A clock that went backwards never expires a flow.
         assert!(!flow_expired(&settings, &flow, 0));
     }

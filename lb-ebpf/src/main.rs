@@ -15,7 +15,7 @@ mod parsing;
 mod ptr;
 mod rst;
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{flow_expired, flow_state, FlowValue, NextHop, Reason, ServiceKey, Settings};
 
 use crate::{
@@ -47,6 +47,27 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Ok(pkt) => pkt,
         Err(verdict) => return (verdict.action, verdict.reason),
     };
+    // SAFETY: helper without preconditions. The coarse clock (one tick of
+    // resolution) is ample for idle timeouts and far cheaper per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if pkt.dst == settings.lb_addr
+        && pkt.dport >= settings.port_min
+        && pkt.dport <= settings.port_max
+    {
+        return from_backend(ctx, settings, &pkt, now);
+    }
+    // Tracked flows first: the common packet needs one lookup, not two.
+    let client = client_key(&pkt);
+    let is_syn =
+        pkt.proto == lb_common::PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if let Some(entry) = FLOWS.get_ptr_mut(&client) {
+        // SAFETY: the entry stays valid during this run; fields are plain
+        // integers and the program is their only writer.
+        let flow = unsafe { &mut *entry };
+        if reusable(settings, flow, now, is_syn) {
+            return established(ctx, settings, &pkt, flow, now);
+        }
+    }
     let key = ServiceKey {
         vip: pkt.dst,
         port: pkt.dport,
@@ -54,16 +75,10 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         _pad: 0,
     };
     // SAFETY: copied out at once; the agent replaces values whole.
-    if let Some(service) = unsafe { SERVICES.get(&key) }.copied() {
-        return from_client(ctx, settings, &pkt, &service);
+    match unsafe { SERVICES.get(&key) }.copied() {
+        Some(service) => new_flow(ctx, settings, &pkt, &service, &client, is_syn, now),
+        None => (PASS, Reason::PassNotService),
     }
-    if pkt.dst == settings.lb_addr
-        && pkt.dport >= settings.port_min
-        && pkt.dport <= settings.port_max
-    {
-        return from_backend(ctx, settings, &pkt);
-    }
-    (PASS, Reason::PassNotService)
 }
 
 #[inline(always)]
@@ -81,109 +96,107 @@ fn reject(
     (DROP, drop_reason)
 }
 
-/// Client -> VIP: follow the tracked flow or schedule a new one, then NAT
-/// towards the backend from the LB's private address.
+/// Client -> VIP on a tracked flow: NAT towards its backend.
 #[inline(always)]
-fn from_client(
+fn established(
+    ctx: &XdpContext,
+    settings: &Settings,
+    pkt: &Packet,
+    flow: &mut FlowValue,
+    now: u64,
+) -> (u32, Reason) {
+    flow.last_seen_ns = now;
+    flow.state = next_state(flow.state, pkt.tcp_flags, false);
+    let bytes = pkt.ip_len as u64;
+    rewrite(
+        pkt,
+        &Rewrite {
+            src: settings.lb_addr,
+            dst: flow.backend_addr,
+            sport: flow.lb_port,
+            dport: flow.backend_port,
+        },
+    );
+    match forward(
+        ctx,
+        pkt,
+        settings.lb_addr,
+        flow.backend_addr,
+        &mut flow.to_backend,
+        now,
+    ) {
+        Ok(action) => {
+            count_traffic(flow.service_id, flow.backend_id, bytes, false);
+            (action, Reason::ForwardedToBackend)
+        }
+        Err(reason) => (DROP, reason),
+    }
+}
+
+/// Client -> VIP without a live flow: schedule a backend, allocate a NAT
+/// port, forward, and track the flow in both directions.
+#[inline(always)]
+fn new_flow(
     ctx: &XdpContext,
     settings: &Settings,
     pkt: &Packet,
     service: &lb_common::ServiceValue,
+    client: &lb_common::FlowKey,
+    is_syn: bool,
+    now: u64,
 ) -> (u32, Reason) {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let client = client_key(pkt);
-    let is_tcp = pkt.proto == lb_common::PROTO_TCP;
-    let is_syn = is_tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-
-    let bytes = pkt.ip_len as u64;
-    match FLOWS.get_ptr_mut(&client) {
-        // SAFETY: the entry stays valid during this run; fields are plain integers.
-        Some(entry) if unsafe { reusable(settings, &*entry, now, is_syn) } => {
-            // SAFETY: as above; the program is the only writer of these fields.
-            let flow = unsafe {
-                (*entry).last_seen_ns = now;
-                (*entry).state = next_state((*entry).state, pkt.tcp_flags, false);
-                &mut *entry
-            };
-            rewrite(
-                pkt,
-                &Rewrite {
-                    src: settings.lb_addr,
-                    dst: flow.backend_addr,
-                    sport: flow.lb_port,
-                    dport: flow.backend_port,
-                },
-            );
-            match forward(
-                ctx,
-                pkt,
-                settings.lb_addr,
-                flow.backend_addr,
-                &mut flow.to_backend,
-                now,
-            ) {
-                Ok(action) => {
-                    count_traffic(flow.service_id, flow.backend_id, bytes, false);
-                    (action, Reason::ForwardedToBackend)
-                }
-                Err(reason) => (DROP, reason),
-            }
-        }
-        _ => {
-            if is_tcp && !is_syn {
-                // Mid-stream segment of a connection we do not know (removed
-                // with --now, expired, or never ours): tell the client at once.
-                return reject(ctx, pkt, Reason::RstNoFlow, Reason::RstNoFlow);
-            }
-            let Some((backend_id, backend)) = schedule(service) else {
-                return reject(ctx, pkt, Reason::RstNoBackend, Reason::DropNoBackend);
-            };
-            let Some(lb_port) = allocate_port(settings, &backend, pkt.proto, now) else {
-                return (DROP, Reason::DropPortExhausted);
-            };
-            let mut flow = FlowValue {
-                backend_addr: backend.addr,
-                backend_port: backend.port,
-                lb_port,
-                backend_id,
-                service_id: service.id,
-                state: initial_state(pkt.proto),
-                _pad: [0; 7],
-                last_seen_ns: now,
-                to_backend: NextHop::default(),
-                to_client: NextHop::default(),
-            };
-            rewrite(
-                pkt,
-                &Rewrite {
-                    src: settings.lb_addr,
-                    dst: backend.addr,
-                    sport: lb_port,
-                    dport: backend.port,
-                },
-            );
-            // Route first: a flow whose first packet cannot be sent is not
-            // recorded, so the client's retransmission starts afresh.
-            let action = match forward(
-                ctx,
-                pkt,
-                settings.lb_addr,
-                backend.addr,
-                &mut flow.to_backend,
-                now,
-            ) {
-                Ok(action) => action,
-                Err(reason) => return (DROP, reason),
-            };
-            let reply = reply_key(&backend, settings, lb_port, pkt.proto);
-            if !track(&client, &flow, &reply) {
-                return (DROP, Reason::DropFlowInsert);
-            }
-            count_traffic(service.id, backend_id, bytes, true);
-            (action, Reason::ForwardedToBackend)
-        }
+    if pkt.proto == lb_common::PROTO_TCP && !is_syn {
+        // Mid-stream segment of a connection we do not know (removed with
+        // --now, expired, or never ours): tell the client at once.
+        return reject(ctx, pkt, Reason::RstNoFlow, Reason::RstNoFlow);
     }
+    let Some((backend_id, backend)) = schedule(service) else {
+        return reject(ctx, pkt, Reason::RstNoBackend, Reason::DropNoBackend);
+    };
+    let Some(lb_port) = allocate_port(settings, &backend, pkt.proto, now) else {
+        return (DROP, Reason::DropPortExhausted);
+    };
+    let mut flow = FlowValue {
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        lb_port,
+        backend_id,
+        service_id: service.id,
+        state: initial_state(pkt.proto),
+        _pad: [0; 7],
+        last_seen_ns: now,
+        to_backend: NextHop::default(),
+        to_client: NextHop::default(),
+    };
+    let bytes = pkt.ip_len as u64;
+    rewrite(
+        pkt,
+        &Rewrite {
+            src: settings.lb_addr,
+            dst: backend.addr,
+            sport: lb_port,
+            dport: backend.port,
+        },
+    );
+    // Route first: a flow whose first packet cannot be sent is not
+    // recorded, so the client's retransmission starts afresh.
+    let action = match forward(
+        ctx,
+        pkt,
+        settings.lb_addr,
+        backend.addr,
+        &mut flow.to_backend,
+        now,
+    ) {
+        Ok(action) => action,
+        Err(reason) => return (DROP, reason),
+    };
+    let reply = reply_key(&backend, settings, lb_port, pkt.proto);
+    if !track(client, &flow, &reply) {
+        return (DROP, Reason::DropFlowInsert);
+    }
+    count_traffic(service.id, backend_id, bytes, true);
+    (action, Reason::ForwardedToBackend)
 }
 
 /// A tracked entry carries on unless it is idle past its timeout, or the
@@ -198,9 +211,7 @@ fn reusable(settings: &Settings, flow: &FlowValue, now: u64, is_syn: bool) -> bo
 
 /// Backend -> LB port: translate back to VIP -> client.
 #[inline(always)]
-fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet) -> (u32, Reason) {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet, now: u64) -> (u32, Reason) {
     let reply = client_key(pkt);
     // SAFETY: copied out at once.
     let Some(client) = (unsafe { REPLIES.get(&reply) }).map(|r| r.client) else {
