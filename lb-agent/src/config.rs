@@ -86,7 +86,7 @@ pub struct NodeConfig {
 }
 
 fn default_port_range() -> [u16; 2] {
-    [20000, 29999]
+    [10000, 32767]
 }
 
 fn default_state_dir() -> PathBuf {

@@ -134,10 +134,55 @@ pub mod flow_state {
     pub const TCP_HANDSHAKE: u8 = 1;
     /// TCP: the backend has answered.
     pub const TCP_ESTABLISHED: u8 = 2;
-    /// TCP: FIN or RST seen in either direction.
+    /// TCP: FIN seen from both sides, or a RST: only stragglers remain.
     pub const TCP_CLOSING: u8 = 3;
     /// UDP: any datagram.
     pub const UDP: u8 = 4;
+    /// TCP: the client sent FIN; the backend may still send (half-close).
+    pub const TCP_FIN_FROM_CLIENT: u8 = 5;
+    /// TCP: the backend sent FIN; the client may still send (half-close).
+    pub const TCP_FIN_FROM_BACKEND: u8 = 6;
+}
+
+/// TCP flag bits as in the header's flags byte.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A TCP flow's state after a segment with `flags` (from the backend or
+/// the client). One FIN only half-closes: the other side may go on sending
+/// for as long as an established connection, so the short closing timeout
+/// starts once both sides have sent FIN, or at a RST.
+#[inline(always)]
+pub fn next_state(current: u8, flags: u8, from_backend: bool) -> u8 {
+    use flow_state::*;
+    if current == UDP || current == TCP_CLOSING {
+        return current;
+    }
+    if flags & tcp_flags::RST != 0 {
+        return TCP_CLOSING;
+    }
+    if flags & tcp_flags::FIN != 0 {
+        let other_side_done = if from_backend {
+            current == TCP_FIN_FROM_CLIENT
+        } else {
+            current == TCP_FIN_FROM_BACKEND
+        };
+        return if other_side_done {
+            TCP_CLOSING
+        } else if from_backend {
+            TCP_FIN_FROM_BACKEND
+        } else {
+            TCP_FIN_FROM_CLIENT
+        };
+    }
+    if from_backend && current == TCP_HANDSHAKE {
+        return TCP_ESTABLISHED;
+    }
+    current
 }
 
 /// Forward connection-tracking entry (client side), keyed by the client's
@@ -321,7 +366,10 @@ pub fn flow_timeout_ns(settings: &Settings, state: u8) -> u64 {
     let established = settings.tcp_established_ns;
     let closing = settings.tcp_closing_ns;
     let udp = settings.udp_ns;
-    if state == flow_state::TCP_ESTABLISHED {
+    if state == flow_state::TCP_ESTABLISHED
+        || state == flow_state::TCP_FIN_FROM_CLIENT
+        || state == flow_state::TCP_FIN_FROM_BACKEND
+    {
         established
     } else if state == flow_state::TCP_HANDSHAKE {
         handshake
@@ -377,6 +425,37 @@ mod tests {
         for (index, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{}", reason.name());
         }
+    }
+
+    #[test]
+    fn tcp_state_machine() {
+        use flow_state::*;
+        use tcp_flags::*;
+        assert_eq!(next_state(TCP_HANDSHAKE, SYN | ACK, true), TCP_ESTABLISHED);
+        assert_eq!(next_state(TCP_HANDSHAKE, ACK, false), TCP_HANDSHAKE);
+        // Half-close keeps the flow alive in the other direction.
+        let half = next_state(TCP_ESTABLISHED, FIN | ACK, false);
+        assert_eq!(half, TCP_FIN_FROM_CLIENT);
+        assert_eq!(next_state(half, ACK, true), TCP_FIN_FROM_CLIENT);
+        assert_eq!(
+            next_state(half, FIN | ACK, false),
+            TCP_FIN_FROM_CLIENT,
+            "retransmitted FIN"
+        );
+        assert_eq!(next_state(half, FIN | ACK, true), TCP_CLOSING);
+        let half = next_state(TCP_ESTABLISHED, FIN | ACK, true);
+        assert_eq!(half, TCP_FIN_FROM_BACKEND);
+        assert_eq!(next_state(half, FIN | ACK, false), TCP_CLOSING);
+        assert_eq!(next_state(TCP_ESTABLISHED, RST, true), TCP_CLOSING);
+        assert_eq!(next_state(TCP_CLOSING, SYN, false), TCP_CLOSING);
+        assert_eq!(next_state(UDP, FIN, false), UDP);
+        let settings = Settings {
+            tcp_established_ns: 900,
+            tcp_closing_ns: 10,
+            ..Settings::default()
+        };
+        assert_eq!(flow_timeout_ns(&settings, TCP_FIN_FROM_CLIENT), 900);
+        assert_eq!(flow_timeout_ns(&settings, TCP_CLOSING), 10);
     }
 
     #[test]

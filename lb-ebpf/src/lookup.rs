@@ -9,7 +9,7 @@ use lb_common::{
 
 use crate::{
     maps::{BACKENDS, FLOWS, REPLIES, RINGS, RR_CURSORS},
-    parsing::{Packet, TCP_FIN, TCP_RST},
+    parsing::Packet,
 };
 
 /// The client-side key of `pkt`'s flow.
@@ -75,9 +75,9 @@ fn reply_slot_free(reply: &FlowKey, settings: &Settings, now: u64) -> bool {
     }
 }
 
-/// Picks a NAT source port towards `backend` that no live flow uses.
-/// Starts at a random point of the range so ports are not reused in a
-/// predictable order (and rarely meet a backend's TIME_WAIT).
+/// Picks a NAT source port towards `backend` that no live flow uses, at
+/// random, so ports are not reused in a predictable order (and rarely meet
+/// a backend's TIME_WAIT).
 #[inline(always)]
 pub fn allocate_port(
     settings: &Settings,
@@ -91,10 +91,12 @@ pub fn allocate_port(
         return None;
     }
     let span = max - min + 1;
-    // SAFETY: helper without preconditions.
-    let start = unsafe { bpf_get_prandom_u32() }.checked_rem(span)?;
-    for attempt in 0..PORT_ALLOC_TRIES {
-        let port = (min + (start + attempt).checked_rem(span)?) as u16;
+    // Each try draws a fresh random port: probing neighbours of a busy port
+    // would walk along the clusters that sequential use leaves behind.
+    for _ in 0..PORT_ALLOC_TRIES {
+        // SAFETY: helper without preconditions.
+        let draw = unsafe { bpf_get_prandom_u32() };
+        let port = (min + draw.checked_rem(span)?) as u16;
         let key = reply_key(backend, settings, port, proto);
         if reply_slot_free(&key, settings, now) {
             return Some(port);
@@ -111,21 +113,6 @@ pub fn initial_state(proto: u8) -> u8 {
     } else {
         flow_state::UDP
     }
-}
-
-/// State after seeing a segment with `tcp_flags`; `from_backend` marks replies.
-#[inline(always)]
-pub fn next_state(current: u8, tcp_flags: u8, from_backend: bool) -> u8 {
-    if current == flow_state::UDP {
-        return current;
-    }
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 || current == flow_state::TCP_CLOSING {
-        return flow_state::TCP_CLOSING;
-    }
-    if from_backend && current == flow_state::TCP_HANDSHAKE {
-        return flow_state::TCP_ESTABLISHED;
-    }
-    current
 }
 
 /// Records a new flow in both directions. Returns false if either insert failed.

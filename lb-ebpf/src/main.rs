@@ -16,12 +16,14 @@ mod ptr;
 mod rst;
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
-use lb_common::{flow_expired, flow_state, FlowValue, NextHop, Reason, ServiceKey, Settings};
+use lb_common::{
+    flow_expired, flow_state, next_state, FlowValue, NextHop, Reason, ServiceKey, Settings,
+};
 
 use crate::{
     counters::{count, count_traffic},
     forward::{forward, DROP, PASS},
-    lookup::{allocate_port, client_key, initial_state, next_state, reply_key, schedule, track},
+    lookup::{allocate_port, client_key, initial_state, reply_key, schedule, track},
     maps::{FLOWS, REPLIES, SERVICES, SETTINGS},
     nat::{rewrite, Rewrite},
     parsing::{parse, Packet, TCP_ACK, TCP_SYN},

@@ -265,18 +265,25 @@ fn new_flow_established_and_reply_are_full_nated() {
     );
     assert_checksums_valid(&out);
 
-    // FIN moves the flow to closing.
+    // The client's FIN half-closes; the backend's FIN closes.
     let fin = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_FIN | TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
     assert_eq!(h.run(h.pub_ifindex, &fin.build()).0, XDP_REDIRECT);
+    assert_eq!(
+        h.flow(&key).expect("flow").state,
+        flow_state::TCP_FIN_FROM_CLIENT
+    );
+    let fin_back =
+        Frame::tcp(WEB1, 80, LB_PRIV, NAT_PORT, TCP_FIN | TCP_ACK).macs(WEB1_MAC, PRIV_MAC);
+    assert_eq!(h.run(h.priv_ifindex, &fin_back.build()).0, XDP_REDIRECT);
     assert_eq!(h.flow(&key).expect("flow").state, flow_state::TCP_CLOSING);
 
     let service = h.service_counters(0);
     assert_eq!(service.new_flows, 1);
-    assert_eq!(service.packets, 4);
-    assert_eq!(h.backend_counters(0).packets, 4);
+    assert_eq!(service.packets, 5);
+    assert_eq!(h.backend_counters(0).packets, 5);
     assert_eq!(h.backend_counters(1).packets, 0);
     assert_eq!(h.reason_count(Reason::ForwardedToBackend), 3);
-    assert_eq!(h.reason_count(Reason::ForwardedToClient), 1);
+    assert_eq!(h.reason_count(Reason::ForwardedToClient), 2);
 }
 
 #[test]

@@ -232,7 +232,7 @@ mod tests {
         let text = agent_config("t1", Node::Lb1).unwrap();
         assert!(text.contains("private_address = \"10.200.0.11\""));
         assert!(text.contains("state_dir = \"/run/lb-lab/t1/state\""));
-        assert!(text.contains("port_range = [20000, 29999]"));
+        assert!(text.contains("port_range = [10000, 32767]"));
         assert!(text.contains("xdp_mode = \"generic\""));
         assert_eq!(text.matches("[[service]]").count(), 2);
         assert_eq!(text.matches("[[service.backend]]").count(), 4);

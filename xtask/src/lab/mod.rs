@@ -45,7 +45,7 @@ pub const NET_PREFIX_LEN: u8 = 24;
 pub const HTTP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 5353;
 /// Source ports the agents use towards the web servers.
-pub const PORT_RANGE: (u16, u16) = (20000, 29999);
+pub const PORT_RANGE: (u16, u16) = (10000, 32767);
 /// Where the lab keeps configs, logs and pid files (`<RUN_ROOT>/<prefix>`).
 pub const RUN_ROOT: &str = "/run/lb-lab";
 /// bpffs mount point; the agent pins under `<BPFFS>/<instance>`.
