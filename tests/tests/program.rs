@@ -439,9 +439,10 @@ fn round_robin_alternates_and_flows_stick() {
             (20000..=29999).contains(&nat_port),
             "NAT port {nat_port} in range"
         );
+        // A NAT port may serve several backends, never two live flows to one.
         assert!(
-            ports.insert(nat_port),
-            "NAT port {nat_port} handed out twice"
+            ports.insert((dst, nat_port)),
+            "NAT port {nat_port} handed out twice towards {dst:?}"
         );
         per_backend[usize::from(dst == WEB2)] += 1;
         // The same connection's next segment goes to the same backend.
