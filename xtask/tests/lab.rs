@@ -142,6 +142,13 @@ fn down_cleans_a_half_built_lab() {
         .args(["netns", "exec", &ns, "sleep", "60"])
         .spawn()
         .unwrap();
+    // `ip netns exec` needs a moment to enter the namespace; until then the
+    // process is not the namespace's and `down` could not know it.
+    let pid = stray.id();
+    let entered = cmd::wait_until(Duration::from_secs(5), || {
+        xtask::lab::process::netns_pids(&ns).contains(&pid)
+    });
+    assert!(entered, "the stray process never entered {ns}");
     let run_dir = lab::run_dir(prefix);
     std::fs::create_dir_all(run_dir.join("web2")).unwrap();
     // A stale pid file naming an unrelated process (this test) must be ignored.
