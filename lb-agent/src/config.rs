@@ -148,6 +148,202 @@ pub struct ServiceConfig {
     /// The backends (`[[service.backend]]` tables).
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
+    /// How backends are checked (`[service.health_check]`); default: no checks.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// What happens to a backend's existing flows when it goes down:
+    /// "keep-flows" (default: they may still finish) or "shutdown-flows".
+    #[serde(default)]
+    pub on_down: OnDown,
+    /// A backend that comes back up ramps its weight from 1 to full over
+    /// this time ("0s" = at once).
+    #[serde(default, deserialize_with = "duration")]
+    pub slow_start: Duration,
+    /// Command run (by /bin/sh -c, not waited for, killed after 10 s) on
+    /// every health transition of a backend, as `CMD SERVICE ADDR:PORT STATE`
+    /// with STATE "up" or "down"; also in LB_SERVICE, LB_BACKEND, LB_STATE,
+    /// LB_REASON.
+    #[serde(default)]
+    pub on_change: Option<String>,
+}
+
+impl ServiceConfig {
+    /// The health check of the backend at `address:port` (its own, else the
+    /// service's), or `None` when it is not checked.
+    pub fn check_for(&self, address: Ipv4Addr, port: u16) -> Option<&HealthCheckConfig> {
+        self.backends
+            .iter()
+            .find(|b| b.address == address && b.port.unwrap_or(self.port) == port)
+            .and_then(|b| b.health_check.as_ref())
+            .or(self.health_check.as_ref())
+            .filter(|c| c.kind != CheckKind::None)
+    }
+}
+
+/// `on_down`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDown {
+    #[default]
+    KeepFlows,
+    ShutdownFlows,
+}
+
+/// Kind of health check.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connect to the backend.
+    #[default]
+    Tcp,
+    /// An HTTP request whose status (and optionally body) is checked.
+    Http,
+    /// A command; exit 0 = healthy.
+    Exec,
+    /// No check: the backend is always up.
+    None,
+}
+
+/// Health state of a backend when the agent starts, before any check.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAs {
+    #[default]
+    Up,
+    Down,
+}
+
+/// `[service.health_check]` (also per backend, as `[service.backend.health_check]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// "tcp" (default), "http", "exec" or "none".
+    #[serde(default, rename = "type")]
+    pub kind: CheckKind,
+    /// Time between checks of one backend.
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// A check taking longer fails.
+    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// "up" (default) or "down" until the checks say otherwise.
+    #[serde(default)]
+    pub start_as: StartAs,
+    /// Each interval is randomly stretched or shrunk by up to this fraction
+    /// (0.0..=0.5), so many backends are not probed in lock step.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// Port to check; defaults to the backend's port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// http: request method.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// http: request path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// http: accepted status codes, inclusive range.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: [u16; 2],
+    /// http: Host header (default: the backend address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// http: the body must contain this text.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// exec: command run by /bin/sh -c with LB_BACKEND_ADDR, LB_BACKEND_PORT
+    /// and LB_SERVICE in its environment; exit 0 = healthy.
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_expect_status() -> [u16; 2] {
+    [200, 399]
+}
+
+impl HealthCheckConfig {
+    /// Everything wrong with this check, prefixed with `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.kind == CheckKind::None {
+            return problems;
+        }
+        if self.interval.is_zero() {
+            problems.push(format!("{at}: interval must be longer than zero"));
+        }
+        if self.timeout.is_zero() || self.timeout > self.interval {
+            problems.push(format!(
+                "{at}: timeout must be longer than zero and at most the interval"
+            ));
+        }
+        for (name, value) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=100).contains(&value) {
+                problems.push(format!("{at}: {name} = {value} is out of range 1..=100"));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.jitter) {
+            problems.push(format!(
+                "{at}: jitter = {} is out of range 0.0..=0.5",
+                self.jitter
+            ));
+        }
+        if self.port == Some(0) {
+            problems.push(format!("{at}: port 0 cannot be checked"));
+        }
+        match self.kind {
+            CheckKind::Http => {
+                if !["GET", "HEAD", "POST", "OPTIONS"].contains(&self.method.as_str()) {
+                    problems.push(format!(
+                        "{at}: method {:?} is not one of GET, HEAD, POST, OPTIONS",
+                        self.method
+                    ));
+                }
+                if !self.path.starts_with('/') {
+                    problems.push(format!("{at}: path {:?} must start with '/'", self.path));
+                }
+                let [low, high] = self.expect_status;
+                if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
+                    problems.push(format!(
+                        "{at}: expect_status = [{low}, {high}]: write [lowest, highest] within 100..=599"
+                    ));
+                }
+            }
+            CheckKind::Exec => {
+                if self.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                    problems.push(format!("{at}: type = \"exec\" needs command = \"...\""));
+                }
+            }
+            CheckKind::Tcp | CheckKind::None => {}
+        }
+        problems
+    }
 }
 
 /// `[[service.backend]]`
@@ -161,6 +357,9 @@ pub struct BackendConfig {
     /// Relative share of new connections, 1..=100.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Replaces the service's health check for this backend.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
 }
 
 fn default_weight() -> u32 {
@@ -351,6 +550,9 @@ impl Config {
             if service.port == 0 {
                 problems.push(format!("{at}: port 0 is not a service port"));
             }
+            if let Some(check) = &service.health_check {
+                problems.extend(check.problems(&format!("{at} health_check")));
+            }
             let mut seen = HashSet::new();
             for backend in &service.backends {
                 let port = backend.port.unwrap_or(service.port);
@@ -365,6 +567,9 @@ impl Config {
                 }
                 if port == 0 {
                     problems.push(format!("{who}: port 0 is not a backend port"));
+                }
+                if let Some(check) = &backend.health_check {
+                    problems.extend(check.problems(&format!("{who} health_check")));
                 }
                 if !(1..=100).contains(&backend.weight) {
                     problems.push(format!(

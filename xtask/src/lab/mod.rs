@@ -533,6 +533,40 @@ impl Lab {
             .collect())
     }
 
+    /// Stops `node`'s nginx (SIGTERM, SIGKILL after the grace time).
+    pub fn stop_nginx(&self, node: Node) -> Result<()> {
+        let pid_file = web::nginx_pid_path(self, node);
+        if let Some(pid) = process::read_pid(&pid_file) {
+            let left = process::stop_all(&[pid], STOP_GRACE);
+            if !left.is_empty() {
+                bail!("nginx of {} (pid {pid}) survived SIGKILL", self.ns(node));
+            }
+        }
+        let _ = std::fs::remove_file(pid_file);
+        Ok(())
+    }
+
+    /// Starts `node`'s nginx again (after `stop_nginx`).
+    pub fn start_nginx(&self, node: Node) -> Result<()> {
+        web::start_nginx(self, node)
+    }
+
+    /// Makes `node`'s `/health` page answer 500 (`true`) or 200 (`false`)
+    /// while nginx keeps serving everything else.
+    pub fn set_health_page_failing(&self, node: Node, failing: bool) -> Result<()> {
+        let flag = web::web_dir(self, node).join("www/unhealthy");
+        if failing {
+            std::fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))
+        } else {
+            match std::fs::remove_file(&flag) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", flag.display()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
     /// Path of a web server's nginx access log.
     pub fn access_log_path(&self, node: Node) -> PathBuf {
         web::web_dir(self, node).join("access.log")

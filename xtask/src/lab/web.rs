@@ -101,6 +101,14 @@ http {{
         location / {{
             index index.html;
         }}
+        # Health page for the agent's http check; `touch {d}/www/unhealthy`
+        # turns it into a 500 while the server itself keeps answering.
+        location = /health {{
+            if (-f {d}/www/unhealthy) {{
+                return 500 \"unhealthy\\n\";
+            }}
+            return 200 \"ok\\n\";
+        }}
         # A long download ({SLOW_BYTES} bytes at {SLOW_RATE} bytes/s) for drain tests.
         location = /slow {{
             limit_rate {SLOW_RATE};
