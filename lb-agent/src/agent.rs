@@ -3,19 +3,27 @@
 //! API offers. Every change goes through `apply`, which rewrites the maps
 //! so the XDP program serves exactly the wanted state.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use lb_common::{ServiceKey, PROTO_TCP, PROTO_UDP};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, Protocol},
-    control::protocol::{BackendState, BackendStatus, ReasonCount, ServiceStatus, StatsReport},
+    config::{Config, OnDown, Protocol, StartAs},
+    control::protocol::{
+        BackendState, BackendStatus, Health, ReasonCount, ServiceStatus, StatsReport,
+    },
     dataplane::{
         maps::monotonic_ns,
         reconcile::{Reconciler, SlotState, WantedBackend, WantedService},
         DataplaneError, Tables,
     },
+    health::{CheckOutcome, CheckReport, CheckTarget, HealthTracker},
     state::{BackendSpec, RuntimeState, StateError},
 };
 
@@ -43,12 +51,26 @@ pub enum AgentError {
     State(#[from] StateError),
 }
 
+/// Health of one checked backend.
+#[derive(Debug, Clone)]
+struct HealthEntry {
+    tracker: HealthTracker,
+    last: Option<CheckOutcome>,
+}
+
+/// (service name, backend address, backend port).
+type BackendKey = (String, Ipv4Addr, u16);
+
+/// How long an `on_change` hook may run before it is killed.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Agent {
     config: Config,
     state: RuntimeState,
     state_path: PathBuf,
     tables: Tables,
     reconciler: Reconciler,
+    health: HashMap<BackendKey, HealthEntry>,
 }
 
 fn protocol_number(protocol: Protocol) -> u8 {
@@ -81,7 +103,9 @@ impl Agent {
             state_path,
             tables,
             reconciler,
+            health: HashMap::new(),
         };
+        agent.sync_health(Instant::now());
         agent.apply()?;
         Ok(agent)
     }
@@ -91,6 +115,7 @@ impl Agent {
     }
 
     fn wanted(&self) -> Vec<WantedService> {
+        let now = Instant::now();
         let effective = self.state.effective_backends(&self.config);
         self.config
             .services
@@ -108,10 +133,21 @@ impl Agent {
                     .map(|backends| {
                         backends
                             .iter()
-                            .map(|b| WantedBackend {
-                                addr: b.address,
-                                port: b.port,
-                                weight: b.weight,
+                            .map(|b| {
+                                let key = (service.name.clone(), b.address, b.port);
+                                let health = self.health.get(&key);
+                                WantedBackend {
+                                    addr: b.address,
+                                    port: b.port,
+                                    weight: health.map_or(b.weight, |h| {
+                                        h.tracker.effective_weight(
+                                            b.weight,
+                                            service.slow_start,
+                                            now,
+                                        )
+                                    }),
+                                    healthy: health.is_none_or(|h| h.tracker.is_up()),
+                                }
                             })
                             .collect()
                     })
@@ -161,6 +197,7 @@ impl Agent {
         );
         next.save(&self.state_path)?;
         self.state = next;
+        self.sync_health(Instant::now());
         self.apply()?;
         info!(service, %addr, port, weight, "backend added");
         Ok(format!(
@@ -199,6 +236,7 @@ impl Agent {
             next.remove_backend(service, addr, port);
             next.save(&self.state_path)?;
             self.state = next;
+            self.sync_health(Instant::now());
             self.apply()?;
         }
         if now {
@@ -238,14 +276,43 @@ impl Agent {
             .backends_of(slot.id)
             .map(|b| {
                 let counters = self.tables.backend_counters(b.id);
+                let health = self.health.get(&(service.to_string(), b.addr, b.port));
+                let configured_weight = self
+                    .state
+                    .effective_backends(&self.config)
+                    .get(service)
+                    .and_then(|list| {
+                        list.iter()
+                            .find(|x| x.address == b.addr && x.port == b.port)
+                    })
+                    .map_or(b.weight, |x| x.weight);
                 BackendStatus {
                     address: b.addr,
                     port: b.port,
-                    weight: b.weight,
+                    weight: configured_weight,
+                    effective_weight: if b.state == SlotState::Active {
+                        b.weight
+                    } else {
+                        0
+                    },
                     state: match b.state {
-                        SlotState::Active => BackendState::Active,
+                        SlotState::Active | SlotState::Down => BackendState::Active,
                         SlotState::Draining => BackendState::Draining,
                     },
+                    health: match health {
+                        None => Health::Unchecked,
+                        Some(h) if h.tracker.is_up() => Health::Up,
+                        Some(_) => Health::Down,
+                    },
+                    last_check: health
+                        .and_then(|h| h.last.as_ref())
+                        .map(|o| o.detail.clone()),
+                    health_changed_secs: health.map(|h| {
+                        Instant::now()
+                            .saturating_duration_since(h.tracker.changed_at())
+                            .as_secs()
+                    }),
+                    transitions: health.map_or(0, |h| h.tracker.transitions),
                     active_flows: census.per_backend.get(&b.id).copied().unwrap_or(0),
                     packets: counters.packets,
                     bytes: counters.bytes,
@@ -276,6 +343,7 @@ impl Agent {
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,
                     active_flows: census.per_service.get(&slot.id).copied().unwrap_or(0),
+                    rejected: counters.rejected,
                 }
             })
             .collect()
@@ -325,6 +393,118 @@ impl Agent {
         }
     }
 
+    /// The backends that have a health check, with their checks.
+    pub fn check_targets(&self) -> Vec<CheckTarget> {
+        let effective = self.state.effective_backends(&self.config);
+        let mut targets = Vec::new();
+        for service in &self.config.services {
+            for backend in effective.get(&service.name).into_iter().flatten() {
+                if let Some(check) = service.check_for(backend.address, backend.port) {
+                    targets.push(CheckTarget {
+                        service: service.name.clone(),
+                        addr: backend.address,
+                        port: backend.port,
+                        config: check.clone(),
+                    });
+                }
+            }
+        }
+        targets
+    }
+
+    /// Creates trackers for newly checked backends (in their `start_as`
+    /// state) and forgets those no longer checked.
+    fn sync_health(&mut self, now: Instant) {
+        let targets = self.check_targets();
+        self.health.retain(|key, _| {
+            targets
+                .iter()
+                .any(|t| (t.service.as_str(), t.addr, t.port) == (key.0.as_str(), key.1, key.2))
+        });
+        for t in targets {
+            self.health
+                .entry((t.service.clone(), t.addr, t.port))
+                .or_insert_with(|| HealthEntry {
+                    tracker: HealthTracker::new(
+                        t.config.start_as == StartAs::Up,
+                        t.config.rise,
+                        t.config.fall,
+                        now,
+                    ),
+                    last: None,
+                });
+        }
+    }
+
+    /// Takes one check result; on a transition rewrites the maps, applies
+    /// `on_down` and runs the `on_change` hook. Returns whether the backend
+    /// changed state.
+    pub fn on_check(&mut self, report: CheckReport) -> bool {
+        let key = (report.service.clone(), report.addr, report.port);
+        let Some(entry) = self.health.get_mut(&key) else {
+            return false;
+        };
+        let transition = entry.tracker.observe(report.outcome.ok, report.at);
+        entry.last = Some(report.outcome.clone());
+        let Some(transition) = transition else {
+            return false;
+        };
+        let state = if transition.up { "up" } else { "down" };
+        info!(
+            service = %report.service,
+            backend = %format!("{}:{}", report.addr, report.port),
+            state,
+            reason = %report.outcome.detail,
+            "backend health changed"
+        );
+        if let Err(error) = self.apply() {
+            warn!(%error, "applying a health change to the maps");
+        }
+        let Some(service) = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.name == report.service)
+        else {
+            return true;
+        };
+        if !transition.up && service.on_down == OnDown::ShutdownFlows {
+            let id = self
+                .reconciler
+                .service_by_name(&report.service)
+                .and_then(|s| self.reconciler.find_backend(s.id, report.addr, report.port))
+                .map(|b| b.id);
+            if let Some(id) = id {
+                let cut = self.tables.remove_flows(|flow| flow.backend_id == id);
+                if let Err(error) = crate::reset::provoke_clients(&cut) {
+                    warn!(%error, "cut flows' clients will notice on their next send");
+                }
+                info!(service = %report.service, flows = cut.len(), "on_down = shutdown-flows: cut the backend's flows");
+            }
+        }
+        if let Some(hook) = service.on_change.clone() {
+            run_hook(
+                hook,
+                report.service.clone(),
+                format!("{}:{}", report.addr, report.port),
+                state,
+                report.outcome.detail.clone(),
+            );
+        }
+        true
+    }
+
+    /// Whether a backend's weight is still ramping up (slow start), so the
+    /// maps need rewriting as time passes.
+    pub fn ramping(&self) -> bool {
+        let now = Instant::now();
+        self.config.services.iter().any(|service| {
+            self.health.iter().any(|(key, h)| {
+                key.0 == service.name && h.tracker.in_slow_start(service.slow_start, now)
+            })
+        })
+    }
+
     /// Every backend address in use (for neighbour resolution).
     pub fn backend_addresses(&self) -> Vec<Ipv4Addr> {
         let mut addrs: Vec<Ipv4Addr> = self
@@ -336,4 +516,44 @@ impl Agent {
         addrs.dedup();
         addrs
     }
+}
+
+/// Runs an `on_change` hook without waiting for it; kills it after
+/// `HOOK_TIMEOUT`.
+fn run_hook(
+    command: String,
+    service: String,
+    backend: String,
+    state: &'static str,
+    reason: String,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        warn!("no async runtime to run the on_change hook");
+        return;
+    };
+    runtime.spawn(async move {
+        let child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("{command} \"$@\""))
+            .arg("on_change")
+            .arg(&service)
+            .arg(&backend)
+            .arg(state)
+            .env("LB_SERVICE", &service)
+            .env("LB_BACKEND", &backend)
+            .env("LB_STATE", state)
+            .env("LB_REASON", &reason)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        match child {
+            Ok(mut child) => match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => warn!(%service, %backend, %status, "on_change hook failed"),
+                Ok(Err(error)) => warn!(%service, %error, "on_change hook"),
+                Err(_) => warn!(%service, "on_change hook ran longer than 10 s; killed"),
+            },
+            Err(error) => warn!(%service, %error, "cannot run the on_change hook"),
+        }
+    });
 }

@@ -22,6 +22,7 @@ use crate::{
         socket_path,
     },
     dataplane::{loader::interface_index, Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT},
+    health::HealthScheduler,
     neighbors::NeighborKeeper,
     ports,
     state::RuntimeState,
@@ -29,8 +30,11 @@ use crate::{
 
 /// How often expired flows are collected and drained backends released.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
-/// How often backend next hops are checked in the neighbour table.
+/// How often backend next hops are checked in the neighbour table (and
+/// the set of health-checked backends is brought up to date).
 const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(1);
+/// Most health probes in flight at once.
+const MAX_CONCURRENT_CHECKS: usize = 64;
 
 /// Options of `lb-agent run` besides the config file.
 #[derive(Debug, Clone)]
@@ -166,6 +170,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .collect();
     tables.set_tx_ports(&ifindexes)?;
     let keep_forwarding = options.keep_forwarding || node.keep_forwarding_on_exit;
+    let private_address = node.private_address;
     let agent = Agent::new(config, state, state_path, tables)?;
     let agent = Arc::new(Mutex::new(agent));
 
@@ -190,6 +195,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
             let _ = stop.changed().await;
         }))
     };
+    let (report_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let mut checks = HealthScheduler::new(private_address, MAX_CONCURRENT_CHECKS, report_tx);
+    if let Some(a) = lock(&agent) {
+        checks.sync(&a.check_targets());
+    }
     let upkeep = {
         let agent = agent.clone();
         let mut stop = stop_rx.clone();
@@ -199,10 +209,23 @@ pub async fn run(options: RunOptions) -> Result<()> {
             loop {
                 tokio::select! {
                     _ = stop.changed() => break,
+                    Some(report) = reports.recv() => {
+                        if let Some(mut a) = lock(&agent) { a.on_check(report); }
+                    }
                     _ = housekeeping.tick() => {
-                        if let Some(mut a) = lock(&agent) { a.housekeeping(); }
+                        if let Some(mut a) = lock(&agent) {
+                            a.housekeeping();
+                            if a.ramping() {
+                                if let Err(error) = a.apply() {
+                                    warn!(%error, "slow start: rewriting the schedule");
+                                }
+                            }
+                        }
                     }
                     _ = neighbor_tick.tick() => {
+                        if let Some(targets) = lock(&agent).map(|a| a.check_targets()) {
+                            checks.sync(&targets);
+                        }
                         let addrs: Vec<Ipv4Addr> = lock(&agent).map(|a| a.backend_addresses()).unwrap_or_default();
                         if let Err(error) = neighbors.ensure(&addrs).await {
                             warn!(%error, "neighbour upkeep");

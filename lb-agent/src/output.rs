@@ -1,8 +1,14 @@
 //! Renders control API replies for people (aligned tables) or as JSON.
 
-use crate::control::protocol::{BackendState, BackendStatus, Reply, ServiceStatus, StatsReport};
+use crate::control::protocol::{
+    BackendState, BackendStatus, Health, Reply, ServiceStatus, StatsReport,
+};
 
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    debug_assert!(
+        rows.iter().all(|r| r.len() == headers.len()),
+        "every row has a cell per header"
+    );
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -34,6 +40,7 @@ fn services(list: &[ServiceStatus]) -> String {
                 format!("{}/{}", s.active_backends, s.backends),
                 s.active_flows.to_string(),
                 s.new_flows.to_string(),
+                s.rejected.to_string(),
                 s.packets.to_string(),
                 s.bytes.to_string(),
             ]
@@ -46,6 +53,7 @@ fn services(list: &[ServiceStatus]) -> String {
             "BACKENDS",
             "FLOWS",
             "NEW FLOWS",
+            "REJECTED",
             "PACKETS",
             "BYTES",
         ],
@@ -56,11 +64,23 @@ fn services(list: &[ServiceStatus]) -> String {
 fn backend_row(b: &BackendStatus) -> Vec<String> {
     vec![
         format!("{}:{}", b.address, b.port),
-        b.weight.to_string(),
+        if b.effective_weight == b.weight {
+            b.weight.to_string()
+        } else {
+            format!("{}/{}", b.effective_weight, b.weight)
+        },
         match b.state {
             BackendState::Active => "active".into(),
             BackendState::Draining => "draining".into(),
         },
+        match (b.health, b.health_changed_secs) {
+            (Health::Unchecked, _) => "-".into(),
+            (Health::Up, Some(secs)) => format!("up {secs}s"),
+            (Health::Down, Some(secs)) => format!("down {secs}s"),
+            (Health::Up, None) => "up".into(),
+            (Health::Down, None) => "down".into(),
+        },
+        b.last_check.clone().unwrap_or_else(|| "-".into()),
         b.active_flows.to_string(),
         b.new_flows.to_string(),
         b.packets.to_string(),
@@ -68,10 +88,12 @@ fn backend_row(b: &BackendStatus) -> Vec<String> {
     ]
 }
 
-const BACKEND_HEADERS: [&str; 7] = [
+const BACKEND_HEADERS: [&str; 9] = [
     "BACKEND",
     "WEIGHT",
     "STATE",
+    "HEALTH",
+    "LAST CHECK",
     "FLOWS",
     "NEW FLOWS",
     "PACKETS",
@@ -147,6 +169,11 @@ mod tests {
                 port: 80,
                 weight: 1,
                 state: BackendState::Active,
+                health: Health::Up,
+                last_check: Some("HTTP 200".into()),
+                health_changed_secs: Some(12),
+                transitions: 0,
+                effective_weight: 1,
                 active_flows: 3,
                 packets: 100,
                 bytes: 5000,
@@ -157,6 +184,11 @@ mod tests {
                 port: 8080,
                 weight: 10,
                 state: BackendState::Draining,
+                health: Health::Unchecked,
+                last_check: None,
+                health_changed_secs: None,
+                transitions: 0,
+                effective_weight: 10,
                 active_flows: 1,
                 packets: 0,
                 bytes: 0,
@@ -168,7 +200,32 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("BACKEND          WEIGHT"), "{text}");
         assert!(lines[2].contains("draining"), "{text}");
+        let health = lines[0].find("HEALTH").expect("health header");
+        assert_eq!(&lines[1][health..health + 6], "up 12s");
+        let last = lines[0].find("LAST CHECK").expect("last check header");
+        assert_eq!(&lines[1][last..last + 8], "HTTP 200");
         let col = lines[0].find("STATE").expect("header");
         assert_eq!(&lines[1][col..col + 6], "active");
+    }
+
+    #[test]
+    fn services_table_has_a_cell_per_header() {
+        let reply = Reply::Services(vec![ServiceStatus {
+            name: "www".into(),
+            vip: Ipv4Addr::new(10, 100, 0, 100),
+            port: 80,
+            protocol: "tcp".into(),
+            backends: 2,
+            active_backends: 1,
+            packets: 10,
+            bytes: 600,
+            new_flows: 2,
+            active_flows: 1,
+            rejected: 3,
+        }]);
+        let text = render(&reply);
+        let lines: Vec<&str> = text.lines().collect();
+        let col = lines[0].find("REJECTED").expect("rejected header");
+        assert_eq!(&lines[1][col..col + 1], "3", "{text}");
     }
 }

@@ -260,6 +260,9 @@ pub struct Counters {
     pub bytes: u64,
     /// Connections scheduled (services) or handed to this backend (backends).
     pub new_flows: u64,
+    /// New connections refused because no backend was up (services only):
+    /// TCP answered with RST, UDP dropped.
+    pub rejected: u64,
 }
 
 /// Why the program passed, dropped or answered a packet itself; index into `reasons`.
@@ -417,7 +420,7 @@ mod tests {
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 16);
         assert_eq!(size_of::<Settings>(), 48);
-        assert_eq!(size_of::<Counters>(), 24);
+        assert_eq!(size_of::<Counters>(), 32);
     }
 
     #[test]

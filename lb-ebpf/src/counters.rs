@@ -33,3 +33,12 @@ pub fn count_traffic(service_id: u32, backend_id: u32, bytes: u64, new_flow: boo
         }
     }
 }
+
+/// Counts a new connection refused because the service had no backend up.
+#[inline(always)]
+pub fn count_rejected(service_id: u32) {
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { (*stats).rejected += 1 };
+    }
+}

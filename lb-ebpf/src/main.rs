@@ -21,7 +21,7 @@ use lb_common::{
 };
 
 use crate::{
-    counters::{count, count_traffic},
+    counters::{count, count_rejected, count_traffic},
     forward::{forward, DROP, PASS},
     lookup::{allocate_port, client_key, initial_state, reply_key, schedule, track},
     maps::{FLOWS, REPLIES, SERVICES, SETTINGS},
@@ -153,6 +153,7 @@ fn new_flow(
         return reject(ctx, pkt, Reason::RstNoFlow, Reason::RstNoFlow);
     }
     let Some((backend_id, backend)) = schedule(service) else {
+        count_rejected(service.id);
         return reject(ctx, pkt, Reason::RstNoBackend, Reason::DropNoBackend);
     };
     let Some(lb_port) = allocate_port(settings, &backend, pkt.proto, now) else {

@@ -366,6 +366,7 @@ impl Harness {
                 packets: acc.packets + c.packets,
                 bytes: acc.bytes + c.bytes,
                 new_flows: acc.new_flows + c.new_flows,
+                rejected: acc.rejected + c.rejected,
             })
     }
 

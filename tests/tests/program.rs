@@ -370,6 +370,7 @@ fn no_backend_answers_syn_with_rst_and_drops_udp() {
         "ports, seq, ack, flags"
     );
     assert_eq!(h.reason_count(Reason::RstNoBackend), 1);
+    assert_eq!(h.service_counters(2).rejected, 1, "counted per service");
 
     // A SYN carrying data is answered with ack = seq + 1 + data length.
     let syn_data = syn.clone().payload(b"hello");

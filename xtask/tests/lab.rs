@@ -94,7 +94,10 @@ fn lab_up_agent_restart_and_guard_teardown() {
 
         // The agent: config, socket, kill -9, restart, CLI.
         let config = std::fs::read_to_string(lab.agent_config_path(Node::Lb1)).unwrap();
-        assert_eq!(config, lab::agent_config(prefix, Node::Lb1).unwrap());
+        assert_eq!(
+            config,
+            lab::agent_config(prefix, Node::Lb1, lab.xtask_bin()).unwrap()
+        );
         let first = lab.agent_pid(Node::Lb1).expect("agent runs");
         assert!(lab.socket_path(Node::Lb1).exists());
         lab.kill_agent(Node::Lb1, libc::SIGKILL).unwrap();
@@ -119,8 +122,11 @@ fn lab_up_agent_restart_and_guard_teardown() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("config says fail-now"), "{err}");
-        lab.start_agent_with_config(Node::Lb2, &lab::agent_config(prefix, Node::Lb2).unwrap())
-            .unwrap();
+        lab.start_agent_with_config(
+            Node::Lb2,
+            &lab::agent_config(prefix, Node::Lb2, lab.xtask_bin()).unwrap(),
+        )
+        .unwrap();
         assert!(lab.status().contains("agent lb2"));
     }
     // The guard tore everything down.

@@ -54,6 +54,8 @@ pub struct ServiceStatus {
     pub bytes: u64,
     pub new_flows: u64,
     pub active_flows: u64,
+    /// New connections refused because no backend was up.
+    pub rejected: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,11 +72,31 @@ pub struct BackendStatus {
     pub address: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    /// Admin state (set with `backends add/remove`).
     pub state: BackendState,
+    /// Health state from the checks, apart from the admin state.
+    pub health: Health,
+    /// Result of the last check ("HTTP 200", "connect: refused", ...).
+    pub last_check: Option<String>,
+    /// Seconds since the health state last changed.
+    pub health_changed_secs: Option<u64>,
+    /// Health transitions since the agent started.
+    pub transitions: u64,
+    /// Weight currently scheduled (lower than `weight` during slow start).
+    pub effective_weight: u32,
     pub active_flows: u64,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Up,
+    Down,
+    /// Not checked (no health check configured): always takes traffic.
+    Unchecked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,6 +53,7 @@ fn sum(values: &[Counters]) -> Counters {
         packets: acc.packets + c.packets,
         bytes: acc.bytes + c.bytes,
         new_flows: acc.new_flows + c.new_flows,
+        rejected: acc.rejected + c.rejected,
     })
 }
 

@@ -27,6 +27,9 @@ pub struct WantedBackend {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    /// False while health checks say it is down: it keeps its id and its
+    /// flows (as `on_down` says) but gets no new connections.
+    pub healthy: bool,
 }
 
 /// Whether a backend takes new connections.
@@ -36,6 +39,8 @@ pub enum SlotState {
     /// Removed: no new connections; existing ones finish. The id is freed
     /// once no flow uses it.
     Draining,
+    /// Configured but failing its health checks: no new connections.
+    Down,
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +177,11 @@ impl Reconciler {
                     .find(|w| w.addr == backend.addr && w.port == backend.port);
                 match still {
                     Some(w) => {
-                        backend.state = SlotState::Active;
+                        backend.state = if w.healthy {
+                            SlotState::Active
+                        } else {
+                            SlotState::Down
+                        };
                         backend.weight = w.weight;
                     }
                     None => backend.state = SlotState::Draining,
@@ -209,7 +218,11 @@ impl Reconciler {
                         addr: w.addr,
                         port: w.port,
                         weight: w.weight,
-                        state: SlotState::Active,
+                        state: if w.healthy {
+                            SlotState::Active
+                        } else {
+                            SlotState::Down
+                        },
                     },
                 );
             }

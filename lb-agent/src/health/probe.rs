@@ -57,6 +57,16 @@ impl CheckOutcome {
     }
 }
 
+/// The innermost error's message ("Connection refused (os error 111)"):
+/// the outer ones only say which URL failed, which the backend column shows.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
 fn first_line(text: &[u8]) -> String {
     let text = String::from_utf8_lossy(text);
     let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -143,7 +153,7 @@ impl Probe {
                 }
                 let response = match request.send().await {
                     Ok(r) => r,
-                    Err(e) => return CheckOutcome::failed(format!("request: {e}")),
+                    Err(e) => return CheckOutcome::failed(format!("request: {}", root_cause(&e))),
                 };
                 let status = response.status().as_u16();
                 if status < expect[0] || status > expect[1] {

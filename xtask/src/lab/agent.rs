@@ -15,9 +15,10 @@ use super::{
 };
 use crate::cmd;
 
-/// The lab's agent config for `node` (lb1 or lb2): services `www` (TCP 80)
-/// and `dns` (UDP 5353) on the VIP, both to web1 and web2.
-pub fn agent_config(prefix: &str, node: Node) -> Result<String> {
+/// The lab's agent config for `node` (lb1 or lb2): services `www` (TCP 80,
+/// HTTP check of /health) and `dns` (UDP 5353, checked by a query sent with
+/// `xtask udp-query` from `xtask_bin`), both to web1 and web2.
+pub fn agent_config(prefix: &str, node: Node, xtask_bin: &Path) -> Result<String> {
     let Some(private) = node.private_address().filter(|_| node.is_lb()) else {
         bail!("{node} is not an LB node");
     };
@@ -48,16 +49,31 @@ name = "www"
 vip = "{VIP}"
 port = {HTTP_PORT}
 protocol = "tcp"
+  [service.health_check]
+  type = "http"
+  path = "/health"
+  interval = "1s"
+  timeout = "500ms"
+  rise = 2
+  fall = 2
 {backends}
 [[service]]
 name = "dns"
 vip = "{VIP}"
 port = {UDP_PORT}
 protocol = "udp"
+  [service.health_check]
+  type = "exec"
+  command = "{xtask} udp-query --to $LB_BACKEND_ADDR:$LB_BACKEND_PORT --timeout 400ms | grep -q '^web'"
+  interval = "1s"
+  timeout = "900ms"
+  rise = 2
+  fall = 2
 {backends}"#,
         PORT_RANGE.0,
         PORT_RANGE.1,
-        state_dir.display()
+        state_dir.display(),
+        xtask = xtask_bin.display(),
     ))
 }
 
@@ -103,7 +119,7 @@ impl Lab {
     pub fn start_agent(&self, node: Node) -> Result<u32> {
         let config = self.agent_config_path(node);
         if !config.exists() {
-            std::fs::write(&config, agent_config(&self.prefix, node)?)
+            std::fs::write(&config, agent_config(&self.prefix, node, self.xtask_bin())?)
                 .with_context(|| format!("writing {}", config.display()))?;
         }
         self.launch_agent(node)
@@ -229,7 +245,7 @@ mod tests {
 
     #[test]
     fn lb1_config_matches_the_lab_contract() {
-        let text = agent_config("t1", Node::Lb1).unwrap();
+        let text = agent_config("t1", Node::Lb1, Path::new("/x/xtask")).unwrap();
         assert!(text.contains("private_address = \"10.200.0.11\""));
         assert!(text.contains("state_dir = \"/run/lb-lab/t1/state\""));
         assert!(text.contains("port_range = [10000, 32767]"));
@@ -238,6 +254,6 @@ mod tests {
         assert_eq!(text.matches("[[service.backend]]").count(), 4);
         assert!(text.contains("address = \"10.200.0.22\""));
         assert!(!text.contains("10.200.0.23"));
-        assert!(agent_config("t1", Node::Web1).is_err());
+        assert!(agent_config("t1", Node::Web1, Path::new("/x/xtask")).is_err());
     }
 }
