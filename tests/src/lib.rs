@@ -3,6 +3,7 @@
 //! the build's artifacts.
 
 pub mod artifacts;
+pub mod e2e;
 pub mod netns;
 pub mod packet;
 pub mod program;

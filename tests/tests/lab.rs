@@ -9,140 +9,14 @@ use std::{
     io::{Read, Write},
     net::{SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use integration_tests::{artifacts, netns::NetNs};
-use xtask::lab::{Lab, LabGuard, LabOptions, Node};
-
-const VIP_URL: &str = "http://10.100.0.100/";
-
-fn lab(prefix: &str) -> Option<LabGuard> {
-    let agent = artifacts::agent_binary()?;
-    let xtask = artifacts::xtask_binary()?;
-    let options = LabOptions {
-        agent_bin: Some(agent),
-        xtask_bin: Some(xtask),
-        ..LabOptions::with_prefix(prefix)
-    };
-    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
-}
-
-fn agent(lab: &Lab, args: &[&str]) -> String {
-    let out = lab
-        .agent_cli(Node::Lb1, args)
-        .unwrap_or_else(|e| panic!("lb-agent {args:?}: {e:#}"));
-    assert!(
-        out.status.success(),
-        "lb-agent {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `count` sequential requests to the VIP; answers by body (or "error").
-fn http_round(lab: &Lab, count: usize) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for _ in 0..count {
-        let answer = lab
-            .http_get(Node::Client, VIP_URL)
-            .map(|body| body.trim().to_string())
-            .unwrap_or_else(|e| format!("error: {e:#}"));
-        *counts.entry(answer).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// A slow download of /slow from the client, as a child process writing
-/// headers and body to files in the lab's run dir.
-struct Download {
-    child: Child,
-    headers: PathBuf,
-    body: PathBuf,
-}
-
-impl Download {
-    fn start(lab: &Lab, name: &str) -> Self {
-        let headers = lab.run_dir().join(format!("{name}.headers"));
-        let body = lab.run_dir().join(format!("{name}.body"));
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns(Node::Client),
-                "curl",
-                "-s",
-                "--max-time",
-                "90",
-                "-D",
-            ])
-            .arg(&headers)
-            .arg("-o")
-            .arg(&body)
-            .arg("http://10.100.0.100/slow")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start curl");
-        Self {
-            child,
-            headers,
-            body,
-        }
-    }
-
-    /// Waits (≤ 5 s) for the response headers; returns the backend's name.
-    fn backend(&self) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(text) = std::fs::read_to_string(&self.headers) {
-                if let Some(line) = text
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("x-backend:"))
-                {
-                    return Some(line.split(':').nth(1)?.trim().to_string());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    fn received(&self) -> u64 {
-        std::fs::metadata(&self.body).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Whether bytes keep arriving over `window` (nginx sends in bursts).
-    fn progresses(&self, window: Duration) -> bool {
-        let before = self.received();
-        std::thread::sleep(window);
-        self.received() > before
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Download {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts downloads until one lands on `backend` (bounded).
-fn download_on(lab: &Lab, backend: &str) -> Download {
-    for attempt in 0..12 {
-        let download = Download::start(lab, &format!("dl-{backend}-{attempt}"));
-        if download.backend().as_deref() == Some(backend) {
-            return download;
-        }
-    }
-    panic!("no download landed on {backend} in 12 attempts");
-}
+use integration_tests::{e2e::*, netns::NetNs};
+use xtask::lab::Node;
 
 #[test]
 fn http_splits_evenly_and_backends_see_the_lb_address() {

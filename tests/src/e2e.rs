@@ -1,0 +1,174 @@
+//! Helpers of the end-to-end tests: a guarded lab per test, the agent's
+//! CLI, HTTP rounds through the VIP, long downloads, bounded waits.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use xtask::lab::{Lab, LabGuard, LabOptions, Node};
+
+use crate::artifacts;
+
+pub const VIP_URL: &str = "http://10.100.0.100/";
+
+pub fn lab(prefix: &str) -> Option<LabGuard> {
+    let agent = artifacts::agent_binary()?;
+    let xtask = artifacts::xtask_binary()?;
+    let options = LabOptions {
+        agent_bin: Some(agent),
+        xtask_bin: Some(xtask),
+        ..LabOptions::with_prefix(prefix)
+    };
+    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
+}
+
+pub fn agent(lab: &Lab, args: &[&str]) -> String {
+    let out = lab
+        .agent_cli(Node::Lb1, args)
+        .unwrap_or_else(|e| panic!("lb-agent {args:?}: {e:#}"));
+    assert!(
+        out.status.success(),
+        "lb-agent {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `count` sequential requests to the VIP; answers by body (or "error").
+pub fn http_round(lab: &Lab, count: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..count {
+        let answer = lab
+            .http_get(Node::Client, VIP_URL)
+            .map(|body| body.trim().to_string())
+            .unwrap_or_else(|e| format!("error: {e:#}"));
+        *counts.entry(answer).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A slow download of /slow from the client, as a child process writing
+/// headers and body to files in the lab's run dir.
+pub struct Download {
+    child: Child,
+    headers: PathBuf,
+    body: PathBuf,
+}
+
+impl Download {
+    pub fn start(lab: &Lab, name: &str) -> Self {
+        let headers = lab.run_dir().join(format!("{name}.headers"));
+        let body = lab.run_dir().join(format!("{name}.body"));
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns(Node::Client),
+                "curl",
+                "-s",
+                "--max-time",
+                "90",
+                "-D",
+            ])
+            .arg(&headers)
+            .arg("-o")
+            .arg(&body)
+            .arg("http://10.100.0.100/slow")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start curl");
+        Self {
+            child,
+            headers,
+            body,
+        }
+    }
+
+    /// Waits (≤ 5 s) for the response headers; returns the backend's name.
+    pub fn backend(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(&self.headers) {
+                if let Some(line) = text
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("x-backend:"))
+                {
+                    return Some(line.split(':').nth(1)?.trim().to_string());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn received(&self) -> u64 {
+        std::fs::metadata(&self.body).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether bytes keep arriving over `window` (nginx sends in bursts).
+    pub fn progresses(&self, window: Duration) -> bool {
+        let before = self.received();
+        std::thread::sleep(window);
+        self.received() > before
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts downloads until one lands on `backend` (bounded).
+pub fn download_on(lab: &Lab, backend: &str) -> Download {
+    for attempt in 0..12 {
+        let download = Download::start(lab, &format!("dl-{backend}-{attempt}"));
+        if download.backend().as_deref() == Some(backend) {
+            return download;
+        }
+    }
+    panic!("no download landed on {backend} in 12 attempts");
+}
+
+/// Polls `condition` every 100 ms for up to `limit`; whether it held.
+pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The HEALTH column of `backend` (e.g. "10.200.0.21:80") in `backends list`.
+pub fn health_of(lab: &Lab, service: &str, backend: &str) -> String {
+    let list = agent(lab, &["backends", "list", "--service", service, "--json"]);
+    let addr = backend.split(':').next().unwrap_or(backend);
+    let port = backend.split(':').nth(1).unwrap_or("");
+    // The JSON is the stable interface; find the backend's object.
+    let objects: Vec<&str> = list.split("},").collect();
+    for object in objects {
+        if object.contains(&format!("\"address\": \"{addr}\""))
+            && object.contains(&format!("\"port\": {port}"))
+        {
+            for state in ["up", "down", "unchecked"] {
+                if object.contains(&format!("\"health\": \"{state}\"")) {
+                    return state.to_string();
+                }
+            }
+        }
+    }
+    panic!("{backend} not in backends list of {service}:\n{list}");
+}

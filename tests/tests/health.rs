@@ -1,0 +1,207 @@
+//! End-to-end health checks in the lab: the agent takes failing backends
+//! out of rotation and brings them back, detects a black hole by timeout,
+//! tells an HTTP 500 from a dead server, answers with RST when nothing is
+//! up, cuts flows with `on_down = "shutdown-flows"`, and does not flap.
+//! The lab checks `www` over HTTP every 1 s with rise 2 / fall 2.
+
+use std::time::Duration;
+
+use integration_tests::e2e::*;
+use xtask::lab::{self, Node};
+
+const WEB1: &str = "10.200.0.21:80";
+const WEB2: &str = "10.200.0.22:80";
+/// fall × interval + timeout, with room for jitter and scheduling.
+const DETECTION: Duration = Duration::from_secs(6);
+
+#[test]
+fn stopped_nginx_leaves_rotation_and_comes_back() {
+    let Some(lab) = lab("hstop") else { return };
+    lab.stop_nginx(Node::Web1).expect("stop nginx on web1");
+    assert!(
+        wait_for(DETECTION, || health_of(&lab, "www", WEB1) == "down"),
+        "web1 marked down"
+    );
+    let counts = http_round(&lab, 20);
+    assert_eq!(
+        counts.get("web2"),
+        Some(&20),
+        "all new connections go to web2: {counts:?}"
+    );
+    let list = agent(&lab, &["backends", "list", "--service", "www"]);
+    assert!(
+        list.contains("Connection refused"),
+        "last check says why: {list}"
+    );
+
+    lab.start_nginx(Node::Web1).expect("start nginx on web1");
+    assert!(
+        wait_for(DETECTION, || health_of(&lab, "www", WEB1) == "up"),
+        "web1 back up"
+    );
+    let counts = http_round(&lab, 20);
+    assert!(
+        counts.get("web1").copied().unwrap_or(0) >= 8,
+        "web1 gets traffic again: {counts:?}"
+    );
+    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb1)).expect("agent log");
+    assert!(
+        log.contains("backend health changed")
+            && log.contains("state=\"down\"")
+            && log.contains("state=\"up\""),
+        "transitions are logged:\n{log}"
+    );
+}
+
+#[test]
+fn black_hole_is_detected_by_timeout() {
+    let Some(lab) = lab("hhole") else { return };
+    // web2 silently drops everything it would send back to lb1.
+    lab.exec_ok(
+        Node::Web2,
+        &["ip", "route", "add", "blackhole", "10.200.0.11/32"],
+    )
+    .expect("blackhole route");
+    assert!(
+        wait_for(DETECTION, || health_of(&lab, "www", WEB2) == "down"),
+        "web2 marked down"
+    );
+    let list = agent(&lab, &["backends", "list", "--service", "www"]);
+    let web2 = list
+        .lines()
+        .find(|l| l.starts_with(WEB2))
+        .expect("web2 listed");
+    assert!(web2.contains("timed out"), "detected by timeout: {web2}");
+    let counts = http_round(&lab, 10);
+    assert_eq!(counts.get("web1"), Some(&10), "{counts:?}");
+}
+
+#[test]
+fn http_500_is_down_for_http_but_up_for_tcp_checks() {
+    let Some(lab) = lab("h500") else { return };
+    // A second service on the same backends, checked by TCP connect only.
+    let config = lab::agent_config(lab.prefix(), Node::Lb1, lab.xtask_bin()).expect("config")
+        + r#"
+[[service]]
+name = "www-tcp"
+vip = "10.100.0.100"
+port = 8080
+protocol = "tcp"
+  [service.health_check]
+  type = "tcp"
+  interval = "1s"
+  timeout = "500ms"
+  rise = 2
+  fall = 2
+  [[service.backend]]
+  address = "10.200.0.22"
+  port = 80
+"#;
+    lab.stop_agent(Node::Lb1).expect("stop agent");
+    lab.start_agent_with_config(Node::Lb1, &config)
+        .expect("agent with www-tcp");
+    lab.set_health_page_failing(Node::Web2, true)
+        .expect("fail /health");
+    assert!(
+        wait_for(DETECTION, || health_of(&lab, "www", WEB2) == "down"),
+        "http check sees the 500"
+    );
+    let list = agent(&lab, &["backends", "list", "--service", "www"]);
+    assert!(list.contains("HTTP 500"), "{list}");
+    assert_eq!(
+        health_of(&lab, "www-tcp", WEB2),
+        "up",
+        "tcp check still connects"
+    );
+    let body = lab
+        .http_get(Node::Client, "http://10.100.0.100:8080/")
+        .expect("www-tcp still serves through web2");
+    assert_eq!(body.trim(), "web2");
+}
+
+#[test]
+fn no_backend_up_answers_with_rst() {
+    let Some(lab) = lab("hnone") else { return };
+    lab.stop_nginx(Node::Web1).expect("stop web1");
+    lab.stop_nginx(Node::Web2).expect("stop web2");
+    assert!(
+        wait_for(DETECTION, || health_of(&lab, "www", WEB1) == "down"
+            && health_of(&lab, "www", WEB2) == "down"),
+        "both down"
+    );
+    let out = lab
+        .exec(
+            Node::Client,
+            &["curl", "-sS", "--max-time", "3", "http://10.100.0.100/"],
+        )
+        .expect("curl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Couldn't connect") || stderr.contains("Connection refused"),
+        "connect refused by a RST, not a timeout: {stderr}"
+    );
+    let services = agent(&lab, &["services", "list", "--json"]);
+    assert!(
+        services.contains("\"rejected\": 1"),
+        "counted per service: {services}"
+    );
+    let stats = agent(&lab, &["stats"]);
+    assert!(stats.contains("rst_no_backend"), "{stats}");
+}
+
+#[test]
+fn shutdown_flows_cuts_a_long_lived_connection() {
+    let Some(lab) = lab("hcut") else { return };
+    let config = lab::agent_config(lab.prefix(), Node::Lb1, lab.xtask_bin())
+        .expect("config")
+        .replacen(
+            "protocol = \"tcp\"\n",
+            "protocol = \"tcp\"\non_down = \"shutdown-flows\"\n",
+            1,
+        );
+    assert!(config.contains("shutdown-flows"));
+    lab.stop_agent(Node::Lb1).expect("stop agent");
+    lab.start_agent_with_config(Node::Lb1, &config)
+        .expect("agent with shutdown-flows");
+    let mut download = download_on(&lab, "web1");
+    assert!(download.progresses(Duration::from_secs(1)));
+    lab.set_health_page_failing(Node::Web1, true)
+        .expect("fail /health");
+    assert!(
+        wait_for(DETECTION, || health_of(&lab, "www", WEB1) == "down"),
+        "web1 down"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || !download.running()),
+        "the download was cut when web1 went down"
+    );
+}
+
+#[test]
+fn flapping_backend_does_not_storm_the_maps() {
+    let Some(lab) = lab("hflap") else { return };
+    // /health flips every half interval for 8 s.
+    for i in 0..16 {
+        lab.set_health_page_failing(Node::Web1, i % 2 == 0)
+            .expect("flip");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.set_health_page_failing(Node::Web1, false)
+        .expect("settle");
+    let list = agent(&lab, &["backends", "list", "--service", "www", "--json"]);
+    let transitions: u64 = list
+        .split("\"transitions\": ")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .expect("transitions field");
+    assert!(
+        transitions <= 2,
+        "at most one down and one up, not a storm: {transitions}\n{list}"
+    );
+}
