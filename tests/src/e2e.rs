@@ -152,23 +152,28 @@ pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// The HEALTH column of `backend` (e.g. "10.200.0.21:80") in `backends list`.
-pub fn health_of(lab: &Lab, service: &str, backend: &str) -> String {
-    let list = agent(lab, &["backends", "list", "--service", service, "--json"]);
-    let addr = backend.split(':').next().unwrap_or(backend);
-    let port = backend.split(':').nth(1).unwrap_or("");
-    // The JSON is the stable interface; find the backend's object.
-    let objects: Vec<&str> = list.split("},").collect();
-    for object in objects {
-        if object.contains(&format!("\"address\": \"{addr}\""))
-            && object.contains(&format!("\"port\": {port}"))
-        {
-            for state in ["up", "down", "unchecked"] {
-                if object.contains(&format!("\"health\": \"{state}\"")) {
-                    return state.to_string();
-                }
-            }
-        }
+/// `backends list --service S --json` as JSON values.
+pub fn backends_json(lab: &Lab, service: &str) -> Vec<serde_json::Value> {
+    let text = agent(lab, &["backends", "list", "--service", service, "--json"]);
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Array(list)) => list,
+        other => panic!("backends list --json is not a JSON array ({other:?}):\n{text}"),
     }
-    panic!("{backend} not in backends list of {service}:\n{list}");
+}
+
+/// One field of `backend` ("10.200.0.21:80") in `backends list --json`.
+pub fn backend_field(lab: &Lab, service: &str, backend: &str, field: &str) -> serde_json::Value {
+    let list = backends_json(lab, service);
+    list.iter()
+        .find(|b| format!("{}:{}", b["address"].as_str().unwrap_or(""), b["port"]) == backend)
+        .map(|b| b[field].clone())
+        .unwrap_or_else(|| panic!("{backend} not in backends of {service}: {list:?}"))
+}
+
+/// The health state of `backend`: "up", "down" or "unchecked".
+pub fn health_of(lab: &Lab, service: &str, backend: &str) -> String {
+    backend_field(lab, service, backend, "health")
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

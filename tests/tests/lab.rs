@@ -93,12 +93,10 @@ fn backends_added_live_drain_and_cut() {
         &["backends", "remove", "--service", "www", "10.200.0.23:80"],
     );
     assert!(removed.contains("draining"), "{removed}");
-    let list = agent(&lab, &["backends", "list", "--service", "www"]);
-    let web3 = list
-        .lines()
-        .find(|l| l.starts_with("10.200.0.23:80"))
-        .expect("web3 listed");
-    assert!(web3.contains("draining"), "{list}");
+    assert_eq!(
+        backend_field(&lab, "www", "10.200.0.23:80", "state"),
+        "draining"
+    );
     let counts = http_round(&lab, 20);
     assert!(
         !counts.contains_key("web3"),
@@ -239,19 +237,13 @@ fn kill_9_keeps_forwarding_and_restart_adopts_flows() {
         log.contains("swapped the new program into the existing link"),
         "{log}"
     );
-    let list = agent(&lab, &["backends", "list", "--service", "www"]);
-    let web1 = list
-        .lines()
-        .find(|l| l.starts_with("10.200.0.21:80"))
-        .expect("web1 listed");
-    let flows: u64 = web1
-        .split_whitespace()
-        .nth(3)
-        .and_then(|f| f.parse().ok())
-        .expect("flows column");
+    let flows = backend_field(&lab, "www", "10.200.0.21:80", "active_flows")
+        .as_u64()
+        .expect("active_flows");
+    let list = backends_json(&lab, "www");
     assert!(
         flows >= 1,
-        "the download's flow survived the restart: {list}"
+        "the download's flow survived the restart: {list:?}"
     );
     assert!(
         download.progresses(Duration::from_secs(2)),
@@ -288,13 +280,13 @@ fn runtime_changes_survive_a_restart() {
     );
     lab.stop_agent(Node::Lb1).expect("graceful stop");
     lab.start_agent(Node::Lb1).expect("start again");
-    let list = agent(&lab, &["backends", "list", "--service", "www"]);
-    let active: Vec<&str> = list
-        .lines()
-        .filter(|l| l.contains("active"))
-        .filter_map(|l| l.split_whitespace().next())
+    let list = backends_json(&lab, "www");
+    let active: Vec<String> = list
+        .iter()
+        .filter(|b| b["state"] == "active")
+        .map(|b| format!("{}:{}", b["address"].as_str().unwrap_or(""), b["port"]))
         .collect();
-    assert_eq!(active, vec!["10.200.0.22:80", "10.200.0.23:80"], "{list}");
+    assert_eq!(active, vec!["10.200.0.22:80", "10.200.0.23:80"], "{list:?}");
     let counts = http_round(&lab, 30);
     let web3 = counts.get("web3").copied().unwrap_or(0);
     assert!((18..=22).contains(&web3), "weight 2 of 3: {counts:?}");
