@@ -654,6 +654,74 @@ protocol = "udp"
     }
 
     #[test]
+    fn health_check_defaults_and_overrides() {
+        let text = LAB.replacen(
+            "protocol = \"tcp\"\n",
+            "protocol = \"tcp\"\non_down = \"shutdown-flows\"\nslow_start = \"30s\"\n  [service.health_check]\n  type = \"http\"\n  path = \"/health\"\n",
+            1,
+        )
+        .replacen(
+            "  weight = 3\n",
+            "  weight = 3\n  [service.backend.health_check]\n  type = \"tcp\"\n  port = 8080\n",
+            1,
+        );
+        let config = Config::parse(&text, "h.toml").expect("valid");
+        let www = &config.services[0];
+        assert_eq!(www.on_down, OnDown::ShutdownFlows);
+        assert_eq!(www.slow_start, Duration::from_secs(30));
+        let check = www
+            .check_for(Ipv4Addr::new(10, 200, 0, 21), 80)
+            .expect("service check applies");
+        assert_eq!(check.kind, CheckKind::Http);
+        assert_eq!((check.rise, check.fall), (2, 3));
+        assert_eq!(check.interval, Duration::from_secs(2));
+        assert_eq!(check.timeout, Duration::from_secs(1));
+        assert_eq!(check.expect_status, [200, 399]);
+        assert_eq!(check.start_as, StartAs::Up);
+        let own = www
+            .check_for(Ipv4Addr::new(10, 200, 0, 22), 80)
+            .expect("backend check applies");
+        assert_eq!((own.kind, own.port), (CheckKind::Tcp, Some(8080)));
+        assert!(
+            config.services[1]
+                .check_for(Ipv4Addr::new(10, 200, 0, 21), 5353)
+                .is_none(),
+            "dns unchecked"
+        );
+    }
+
+    #[test]
+    fn broken_health_checks_are_explained() {
+        for (check, expected) in [
+            ("type = \"exec\"", "needs command"),
+            ("type = \"http\"\npath = \"health\"", "must start with '/'"),
+            (
+                "type = \"http\"\nexpect_status = [500, 200]",
+                "expect_status",
+            ),
+            (
+                "interval = \"1s\"\ntimeout = \"2s\"",
+                "at most the interval",
+            ),
+            ("rise = 0", "rise = 0 is out of range"),
+            ("jitter = 0.9", "jitter = 0.9"),
+            ("type = \"http\"\nmethod = \"DELETE\"", "method \"DELETE\""),
+            ("type = \"smtp\"", "unknown variant"),
+        ] {
+            let text = LAB.replacen(
+                "protocol = \"tcp\"\n",
+                &format!("protocol = \"tcp\"\n  [service.health_check]\n  {check}\n"),
+                1,
+            );
+            let message = Config::parse(&text, "h.toml").unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "{check:?}: expected {expected:?} in {message}"
+            );
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
