@@ -147,6 +147,11 @@ impl Agent {
                                         )
                                     }),
                                     healthy: health.is_none_or(|h| h.tracker.is_up()),
+                                    drained: self.state.is_drained(
+                                        &service.name,
+                                        b.address,
+                                        b.port,
+                                    ),
                                 }
                             })
                             .collect()
@@ -182,7 +187,14 @@ impl Agent {
         weight: Option<u32>,
     ) -> Result<String, AgentError> {
         let port = port.unwrap_or(self.service_config(service)?.port);
-        let weight = weight.unwrap_or(1);
+        // Re-adding a known backend (e.g. to end a drain) keeps its weight.
+        let weight = weight.unwrap_or_else(|| {
+            self.state
+                .effective_backends(&self.config)
+                .get(service)
+                .and_then(|list| list.iter().find(|b| b.address == addr && b.port == port))
+                .map_or(1, |b| b.weight)
+        });
         if !(1..=100).contains(&weight) {
             return Err(AgentError::BadWeight { weight });
         }
@@ -260,6 +272,38 @@ impl Agent {
         }
     }
 
+    /// Drains a backend: it keeps its flows and stays listed, but gets no
+    /// new connections until `add_backend` enables it again. Persisted.
+    pub fn drain_backend(
+        &mut self,
+        service: &str,
+        addr: Ipv4Addr,
+        port: Option<u16>,
+    ) -> Result<String, AgentError> {
+        let port = port.unwrap_or(self.service_config(service)?.port);
+        let present = self
+            .state
+            .effective_backends(&self.config)
+            .get(service)
+            .is_some_and(|list| list.iter().any(|b| b.address == addr && b.port == port));
+        if !present {
+            return Err(AgentError::NoBackend {
+                service: service.to_string(),
+                addr,
+                port,
+            });
+        }
+        let mut next = self.state.clone();
+        next.drain_backend(service, addr, port);
+        next.save(&self.state_path)?;
+        self.state = next;
+        self.apply()?;
+        info!(service, %addr, port, "backend drained");
+        Ok(format!(
+            "drained {addr}:{port} in {service}: no new connections; `backends add` enables it again"
+        ))
+    }
+
     fn census(&self) -> crate::dataplane::maps::FlowCensus {
         let settings = self.tables.settings().unwrap_or_default();
         self.tables.flow_census(&settings, monotonic_ns())
@@ -298,6 +342,7 @@ impl Agent {
                     state: match b.state {
                         SlotState::Active | SlotState::Down => BackendState::Active,
                         SlotState::Draining => BackendState::Draining,
+                        SlotState::Drained => BackendState::Drained,
                     },
                     health: match health {
                         None => Health::Unchecked,

@@ -68,7 +68,13 @@ pub enum BackendsAction {
         #[arg(long)]
         now: bool,
     },
-    /// List the backends with state and flow counts.
+    /// Drain a backend: no new connections, existing ones finish; it stays
+    /// listed (state "drained") until `backends add` enables it again.
+    Drain {
+        #[command(flatten)]
+        target: BackendTarget,
+    },
+    /// List the backends with state, health and flow counts.
     List {
         #[arg(long)]
         service: String,

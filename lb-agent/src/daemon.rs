@@ -77,6 +77,13 @@ impl ControlHandler for Handler {
             } => agent
                 .remove_backend(&service, address, port, now)
                 .map(|message| Reply::Changed { message }),
+            Request::BackendsDrain {
+                service,
+                address,
+                port,
+            } => agent
+                .drain_backend(&service, address, port)
+                .map(|message| Reply::Changed { message }),
             Request::Stats => Ok(Reply::Stats(agent.stats())),
         };
         match result {

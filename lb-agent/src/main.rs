@@ -102,6 +102,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 },
                 false,
             ),
+            BackendsAction::Drain { target } => (
+                Request::BackendsDrain {
+                    service: target.service,
+                    address: target.backend.0,
+                    port: target.backend.1,
+                },
+                false,
+            ),
             BackendsAction::List { service, json } => (Request::BackendsList { service }, json),
         },
         Command::Services {

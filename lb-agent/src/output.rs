@@ -72,6 +72,7 @@ fn backend_row(b: &BackendStatus) -> Vec<String> {
         match b.state {
             BackendState::Active => "active".into(),
             BackendState::Draining => "draining".into(),
+            BackendState::Drained => "drained".into(),
         },
         match (b.health, b.health_changed_secs) {
             (Health::Unchecked, _) => "-".into(),

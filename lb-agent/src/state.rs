@@ -55,6 +55,10 @@ pub struct ServiceChanges {
     /// Config backends removed at run time, as (address, port).
     #[serde(default)]
     pub removed: Vec<(Ipv4Addr, u16)>,
+    /// Backends drained by the operator (kept, no new connections) until
+    /// `backends add` enables them again.
+    #[serde(default)]
+    pub drained: Vec<(Ipv4Addr, u16)>,
 }
 
 /// The persisted run-time state of one agent instance.
@@ -109,6 +113,9 @@ impl RuntimeState {
     pub fn add_backend(&mut self, service: &str, backend: BackendSpec) {
         let changes = self.services.entry(service.to_string()).or_default();
         changes
+            .drained
+            .retain(|(a, p)| !(*a == backend.address && *p == backend.port));
+        changes
             .removed
             .retain(|(a, p)| !(*a == backend.address && *p == backend.port));
         changes
@@ -117,8 +124,25 @@ impl RuntimeState {
         changes.added.push(backend);
     }
 
+    /// Marks a backend drained (it must exist; the caller checks).
+    pub fn drain_backend(&mut self, service: &str, address: Ipv4Addr, port: u16) {
+        let changes = self.services.entry(service.to_string()).or_default();
+        if !changes.drained.contains(&(address, port)) {
+            changes.drained.push((address, port));
+        }
+    }
+
+    pub fn is_drained(&self, service: &str, address: Ipv4Addr, port: u16) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|c| c.drained.contains(&(address, port)))
+    }
+
     pub fn remove_backend(&mut self, service: &str, address: Ipv4Addr, port: u16) {
         let changes = self.services.entry(service.to_string()).or_default();
+        changes
+            .drained
+            .retain(|(a, p)| !(*a == address && *p == port));
         changes
             .added
             .retain(|b| !(b.address == address && b.port == port));
@@ -230,6 +254,20 @@ protocol = "tcp"
         let www = &state.effective_backends(&config)["www"];
         let addrs: Vec<_> = www.iter().map(|b| (b.address, b.weight)).collect();
         assert_eq!(addrs, vec![(addr(21), 5), (addr(22), 1)]);
+
+        // Drained stays listed until added again.
+        state.drain_backend("www", addr(22), 80);
+        assert!(state.is_drained("www", addr(22), 80));
+        assert_eq!(state.effective_backends(&config)["www"].len(), 2);
+        state.add_backend(
+            "www",
+            BackendSpec {
+                address: addr(22),
+                port: 80,
+                weight: 1,
+            },
+        );
+        assert!(!state.is_drained("www", addr(22), 80));
     }
 
     #[test]

@@ -136,6 +136,32 @@ fn backends_added_live_drain_and_cut() {
 }
 
 #[test]
+fn drained_backend_stays_listed_until_added_again() {
+    let Some(lab) = lab("e2drain") else { return };
+    let drained = agent(
+        &lab,
+        &["backends", "drain", "--service", "www", "10.200.0.22"],
+    );
+    assert!(drained.contains("drained 10.200.0.22:80"), "{drained}");
+    assert_eq!(
+        backend_field(&lab, "www", "10.200.0.22:80", "state"),
+        "drained"
+    );
+    let counts = http_round(&lab, 10);
+    assert_eq!(counts.get("web1"), Some(&10), "{counts:?}");
+    agent(
+        &lab,
+        &["backends", "add", "--service", "www", "10.200.0.22"],
+    );
+    assert_eq!(
+        backend_field(&lab, "www", "10.200.0.22:80", "state"),
+        "active"
+    );
+    let counts = http_round(&lab, 10);
+    assert!(counts.get("web2").copied().unwrap_or(0) >= 3, "{counts:?}");
+}
+
+#[test]
 fn non_vip_tcp_to_the_lb_node_still_works() {
     let Some(lab) = lab("e2ssh") else { return };
     let lb1 = NetNs::existing(&lab.ns(Node::Lb1));

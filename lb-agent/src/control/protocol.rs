@@ -23,6 +23,11 @@ pub enum Request {
         port: Option<u16>,
         now: bool,
     },
+    BackendsDrain {
+        service: String,
+        address: Ipv4Addr,
+        port: Option<u16>,
+    },
     Stats,
 }
 
@@ -63,8 +68,10 @@ pub struct ServiceStatus {
 pub enum BackendState {
     /// Takes new connections.
     Active,
-    /// Removed: no new connections; existing ones finish.
+    /// Removed: no new connections; existing ones finish, then it is gone.
     Draining,
+    /// Drained by the operator: kept, no new connections, until `add`.
+    Drained,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

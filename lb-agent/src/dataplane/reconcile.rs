@@ -30,6 +30,8 @@ pub struct WantedBackend {
     /// False while health checks say it is down: it keeps its id and its
     /// flows (as `on_down` says) but gets no new connections.
     pub healthy: bool,
+    /// Drained by the operator: kept, no new connections.
+    pub drained: bool,
 }
 
 /// Whether a backend takes new connections.
@@ -41,6 +43,20 @@ pub enum SlotState {
     Draining,
     /// Configured but failing its health checks: no new connections.
     Down,
+    /// Drained by the operator: kept (not released), no new connections.
+    Drained,
+}
+
+impl WantedBackend {
+    fn state(&self) -> SlotState {
+        if self.drained {
+            SlotState::Drained
+        } else if self.healthy {
+            SlotState::Active
+        } else {
+            SlotState::Down
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -177,11 +193,7 @@ impl Reconciler {
                     .find(|w| w.addr == backend.addr && w.port == backend.port);
                 match still {
                     Some(w) => {
-                        backend.state = if w.healthy {
-                            SlotState::Active
-                        } else {
-                            SlotState::Down
-                        };
+                        backend.state = w.state();
                         backend.weight = w.weight;
                     }
                     None => backend.state = SlotState::Draining,
@@ -218,11 +230,7 @@ impl Reconciler {
                         addr: w.addr,
                         port: w.port,
                         weight: w.weight,
-                        state: if w.healthy {
-                            SlotState::Active
-                        } else {
-                            SlotState::Down
-                        },
+                        state: w.state(),
                     },
                 );
             }
