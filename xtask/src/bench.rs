@@ -3,7 +3,10 @@
 //! end-to-end HTTP throughput with wrk through the balancer against wrk
 //! straight to a backend, all in the same run on the same machine.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -102,7 +105,7 @@ pub fn run() -> Result<()> {
     }
 
     heading(&format!(
-        "End to end: wrk, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s each (lab `{PREFIX}`, generic XDP on veth)"
+        "End to end in lab `{PREFIX}` (generic XDP on veth)"
     ));
     cmd::catch_interrupts();
     let options = LabOptions {
@@ -112,6 +115,15 @@ pub fn run() -> Result<()> {
     std::env::set_var(ENV_AGENT_BIN, &artifacts.agent);
     let lab = Lab::up_guarded(&options)?;
     std::thread::sleep(Duration::from_millis(500));
+    // Health figures first, on an idle lab: the wrk runs leave many closing
+    // flows holding NAT ports for a while.
+    heading("Health checks: detection, recovery, fast fail (www: http check every 1 s, rise 2, fall 2, timeout 0.5 s)");
+    health_figures(&lab)?;
+    std::thread::sleep(Duration::from_secs(3));
+
+    heading(&format!(
+        "Throughput: wrk, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s each"
+    ));
     let backend = format!(
         "http://{}/",
         Node::Web1.private_address().context("web1 address")?
@@ -139,6 +151,122 @@ pub fn run() -> Result<()> {
     let stats = lab.agent_cli(Node::Lb1, &["stats"])?;
     println!("{}", String::from_utf8_lossy(&stats.stdout));
     drop(lab);
+    Ok(())
+}
+
+/// One request through the VIP: which backend answered (None = failed)
+/// and how long curl took.
+fn one_request(lab: &Lab) -> Result<(Option<String>, Duration)> {
+    let started = Instant::now();
+    let out = lab.exec(
+        Node::Client,
+        &[
+            "curl",
+            "-s",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "2",
+            "http://10.100.0.100/",
+        ],
+    )?;
+    let took = started.elapsed();
+    let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok((
+        (out.status.success() && !body.is_empty()).then_some(body),
+        took,
+    ))
+}
+
+/// Requests every 50 ms until `done` says stop (at most `limit`); returns
+/// the time since `from` of the last request for which `mark` held.
+fn watch(
+    lab: &Lab,
+    from: Instant,
+    limit: Duration,
+    mut mark: impl FnMut(&Option<String>) -> bool,
+    mut done: impl FnMut(&Option<String>, Duration) -> bool,
+) -> Result<Option<Duration>> {
+    let mut last = None;
+    while from.elapsed() < limit {
+        let (answer, _) = one_request(lab)?;
+        if mark(&answer) {
+            last = Some(from.elapsed());
+        }
+        if done(&answer, from.elapsed()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(last)
+}
+
+fn health_figures(lab: &Lab) -> Result<()> {
+    let window = Duration::from_millis(2 * 1000 + 500);
+    // Detection: nginx on web1 stops; requests that still go there fail.
+    let stopped = Instant::now();
+    lab.stop_nginx(Node::Web1)?;
+    let last_failure = watch(
+        lab,
+        stopped,
+        Duration::from_secs(10),
+        |answer| answer.is_none(),
+        |_, elapsed| elapsed > window + Duration::from_secs(3),
+    )?;
+    match last_failure {
+        Some(t) => println!(
+            "  detection: last connection sent to the stopped web1 {:.2} s after the stop (window fall x interval + timeout = {:.1} s)",
+            t.as_secs_f64(),
+            window.as_secs_f64()
+        ),
+        None => println!("  detection: no request failed after the stop (window {:.1} s)", window.as_secs_f64()),
+    }
+    // Recovery: nginx on web1 starts; the first request web1 answers.
+    let started = Instant::now();
+    lab.start_nginx(Node::Web1)?;
+    let mut back = None;
+    watch(
+        lab,
+        started,
+        Duration::from_secs(10),
+        |_| false,
+        |answer, elapsed| {
+            if answer.as_deref() == Some("web1") {
+                back = Some(elapsed);
+                true
+            } else {
+                false
+            }
+        },
+    )?;
+    match back {
+        Some(t) => println!(
+            "  recovery: web1 answered again {:.2} s after nginx started (window rise x interval = 2 s)",
+            t.as_secs_f64()
+        ),
+        None => println!("  recovery: web1 did not answer within 10 s"),
+    }
+    // Fast fail: with no backend up, a connect is answered with RST.
+    lab.stop_nginx(Node::Web1)?;
+    lab.stop_nginx(Node::Web2)?;
+    std::thread::sleep(window + Duration::from_secs(2));
+    let mut times: Vec<Duration> = Vec::new();
+    for _ in 0..20 {
+        let (answer, took) = one_request(lab)?;
+        if answer.is_none() {
+            times.push(took);
+        }
+    }
+    times.sort();
+    if let Some(median) = times.get(times.len() / 2) {
+        println!(
+            "  fast fail: with no backend up a client's connect fails in {:.1} ms (median of {}, curl process included) instead of waiting for its connect timeout (2 s here, about 2 min with Linux defaults)",
+            median.as_secs_f64() * 1000.0,
+            times.len()
+        );
+    }
+    lab.start_nginx(Node::Web1)?;
+    lab.start_nginx(Node::Web2)?;
     Ok(())
 }
 
