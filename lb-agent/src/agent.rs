@@ -189,10 +189,7 @@ impl Agent {
         let port = port.unwrap_or(self.service_config(service)?.port);
         // Re-adding a known backend (e.g. to end a drain) keeps its weight.
         let weight = weight.unwrap_or_else(|| {
-            self.state
-                .effective_backends(&self.config)
-                .get(service)
-                .and_then(|list| list.iter().find(|b| b.address == addr && b.port == port))
+            self.configured_backend(service, addr, port)
                 .map_or(1, |b| b.weight)
         });
         if !(1..=100).contains(&weight) {
@@ -226,11 +223,7 @@ impl Agent {
         now: bool,
     ) -> Result<String, AgentError> {
         let port = port.unwrap_or(self.service_config(service)?.port);
-        let present = self
-            .state
-            .effective_backends(&self.config)
-            .get(service)
-            .is_some_and(|list| list.iter().any(|b| b.address == addr && b.port == port));
+        let present = self.configured_backend(service, addr, port).is_some();
         let slot_id = self
             .reconciler
             .service_by_name(service)
@@ -281,11 +274,7 @@ impl Agent {
         port: Option<u16>,
     ) -> Result<String, AgentError> {
         let port = port.unwrap_or(self.service_config(service)?.port);
-        let present = self
-            .state
-            .effective_backends(&self.config)
-            .get(service)
-            .is_some_and(|list| list.iter().any(|b| b.address == addr && b.port == port));
+        let present = self.configured_backend(service, addr, port).is_some();
         if !present {
             return Err(AgentError::NoBackend {
                 service: service.to_string(),
@@ -302,6 +291,16 @@ impl Agent {
         Ok(format!(
             "drained {addr}:{port} in {service}: no new connections; `backends add` enables it again"
         ))
+    }
+
+    /// The backend as config plus run-time changes have it, if present.
+    fn configured_backend(&self, service: &str, addr: Ipv4Addr, port: u16) -> Option<BackendSpec> {
+        self.state
+            .effective_backends(&self.config)
+            .get(service)?
+            .iter()
+            .find(|b| b.address == addr && b.port == port)
+            .copied()
     }
 
     fn census(&self) -> crate::dataplane::maps::FlowCensus {
@@ -322,13 +321,7 @@ impl Agent {
                 let counters = self.tables.backend_counters(b.id);
                 let health = self.health.get(&(service.to_string(), b.addr, b.port));
                 let configured_weight = self
-                    .state
-                    .effective_backends(&self.config)
-                    .get(service)
-                    .and_then(|list| {
-                        list.iter()
-                            .find(|x| x.address == b.addr && x.port == b.port)
-                    })
+                    .configured_backend(service, b.addr, b.port)
                     .map_or(b.weight, |x| x.weight);
                 BackendStatus {
                     address: b.addr,

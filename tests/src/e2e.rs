@@ -138,18 +138,9 @@ pub fn download_on(lab: &Lab, backend: &str) -> Download {
     panic!("no download landed on {backend} in 12 attempts");
 }
 
-/// Polls `condition` every 100 ms for up to `limit`; whether it held.
-pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Polls `condition` until it holds or `limit` passes; whether it held.
+pub fn wait_for(limit: Duration, condition: impl FnMut() -> bool) -> bool {
+    xtask::cmd::wait_until(limit, condition)
 }
 
 /// `backends list --service S --json` as JSON values.

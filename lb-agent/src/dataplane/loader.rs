@@ -92,6 +92,17 @@ fn expected_layouts() -> [(&'static str, u32, u32); 12] {
     ]
 }
 
+/// The balancer program of a loaded object.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or_else(|| DataplaneError::Missing(format!("program {PROGRAM}")))?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            action: "program lb is not XDP".into(),
+            source,
+        })
+}
+
 /// Mounts the BPF filesystem on `path` unless it already is one.
 pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
     let err = |source| DataplaneError::BpfFs {
@@ -190,18 +201,12 @@ impl Dataplane {
             .map_max_entries(map_names::FLOWS, opts.max_flows)
             .map_max_entries(map_names::REPLIES, opts.max_flows);
         let mut ebpf = loader.load(object)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| DataplaneError::Missing(format!("program {PROGRAM}")))?
-            .try_into()
+        xdp_program(&mut ebpf)?
+            .load()
             .map_err(|source| DataplaneError::Program {
-                action: "program lb is not XDP".into(),
+                action: "loading the XDP program (verifier)".into(),
                 source,
             })?;
-        program.load().map_err(|source| DataplaneError::Program {
-            action: "loading the XDP program (verifier)".into(),
-            source,
-        })?;
         let mut interfaces: Vec<String> = Vec::new();
         for name in &opts.interfaces {
             if !interfaces.contains(name) {
@@ -250,14 +255,7 @@ impl Dataplane {
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        self.ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| DataplaneError::Missing(format!("program {PROGRAM}")))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                action: "program lb is not XDP".into(),
-                source,
-            })
+        xdp_program(&mut self.ebpf)
     }
 
     fn replace_in_link(&mut self, interface: &str, pin: &Path) -> Result<(), DataplaneError> {
