@@ -20,3 +20,4 @@ pub mod ports;
 pub mod reset;
 pub mod schedule;
 pub mod state;
+pub mod vrrp;
