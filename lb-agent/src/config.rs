@@ -41,6 +41,141 @@ pub struct Config {
     /// The balanced services (`[[service]]` tables).
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// High availability: VRRP election and the floating IP (`[vrrp]`);
+    /// without it this node always holds the VIPs it serves.
+    #[serde(default)]
+    pub vrrp: Option<VrrpConfig>,
+}
+
+/// `[vrrp]`: one virtual router, keepalived-compatible.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpConfig {
+    /// 2 (RFC 3768) or 3 (RFC 5798), as keepalived's `vrrp_version`.
+    #[serde(default = "default_vrrp_version")]
+    pub version: u8,
+    /// `virtual_router_id`, 1-255; the same on both nodes.
+    pub vrid: u8,
+    /// `priority`, 1-255 (255 = address owner); the higher wins.
+    pub priority: u8,
+    /// `advert_int`: whole seconds with v2, centiseconds resolution with v3.
+    #[serde(default = "default_advert_int", deserialize_with = "duration")]
+    pub advert_int: Duration,
+    /// Interface the advertisements use (default: node.private_interface).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// `unicast_src_ip` (default: node.private_address).
+    #[serde(default)]
+    pub unicast_src: Option<Ipv4Addr>,
+    /// `unicast_peer` addresses; empty = multicast to 224.0.0.18. Adverts
+    /// from any other source are ignored.
+    #[serde(default)]
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// v2 `auth_type PASS` password (up to 8 bytes); checked on receive.
+    #[serde(default)]
+    pub auth_pass: Option<String>,
+    /// Take over from a lower-priority master (keepalived's default;
+    /// false = `nopreempt`).
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// `preempt_delay`.
+    #[serde(default, deserialize_with = "duration")]
+    pub preempt_delay: Duration,
+    /// The floating addresses (default: every service VIP), added to
+    /// node.public_interface as /32 while master.
+    #[serde(default)]
+    pub virtual_addresses: Vec<Ipv4Addr>,
+    /// Gratuitous ARPs sent on becoming master (keepalived's
+    /// `garp_master_repeat`), `garp_interval` apart.
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u32,
+    #[serde(default = "default_garp_interval", deserialize_with = "duration")]
+    pub garp_interval: Duration,
+    /// Hooks with keepalived's convention `TYPE NAME STATE PRIORITY`, run
+    /// without blocking the election, killed after `notify_timeout`.
+    #[serde(default)]
+    pub notify_master: Option<String>,
+    #[serde(default)]
+    pub notify_backup: Option<String>,
+    #[serde(default)]
+    pub notify_fault: Option<String>,
+    #[serde(default)]
+    pub notify_stop: Option<String>,
+    #[serde(default)]
+    pub notify: Option<String>,
+    #[serde(default = "default_notify_timeout", deserialize_with = "duration")]
+    pub notify_timeout: Duration,
+}
+
+fn default_vrrp_version() -> u8 {
+    2
+}
+fn default_advert_int() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_garp_count() -> u32 {
+    5
+}
+fn default_garp_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_notify_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl VrrpConfig {
+    pub fn problems(&self, node: &NodeConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.version != 2 && self.version != 3 {
+            problems.push(format!("vrrp.version = {}: use 2 or 3", self.version));
+        }
+        if self.vrid == 0 {
+            problems.push("vrrp.vrid = 0: use 1..=255, the same on both nodes".into());
+        }
+        if self.priority == 0 {
+            problems.push("vrrp.priority = 0 is reserved for resigning: use 1..=255".into());
+        }
+        let cs = self.advert_int.as_millis() / 10;
+        if self.version == 2
+            && (self.advert_int.subsec_nanos() != 0
+                || !(1..=255).contains(&self.advert_int.as_secs()))
+        {
+            problems.push(format!(
+                "vrrp.advert_int = {:?}: VRRPv2 carries whole seconds 1..=255 (use version = 3 for shorter)",
+                self.advert_int
+            ));
+        }
+        if self.version == 3 && (!(1..=4095).contains(&cs) || self.advert_int.as_millis() % 10 != 0)
+        {
+            problems.push(format!(
+                "vrrp.advert_int = {:?}: VRRPv3 carries 10 ms steps from 10 ms to 40.95 s",
+                self.advert_int
+            ));
+        }
+        if let Some(pass) = &self.auth_pass {
+            if self.version == 3 {
+                problems.push(
+                    "vrrp.auth_pass: VRRPv3 has no authentication; remove it or use version = 2"
+                        .into(),
+                );
+            }
+            if pass.is_empty() || pass.len() > 8 {
+                problems.push(
+                    "vrrp.auth_pass must be 1-8 bytes (keepalived truncates longer ones)".into(),
+                );
+            }
+        }
+        let src = self.unicast_src.unwrap_or(node.private_address);
+        if self.unicast_peers.contains(&src) {
+            problems.push(format!(
+                "vrrp.unicast_peers lists this node's own address {src}"
+            ));
+        }
+        problems
+    }
 }
 
 /// How the XDP program is attached.
@@ -492,6 +627,9 @@ impl Config {
             problems.push("conntrack: tcp_handshake_timeout and tcp_closing_timeout must not exceed tcp_established_timeout".into());
         }
 
+        if let Some(vrrp) = &self.vrrp {
+            problems.extend(vrrp.problems(node));
+        }
         if self.services.len() > MAX_SERVICES as usize {
             problems.push(format!(
                 "{} services configured; at most {MAX_SERVICES} fit",
@@ -718,6 +856,39 @@ protocol = "udp"
                 message.contains(expected),
                 "{check:?}: expected {expected:?} in {message}"
             );
+        }
+    }
+
+    #[test]
+    fn vrrp_section_parses_and_is_checked() {
+        let text = format!(
+            "{LAB}\n[vrrp]\nvrid = 33\npriority = 200\nunicast_peers = [\"10.200.0.12\"]\nauth_pass = \"labpass\"\n"
+        );
+        let config = Config::parse(&text, "v.toml").expect("valid");
+        let vrrp = config.vrrp.expect("vrrp");
+        assert_eq!((vrrp.version, vrrp.vrid, vrrp.priority), (2, 33, 200));
+        assert_eq!(vrrp.advert_int, Duration::from_secs(1));
+        assert!(vrrp.preempt);
+        assert_eq!(vrrp.garp_count, 5);
+        for (extra, expected) in [
+            ("advert_int = \"100ms\"", "whole seconds"),
+            ("version = 3", "VRRPv3 has no authentication"),
+            ("priority = 0", "reserved for resigning"),
+        ] {
+            let text = format!(
+                "{LAB}\n[vrrp]\nvrid = 33\npriority = 200\nauth_pass = \"labpass\"\n{extra}\n"
+            )
+            .replacen(
+                "priority = 200\nauth_pass",
+                if extra.starts_with("priority") {
+                    "auth_pass"
+                } else {
+                    "priority = 200\nauth_pass"
+                },
+                1,
+            );
+            let message = Config::parse(&text, "v.toml").unwrap_err().to_string();
+            assert!(message.contains(expected), "{extra}: {message}");
         }
     }
 
