@@ -48,6 +48,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Role (VRRP state, master, floating IP) and services.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

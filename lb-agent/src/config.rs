@@ -148,7 +148,8 @@ impl VrrpConfig {
                 self.advert_int
             ));
         }
-        if self.version == 3 && (!(1..=4095).contains(&cs) || self.advert_int.as_millis() % 10 != 0)
+        if self.version == 3
+            && (!(1..=4095).contains(&cs) || !self.advert_int.as_millis().is_multiple_of(10))
         {
             problems.push(format!(
                 "vrrp.advert_int = {:?}: VRRPv3 carries 10 ms steps from 10 ms to 40.95 s",

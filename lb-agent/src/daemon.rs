@@ -17,7 +17,7 @@ use crate::{
     agent::Agent,
     config::{Config, XdpMode},
     control::{
-        protocol::{Reply, Request, Response},
+        protocol::{NodeStatus, Reply, Request, Response},
         server::{bind, ensure_not_running, serve, ControlHandler},
         socket_path,
     },
@@ -26,6 +26,7 @@ use crate::{
     neighbors::NeighborKeeper,
     ports,
     state::RuntimeState,
+    vrrp::runner::{SharedStatus, VrrpRunner},
 };
 
 /// How often expired flows are collected and drained backends released.
@@ -49,6 +50,8 @@ pub struct RunOptions {
 
 struct Handler {
     agent: Arc<Mutex<Agent>>,
+    instance: String,
+    vrrp: Option<SharedStatus>,
 }
 
 impl ControlHandler for Handler {
@@ -85,6 +88,14 @@ impl ControlHandler for Handler {
                 .drain_backend(&service, address, port)
                 .map(|message| Reply::Changed { message }),
             Request::Stats => Ok(Reply::Stats(agent.stats())),
+            Request::Status => Ok(Reply::Status(NodeStatus {
+                instance: self.instance.clone(),
+                vrrp: self
+                    .vrrp
+                    .as_ref()
+                    .and_then(|s| s.lock().ok().map(|s| s.clone())),
+                services: agent.list_services(),
+            })),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -178,6 +189,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
     tables.set_tx_ports(&ifindexes)?;
     let keep_forwarding = options.keep_forwarding || node.keep_forwarding_on_exit;
     let private_address = node.private_address;
+    let private_interface = node.private_interface.clone();
+    let public_interface = node.public_interface.clone();
+    let vrrp_config = config.vrrp.clone();
+    let mut vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    vips.sort_unstable();
+    vips.dedup();
     let agent = Agent::new(config, state, state_path, tables)?;
     let agent = Arc::new(Mutex::new(agent));
 
@@ -192,10 +209,37 @@ pub async fn run(options: RunOptions) -> Result<()> {
     info!(instance = %options.instance, adopted = dataplane.adopted, "forwarding");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+
+    // High availability: the VRRP instance moves the floating IP.
+    let (vrrp_status, vrrp_task) = match &vrrp_config {
+        Some(vrrp) => {
+            let status = SharedStatus::default();
+            let mut addresses = vrrp.virtual_addresses.clone();
+            if addresses.is_empty() {
+                addresses = vips.clone();
+            }
+            let runner = VrrpRunner::new(
+                vrrp,
+                &options.instance,
+                vrrp.unicast_src.unwrap_or(private_address),
+                vrrp.interface.as_deref().unwrap_or(&private_interface),
+                &public_interface,
+                addresses,
+                status.clone(),
+            )
+            .context("starting VRRP")?;
+            let stop = stop_rx.clone();
+            (Some(status), Some(tokio::spawn(runner.run(stop))))
+        }
+        None => (None, None),
+    };
+
     let listener = bind(&socket).await?;
     let server = {
         let handler = Arc::new(Handler {
             agent: agent.clone(),
+            instance: options.instance.clone(),
+            vrrp: vrrp_status,
         });
         let mut stop = stop_rx.clone();
         tokio::spawn(serve(listener, handler, async move {
@@ -245,6 +289,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
+    if let Some(task) = vrrp_task {
+        // Resign and release the floating IP before the data path goes.
+        let _ = task.await;
+    }
     let _ = server.await;
     let _ = upkeep.await;
     let _ = std::fs::remove_file(&socket);

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod floating_ip;
 pub mod health;
 pub mod neighbors;
 pub mod output;

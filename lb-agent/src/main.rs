@@ -116,6 +116,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             action: ServicesAction::List { json },
         } => (Request::ServicesList, json),
         Command::Stats { json } => (Request::Stats, json),
+        Command::Status { json } => (Request::Status, json),
     };
     let path = socket_path(&cli.instance);
     match client::call(&path, &cli.instance, &request).await {

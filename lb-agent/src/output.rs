@@ -131,6 +131,42 @@ fn stats(report: &StatsReport) -> String {
     out
 }
 
+fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
+    let mut out = format!("instance {}\n", status.instance);
+    match &status.vrrp {
+        None => out.push_str("vrrp: not configured (this node always serves its VIPs)\n"),
+        Some(v) => {
+            let ago = v
+                .last_transition_unix
+                .and_then(|t| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|now| now.as_secs().saturating_sub(t))
+                })
+                .map_or_else(|| "-".to_string(), |s| format!("{s}s ago"));
+            let holds: Vec<String> = v.holds.iter().map(|a| a.to_string()).collect();
+            out.push_str(&format!(
+                "vrrp: {} (vrid {}, priority {}, v{}), master {}\n  last transition {ago}: {}\n  floating IP ({}): {}\n  adverts sent {}, received {}, rejected {:?}\n",
+                v.state,
+                v.vrid,
+                v.priority,
+                v.version,
+                v.master.map_or_else(|| "unknown".to_string(), |m| m.to_string()),
+                v.last_transition_reason,
+                v.provider,
+                if holds.is_empty() { "not held".to_string() } else { holds.join(", ") },
+                v.adverts_sent,
+                v.adverts_received,
+                v.adverts_rejected,
+            ));
+        }
+    }
+    out.push('\n');
+    out.push_str(&services(&status.services));
+    out
+}
+
 /// Human rendering of a reply.
 pub fn render(reply: &Reply) -> String {
     match reply {
@@ -140,6 +176,7 @@ pub fn render(reply: &Reply) -> String {
             &list.iter().map(backend_row).collect::<Vec<_>>(),
         ),
         Reply::Stats(report) => stats(report),
+        Reply::Status(status) => node_status(status),
         Reply::Changed { message } => format!("{message}\n"),
     }
 }
@@ -150,6 +187,7 @@ pub fn render_json(reply: &Reply) -> String {
         Reply::Services(list) => serde_json::to_string_pretty(list),
         Reply::Backends(list) => serde_json::to_string_pretty(list),
         Reply::Stats(report) => serde_json::to_string_pretty(report),
+        Reply::Status(status) => serde_json::to_string_pretty(status),
         Reply::Changed { message } => {
             serde_json::to_string_pretty(&serde_json::json!({ "message": message }))
         }

@@ -29,6 +29,7 @@ pub enum Request {
         port: Option<u16>,
     },
     Stats,
+    Status,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +45,17 @@ pub enum Reply {
     Services(Vec<ServiceStatus>),
     Backends(Vec<BackendStatus>),
     Stats(StatsReport),
+    Status(NodeStatus),
     Changed { message: String },
+}
+
+/// `lb-agent status`: the node's role and its services.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub instance: String,
+    /// VRRP state, or `None` when the node runs without `[vrrp]`.
+    pub vrrp: Option<crate::vrrp::runner::VrrpStatus>,
+    pub services: Vec<ServiceStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -124,6 +124,15 @@ impl Machine {
         vec![Action::BecomeBackup]
     }
 
+    /// Startup of an agent that finds the floating IP still on this node:
+    /// it was master when its previous run died, and the data path kept
+    /// forwarding. It resumes as master at once (advertising right away),
+    /// so a quick restart causes no failover; a better peer still wins the
+    /// usual way.
+    pub fn resume_master(&mut self, now: Instant) -> Vec<Action> {
+        self.become_master(now)
+    }
+
     fn become_master(&mut self, now: Instant) -> Vec<Action> {
         self.state = State::Master;
         self.master = Some(self.params.address);
@@ -444,6 +453,20 @@ mod tests {
             }
         }
         assert_eq!(became, Some(10), "preempts once the delay has passed");
+    }
+
+    #[test]
+    fn resumed_master_keeps_mastership_until_a_better_peer_speaks() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(Version::V2, 100, LB2, SECOND));
+        assert_eq!(
+            m.resume_master(t0),
+            vec![Action::Advertise { priority: 100 }, Action::BecomeMaster]
+        );
+        assert_eq!(
+            m.on_advert(LB1, 200, SECOND, t0 + SECOND),
+            vec![Action::BecomeBackup]
+        );
     }
 
     #[test]

@@ -1,0 +1,272 @@
+//! Floating IP providers: where the VIP lives while this node is master.
+//! `local` adds the addresses to the client-facing interface with
+//! rtnetlink and announces them with gratuitous ARPs; it removes them on
+//! leaving MASTER, and at start (a crashed earlier run may have left them).
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{address::AddressAttribute, link::LinkAttribute};
+use rtnetlink::Handle;
+use tracing::{info, warn};
+
+/// Errors of the floating IP providers.
+#[derive(Debug, thiserror::Error)]
+pub enum FloatingIpError {
+    /// The netlink socket could not be opened.
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// The interface does not exist.
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    /// Adding or removing an address failed.
+    #[error("{action} {addr} on {interface}: {source}")]
+    Address {
+        action: &'static str,
+        addr: Ipv4Addr,
+        interface: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// The `local` provider.
+pub struct LocalProvider {
+    handle: Handle,
+    interface: String,
+    ifindex: u32,
+    addresses: Vec<Ipv4Addr>,
+    garp_count: u32,
+    garp_interval: Duration,
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+
+/// A gratuitous ARP request for `addr` from `mac` (who-has addr tell addr).
+pub fn garp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&addr.octets());
+    f[38..42].copy_from_slice(&addr.octets());
+    f
+}
+
+impl LocalProvider {
+    pub fn new(
+        interface: &str,
+        addresses: Vec<Ipv4Addr>,
+        garp_count: u32,
+        garp_interval: Duration,
+    ) -> Result<Self, FloatingIpError> {
+        let ifindex = crate::dataplane::loader::interface_index(interface)
+            .ok_or_else(|| FloatingIpError::NoInterface(interface.to_string()))?;
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Self {
+            handle,
+            interface: interface.to_string(),
+            ifindex,
+            addresses,
+            garp_count,
+            garp_interval,
+        })
+    }
+
+    pub fn addresses(&self) -> &[Ipv4Addr] {
+        &self.addresses
+    }
+
+    /// Addresses of ours currently on the interface.
+    pub async fn held(&self) -> Vec<Ipv4Addr> {
+        let mut held = Vec::new();
+        let mut dump = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(self.ifindex)
+            .execute();
+        while let Ok(Some(message)) = dump.try_next().await {
+            for attribute in &message.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(a))
+                | AddressAttribute::Address(IpAddr::V4(a)) = attribute
+                {
+                    if self.addresses.contains(a) && !held.contains(a) {
+                        held.push(*a);
+                    }
+                }
+            }
+        }
+        held
+    }
+
+    /// Adds the addresses (those missing) and sends gratuitous ARPs.
+    pub async fn acquire(&self) -> Result<(), FloatingIpError> {
+        let held = self.held().await;
+        for addr in &self.addresses {
+            if held.contains(addr) {
+                continue;
+            }
+            self.handle
+                .address()
+                .add(self.ifindex, IpAddr::V4(*addr), 32)
+                .execute()
+                .await
+                .map_err(|source| FloatingIpError::Address {
+                    action: "adding",
+                    addr: *addr,
+                    interface: self.interface.clone(),
+                    source,
+                })?;
+            info!(addr = %addr, interface = %self.interface, "floating IP added");
+        }
+        self.announce().await;
+        Ok(())
+    }
+
+    /// Sends `garp_count` gratuitous ARPs per address, `garp_interval` apart.
+    pub async fn announce(&self) {
+        let Some(mac) = self.mac().await else {
+            warn!(interface = %self.interface, "no MAC address: cannot send gratuitous ARPs");
+            return;
+        };
+        let socket = match packet_socket(self.ifindex) {
+            Ok(s) => s,
+            Err(error) => {
+                warn!(%error, "cannot open a packet socket for gratuitous ARPs");
+                return;
+            }
+        };
+        for round in 0..self.garp_count {
+            if round > 0 {
+                tokio::time::sleep(self.garp_interval).await;
+            }
+            for addr in &self.addresses {
+                if let Err(error) = send_frame(&socket, self.ifindex, &garp_frame(mac, *addr)) {
+                    warn!(%error, addr = %addr, "gratuitous ARP");
+                }
+            }
+        }
+    }
+
+    /// Removes the addresses from the interface.
+    pub async fn release(&self) -> Result<(), FloatingIpError> {
+        let mut dump = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(self.ifindex)
+            .execute();
+        let mut doomed = Vec::new();
+        while let Ok(Some(message)) = dump.try_next().await {
+            let ours = message.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(IpAddr::V4(x)) | AddressAttribute::Address(IpAddr::V4(x)) if self.addresses.contains(x))
+            });
+            if ours {
+                doomed.push(message);
+            }
+        }
+        for message in doomed {
+            let addr = message
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(x)) => Some(*x),
+                    _ => None,
+                })
+                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+            self.handle
+                .address()
+                .del(message)
+                .execute()
+                .await
+                .map_err(|source| FloatingIpError::Address {
+                    action: "removing",
+                    addr,
+                    interface: self.interface.clone(),
+                    source,
+                })?;
+            info!(addr = %addr, interface = %self.interface, "floating IP removed");
+        }
+        Ok(())
+    }
+
+    async fn mac(&self) -> Option<[u8; 6]> {
+        let mut links = self.handle.link().get().match_index(self.ifindex).execute();
+        let link = links.try_next().await.ok()??;
+        link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(bytes);
+                Some(mac)
+            }
+            _ => None,
+        })
+    }
+}
+
+fn packet_socket(_ifindex: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ARP.to_be()),
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn send_frame(fd: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ETH_P_ARP.to_be();
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: valid fd, buffer and sockaddr_ll.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garp_is_a_broadcast_request_for_the_address_itself() {
+        let mac = [2, 0, 0, 0, 0, 0x11];
+        let vip = Ipv4Addr::new(10, 100, 0, 100);
+        let f = garp_frame(mac, vip);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(u16::from_be_bytes([f[20], f[21]]), 1, "request");
+        assert_eq!(&f[28..32], &vip.octets(), "sender = VIP");
+        assert_eq!(&f[38..42], &vip.octets(), "target = VIP");
+        assert_eq!(&f[22..28], &mac);
+    }
+}

@@ -1,0 +1,361 @@
+//! Runs one VRRP instance: feeds the state machine with the socket's
+//! advertisements and its own timers, carries out its actions (send
+//! adverts, move the floating IP, run notify hooks) and publishes status.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::{
+    io::VrrpSocket,
+    machine::{Action, Machine, Params, State},
+    packet::{split_ipv4, Advert, Auth, Version},
+};
+use crate::{config::VrrpConfig, floating_ip::LocalProvider};
+
+/// What `lb-agent status` shows of VRRP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpStatus {
+    pub state: String,
+    pub vrid: u8,
+    pub priority: u8,
+    pub version: u8,
+    /// The master we last heard (or ourselves).
+    pub master: Option<Ipv4Addr>,
+    /// Unix time of the last transition and why it happened.
+    pub last_transition_unix: Option<u64>,
+    pub last_transition_reason: String,
+    pub provider: String,
+    /// Floating addresses this node holds now.
+    pub holds: Vec<Ipv4Addr>,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    /// Ignored advertisements by reason (wrong source, TTL, auth, ...).
+    pub adverts_rejected: BTreeMap<String, u64>,
+}
+
+pub type SharedStatus = Arc<Mutex<VrrpStatus>>;
+
+fn update(status: &SharedStatus, f: impl FnOnce(&mut VrrpStatus)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Initialize => "INIT",
+        State::Backup => "BACKUP",
+        State::Master => "MASTER",
+        State::Fault => "FAULT",
+    }
+}
+
+pub struct VrrpRunner {
+    machine: Machine,
+    socket: VrrpSocket,
+    provider: LocalProvider,
+    config: VrrpConfig,
+    instance: String,
+    src: Ipv4Addr,
+    addresses: Vec<Ipv4Addr>,
+    auth: Auth,
+    status: SharedStatus,
+    /// The floating IP may be left from a crashed run: drop it once a
+    /// legitimate master is heard.
+    check_stale: bool,
+}
+
+impl VrrpRunner {
+    pub fn new(
+        config: &VrrpConfig,
+        instance: &str,
+        src: Ipv4Addr,
+        interface: &str,
+        public_interface: &str,
+        addresses: Vec<Ipv4Addr>,
+        status: SharedStatus,
+    ) -> anyhow::Result<Self> {
+        let version = if config.version == 3 {
+            Version::V3
+        } else {
+            Version::V2
+        };
+        let machine = Machine::new(Params {
+            version,
+            vrid: config.vrid,
+            priority: config.priority,
+            advert_interval: config.advert_int,
+            preempt: config.preempt,
+            preempt_delay: config.preempt_delay,
+            address: src,
+        });
+        let socket = VrrpSocket::open(src, interface, &config.unicast_peers)?;
+        let provider = LocalProvider::new(
+            public_interface,
+            addresses.clone(),
+            config.garp_count,
+            config.garp_interval,
+        )?;
+        let auth = match &config.auth_pass {
+            Some(pass) if version == Version::V2 => Auth::simple(pass),
+            _ => Auth::None,
+        };
+        update(&status, |s| {
+            s.state = "INIT".into();
+            s.vrid = config.vrid;
+            s.priority = config.priority;
+            s.version = config.version;
+            s.provider = "local".into();
+        });
+        Ok(Self {
+            machine,
+            socket,
+            provider,
+            config: config.clone(),
+            instance: instance.to_string(),
+            src,
+            addresses,
+            auth,
+            status,
+            check_stale: true,
+        })
+    }
+
+    fn advert(&self, priority: u8) -> Advert {
+        Advert {
+            version: self.machine.params().version,
+            vrid: self.config.vrid,
+            priority,
+            interval_cs: (self.config.advert_int.as_millis() / 10) as u16,
+            addresses: self.addresses.clone(),
+            auth: self.auth,
+        }
+    }
+
+    async fn perform(&mut self, actions: Vec<Action>, reason: &str) {
+        for action in actions {
+            match action {
+                Action::Advertise { priority } => {
+                    let advert = self.advert(priority);
+                    for to in self.socket.destinations().to_vec() {
+                        let bytes = advert.encode(self.src, to);
+                        match self.socket.send_to(&bytes, to).await {
+                            Ok(()) => update(&self.status, |s| s.adverts_sent += 1),
+                            Err(error) => warn!(%error, %to, "sending a VRRP advertisement"),
+                        }
+                    }
+                }
+                Action::BecomeMaster => {
+                    self.transition(State::Master, reason);
+                    if let Err(error) = self.provider.acquire().await {
+                        warn!(%error, "taking the floating IP");
+                    }
+                    self.run_notify(State::Master);
+                }
+                Action::BecomeBackup if reason == "startup" => {
+                    // Keep a floating IP found at startup until a master is
+                    // heard: it may still carry this node's live flows.
+                    self.transition(State::Backup, reason);
+                    self.run_notify(State::Backup);
+                }
+                Action::BecomeBackup | Action::BecomeFault => {
+                    let state = if action == Action::BecomeFault {
+                        State::Fault
+                    } else {
+                        self.machine.state()
+                    };
+                    self.transition(state, reason);
+                    if let Err(error) = self.provider.release().await {
+                        warn!(%error, "releasing the floating IP");
+                    }
+                    self.run_notify(state);
+                }
+            }
+        }
+        let holds = self.provider.held().await;
+        let master = self.machine.master;
+        let state = state_name(self.machine.state());
+        update(&self.status, |s| {
+            s.holds = holds;
+            s.master = master;
+            s.state = state.into();
+        });
+    }
+
+    fn transition(&self, to: State, reason: &str) {
+        info!(state = state_name(to), reason, "VRRP transition");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        update(&self.status, |s| {
+            s.state = state_name(to).into();
+            s.last_transition_unix = Some(now);
+            s.last_transition_reason = reason.into();
+        });
+    }
+
+    fn run_notify(&self, state: State) {
+        let specific = match state {
+            State::Master => self.config.notify_master.clone(),
+            State::Backup => self.config.notify_backup.clone(),
+            State::Fault => self.config.notify_fault.clone(),
+            State::Initialize => self.config.notify_stop.clone(),
+        };
+        let name = state_name(state).replace("INIT", "STOP");
+        let generic = self.config.notify.clone().map(|cmd| {
+            format!(
+                "{cmd} INSTANCE {} {name} {}",
+                self.instance, self.config.priority
+            )
+        });
+        for command in [specific, generic].into_iter().flatten() {
+            let timeout = self.config.notify_timeout;
+            tokio::spawn(async move {
+                let child = tokio::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(&command)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn();
+                match child {
+                    Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
+                        Ok(Ok(status)) if !status.success() => {
+                            warn!(%command, %status, "notify hook failed")
+                        }
+                        Err(_) => warn!(%command, "notify hook timed out; killed"),
+                        _ => {}
+                    },
+                    Err(error) => warn!(%command, %error, "cannot run notify hook"),
+                }
+            });
+        }
+    }
+
+    fn reject(&self, reason: &str) {
+        debug!(reason, "VRRP advertisement ignored");
+        update(&self.status, |s| {
+            *s.adverts_rejected.entry(reason.to_string()).or_default() += 1
+        });
+    }
+
+    /// Handles one received IP packet.
+    async fn on_packet(&mut self, packet: &[u8]) {
+        let (info, payload) = match split_ipv4(packet) {
+            Ok(split) => split,
+            Err(_) => return self.reject("malformed"),
+        };
+        if info.src == self.src {
+            return; // our own multicast
+        }
+        if !self.config.unicast_peers.is_empty() && !self.config.unicast_peers.contains(&info.src) {
+            return self.reject("not_a_peer");
+        }
+        let expect = (self.machine.params().version, self.auth);
+        let advert = match Advert::decode(payload, info.src, info.dst, info.ttl, expect) {
+            Ok(a) => a,
+            Err(error) => {
+                let reason = match error {
+                    super::packet::DecodeError::BadTtl { .. } => "ttl",
+                    super::packet::DecodeError::BadVersion { .. } => "version",
+                    super::packet::DecodeError::BadChecksum => "checksum",
+                    super::packet::DecodeError::BadAuth => "auth",
+                    super::packet::DecodeError::BadType { .. } => "type",
+                    _ => "length",
+                };
+                return self.reject(reason);
+            }
+        };
+        if advert.vrid != self.config.vrid {
+            return self.reject("vrid");
+        }
+        update(&self.status, |s| s.adverts_received += 1);
+        let was = self.machine.state();
+        if self.check_stale
+            && was == State::Backup
+            && (advert.priority >= self.config.priority || !self.config.preempt)
+            && advert.priority != 0
+        {
+            self.check_stale = false;
+            if !self.provider.held().await.is_empty() {
+                info!(master = %info.src, "another node is master: removing a floating IP left by an earlier run");
+                if let Err(error) = self.provider.release().await {
+                    warn!(%error, "removing a stale floating IP");
+                }
+            }
+        }
+        let interval = Duration::from_millis(u64::from(advert.interval_cs) * 10);
+        let actions = self
+            .machine
+            .on_advert(info.src, advert.priority, interval, Instant::now());
+        let reason = format!(
+            "advert from {} priority {} while {}",
+            info.src,
+            advert.priority,
+            state_name(was)
+        );
+        self.perform(actions, &reason).await;
+        if self.machine.state() == State::Master && advert.priority < self.config.priority {
+            // A peer that thinks it is master (a healed partition): make
+            // sure the floating IP and the neighbours' caches are ours.
+            if let Err(error) = self.provider.acquire().await {
+                warn!(%error, "re-asserting the floating IP");
+            }
+        }
+    }
+
+    /// Runs until `stop` flips; then resigns (priority 0) and releases.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let held = self.provider.held().await;
+        let actions = if !self.addresses.is_empty() && held.len() == self.addresses.len() {
+            info!("the floating IP is still here: resuming as master");
+            self.check_stale = false;
+            self.machine.resume_master(Instant::now())
+        } else {
+            self.machine.start(Instant::now())
+        };
+        self.perform(actions, "startup").await;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = self
+                .machine
+                .next_deadline()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = stop.changed() => break,
+                received = self.socket.recv(&mut buf) => match received {
+                    Ok(n) => {
+                        let packet = buf[..n].to_vec();
+                        self.on_packet(&packet).await;
+                    }
+                    Err(error) => {
+                        warn!(%error, "VRRP receive");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let was = self.machine.state();
+                    let actions = self.machine.on_timer(Instant::now());
+                    let reason = if was == State::Backup { "master down interval expired" } else { "advert timer" };
+                    self.perform(actions, reason).await;
+                }
+            }
+        }
+        let actions = self.machine.shutdown();
+        self.perform(actions, "agent stopping").await;
+        if let Err(error) = self.provider.release().await {
+            warn!(%error, "releasing the floating IP on stop");
+        }
+        self.run_notify(State::Initialize);
+        update(&self.status, |s| s.state = "STOPPED".into());
+    }
+}
