@@ -34,6 +34,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 /// How often backend next hops are checked in the neighbour table (and
 /// the set of health-checked backends is brought up to date).
 const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(1);
+/// How often next hops the data path found unresolved are resolved.
+const NEIGH_MISS_INTERVAL: Duration = Duration::from_millis(100);
 /// Most health probes in flight at once.
 const MAX_CONCURRENT_CHECKS: usize = 64;
 
@@ -257,6 +259,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         tokio::spawn(async move {
             let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
             let mut neighbor_tick = tokio::time::interval(NEIGHBOR_INTERVAL);
+            let mut miss_tick = tokio::time::interval(NEIGH_MISS_INTERVAL);
             loop {
                 tokio::select! {
                     _ = stop.changed() => break,
@@ -270,6 +273,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
                                 if let Err(error) = a.apply() {
                                     warn!(%error, "slow start: rewriting the schedule");
                                 }
+                            }
+                        }
+                    }
+                    _ = miss_tick.tick() => {
+                        let misses = lock(&agent).map(|mut a| a.tables().take_neigh_misses()).unwrap_or_default();
+                        if !misses.is_empty() {
+                            if let Err(error) = neighbors.ensure(&misses).await {
+                                warn!(%error, "resolving next hops the data path missed");
                             }
                         }
                     }

@@ -131,29 +131,34 @@ impl LocalProvider {
         Ok(())
     }
 
-    /// Sends `garp_count` gratuitous ARPs per address, `garp_interval` apart.
+    /// Sends `garp_count` gratuitous ARPs per address, `garp_interval`
+    /// apart, in the background (the election must not wait for them).
     pub async fn announce(&self) {
         let Some(mac) = self.mac().await else {
             warn!(interface = %self.interface, "no MAC address: cannot send gratuitous ARPs");
             return;
         };
-        let socket = match packet_socket(self.ifindex) {
-            Ok(s) => s,
-            Err(error) => {
-                warn!(%error, "cannot open a packet socket for gratuitous ARPs");
-                return;
-            }
-        };
-        for round in 0..self.garp_count {
-            if round > 0 {
-                tokio::time::sleep(self.garp_interval).await;
-            }
-            for addr in &self.addresses {
-                if let Err(error) = send_frame(&socket, self.ifindex, &garp_frame(mac, *addr)) {
-                    warn!(%error, addr = %addr, "gratuitous ARP");
+        let (ifindex, addresses) = (self.ifindex, self.addresses.clone());
+        let (count, interval) = (self.garp_count, self.garp_interval);
+        tokio::spawn(async move {
+            let socket = match packet_socket() {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(%error, "cannot open a packet socket for gratuitous ARPs");
+                    return;
+                }
+            };
+            for round in 0..count {
+                if round > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                for addr in &addresses {
+                    if let Err(error) = send_frame(&socket, ifindex, &garp_frame(mac, *addr)) {
+                        warn!(%error, addr = %addr, "gratuitous ARP");
+                    }
                 }
             }
-        }
+        });
     }
 
     /// Removes the addresses from the interface.
@@ -212,7 +217,7 @@ impl LocalProvider {
     }
 }
 
-fn packet_socket(_ifindex: u32) -> std::io::Result<OwnedFd> {
+fn packet_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2).
     let raw = unsafe {
         libc::socket(

@@ -38,9 +38,12 @@ pub mod map_names {
     /// VIP address -> number of services on it: recognises packets for a VIP
     /// that cannot be matched to a service port (fragments, IP options, truncated).
     pub const VIPS: &str = "vips";
+    /// Next-hop address -> time of a route lookup that found no neighbour
+    /// (MAC): the agent asks the kernel to resolve these at once.
+    pub const NEIGH_MISSES: &str = "neigh_misses";
 
     /// Every map the program declares, in a stable order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         BACKENDS,
         RINGS,
@@ -53,6 +56,7 @@ pub mod map_names {
         BACKEND_STATS,
         REASONS,
         VIPS,
+        NEIGH_MISSES,
     ];
 }
 

@@ -12,7 +12,10 @@ use aya_ebpf::{
 };
 use lb_common::{NextHop, Reason, NEXT_HOP_TTL_NS};
 
-use crate::{maps::TX_PORTS, parsing::Packet};
+use crate::{
+    maps::{NEIGH_MISSES, TX_PORTS},
+    parsing::Packet,
+};
 
 const AF_INET: u8 = 2;
 
@@ -74,6 +77,8 @@ fn route(
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // The agent resolves it; the sender's retransmission then passes.
+        let _ = NEIGH_MISSES.insert(&dst, &now, 0);
         return Err(Reason::DropFibNoNeigh);
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {

@@ -63,3 +63,7 @@ pub static BACKEND_STATS: PerCpuArray<Counters, BACKENDS_MAX> = PerCpuArray::new
 /// Per-CPU packets per `Reason`.
 #[btf_map(name = "reasons")]
 pub static REASONS: PerCpuArray<u64, REASONS_MAX> = PerCpuArray::new();
+
+/// Destinations whose route lookup found no neighbour, for the agent to resolve.
+#[btf_map(name = "neigh_misses")]
+pub static NEIGH_MISSES: LruHashMap<[u8; 4], u64, 1024> = LruHashMap::new();

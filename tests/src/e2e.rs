@@ -14,12 +14,23 @@ use crate::artifacts;
 
 pub const VIP_URL: &str = "http://10.100.0.100/";
 
+/// A lab with one LB (lb1 holds the VIP statically, no VRRP).
 pub fn lab(prefix: &str) -> Option<LabGuard> {
+    lab_with(prefix, false)
+}
+
+/// The HA lab: agents on lb1 and lb2 elect the VIP's holder with VRRP.
+pub fn lab_ha(prefix: &str) -> Option<LabGuard> {
+    lab_with(prefix, true)
+}
+
+fn lab_with(prefix: &str, ha: bool) -> Option<LabGuard> {
     let agent = artifacts::agent_binary()?;
     let xtask = artifacts::xtask_binary()?;
     let options = LabOptions {
         agent_bin: Some(agent),
         xtask_bin: Some(xtask),
+        ha,
         ..LabOptions::with_prefix(prefix)
     };
     Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))

@@ -110,6 +110,8 @@ pub fn run() -> Result<()> {
     cmd::catch_interrupts();
     let options = LabOptions {
         agent_bin: Some(artifacts.agent.clone()),
+        // One LB: the figures are about the data path, not the election.
+        ha: false,
         ..LabOptions::with_prefix(PREFIX)
     };
     std::env::set_var(ENV_AGENT_BIN, &artifacts.agent);

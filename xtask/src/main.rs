@@ -84,6 +84,9 @@ enum LabAction {
         /// Leave the LB nodes without agents.
         #[arg(long)]
         no_agent: bool,
+        /// One LB: lb1 holds the VIP statically, no VRRP, no agent on lb2.
+        #[arg(long)]
+        no_ha: bool,
     },
     /// Remove everything of the lab (works on half-built labs too).
     Down {
@@ -146,10 +149,15 @@ fn run(task: Task) -> Result<()> {
 
 fn lab_task(action: LabAction) -> Result<()> {
     match action {
-        LabAction::Up { prefix, no_agent } => {
+        LabAction::Up {
+            prefix,
+            no_agent,
+            no_ha,
+        } => {
             cmd::catch_interrupts();
             let mut options = LabOptions {
                 agent: !no_agent,
+                ha: !no_ha,
                 ..LabOptions::with_prefix(&prefix)
             };
             if options.agent {

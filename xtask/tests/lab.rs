@@ -43,6 +43,7 @@ fn lab_up_agent_restart_and_guard_teardown() {
     let options = LabOptions {
         agent_bin: Some(agent.clone()),
         xtask_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_xtask"))),
+        ha: false,
         ..LabOptions::with_prefix(prefix)
     };
     {

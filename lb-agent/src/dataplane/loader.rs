@@ -61,7 +61,7 @@ pub struct Dataplane {
 const PROGRAM: &str = "lb";
 
 /// (name, key size, value size) of every map, as this build lays them out.
-fn expected_layouts() -> [(&'static str, u32, u32); 12] {
+fn expected_layouts() -> [(&'static str, u32, u32); 13] {
     use core::mem::size_of;
     let s = |n: usize| n as u32;
     [
@@ -89,6 +89,7 @@ fn expected_layouts() -> [(&'static str, u32, u32); 12] {
         (map_names::BACKEND_STATS, 4, s(size_of::<Counters>())),
         (map_names::REASONS, 4, 8),
         (map_names::VIPS, 4, 4),
+        (map_names::NEIGH_MISSES, 4, 8),
     ]
 }
 

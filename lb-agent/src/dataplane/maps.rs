@@ -26,6 +26,7 @@ pub struct Tables {
     service_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
+    neigh_misses: HashMap<MapData, [u8; 4], u64>,
 }
 
 /// Active flows per backend id, from one pass over the flow table.
@@ -100,6 +101,7 @@ impl Tables {
             service_stats: typed!(get(SERVICE_STATS)?, SERVICE_STATS),
             backend_stats: typed!(get(BACKEND_STATS)?, BACKEND_STATS),
             reasons: typed!(get(REASONS)?, REASONS),
+            neigh_misses: typed!(get(NEIGH_MISSES)?, NEIGH_MISSES),
         })
     }
 
@@ -304,6 +306,15 @@ impl Tables {
         };
         self.remove_flows(|flow| flow_expired(&settings, flow, now_ns))
             .len()
+    }
+
+    /// Takes the destinations the program found no neighbour for.
+    pub fn take_neigh_misses(&mut self) -> Vec<std::net::Ipv4Addr> {
+        let keys: Vec<[u8; 4]> = self.neigh_misses.keys().filter_map(Result::ok).collect();
+        for key in &keys {
+            let _ = self.neigh_misses.remove(key);
+        }
+        keys.into_iter().map(std::net::Ipv4Addr::from).collect()
     }
 
     /// Number of entries in the flow table (live or not yet collected).

@@ -77,6 +77,29 @@ protocol = "udp"
     ))
 }
 
+/// The lab's VRRP settings for `node` (see ../shared/notes/lab.md): VRID
+/// 33, unicast over the private net, lb1 priority 200 and lb2 100, 1 s
+/// adverts, VRRPv2 with PASS `labpass`.
+pub fn vrrp_section(node: Node) -> Result<String> {
+    let (priority, peer) = match node {
+        Node::Lb1 => (200, Node::Lb2),
+        Node::Lb2 => (100, Node::Lb1),
+        other => bail!("{other} is not an LB node"),
+    };
+    let peer = peer.private_address().context("LB private address")?;
+    Ok(format!(
+        r#"
+[vrrp]
+version = 2
+vrid = 33
+priority = {priority}
+advert_int = "1s"
+unicast_peers = ["{peer}"]
+auth_pass = "labpass"
+"#
+    ))
+}
+
 impl Lab {
     /// The agent instance name of `node`: its namespace name, `<P>-lbN`.
     pub fn instance(&self, node: Node) -> String {
@@ -119,7 +142,11 @@ impl Lab {
     pub fn start_agent(&self, node: Node) -> Result<u32> {
         let config = self.agent_config_path(node);
         if !config.exists() {
-            std::fs::write(&config, agent_config(&self.prefix, node, self.xtask_bin())?)
+            let mut text = agent_config(&self.prefix, node, self.xtask_bin())?;
+            if self.is_ha() {
+                text.push_str(&vrrp_section(node)?);
+            }
+            std::fs::write(&config, text)
                 .with_context(|| format!("writing {}", config.display()))?;
         }
         self.launch_agent(node)

@@ -33,6 +33,9 @@ use crate::{apt, build, cmd};
 
 /// The prefix of `cargo xtask lab up` without `--prefix`.
 pub const DEFAULT_PREFIX: &str = "lab";
+/// File in the run dir that marks an HA lab.
+const HA_MARKER: &str = "ha";
+
 /// The floating IP / VIP of both services.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 100);
 /// Public network (client side), /24.
@@ -157,6 +160,10 @@ pub struct LabOptions {
     pub prefix: String,
     /// Start the agent on lb1 (needs the built agent).
     pub agent: bool,
+    /// High availability: agents on lb1 and lb2 elect a master with VRRP,
+    /// which holds the VIP. Without it lb1 holds the VIP statically and
+    /// only lb1 runs an agent.
+    pub ha: bool,
     /// The agent binary; default `$LB_AGENT_BIN` or `target/release/lb-agent`.
     pub agent_bin: Option<PathBuf>,
     /// The xtask binary (UDP responder/client); default `$LB_XTASK_BIN`,
@@ -169,6 +176,7 @@ impl Default for LabOptions {
         Self {
             prefix: DEFAULT_PREFIX.to_owned(),
             agent: true,
+            ha: true,
             agent_bin: None,
             xtask_bin: None,
         }
@@ -280,7 +288,7 @@ impl Lab {
             eprintln!("xtask: lab {} exists; tearing it down first", lab.prefix);
             Self::down(&lab.prefix)?;
         }
-        match lab.build(options.agent) {
+        match lab.build(options.agent, options.ha) {
             Ok(()) => Ok(lab),
             Err(err) => {
                 eprintln!("xtask: lab {} failed to come up; tearing down", lab.prefix);
@@ -298,12 +306,16 @@ impl Lab {
         Self::up(options).map(LabGuard::new)
     }
 
-    fn build(&self, agent: bool) -> Result<()> {
+    fn build(&self, agent: bool, ha: bool) -> Result<()> {
         let p = &self.prefix;
         eprintln!("xtask: lab {p}: namespaces, bridges, veths, addresses...");
         create_dir(Path::new(RUN_ROOT))?;
         create_dir(&self.run_dir)?;
-        topology::build(p)?;
+        let ha = ha && agent;
+        if ha {
+            std::fs::write(self.run_dir.join(HA_MARKER), "")?;
+        }
+        topology::build(p, !ha)?;
         cmd::check_interrupted()?;
         eprintln!("xtask: lab {p}: nginx and UDP responders on web1..web3...");
         for node in Node::WEBS {
@@ -317,6 +329,15 @@ impl Lab {
                 self.agent_bin.display()
             );
             self.start_agent(Node::Lb1)?;
+            if ha {
+                eprintln!("xtask: lab {p}: agent on lb2, VRRP election...");
+                self.start_agent(Node::Lb2)?;
+                if !cmd::wait_until(Duration::from_secs(15), || {
+                    self.vip_holder() == Some(Node::Lb1)
+                }) {
+                    bail!("lb1 did not become VRRP master within 15 s");
+                }
+            }
         }
         eprintln!(
             "xtask: lab {p} is up. Try: ip netns exec {} curl -s http://{VIP}/",
@@ -564,6 +585,26 @@ impl Lab {
                 }
                 _ => Ok(()),
             }
+        }
+    }
+
+    /// Whether this lab runs the HA pair (VRRP on lb1 and lb2).
+    pub fn is_ha(&self) -> bool {
+        self.run_dir.join(HA_MARKER).exists()
+    }
+
+    /// The LB node that has the VIP on its public interface, if exactly one has.
+    pub fn vip_holder(&self) -> Option<Node> {
+        let holders: Vec<Node> = Node::LBS
+            .into_iter()
+            .filter(|&n| {
+                self.exec_ok(n, &["ip", "-4", "addr", "show", "dev", "pub0"])
+                    .is_ok_and(|out| out.contains(&format!("inet {VIP}/")))
+            })
+            .collect();
+        match holders.as_slice() {
+            [one] => Some(*one),
+            _ => None,
         }
     }
 

@@ -99,7 +99,7 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
 
 /// Creates namespaces, bridges and veths, assigns addresses, disables TX
 /// checksum offload, sets the LB nodes' sysctls and puts the VIP on lb1.
-pub fn build(prefix: &str) -> Result<()> {
+pub fn build(prefix: &str, static_vip: bool) -> Result<()> {
     for node in Node::ALL {
         let ns = ns_name(prefix, node);
         cmd::stdout_of(Command::new("ip").args(["netns", "add", &ns]))?;
@@ -143,12 +143,15 @@ pub fn build(prefix: &str) -> Result<()> {
             sysctl(&ns, &format!("net.ipv4.conf.{scope}.rp_filter"), "0")?;
         }
     }
-    // Until VRRP lands, lb1 holds the VIP statically.
-    let vip = format!("{VIP}/{NET_PREFIX_LEN}");
-    ip(
-        &ns_name(prefix, Node::Lb1),
-        &["addr", "add", &vip, "dev", "pub0"],
-    )?;
+    // Without the HA pair lb1 holds the VIP statically; with it, the
+    // VRRP master adds it.
+    if static_vip {
+        let vip = format!("{VIP}/{NET_PREFIX_LEN}");
+        ip(
+            &ns_name(prefix, Node::Lb1),
+            &["addr", "add", &vip, "dev", "pub0"],
+        )?;
+    }
     Ok(())
 }
 

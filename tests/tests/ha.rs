@@ -1,0 +1,253 @@
+//! High availability end to end: VRRP between the agents on lb1 (priority
+//! 200) and lb2 (100), keepalived's lab settings. Failover on kill -9 and
+//! on graceful stop, preemption back, one VIP holder, forged adverts.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use integration_tests::{e2e::*, netns::NetNs};
+use lb_agent::vrrp::packet::{Advert, Auth, Version};
+use lb_common::checksum;
+use xtask::lab::{Lab, Node};
+
+const LB1: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
+const LB2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 12);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 100);
+/// lb2's master-down interval at advert_int 1 s: 3 s + (256-100)/256 s.
+const LB2_MASTER_DOWN: Duration = Duration::from_millis(3610);
+
+fn vrrp_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
+    let out = lab
+        .agent_cli(node, &["status", "--json"])
+        .expect("lb-agent status");
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    status["vrrp"][field].clone()
+}
+
+fn state(lab: &Lab, node: Node) -> String {
+    vrrp_field(lab, node, "state")
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Requests through the VIP every 100 ms until stopped (at most 300).
+fn client_loop(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+    let client = lab.ns(Node::Client);
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        for _ in 0..300 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &client,
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "2",
+                    VIP_URL,
+                ])
+                .output()
+                .expect("curl");
+            if out.status.success() {
+                ok += 1;
+            } else {
+                failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (ok, failed)
+    })
+}
+
+#[test]
+fn kill_9_of_the_master_fails_over_without_losing_requests() {
+    let Some(lab) = lab_ha("hakill") else { return };
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+    assert_eq!(state(&lab, Node::Lb2), "BACKUP");
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = client_loop(&lab, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)
+        .expect("kill -9 lb1's agent");
+    assert!(
+        wait_for(Duration::from_secs(10), || state(&lab, Node::Lb2)
+            == "MASTER"),
+        "lb2 takes over"
+    );
+    let took = killed.elapsed();
+    // The timer, not a speed target: master-down interval plus slack for
+    // the polling and a loaded machine.
+    assert!(
+        took < LB2_MASTER_DOWN + Duration::from_secs(2),
+        "lb2 became master after {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = requests.join().expect("client loop");
+    assert!(ok > 10, "the loop ran");
+    assert!(
+        failed.is_empty(),
+        "requests lost in the failover: {failed:?}"
+    );
+    let holds = vrrp_field(&lab, Node::Lb2, "holds");
+    assert_eq!(
+        holds,
+        serde_json::json!(["10.100.0.100"]),
+        "lb2 holds the VIP"
+    );
+}
+
+#[test]
+fn graceful_stop_hands_over_and_preemption_takes_it_back() {
+    let Some(lab) = lab_ha("hastop") else { return };
+    lab.stop_agent(Node::Lb1).expect("SIGTERM lb1's agent");
+    assert!(
+        wait_for(Duration::from_secs(3), || state(&lab, Node::Lb2)
+            == "MASTER"),
+        "priority 0 lets lb2 take over after its skew time, well before the master-down interval"
+    );
+    assert_eq!(
+        lab.vip_holder(),
+        Some(Node::Lb2),
+        "lb1 released the VIP, lb2 took it"
+    );
+    let body = lab
+        .http_get(Node::Client, VIP_URL)
+        .expect("served through lb2");
+    assert!(body.starts_with("web"), "{body}");
+
+    lab.start_agent(Node::Lb1).expect("lb1 back");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.vip_holder()
+            == Some(Node::Lb1)),
+        "lb1 preempts with its higher priority"
+    );
+    assert!(wait_for(Duration::from_secs(3), || state(&lab, Node::Lb2)
+        == "BACKUP"));
+    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb2)).expect("lb2 log");
+    assert!(log.contains("VRRP transition"), "{log}");
+}
+
+#[test]
+fn exactly_one_node_answers_arp_for_the_vip() {
+    let Some(lab) = lab_ha("haarp") else { return };
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+    lab.http_get(Node::Client, VIP_URL).expect("request");
+    let neigh = lab
+        .exec_ok(Node::Client, &["ip", "neigh", "show", "10.100.0.100"])
+        .expect("client neighbours");
+    let lb1_link = lab
+        .exec_ok(Node::Lb1, &["ip", "link", "show", "pub0"])
+        .expect("lb1 link");
+    let mac = lb1_link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("lb1 MAC")
+        .to_string();
+    assert!(
+        neigh.contains(&mac),
+        "the client reaches the VIP at lb1's MAC {mac}: {neigh}"
+    );
+    assert_eq!(state(&lab, Node::Lb2), "BACKUP");
+    assert_eq!(vrrp_field(&lab, Node::Lb2, "holds"), serde_json::json!([]));
+}
+
+/// Sends a hand-made IPv4 packet (protocol 112) from inside `ns`.
+fn send_raw(ns: &str, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: &[u8]) {
+    let ns = NetNs::existing(ns);
+    let (payload, ns_name) = (payload.to_vec(), ns);
+    std::thread::spawn(move || {
+        ns_name.enter_current_thread();
+        let mut packet = vec![0u8; 20];
+        packet[0] = 0x45;
+        packet[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        packet[8] = ttl;
+        packet[9] = 112;
+        packet[12..16].copy_from_slice(&src.octets());
+        packet[16..20].copy_from_slice(&dst.octets());
+        let check = checksum::ipv4_header(&packet);
+        packet[10..12].copy_from_slice(&check.to_be_bytes());
+        packet.extend_from_slice(&payload);
+        // SAFETY: plain socket(2); IPPROTO_RAW means we give the IP header.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid fd, buffer and address.
+        let rc = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert!(rc > 0, "sendto: {}", std::io::Error::last_os_error());
+    })
+    .join()
+    .expect("sender thread");
+}
+
+#[test]
+fn forged_adverts_change_nothing_and_are_counted() {
+    let Some(lab) = lab_ha("haforge") else { return };
+    let advert = |priority: u8, pass: &str| Advert {
+        version: Version::V2,
+        vrid: 33,
+        priority,
+        interval_cs: 100,
+        addresses: vec![VIP],
+        auth: Auth::simple(pass),
+    };
+    let web3 = lab.ns(Node::Web3);
+    // Web3 pretends to be a better router, spoofing lb1's address in
+    // various broken ways, and under its own (non-peer) address.
+    let good = advert(254, "labpass").encode(LB1, LB2);
+    send_raw(&web3, LB1, LB2, 64, &good);
+    send_raw(&web3, LB1, LB2, 255, &advert(254, "wrong").encode(LB1, LB2));
+    let mut bad_sum = good.clone();
+    bad_sum[6] ^= 0xff;
+    send_raw(&web3, LB1, LB2, 255, &bad_sum);
+    let web3_addr = Ipv4Addr::new(10, 200, 0, 23);
+    send_raw(
+        &web3,
+        web3_addr,
+        LB2,
+        255,
+        &advert(254, "labpass").encode(web3_addr, LB2),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let rejected = vrrp_field(&lab, Node::Lb2, "adverts_rejected");
+    for reason in ["ttl", "auth", "checksum", "not_a_peer"] {
+        assert_eq!(rejected[reason], 1, "{reason} counted: {rejected}");
+    }
+    assert_eq!(state(&lab, Node::Lb2), "BACKUP");
+    assert_eq!(state(&lab, Node::Lb1), "MASTER");
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+}
