@@ -19,7 +19,7 @@ use crate::{
 };
 
 const PREFIX: &str = "demo";
-const STEPS: u32 = 10;
+const STEPS: u32 = 11;
 const REQUESTS: u32 = 20;
 const UDP_QUERIES: u32 = 6;
 /// Attempts to get the long download onto web3 (round robin over three).
@@ -201,9 +201,75 @@ fn tour(lab: &Lab) -> Result<Findings> {
         "the services map is pinned and readable",
     );
 
-    heading(10, "Status");
+    heading(
+        10,
+        "Failover: kill -9 the master's agent, traffic goes on through lb2",
+    );
+    failover(lab, &mut findings)?;
+
+    heading(11, "Status");
     indent(&lab.status());
     Ok(findings)
+}
+
+/// `lb-agent status` of `node`, shown.
+fn show_status(lab: &Lab, node: Node) -> Result<String> {
+    let out = lab.agent_cli(node, &["status"])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "  $ ip netns exec {} lb-agent --instance {} status",
+        lab.ns(node),
+        lab.instance(node)
+    );
+    indent(text.lines().take(5).collect::<Vec<_>>().join("\n").as_str());
+    Ok(text)
+}
+
+fn failover(lab: &Lab, findings: &mut Findings) -> Result<()> {
+    show_status(lab, Node::Lb1)?;
+    show_status(lab, Node::Lb2)?;
+    eprintln!("  $ kill -9 <agent of lb1>   (its XDP program keeps forwarding meanwhile)");
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)?;
+    let started = std::time::Instant::now();
+    let (mut ok, mut failed) = (0u32, 0u32);
+    let mut master_after = None;
+    // At most ~8 s of requests, one every 200 ms.
+    for _ in 0..40 {
+        match lab.http_get(Node::Client, &format!("http://{VIP}/")) {
+            Ok(_) => ok += 1,
+            Err(_) => failed += 1,
+        }
+        if master_after.is_none() {
+            let status = lab.agent_cli(Node::Lb2, &["status"])?;
+            if String::from_utf8_lossy(&status.stdout).contains("vrrp: MASTER") {
+                master_after = Some(started.elapsed());
+                eprintln!(
+                    "  lb2 became MASTER {:.1} s after the kill (master-down interval 3.6 s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        if master_after.is_some_and(|t| started.elapsed() > t + Duration::from_secs(1)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("  requests during the failover: {ok} answered, {failed} failed");
+    findings.expect(master_after.is_some(), "lb2 took over");
+    findings.expect(failed == 0, "no request failed during the failover");
+    show_status(lab, Node::Lb2)?;
+    eprintln!("  restarting lb1's agent: it still has the VIP, resumes as master, lb2 steps back");
+    lab.start_agent(Node::Lb1)?;
+    let back = cmd::wait_until(Duration::from_secs(10), || {
+        lab.vip_holder() == Some(Node::Lb1)
+    });
+    findings.expect(back, "lb1 is master again and the only VIP holder");
+    show_status(lab, Node::Lb1)?;
+    let answered = lab
+        .http_get(Node::Client, &format!("http://{VIP}/"))
+        .is_ok();
+    findings.expect(answered, "traffic flows through lb1 again");
+    Ok(())
 }
 
 /// Runs the agent CLI against lb1, showing the command and its output.
