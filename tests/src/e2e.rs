@@ -24,6 +24,21 @@ pub fn lab_ha(prefix: &str) -> Option<LabGuard> {
     lab_with(prefix, true)
 }
 
+/// The HA lab with VRRPv3 at `advert_int`.
+pub fn lab_ha_v3(prefix: &str, advert_int: &str) -> Option<LabGuard> {
+    let agent = artifacts::agent_binary()?;
+    let xtask = artifacts::xtask_binary()?;
+    let options = LabOptions {
+        agent_bin: Some(agent),
+        xtask_bin: Some(xtask),
+        ha: true,
+        vrrp_version: 3,
+        advert_int: advert_int.to_string(),
+        ..LabOptions::with_prefix(prefix)
+    };
+    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
+}
+
 fn lab_with(prefix: &str, ha: bool) -> Option<LabGuard> {
     let agent = artifacts::agent_binary()?;
     let xtask = artifacts::xtask_binary()?;

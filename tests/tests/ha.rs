@@ -251,3 +251,31 @@ fn forged_adverts_change_nothing_and_are_counted() {
     assert_eq!(state(&lab, Node::Lb1), "MASTER");
     assert_eq!(lab.vip_holder(), Some(Node::Lb1));
 }
+
+#[test]
+fn vrrp_v3_at_100ms_fails_over_in_under_a_second() {
+    let Some(lab) = lab_ha_v3("hav3", "100ms") else {
+        return;
+    };
+    assert_eq!(vrrp_field(&lab, Node::Lb1, "version"), 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = client_loop(&lab, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    lab.stop_agent(Node::Lb1).expect("graceful stop of lb1");
+    let stopped = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(5), || lab.vip_holder()
+            == Some(Node::Lb2)),
+        "lb2 holds the VIP"
+    );
+    // lb2's skew at 0.1 s is 61 ms; checking takes a few polls.
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "sub-second handover took {took:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = requests.join().expect("client loop");
+    assert!(ok > 3 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
+}

@@ -87,6 +87,12 @@ enum LabAction {
         /// One LB: lb1 holds the VIP statically, no VRRP, no agent on lb2.
         #[arg(long)]
         no_ha: bool,
+        /// VRRP version: v2 (with PASS authentication) or v3.
+        #[arg(long, default_value = "v2", value_parser = ["v2", "v3"])]
+        vrrp: String,
+        /// VRRP advertisement interval, e.g. "1s", or "100ms" with v3.
+        #[arg(long, default_value = "1s")]
+        advert_int: String,
     },
     /// Remove everything of the lab (works on half-built labs too).
     Down {
@@ -153,11 +159,15 @@ fn lab_task(action: LabAction) -> Result<()> {
             prefix,
             no_agent,
             no_ha,
+            vrrp,
+            advert_int,
         } => {
             cmd::catch_interrupts();
             let mut options = LabOptions {
                 agent: !no_agent,
                 ha: !no_ha,
+                vrrp_version: if vrrp == "v3" { 3 } else { 2 },
+                advert_int,
                 ..LabOptions::with_prefix(&prefix)
             };
             if options.agent {

@@ -78,25 +78,30 @@ protocol = "udp"
 }
 
 /// The lab's VRRP settings for `node` (see ../shared/notes/lab.md): VRID
-/// 33, unicast over the private net, lb1 priority 200 and lb2 100, 1 s
-/// adverts, VRRPv2 with PASS `labpass`.
-pub fn vrrp_section(node: Node) -> Result<String> {
+/// 33, unicast over the private net, lb1 priority 200 and lb2 100, by
+/// default 1 s adverts and VRRPv2 with PASS `labpass` (v3 has no
+/// authentication).
+pub fn vrrp_section(node: Node, version: u8, advert_int: &str) -> Result<String> {
     let (priority, peer) = match node {
         Node::Lb1 => (200, Node::Lb2),
         Node::Lb2 => (100, Node::Lb1),
         other => bail!("{other} is not an LB node"),
     };
     let peer = peer.private_address().context("LB private address")?;
+    let auth = if version == 2 {
+        "auth_pass = \"labpass\"\n"
+    } else {
+        ""
+    };
     Ok(format!(
         r#"
 [vrrp]
-version = 2
+version = {version}
 vrid = 33
 priority = {priority}
-advert_int = "1s"
+advert_int = "{advert_int}"
 unicast_peers = ["{peer}"]
-auth_pass = "labpass"
-"#
+{auth}"#
     ))
 }
 
@@ -144,7 +149,8 @@ impl Lab {
         if !config.exists() {
             let mut text = agent_config(&self.prefix, node, self.xtask_bin())?;
             if self.is_ha() {
-                text.push_str(&vrrp_section(node)?);
+                let (version, interval) = self.vrrp_settings();
+                text.push_str(&vrrp_section(node, version, &interval)?);
             }
             std::fs::write(&config, text)
                 .with_context(|| format!("writing {}", config.display()))?;

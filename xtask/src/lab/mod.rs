@@ -164,6 +164,9 @@ pub struct LabOptions {
     /// which holds the VIP. Without it lb1 holds the VIP statically and
     /// only lb1 runs an agent.
     pub ha: bool,
+    /// VRRP version (2 or 3) and advertisement interval ("1s", "100ms").
+    pub vrrp_version: u8,
+    pub advert_int: String,
     /// The agent binary; default `$LB_AGENT_BIN` or `target/release/lb-agent`.
     pub agent_bin: Option<PathBuf>,
     /// The xtask binary (UDP responder/client); default `$LB_XTASK_BIN`,
@@ -177,6 +180,8 @@ impl Default for LabOptions {
             prefix: DEFAULT_PREFIX.to_owned(),
             agent: true,
             ha: true,
+            vrrp_version: 2,
+            advert_int: "1s".to_owned(),
             agent_bin: None,
             xtask_bin: None,
         }
@@ -288,7 +293,7 @@ impl Lab {
             eprintln!("xtask: lab {} exists; tearing it down first", lab.prefix);
             Self::down(&lab.prefix)?;
         }
-        match lab.build(options.agent, options.ha) {
+        match lab.build(options) {
             Ok(()) => Ok(lab),
             Err(err) => {
                 eprintln!("xtask: lab {} failed to come up; tearing down", lab.prefix);
@@ -306,14 +311,18 @@ impl Lab {
         Self::up(options).map(LabGuard::new)
     }
 
-    fn build(&self, agent: bool, ha: bool) -> Result<()> {
+    fn build(&self, options: &LabOptions) -> Result<()> {
+        let (agent, ha) = (options.agent, options.ha);
         let p = &self.prefix;
         eprintln!("xtask: lab {p}: namespaces, bridges, veths, addresses...");
         create_dir(Path::new(RUN_ROOT))?;
         create_dir(&self.run_dir)?;
         let ha = ha && agent;
         if ha {
-            std::fs::write(self.run_dir.join(HA_MARKER), "")?;
+            std::fs::write(
+                self.run_dir.join(HA_MARKER),
+                format!("{} {}", options.vrrp_version, options.advert_int),
+            )?;
         }
         topology::build(p, !ha)?;
         cmd::check_interrupted()?;
@@ -591,6 +600,15 @@ impl Lab {
     /// Whether this lab runs the HA pair (VRRP on lb1 and lb2).
     pub fn is_ha(&self) -> bool {
         self.run_dir.join(HA_MARKER).exists()
+    }
+
+    /// The HA lab's VRRP version and advert interval.
+    pub fn vrrp_settings(&self) -> (u8, String) {
+        let text = std::fs::read_to_string(self.run_dir.join(HA_MARKER)).unwrap_or_default();
+        let mut parts = text.split_whitespace();
+        let version = parts.next().and_then(|v| v.parse().ok()).unwrap_or(2);
+        let interval = parts.next().unwrap_or("1s").to_owned();
+        (version, interval)
     }
 
     /// The LB node that has the VIP on its public interface, if exactly one has.
