@@ -543,6 +543,16 @@ impl Agent {
         })
     }
 
+    /// Whether the service has a backend taking new connections (VRRP
+    /// tracking puts the node in FAULT when it has none).
+    pub fn service_has_backend_up(&self, name: &str) -> bool {
+        self.reconciler.service_by_name(name).is_some_and(|s| {
+            self.reconciler
+                .backends_of(s.id)
+                .any(|b| b.state == SlotState::Active)
+        })
+    }
+
     /// Every backend address in use (for neighbour resolution).
     pub fn backend_addresses(&self) -> Vec<Ipv4Addr> {
         let mut addrs: Vec<Ipv4Addr> = self

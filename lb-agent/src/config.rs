@@ -105,6 +105,45 @@ pub struct VrrpConfig {
     pub notify: Option<String>,
     #[serde(default = "default_notify_timeout", deserialize_with = "duration")]
     pub notify_timeout: Duration,
+    /// FAULT while one of these services has no backend up (health checks).
+    #[serde(default)]
+    pub track_services: Vec<String>,
+    /// FAULT while one of these interfaces is down (default: the node's
+    /// public and private interfaces).
+    #[serde(default)]
+    pub track_interfaces: Option<Vec<String>>,
+    /// FAULT while the XDP program is not attached to the node's interfaces.
+    #[serde(default = "default_true")]
+    pub track_program: bool,
+    /// keepalived's `vrrp_script` + `track_script` (`[[vrrp.track_script]]`).
+    #[serde(default)]
+    pub track_script: Vec<TrackScript>,
+}
+
+/// `[[vrrp.track_script]]`, with keepalived's `vrrp_script` semantics.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrackScript {
+    /// Shown in logs and status.
+    pub name: String,
+    /// Run by /bin/sh -c; exit 0 = success.
+    pub command: String,
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// 0: FAULT while failing. Positive: added to the priority while it
+    /// succeeds. Negative: added (lowering it) while it fails.
+    #[serde(default)]
+    pub weight: i32,
+    #[serde(default = "default_one")]
+    pub rise: u32,
+    #[serde(default = "default_one")]
+    pub fall: u32,
+}
+
+fn default_one() -> u32 {
+    1
 }
 
 fn default_vrrp_version() -> u8 {
@@ -167,6 +206,20 @@ impl VrrpConfig {
                 problems.push(
                     "vrrp.auth_pass must be 1-8 bytes (keepalived truncates longer ones)".into(),
                 );
+            }
+        }
+        for script in &self.track_script {
+            if !(-253..=253).contains(&script.weight) {
+                problems.push(format!(
+                    "vrrp.track_script {:?}: weight {} is out of range -253..=253",
+                    script.name, script.weight
+                ));
+            }
+            if script.command.trim().is_empty() {
+                problems.push(format!(
+                    "vrrp.track_script {:?}: command is empty",
+                    script.name
+                ));
             }
         }
         let src = self.unicast_src.unwrap_or(node.private_address);

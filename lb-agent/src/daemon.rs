@@ -26,7 +26,10 @@ use crate::{
     neighbors::NeighborKeeper,
     ports,
     state::RuntimeState,
-    vrrp::runner::{SharedStatus, VrrpRunner},
+    vrrp::{
+        runner::{SharedStatus, VrrpRunner},
+        track::{Tracking, Verdict},
+    },
 };
 
 /// How often expired flows are collected and drained backends released.
@@ -230,8 +233,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 status.clone(),
             )
             .context("starting VRRP")?;
+            let tracking = Tracking::new(vrrp, &interfaces, agent.clone())
+                .context("starting VRRP tracking")?;
+            let (verdict_tx, verdict_rx) = watch::channel(Verdict {
+                fault: None,
+                priority: vrrp.priority,
+            });
+            tokio::spawn(tracking.run(verdict_tx, stop_rx.clone()));
             let stop = stop_rx.clone();
-            (Some(status), Some(tokio::spawn(runner.run(stop))))
+            (
+                Some(status),
+                Some(tokio::spawn(runner.run(stop, verdict_rx))),
+            )
         }
         None => (None, None),
     };

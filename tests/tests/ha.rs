@@ -279,3 +279,62 @@ fn vrrp_v3_at_100ms_fails_over_in_under_a_second() {
     let (ok, failed) = requests.join().expect("client loop");
     assert!(ok > 3 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
 }
+
+#[test]
+fn failing_track_script_moves_mastership_and_back() {
+    let Some(lab) = lab_ha("hatrack") else { return };
+    lab.set_track_failing(Node::Lb1, true)
+        .expect("fail lb1's track script");
+    assert!(
+        wait_for(Duration::from_secs(6), || state(&lab, Node::Lb1) == "FAULT"),
+        "lb1 in FAULT"
+    );
+    assert!(
+        wait_for(Duration::from_secs(6), || lab.vip_holder()
+            == Some(Node::Lb2)),
+        "lb2 holds the VIP"
+    );
+    let reason = vrrp_field(&lab, Node::Lb1, "last_transition_reason");
+    assert!(
+        reason.as_str().unwrap_or("").contains("track script"),
+        "{reason}"
+    );
+    lab.set_track_failing(Node::Lb1, false).expect("clear");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.vip_holder()
+            == Some(Node::Lb1)),
+        "lb1 preempts back once the script passes"
+    );
+}
+
+#[test]
+fn no_healthy_backend_seen_from_lb1_moves_mastership() {
+    let Some(lab) = lab_ha("hahealth") else {
+        return;
+    };
+    // web1 and web2 stop answering lb1 only: lb1's health checks fail,
+    // lb2's pass, so lb2 can still serve www.
+    for web in [Node::Web1, Node::Web2] {
+        lab.exec_ok(web, &["ip", "route", "add", "blackhole", "10.200.0.11/32"])
+            .expect("blackhole towards lb1");
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.vip_holder()
+            == Some(Node::Lb2)),
+        "lb2 takes over when lb1 has no backend up"
+    );
+    assert_eq!(state(&lab, Node::Lb1), "FAULT");
+    let body = lab
+        .http_get(Node::Client, VIP_URL)
+        .expect("served through lb2");
+    assert!(body.starts_with("web"), "{body}");
+    for web in [Node::Web1, Node::Web2] {
+        lab.exec_ok(web, &["ip", "route", "del", "blackhole", "10.200.0.11/32"])
+            .expect("remove blackhole");
+    }
+    assert!(
+        wait_for(Duration::from_secs(12), || lab.vip_holder()
+            == Some(Node::Lb1)),
+        "lb1 back once its checks pass again"
+    );
+}

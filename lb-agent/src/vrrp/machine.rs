@@ -258,6 +258,12 @@ impl Machine {
         }
     }
 
+    /// Changes the advertised priority (tracking weights). Takes effect
+    /// with the next advertisement and in every comparison.
+    pub fn set_priority(&mut self, priority: u8) {
+        self.params.priority = priority.max(1);
+    }
+
     /// A tracked failure starts (`true`) or ends (`false`).
     pub fn set_fault(&mut self, fault: bool, now: Instant) -> Vec<Action> {
         match (fault, self.state) {

@@ -8,3 +8,4 @@ pub mod io;
 pub mod machine;
 pub mod packet;
 pub mod runner;
+pub mod track;

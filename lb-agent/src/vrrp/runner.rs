@@ -312,8 +312,33 @@ impl VrrpRunner {
         }
     }
 
+    /// Applies what tracking says: FAULT or not, and the priority.
+    async fn on_verdict(&mut self, verdict: super::track::Verdict) {
+        if verdict.priority != self.machine.params().priority {
+            info!(priority = verdict.priority, "tracking changed the priority");
+            self.machine.set_priority(verdict.priority);
+            update(&self.status, |s| s.priority = verdict.priority);
+        }
+        let now = Instant::now();
+        match verdict.fault {
+            Some(reason) if self.machine.state() != State::Fault => {
+                let actions = self.machine.set_fault(true, now);
+                self.perform(actions, &reason).await;
+            }
+            None if self.machine.state() == State::Fault => {
+                let actions = self.machine.set_fault(false, now);
+                self.perform(actions, "tracked failures cleared").await;
+            }
+            _ => {}
+        }
+    }
+
     /// Runs until `stop` flips; then resigns (priority 0) and releases.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut verdicts: watch::Receiver<super::track::Verdict>,
+    ) {
         let held = self.provider.held().await;
         let actions = if !self.addresses.is_empty() && held.len() == self.addresses.len() {
             info!("the floating IP is still here: resuming as master");
@@ -332,6 +357,10 @@ impl VrrpRunner {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = stop.changed() => break,
+                Ok(()) = verdicts.changed() => {
+                    let verdict = verdicts.borrow_and_update().clone();
+                    self.on_verdict(verdict).await;
+                }
                 received = self.socket.recv(&mut buf) => match received {
                     Ok(n) => {
                         let packet = buf[..n].to_vec();

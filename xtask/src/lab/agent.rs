@@ -81,7 +81,12 @@ protocol = "udp"
 /// 33, unicast over the private net, lb1 priority 200 and lb2 100, by
 /// default 1 s adverts and VRRPv2 with PASS `labpass` (v3 has no
 /// authentication).
-pub fn vrrp_section(node: Node, version: u8, advert_int: &str) -> Result<String> {
+pub fn vrrp_section(
+    node: Node,
+    version: u8,
+    advert_int: &str,
+    track_flag: &Path,
+) -> Result<String> {
     let (priority, peer) = match node {
         Node::Lb1 => (200, Node::Lb2),
         Node::Lb2 => (100, Node::Lb1),
@@ -101,11 +106,40 @@ vrid = 33
 priority = {priority}
 advert_int = "{advert_int}"
 unicast_peers = ["{peer}"]
-{auth}"#
+track_services = ["www"]
+{auth}
+[[vrrp.track_script]]
+name = "lab-flag"
+command = "test ! -e {flag}"
+interval = "500ms"
+timeout = "400ms"
+weight = 0
+"#,
+        flag = track_flag.display()
     ))
 }
 
 impl Lab {
+    /// File whose existence makes `node`'s lab track script fail.
+    pub fn track_flag(&self, node: Node) -> PathBuf {
+        self.run_dir().join(format!("{node}-track-fail"))
+    }
+
+    /// Makes `node`'s track script fail (`true`) or pass (`false`).
+    pub fn set_track_failing(&self, node: Node, failing: bool) -> Result<()> {
+        let flag = self.track_flag(node);
+        if failing {
+            std::fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))
+        } else {
+            match std::fs::remove_file(&flag) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", flag.display()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
     /// The agent instance name of `node`: its namespace name, `<P>-lbN`.
     pub fn instance(&self, node: Node) -> String {
         self.ns(node)
@@ -150,7 +184,12 @@ impl Lab {
             let mut text = agent_config(&self.prefix, node, self.xtask_bin())?;
             if self.is_ha() {
                 let (version, interval) = self.vrrp_settings();
-                text.push_str(&vrrp_section(node, version, &interval)?);
+                text.push_str(&vrrp_section(
+                    node,
+                    version,
+                    &interval,
+                    &self.track_flag(node),
+                )?);
             }
             std::fs::write(&config, text)
                 .with_context(|| format!("writing {}", config.display()))?;
