@@ -39,6 +39,47 @@ pub fn lab_ha_v3(prefix: &str, advert_int: &str) -> Option<LabGuard> {
     Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
 }
 
+/// The HA lab where `classic` nodes run keepalived + HAProxy (the classic
+/// pair) instead of the agent, with VRRP `version` at `advert_int`.
+pub fn lab_mixed(
+    prefix: &str,
+    classic: &[Node],
+    version: u8,
+    advert_int: &str,
+) -> Option<LabGuard> {
+    let agent = artifacts::agent_binary()?;
+    let xtask = artifacts::xtask_binary()?;
+    let options = LabOptions {
+        agent_bin: Some(agent),
+        xtask_bin: Some(xtask),
+        ha: true,
+        vrrp_version: version,
+        advert_int: advert_int.to_string(),
+        classic: classic.to_vec(),
+        ..LabOptions::with_prefix(prefix)
+    };
+    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
+}
+
+/// A field of the `vrrp` object of `node`'s `lb-agent status --json`
+/// (`Null` when the agent does not answer).
+pub fn vrrp_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
+    let Ok(out) = lab.agent_cli(node, &["status", "--json"]) else {
+        return serde_json::Value::Null;
+    };
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    status["vrrp"][field].clone()
+}
+
+/// The VRRP state `node`'s agent reports (`MASTER`, `BACKUP`, ...).
+pub fn vrrp_state(lab: &Lab, node: Node) -> String {
+    vrrp_field(lab, node, "state")
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
 fn lab_with(prefix: &str, ha: bool) -> Option<LabGuard> {
     let agent = artifacts::agent_binary()?;
     let xtask = artifacts::xtask_binary()?;

@@ -23,22 +23,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 100);
 /// lb2's master-down interval at advert_int 1 s: 3 s + (256-100)/256 s.
 const LB2_MASTER_DOWN: Duration = Duration::from_millis(3610);
 
-fn vrrp_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
-    let out = lab
-        .agent_cli(node, &["status", "--json"])
-        .expect("lb-agent status");
-    let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    status["vrrp"][field].clone()
-}
-
-fn state(lab: &Lab, node: Node) -> String {
-    vrrp_field(lab, node, "state")
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 /// Requests through the VIP every 100 ms until stopped (at most 300).
 fn client_loop(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
     let client = lab.ns(Node::Client);
@@ -76,7 +60,7 @@ fn client_loop(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32
 fn kill_9_of_the_master_fails_over_without_losing_requests() {
     let Some(lab) = lab_ha("hakill") else { return };
     assert_eq!(lab.vip_holder(), Some(Node::Lb1));
-    assert_eq!(state(&lab, Node::Lb2), "BACKUP");
+    assert_eq!(vrrp_state(&lab, Node::Lb2), "BACKUP");
     let stop = Arc::new(AtomicBool::new(false));
     let requests = client_loop(&lab, stop.clone());
     std::thread::sleep(Duration::from_millis(500));
@@ -84,7 +68,7 @@ fn kill_9_of_the_master_fails_over_without_losing_requests() {
     lab.kill_agent(Node::Lb1, libc::SIGKILL)
         .expect("kill -9 lb1's agent");
     assert!(
-        wait_for(Duration::from_secs(10), || state(&lab, Node::Lb2)
+        wait_for(Duration::from_secs(10), || vrrp_state(&lab, Node::Lb2)
             == "MASTER"),
         "lb2 takes over"
     );
@@ -116,7 +100,7 @@ fn graceful_stop_hands_over_and_preemption_takes_it_back() {
     let Some(lab) = lab_ha("hastop") else { return };
     lab.stop_agent(Node::Lb1).expect("SIGTERM lb1's agent");
     assert!(
-        wait_for(Duration::from_secs(3), || state(&lab, Node::Lb2)
+        wait_for(Duration::from_secs(3), || vrrp_state(&lab, Node::Lb2)
             == "MASTER"),
         "priority 0 lets lb2 take over after its skew time, well before the master-down interval"
     );
@@ -136,8 +120,10 @@ fn graceful_stop_hands_over_and_preemption_takes_it_back() {
             == Some(Node::Lb1)),
         "lb1 preempts with its higher priority"
     );
-    assert!(wait_for(Duration::from_secs(3), || state(&lab, Node::Lb2)
-        == "BACKUP"));
+    assert!(wait_for(Duration::from_secs(3), || vrrp_state(
+        &lab,
+        Node::Lb2
+    ) == "BACKUP"));
     let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb2)).expect("lb2 log");
     assert!(log.contains("VRRP transition"), "{log}");
 }
@@ -163,7 +149,7 @@ fn exactly_one_node_answers_arp_for_the_vip() {
         neigh.contains(&mac),
         "the client reaches the VIP at lb1's MAC {mac}: {neigh}"
     );
-    assert_eq!(state(&lab, Node::Lb2), "BACKUP");
+    assert_eq!(vrrp_state(&lab, Node::Lb2), "BACKUP");
     assert_eq!(vrrp_field(&lab, Node::Lb2, "holds"), serde_json::json!([]));
 }
 
@@ -247,8 +233,8 @@ fn forged_adverts_change_nothing_and_are_counted() {
     for reason in ["ttl", "auth", "checksum", "not_a_peer"] {
         assert_eq!(rejected[reason], 1, "{reason} counted: {rejected}");
     }
-    assert_eq!(state(&lab, Node::Lb2), "BACKUP");
-    assert_eq!(state(&lab, Node::Lb1), "MASTER");
+    assert_eq!(vrrp_state(&lab, Node::Lb2), "BACKUP");
+    assert_eq!(vrrp_state(&lab, Node::Lb1), "MASTER");
     assert_eq!(lab.vip_holder(), Some(Node::Lb1));
 }
 
@@ -286,7 +272,8 @@ fn failing_track_script_moves_mastership_and_back() {
     lab.set_track_failing(Node::Lb1, true)
         .expect("fail lb1's track script");
     assert!(
-        wait_for(Duration::from_secs(6), || state(&lab, Node::Lb1) == "FAULT"),
+        wait_for(Duration::from_secs(6), || vrrp_state(&lab, Node::Lb1)
+            == "FAULT"),
         "lb1 in FAULT"
     );
     assert!(
@@ -323,7 +310,7 @@ fn no_healthy_backend_seen_from_lb1_moves_mastership() {
             == Some(Node::Lb2)),
         "lb2 takes over when lb1 has no backend up"
     );
-    assert_eq!(state(&lab, Node::Lb1), "FAULT");
+    assert_eq!(vrrp_state(&lab, Node::Lb1), "FAULT");
     let body = lab
         .http_get(Node::Client, VIP_URL)
         .expect("served through lb2");

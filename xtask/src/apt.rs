@@ -11,6 +11,8 @@ use anyhow::{bail, Result};
 use crate::cmd;
 
 static UPDATED: AtomicBool = AtomicBool::new(false);
+/// Tests bring labs up in parallel threads: one apt-get at a time.
+static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Whether dpkg reports `package` as installed.
 pub fn is_installed(package: &str) -> bool {
@@ -60,6 +62,7 @@ pub fn install(packages: &[&str], why: &str) -> Result<()> {
 /// Installs the package of every `(program, package)` whose program is not
 /// found.
 pub fn ensure_programs(programs: &[(&str, &str)], why: &str) -> Result<()> {
+    let _one_at_a_time = APT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let missing: Vec<&str> = programs
         .iter()
         .filter(|(program, _)| cmd::which(program).is_none())

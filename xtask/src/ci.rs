@@ -43,7 +43,12 @@ pub fn run() -> Result<()> {
             Ok(())
         },
     );
-    if let (true, Some(a)) = (built, &artifacts) {
+    let packages = timed(
+        &mut steps,
+        "lab packages (nginx, keepalived, HAProxy...)",
+        || crate::lab::ensure_all_lab_programs(),
+    );
+    if let (true, true, Some(a)) = (built, packages, &artifacts) {
         eprintln!("xtask: toolchain: {}", a.toolchain.describe());
         let xtask = std::env::current_exe()?;
         timed(&mut steps, "cargo test --workspace", || {

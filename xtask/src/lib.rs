@@ -1,6 +1,7 @@
 //! The project's tasks as a library: toolchain bootstrap and builds
 //! (`build`, `toolchain`), the namespace lab (`lab`, used by the `tests`
-//! crate), the demo, the full check (`ci`) and the lab's UDP tools (`udp`).
+//! crate), the demo, the full check (`ci`), the lab's UDP tools (`udp`) and the
+//! failover probe (`probe`).
 //! `main.rs` only parses the command line.
 
 pub mod apt;
@@ -10,6 +11,7 @@ pub mod ci;
 pub mod cmd;
 pub mod demo;
 pub mod lab;
+pub mod probe;
 pub mod toolchain;
 pub mod udp;
 

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand};
 use xtask::{
     build::{self, BuildOptions},
     cmd,
-    lab::{self, Lab, LabOptions},
-    udp,
+    lab::{self, Lab, LabOptions, Node},
+    probe, udp,
 };
 
 #[derive(Parser)]
@@ -73,6 +73,19 @@ enum Task {
         #[arg(long, default_value_t = 1)]
         count: u32,
     },
+    /// New HTTP connections to `--target` every `--every`; prints
+    /// `<start ms> ok|fail` per probe (the failover benchmark's client).
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value = "10ms", value_parser = udp::parse_duration)]
+        every: std::time::Duration,
+        #[arg(long, default_value = "10s", value_parser = udp::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value = "300ms", value_parser = udp::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +106,10 @@ enum LabAction {
         /// VRRP advertisement interval, e.g. "1s", or "100ms" with v3.
         #[arg(long, default_value = "1s")]
         advert_int: String,
+        /// LB nodes (lb1, lb2; comma-separated) that run the classic
+        /// keepalived + HAProxy instead of the agent: a mixed pair.
+        #[arg(long, value_delimiter = ',')]
+        classic: Vec<Node>,
     },
     /// Remove everything of the lab (works on half-built labs too).
     Down {
@@ -150,6 +167,17 @@ fn run(task: Task) -> Result<()> {
             lifetime,
         } => udp::respond(bind, &name, pid_file.as_deref(), lifetime),
         Task::UdpQuery { to, timeout, count } => udp::query_many(to, count, timeout),
+        Task::Probe {
+            target,
+            every,
+            duration,
+            timeout,
+        } => {
+            for sample in probe::run(target, every, duration, timeout)? {
+                println!("{}", sample.line());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -161,6 +189,7 @@ fn lab_task(action: LabAction) -> Result<()> {
             no_ha,
             vrrp,
             advert_int,
+            classic,
         } => {
             cmd::catch_interrupts();
             let mut options = LabOptions {
@@ -168,6 +197,7 @@ fn lab_task(action: LabAction) -> Result<()> {
                 ha: !no_ha,
                 vrrp_version: if vrrp == "v3" { 3 } else { 2 },
                 advert_int,
+                classic,
                 ..LabOptions::with_prefix(&prefix)
             };
             if options.agent {

@@ -9,6 +9,7 @@
 //! -priv]` on the switch) and always short enough.
 
 mod agent;
+mod classic;
 pub mod process;
 mod topology;
 mod web;
@@ -27,6 +28,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 pub use agent::agent_config;
+pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
 pub use topology::{Link, LINKS};
 
 use crate::{apt, build, cmd};
@@ -167,6 +169,9 @@ pub struct LabOptions {
     /// VRRP version (2 or 3) and advertisement interval ("1s", "100ms").
     pub vrrp_version: u8,
     pub advert_int: String,
+    /// LB nodes that run the classic keepalived + HAProxy instead of the
+    /// agent (a mixed pair, or the benchmark's reference pair).
+    pub classic: Vec<Node>,
     /// The agent binary; default `$LB_AGENT_BIN` or `target/release/lb-agent`.
     pub agent_bin: Option<PathBuf>,
     /// The xtask binary (UDP responder/client); default `$LB_XTASK_BIN`,
@@ -182,6 +187,7 @@ impl Default for LabOptions {
             ha: true,
             vrrp_version: 2,
             advert_int: "1s".to_owned(),
+            classic: Vec::new(),
             agent_bin: None,
             xtask_bin: None,
         }
@@ -333,14 +339,30 @@ impl Lab {
         }
         cmd::check_interrupted()?;
         if agent {
-            eprintln!(
-                "xtask: lab {p}: agent on lb1 ({})...",
-                self.agent_bin.display()
-            );
-            self.start_agent(Node::Lb1)?;
+            if ha && !options.classic.is_empty() {
+                let names: Vec<&str> = options.classic.iter().map(|n| n.name()).collect();
+                std::fs::write(self.run_dir.join(classic::CLASSIC_MARKER), names.join(" "))?;
+            }
+            let classic = self.classic_nodes();
+            for node in Node::LBS {
+                if !ha && node == Node::Lb2 {
+                    continue;
+                }
+                if classic.contains(&node) {
+                    eprintln!(
+                        "xtask: lab {p}: keepalived + HAProxy on {node} (the classic pair)..."
+                    );
+                    self.start_classic(node)?;
+                } else {
+                    eprintln!(
+                        "xtask: lab {p}: agent on {node} ({})...",
+                        self.agent_bin.display()
+                    );
+                    self.start_agent(node)?;
+                }
+            }
             if ha {
-                eprintln!("xtask: lab {p}: agent on lb2, VRRP election...");
-                self.start_agent(Node::Lb2)?;
+                eprintln!("xtask: lab {p}: VRRP election...");
                 if !cmd::wait_until(Duration::from_secs(15), || {
                     self.vip_holder() == Some(Node::Lb1)
                 }) {
@@ -697,6 +719,14 @@ impl Drop for LabGuard {
         }
         self.lab.reap();
     }
+}
+
+/// Everything any lab may run (also the classic keepalived + HAProxy
+/// nodes), installed with apt when missing; `cargo xtask test` calls it
+/// before the tests so parallel tests find it all in place.
+pub fn ensure_all_lab_programs() -> Result<()> {
+    ensure_lab_programs()?;
+    classic::ensure_classic_programs()
 }
 
 /// Programs the lab runs, installed with apt when missing.
