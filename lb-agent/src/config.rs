@@ -787,6 +787,10 @@ impl Config {
             udp_ns: ns(self.conntrack.udp_timeout),
             ready: 1,
             _pad: 0,
+            // Filled in from the interfaces once they are known (daemon).
+            public_mac: [0; 6],
+            private_mac: [0; 6],
+            _pad_mac: [0; 4],
         }
     }
 }

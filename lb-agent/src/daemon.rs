@@ -21,7 +21,10 @@ use crate::{
         server::{bind, ensure_not_running, serve, ControlHandler},
         socket_path,
     },
-    dataplane::{loader::interface_index, Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT},
+    dataplane::{
+        loader::{interface_index, interface_mac},
+        Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT,
+    },
     health::HealthScheduler,
     neighbors::NeighborKeeper,
     ports,
@@ -37,8 +40,11 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 /// How often backend next hops are checked in the neighbour table (and
 /// the set of health-checked backends is brought up to date).
 const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(1);
-/// How often next hops the data path found unresolved are resolved.
-const NEIGH_MISS_INTERVAL: Duration = Duration::from_millis(100);
+/// How often next hops the data path found unresolved are resolved. Short:
+/// a packet that met an unresolved next hop was dropped, and the first
+/// connections after a failover meet the clients' (or their router's)
+/// unresolved entries on the new master. An empty map costs one syscall.
+const NEIGH_MISS_INTERVAL: Duration = Duration::from_millis(10);
 /// Most health probes in flight at once.
 const MAX_CONCURRENT_CHECKS: usize = 64;
 
@@ -186,7 +192,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     let mut dataplane = Dataplane::load(&load, LB_OBJECT)?;
     let mut tables = dataplane.tables()?;
-    tables.write_settings(config.to_settings())?;
+    let mut settings = config.to_settings();
+    settings.public_mac = interface_mac(&node.public_interface).unwrap_or_default();
+    settings.private_mac = interface_mac(&node.private_interface).unwrap_or_default();
+    tables.write_settings(settings)?;
     let ifindexes: Vec<u32> = interfaces
         .iter()
         .filter_map(|i| interface_index(i))

@@ -254,6 +254,23 @@ pub struct Settings {
     /// 1 once the agent has written the settings; until then the program passes everything.
     pub ready: u32,
     pub _pad: u32,
+    /// MAC addresses of the interfaces the program is attached to. Frames
+    /// to any other unicast MAC are not ours (a switch floods them when it
+    /// has forgotten where a MAC lives): passed, so that a backup node never
+    /// forwards a copy of the master's traffic. All zero: no check.
+    pub public_mac: [u8; 6],
+    pub private_mac: [u8; 6],
+    pub _pad_mac: [u8; 4],
+}
+
+impl Settings {
+    /// Whether a frame to `dst` is for this node: one of its MACs, a
+    /// group (broadcast/multicast) address, or no MACs configured.
+    #[inline(always)]
+    pub fn accepts_mac(&self, dst: &[u8; 6]) -> bool {
+        let unset = self.public_mac == [0; 6] && self.private_mac == [0; 6];
+        unset || dst[0] & 1 == 1 || *dst == self.public_mac || *dst == self.private_mac
+    }
 }
 
 /// Traffic counters, per CPU, for a service or a backend.
@@ -309,11 +326,13 @@ pub enum Reason {
     PassNotReady = 16,
     /// Flow table insert failed: dropped.
     DropFlowInsert = 17,
+    /// Unicast frame to another node's MAC (flooded by a switch): passed.
+    PassOtherHost = 18,
 }
 
 impl Reason {
     /// Number of reasons; the size of the `reasons` map.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     /// Every reason, index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -335,6 +354,7 @@ impl Reason {
         Reason::PassReplyNoFlow,
         Reason::PassNotReady,
         Reason::DropFlowInsert,
+        Reason::PassOtherHost,
     ];
 
     /// Stable snake_case name for CLI output and metrics labels.
@@ -358,6 +378,7 @@ impl Reason {
             Reason::PassReplyNoFlow => "pass_reply_no_flow",
             Reason::PassNotReady => "pass_not_ready",
             Reason::DropFlowInsert => "drop_flow_insert",
+            Reason::PassOtherHost => "pass_other_host",
         }
     }
 }
@@ -423,8 +444,26 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 80);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 16);
-        assert_eq!(size_of::<Settings>(), 48);
+        assert_eq!(size_of::<Settings>(), 64);
         assert_eq!(size_of::<Counters>(), 32);
+    }
+
+    #[test]
+    fn frames_to_other_macs_are_not_ours() {
+        let mine = [2, 0, 0, 0, 0, 1];
+        let settings = Settings {
+            public_mac: mine,
+            private_mac: [2, 0, 0, 0, 0, 2],
+            ..Settings::default()
+        };
+        assert!(settings.accepts_mac(&mine));
+        assert!(settings.accepts_mac(&[2, 0, 0, 0, 0, 2]));
+        assert!(settings.accepts_mac(&[0xff; 6]), "broadcast");
+        assert!(!settings.accepts_mac(&[2, 0, 0, 0, 0, 3]));
+        assert!(
+            Settings::default().accepts_mac(&[2, 0, 0, 0, 0, 3]),
+            "no MACs set: no check"
+        );
     }
 
     #[test]

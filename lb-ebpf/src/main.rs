@@ -49,6 +49,10 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Ok(pkt) => pkt,
         Err(verdict) => return (verdict.action, verdict.reason),
     };
+    // SAFETY: `pkt.eth` was bounds-checked by `parse`.
+    if !settings.accepts_mac(unsafe { &(*pkt.eth).dst_addr }) {
+        return (PASS, Reason::PassOtherHost);
+    }
     // SAFETY: helper without preconditions. The coarse clock (one tick of
     // resolution) is ample for idle timeouts and far cheaper per packet.
     let now = unsafe { bpf_ktime_get_coarse_ns() };

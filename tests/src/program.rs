@@ -128,6 +128,9 @@ impl Harness {
             udp_ns: 60_000_000_000,
             ready: 1,
             _pad: 0,
+            public_mac: PUB_MAC,
+            private_mac: PRIV_MAC,
+            _pad_mac: [0; 4],
         });
         let mut tx: DevMapHash<_> = harness
             .ebpf

@@ -77,7 +77,20 @@ fn stateless_table() {
         .macs(WEB1_MAC, PRIV_MAC)
         .build();
 
+    // The master's MAC, flooded to this (backup) node by a switch.
+    let flooded = Frame::tcp(CLIENT, 40002, VIP, 80, TCP_SYN)
+        .macs(CLIENT_MAC, [0x02, 0, 0, 0, 0x01, 0x12])
+        .build();
+
     let cases = vec![
+        Case {
+            name: "a SYN for the VIP to another node's MAC passes untouched",
+            input: flooded,
+            ingress_public: true,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::PassOtherHost,
+        },
         Case {
             name: "ARP passes untouched",
             input: arp,

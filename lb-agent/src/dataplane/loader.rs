@@ -371,3 +371,35 @@ pub fn interface_index(name: &str) -> Option<u32> {
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
 }
+
+/// The hardware (MAC) address of `name` in this network namespace (an
+/// ioctl on a socket, which, unlike /sys, follows `nsenter --net`).
+pub fn interface_mac(name: &str) -> Option<[u8; 6]> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a zeroed ifreq is valid; the name fits (checked above).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: valid fd and ifreq for SIOCGIFHWADDR.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut request) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data.iter()) {
+        *dst = *src as u8;
+    }
+    Some(mac)
+}
