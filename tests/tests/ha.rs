@@ -325,3 +325,81 @@ fn no_healthy_backend_seen_from_lb1_moves_mastership() {
         "lb1 back once its checks pass again"
     );
 }
+
+/// Rewrites `node`'s lab config for multicast VRRP (no unicast peers) with
+/// notify hooks that log their arguments, and starts its agent with it.
+fn start_multicast_agent(lab: &Lab, node: Node, hook_log: &std::path::Path) {
+    let config = std::fs::read_to_string(lab.agent_config_path(node)).expect("lab config");
+    let peers = config
+        .lines()
+        .find(|l| l.starts_with("unicast_peers"))
+        .expect("unicast_peers in the lab config")
+        .to_string();
+    let hooks = format!(
+        "unicast_peers = []\n\
+         notify = \"echo >> {log}\"\n\
+         notify_master = \"echo {node}-master-hook >> {log}\"\n\
+         notify_backup = \"sleep 60\"\n\
+         notify_timeout = \"1s\"",
+        log = hook_log.display()
+    );
+    let config = config.replace(&peers, &hooks);
+    lab.start_agent_with_config(node, &config)
+        .expect("agent with multicast VRRP");
+}
+
+#[test]
+fn multicast_election_runs_notify_hooks_without_blocking() {
+    let Some(lab) = lab_ha("hamcast") else { return };
+    lab.stop_agent(Node::Lb2).expect("stop lb2");
+    lab.stop_agent(Node::Lb1).expect("stop lb1");
+    let hook_log = lab.run_dir().join("hooks.log");
+    start_multicast_agent(&lab, Node::Lb1, &hook_log);
+    start_multicast_agent(&lab, Node::Lb2, &hook_log);
+    let lb1_heard = |lab: &Lab| {
+        vrrp_field(lab, Node::Lb2, "master") == serde_json::json!("10.200.0.11")
+            && vrrp_state(lab, Node::Lb2) == "BACKUP"
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || lb1_heard(&lab)),
+        "lb2 hears lb1's multicast adverts: {} / {}",
+        vrrp_state(&lab, Node::Lb2),
+        vrrp_field(&lab, Node::Lb2, "master")
+    );
+    let groups = lab
+        .exec_ok(Node::Lb2, &["ip", "maddr", "show", "dev", "priv0"])
+        .expect("multicast groups");
+    assert!(
+        groups.contains("224.0.0.18"),
+        "lb2 joined 224.0.0.18: {groups}"
+    );
+    assert!(wait_for(Duration::from_secs(5), || lab.vip_holder()
+        == Some(Node::Lb1)));
+
+    // lb2's notify_backup hook sleeps for a minute: the election must not
+    // wait for it (it is killed after notify_timeout).
+    lab.stop_agent(Node::Lb1).expect("graceful stop of lb1");
+    assert!(
+        wait_for(Duration::from_secs(3), || vrrp_state(&lab, Node::Lb2)
+            == "MASTER"),
+        "lb2 takes over on lb1's priority 0 despite a hanging hook"
+    );
+    let logged = |needle: &str| {
+        std::fs::read_to_string(&hook_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim() == needle)
+    };
+    let lb2_instance = lab.instance(Node::Lb2);
+    let lb1_instance = lab.instance(Node::Lb1);
+    assert!(
+        wait_for(Duration::from_secs(3), || logged(&format!(
+            "INSTANCE {lb2_instance} MASTER 100"
+        )) && logged("lb2-master-hook")
+            && logged(&format!("INSTANCE {lb1_instance} STOP 200"))),
+        "keepalived's notify convention (TYPE NAME STATE PRIORITY):\n{}",
+        std::fs::read_to_string(&hook_log).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb2)).expect("lb2 log");
+    assert!(log.contains("notify hook timed out"), "{log}");
+}

@@ -158,13 +158,13 @@ impl VrrpRunner {
                     if let Err(error) = self.provider.acquire().await {
                         warn!(%error, "taking the floating IP");
                     }
-                    self.run_notify(State::Master);
+                    let _ = self.run_notify(State::Master);
                 }
                 Action::BecomeBackup if reason == "startup" => {
                     // Keep a floating IP found at startup until a master is
                     // heard: it may still carry this node's live flows.
                     self.transition(State::Backup, reason);
-                    self.run_notify(State::Backup);
+                    let _ = self.run_notify(State::Backup);
                 }
                 Action::BecomeBackup | Action::BecomeFault => {
                     let state = if action == Action::BecomeFault {
@@ -176,7 +176,7 @@ impl VrrpRunner {
                     if let Err(error) = self.provider.release().await {
                         warn!(%error, "releasing the floating IP");
                     }
-                    self.run_notify(state);
+                    let _ = self.run_notify(state);
                 }
             }
         }
@@ -203,7 +203,10 @@ impl VrrpRunner {
         });
     }
 
-    fn run_notify(&self, state: State) {
+    /// Starts the hooks for `state` in the background; the handles let a
+    /// stopping agent wait for `notify_stop` (each hook is bounded by
+    /// `notify_timeout`).
+    fn run_notify(&self, state: State) -> Vec<tokio::task::JoinHandle<()>> {
         let specific = match state {
             State::Master => self.config.notify_master.clone(),
             State::Backup => self.config.notify_backup.clone(),
@@ -217,9 +220,10 @@ impl VrrpRunner {
                 self.instance, self.config.priority
             )
         });
+        let mut hooks = Vec::new();
         for command in [specific, generic].into_iter().flatten() {
             let timeout = self.config.notify_timeout;
-            tokio::spawn(async move {
+            hooks.push(tokio::spawn(async move {
                 let child = tokio::process::Command::new("/bin/sh")
                     .arg("-c")
                     .arg(&command)
@@ -236,8 +240,9 @@ impl VrrpRunner {
                     },
                     Err(error) => warn!(%command, %error, "cannot run notify hook"),
                 }
-            });
+            }));
         }
+        hooks
     }
 
     fn reject(&self, reason: &str) {
@@ -384,7 +389,9 @@ impl VrrpRunner {
         if let Err(error) = self.provider.release().await {
             warn!(%error, "releasing the floating IP on stop");
         }
-        self.run_notify(State::Initialize);
+        for hook in self.run_notify(State::Initialize) {
+            let _ = hook.await;
+        }
         update(&self.status, |s| s.state = "STOPPED".into());
     }
 }
