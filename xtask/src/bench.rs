@@ -56,25 +56,17 @@ fn wrk(lab: &Lab, from: Node, url: &str, close: bool) -> Result<f64> {
     parse_wrk_rate(&out).with_context(|| format!("no Requests/sec in wrk output:\n{out}"))
 }
 
-pub fn run() -> Result<()> {
+/// Parts of the benchmark `--only` can pick.
+pub const SECTIONS: [&str; 3] = ["packet", "lab", "failover"];
+
+/// Runs the benchmark, or only the section `only` names (see `SECTIONS`).
+pub fn run(only: Option<&str>) -> Result<()> {
+    if let Some(section) = only.filter(|s| !SECTIONS.contains(s)) {
+        bail!("no benchmark section `{section}` (choose from {SECTIONS:?})");
+    }
+    let wanted = |section: &str| only.is_none_or(|o| o == section);
     heading("Build");
     let artifacts = build::build_all(BuildOptions::default())?;
-    apt::ensure_programs(&[("wrk", "wrk"), ("curl", "curl")], "for the benchmark")?;
-    cmd::run(
-        Command::new(env!("CARGO"))
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--release",
-                "-q",
-                "-p",
-                "integration-tests",
-                "--bin",
-                "xdp-bench",
-            ])
-            .env(ENV_EBPF_OBJECT, &artifacts.lb_object),
-    )?;
-
     heading("Machine");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -93,6 +85,34 @@ pub fn run() -> Result<()> {
         kernel.trim()
     );
 
+    if wanted("packet") {
+        packet_figures(&artifacts)?;
+    }
+    if wanted("lab") {
+        lab_figures(&artifacts)?;
+    }
+    if wanted("failover") {
+        failover(&artifacts.agent)?;
+    }
+    Ok(())
+}
+
+fn packet_figures(artifacts: &build::Artifacts) -> Result<()> {
+    cmd::run(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "integration-tests",
+                "--bin",
+                "xdp-bench",
+            ])
+            .env(ENV_EBPF_OBJECT, &artifacts.lb_object),
+    )?;
+
     heading("Per packet (BPF_PROG_TEST_RUN)");
     let bench = build::target_dir().join("release/xdp-bench");
     let status = Command::new(&bench)
@@ -104,6 +124,11 @@ pub fn run() -> Result<()> {
         bail!("xdp-bench failed ({status})");
     }
 
+    Ok(())
+}
+
+fn lab_figures(artifacts: &build::Artifacts) -> Result<()> {
+    apt::ensure_programs(&[("wrk", "wrk"), ("curl", "curl")], "for the benchmark")?;
     heading(&format!(
         "End to end in lab `{PREFIX}` (generic XDP on veth)"
     ));
@@ -154,6 +179,13 @@ pub fn run() -> Result<()> {
     println!("{}", String::from_utf8_lossy(&stats.stdout));
     drop(lab);
     Ok(())
+}
+
+fn failover(agent: &std::path::Path) -> Result<()> {
+    heading("Failover: outage when the master fails, agent pair vs keepalived + HAProxy pair");
+    cmd::catch_interrupts();
+    crate::lab::ensure_all_lab_programs()?;
+    crate::failover_bench::run(agent)
 }
 
 /// One request through the VIP: which backend answered (None = failed)

@@ -46,7 +46,7 @@ pub fn run() -> Result<()> {
     let packages = timed(
         &mut steps,
         "lab packages (nginx, keepalived, HAProxy...)",
-        || crate::lab::ensure_all_lab_programs(),
+        crate::lab::ensure_all_lab_programs,
     );
     if let (true, true, Some(a)) = (built, packages, &artifacts) {
         eprintln!("xtask: toolchain: {}", a.toolchain.describe());

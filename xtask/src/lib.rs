@@ -10,6 +10,7 @@ pub mod build;
 pub mod ci;
 pub mod cmd;
 pub mod demo;
+pub mod failover_bench;
 pub mod lab;
 pub mod probe;
 pub mod toolchain;

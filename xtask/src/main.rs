@@ -48,8 +48,13 @@ enum Task {
     Demo,
     /// The full check (the README's test command; .ci/run runs it).
     Test,
-    /// Benchmarks: XDP ns/packet vs a trivial program, wrk via the LB vs direct.
-    Bench,
+    /// Benchmarks: XDP ns/packet vs a trivial program, health-check
+    /// figures and wrk via the LB vs direct, failover outage vs keepalived.
+    Bench {
+        /// Run one section only: packet, lab or failover.
+        #[arg(long, value_parser = xtask::bench::SECTIONS)]
+        only: Option<String>,
+    },
     /// The lab's UDP responder: answers every datagram with `<name>\n`.
     #[command(hide = true)]
     UdpResponder {
@@ -84,6 +89,14 @@ enum Task {
         #[arg(long, default_value = "10s", value_parser = udp::parse_duration)]
         duration: std::time::Duration,
         #[arg(long, default_value = "300ms", value_parser = udp::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Waits for a VRRP advertisement from `--from` (run in a node's namespace).
+    #[command(hide = true)]
+    WaitAdvert {
+        #[arg(long)]
+        from: std::net::Ipv4Addr,
+        #[arg(long, default_value = "5s", value_parser = udp::parse_duration)]
         timeout: std::time::Duration,
     },
 }
@@ -159,7 +172,7 @@ fn run(task: Task) -> Result<()> {
         Task::Lab { action } => lab_task(action),
         Task::Demo => xtask::demo::run(),
         Task::Test => xtask::ci::run(),
-        Task::Bench => xtask::bench::run(),
+        Task::Bench { only } => xtask::bench::run(only.as_deref()),
         Task::UdpResponder {
             bind,
             name,
@@ -167,6 +180,7 @@ fn run(task: Task) -> Result<()> {
             lifetime,
         } => udp::respond(bind, &name, pid_file.as_deref(), lifetime),
         Task::UdpQuery { to, timeout, count } => udp::query_many(to, count, timeout),
+        Task::WaitAdvert { from, timeout } => probe::wait_advert(from, timeout),
         Task::Probe {
             target,
             every,

@@ -131,6 +131,49 @@ pub fn outage(samples: &[Sample]) -> Duration {
     recovered.saturating_sub(first_fail.started)
 }
 
+/// IP protocol number of VRRP.
+const IPPROTO_VRRP: i32 = 112;
+
+/// Waits until a VRRP advertisement from `from` arrives in this network
+/// namespace (a raw socket sees a copy; the VRRP speaker still gets it).
+/// The failover benchmark kills the master right after one, so every run
+/// starts at the same phase of the advert timer.
+pub fn wait_advert(from: std::net::Ipv4Addr, timeout: Duration) -> Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain socket(2).
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, IPPROTO_VRRP) };
+    if raw < 0 {
+        bail!("raw VRRP socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let tv = libc::timeval {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_usec: left.subsec_micros().max(1) as libc::suseconds_t,
+        };
+        // SAFETY: valid fd and option value of the size passed.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 20 && buf[12..16] == from.octets() {
+            return Ok(());
+        }
+    }
+    bail!("no VRRP advertisement from {from} within {timeout:?}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

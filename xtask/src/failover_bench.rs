@@ -1,0 +1,229 @@
+//! The failover benchmark: the outage a client sees when the master fails,
+//! for the agent pair and for the classic keepalived + HAProxy pair in the
+//! same lab in the same run, with VRRPv2 at 1 s and VRRPv3 at 100 ms.
+//!
+//! A probe opens a new HTTP connection to the VIP every 10 ms (`probe`).
+//! Two ways the master fails: its processes are killed with SIGKILL (the
+//! agent; keepalived and HAProxy), or the whole node is lost (the same, and
+//! its links go down, as when a machine dies).
+
+use std::{net::SocketAddrV4, process::Command, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{
+    lab::{Lab, LabOptions, Node, HTTP_PORT, VIP},
+    probe::{self, Sample},
+};
+
+const PREFIX: &str = "bfail";
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Probing before the failure, so the table shows a healthy start.
+const LEAD: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    Agent,
+    Classic,
+}
+
+impl Pair {
+    fn label(self) -> &'static str {
+        match self {
+            Pair::Agent => "lb-agent (XDP)",
+            Pair::Classic => "keepalived + HAProxy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// kill -9 of the master's processes.
+    Processes,
+    /// kill -9, and the node's links go down.
+    Node,
+}
+
+impl Failure {
+    fn label(self) -> &'static str {
+        match self {
+            Failure::Processes => "processes kill -9",
+            Failure::Node => "node lost",
+        }
+    }
+}
+
+struct Vrrp {
+    version: u8,
+    advert_int: &'static str,
+    /// lb2's master-down interval: 3 × interval + (256 − 100) / 256 × interval.
+    master_down: Duration,
+}
+
+const SETTINGS: [Vrrp; 2] = [
+    Vrrp {
+        version: 2,
+        advert_int: "1s",
+        master_down: Duration::from_millis(3609),
+    },
+    Vrrp {
+        version: 3,
+        advert_int: "100ms",
+        master_down: Duration::from_millis(361),
+    },
+];
+
+struct Row {
+    pair: Pair,
+    vrrp: &'static str,
+    failure: Failure,
+    outage: Duration,
+    failed: usize,
+    total: usize,
+}
+
+/// Kills the master (lb1) as `failure` says.
+fn fail_master(lab: &Lab, pair: Pair, failure: Failure) -> Result<()> {
+    match pair {
+        Pair::Agent => lab.kill_agent(Node::Lb1, libc::SIGKILL)?,
+        Pair::Classic => {
+            lab.stop_keepalived(Node::Lb1, libc::SIGKILL)?;
+            lab.kill_haproxy(Node::Lb1)?;
+        }
+    }
+    if failure == Failure::Node {
+        for link in ["pub0", "priv0"] {
+            lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])?;
+        }
+    }
+    Ok(())
+}
+
+fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failure) -> Result<Row> {
+    let options = LabOptions {
+        agent_bin: Some(agent_bin.to_path_buf()),
+        ha: true,
+        vrrp_version: vrrp.version,
+        advert_int: vrrp.advert_int.to_owned(),
+        classic: if pair == Pair::Classic {
+            Node::LBS.to_vec()
+        } else {
+            Vec::new()
+        },
+        ..LabOptions::with_prefix(PREFIX)
+    };
+    let lab = Lab::up_guarded(&options)?;
+    // lb2 has heard the master and settled as backup.
+    std::thread::sleep(Duration::from_secs(2));
+    let duration = LEAD + vrrp.master_down * 2 + Duration::from_secs(2);
+    let target = SocketAddrV4::new(VIP, HTTP_PORT).to_string();
+    let every = format!("{}ms", PROBE_EVERY.as_millis());
+    let timeout = format!("{}ms", PROBE_TIMEOUT.as_millis());
+    let seconds = format!("{}ms", duration.as_millis());
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", &lab.ns(Node::Client)]);
+    command.arg(lab.xtask_bin()).args([
+        "probe",
+        "--target",
+        &target,
+        "--every",
+        &every,
+        "--duration",
+        &seconds,
+        "--timeout",
+        &timeout,
+    ]);
+    let prober = std::thread::spawn(move || command.output());
+    std::thread::sleep(LEAD);
+    // Fail right after an advert reached lb2: every run then starts at the
+    // same phase of lb2's master-down timer, so runs and pairs compare.
+    let lb1 = Node::Lb1.private_address().context("lb1 address")?;
+    let lb1 = lb1.to_string();
+    lab.exec_ok(
+        Node::Lb2,
+        &[
+            &lab.xtask_bin().to_string_lossy(),
+            "wait-advert",
+            "--from",
+            &lb1,
+        ],
+    )?;
+    fail_master(&lab, pair, failure)?;
+    let output = prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+        .context("running xtask probe")?;
+    if !output.status.success() {
+        bail!(
+            "xtask probe failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let samples: Vec<Sample> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(Sample::parse)
+        .collect();
+    drop(lab);
+    Ok(Row {
+        pair,
+        vrrp: vrrp.advert_int,
+        failure,
+        outage: probe::outage(&samples),
+        failed: samples.iter().filter(|s| !s.ok).count(),
+        total: samples.len(),
+    })
+}
+
+/// Runs every combination and prints the table.
+pub fn run(agent_bin: &std::path::Path) -> Result<()> {
+    let mut rows = Vec::new();
+    for vrrp in &SETTINGS {
+        for failure in [Failure::Processes, Failure::Node] {
+            for pair in [Pair::Agent, Pair::Classic] {
+                eprintln!(
+                    "xtask: failover: {} v{} {}, {}...",
+                    pair.label(),
+                    vrrp.version,
+                    vrrp.advert_int,
+                    failure.label()
+                );
+                rows.push(measure(agent_bin, pair, vrrp, failure)?);
+            }
+        }
+    }
+    println!(
+        "  {:<22} {:<12} {:<18} {:>10} {:>14}",
+        "pair", "VRRP", "master failure", "outage", "failed probes"
+    );
+    for row in &rows {
+        let version = if row.vrrp == "1s" {
+            "v2 1 s"
+        } else {
+            "v3 100 ms"
+        };
+        println!(
+            "  {:<22} {:<12} {:<18} {:>7} ms {:>8}/{}",
+            row.pair.label(),
+            version,
+            row.failure.label(),
+            row.outage.as_millis(),
+            row.failed,
+            row.total
+        );
+    }
+    for vrrp in &SETTINGS {
+        println!(
+            "  (v{} at {}: lb2's master-down interval is {} ms)",
+            vrrp.version,
+            vrrp.advert_int,
+            vrrp.master_down.as_millis()
+        );
+    }
+    println!(
+        "  (a probe = a new TCP connection + HTTP GET every {} ms, failed after {} ms)",
+        PROBE_EVERY.as_millis(),
+        PROBE_TIMEOUT.as_millis()
+    );
+    Ok(())
+}
