@@ -24,6 +24,7 @@ use crate::{
         DataplaneError, Tables,
     },
     health::{CheckOutcome, CheckReport, CheckTarget, HealthTracker},
+    reload::{restart_only_changes, ReloadSummary},
     state::{BackendSpec, RuntimeState, StateError},
 };
 
@@ -43,6 +44,11 @@ pub enum AgentError {
     /// The weight is outside the accepted range.
     #[error("weight {weight} is out of range: use 1..=100")]
     BadWeight { weight: u32 },
+    /// A reload changed settings that only a restart can apply.
+    #[error(
+        "the new config changes {fields}; restart the agent to apply that (nothing was changed)"
+    )]
+    NeedsRestart { fields: String },
     /// The change could not be written to the maps.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
@@ -166,6 +172,48 @@ impl Agent {
         let wanted = self.wanted();
         self.reconciler.apply(&mut self.tables, &wanted)?;
         Ok(())
+    }
+
+    /// Applies a new (validated) config to the running data path:
+    /// services, backends, health checks and conntrack timeouts, without
+    /// touching live flows. Refuses, changing nothing, when it touches what
+    /// only a restart can change; if the maps cannot be written, the old
+    /// config is put back.
+    pub fn reload(&mut self, new: Config) -> Result<ReloadSummary, AgentError> {
+        let restart = restart_only_changes(&self.config, &new);
+        if !restart.is_empty() {
+            return Err(AgentError::NeedsRestart {
+                fields: restart.join(", "),
+            });
+        }
+        let summary = ReloadSummary::between(&self.config, &new);
+        if summary.timeouts_changed {
+            let fresh = new.to_settings();
+            let mut settings = self.tables.settings()?;
+            settings.tcp_handshake_ns = fresh.tcp_handshake_ns;
+            settings.tcp_established_ns = fresh.tcp_established_ns;
+            settings.tcp_closing_ns = fresh.tcp_closing_ns;
+            settings.udp_ns = fresh.udp_ns;
+            self.tables.write_settings(settings)?;
+        }
+        let old = std::mem::replace(&mut self.config, new);
+        let now = Instant::now();
+        self.sync_health(now);
+        if let Err(error) = self.apply() {
+            warn!(%error, "reload: writing the maps failed; putting the old config back");
+            self.config = old;
+            self.sync_health(now);
+            if let Err(error) = self.apply() {
+                warn!(%error, "reload: restoring the old config's maps");
+            }
+            return Err(error);
+        }
+        Ok(summary)
+    }
+
+    /// The running config.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn service_config(&self, name: &str) -> Result<&crate::config::ServiceConfig, AgentError> {
@@ -462,6 +510,7 @@ impl Agent {
         for t in targets {
             self.health
                 .entry((t.service.clone(), t.addr, t.port))
+                .and_modify(|entry| entry.tracker.set_thresholds(t.config.rise, t.config.fall))
                 .or_insert_with(|| HealthEntry {
                     tracker: HealthTracker::new(
                         t.config.start_as == StartAs::Up,

@@ -53,6 +53,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the running agent's config file and apply it without
+    /// dropping flows (as SIGHUP does); an invalid file changes nothing.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]

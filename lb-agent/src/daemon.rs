@@ -62,7 +62,30 @@ pub struct RunOptions {
 struct Handler {
     agent: Arc<Mutex<Agent>>,
     instance: String,
+    config_path: PathBuf,
     vrrp: Option<SharedStatus>,
+}
+
+/// Re-reads `path` and applies it to the running agent. An invalid file, or
+/// one that changes what needs a restart, changes nothing.
+pub fn reload(path: &Path, agent: &mut Agent) -> Result<String, String> {
+    let new = Config::load(path).map_err(|error| format!("{error}\nthe running config stays"))?;
+    if new.vrrp != agent.config().vrrp {
+        return Err(format!(
+            "{}: [vrrp] changed; restart the agent to apply VRRP changes (nothing was changed)",
+            path.display()
+        ));
+    }
+    match agent.reload(new) {
+        Ok(summary) => {
+            info!(config = %path.display(), changes = %summary, "config reloaded");
+            Ok(format!("reloaded {}: {summary}", path.display()))
+        }
+        Err(error) => {
+            warn!(config = %path.display(), %error, "reload refused");
+            Err(error.to_string())
+        }
+    }
 }
 
 impl ControlHandler for Handler {
@@ -99,6 +122,12 @@ impl ControlHandler for Handler {
                 .drain_backend(&service, address, port)
                 .map(|message| Reply::Changed { message }),
             Request::Stats => Ok(Reply::Stats(agent.stats())),
+            Request::Reload => {
+                return match reload(&self.config_path, &mut agent) {
+                    Ok(message) => Response::Ok(Reply::Changed { message }),
+                    Err(message) => Response::Error { message },
+                }
+            }
             Request::Status => Ok(Reply::Status(NodeStatus {
                 instance: self.instance.clone(),
                 vrrp: self
@@ -263,6 +292,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         let handler = Arc::new(Handler {
             agent: agent.clone(),
             instance: options.instance.clone(),
+            config_path: options.config_path.clone(),
             vrrp: vrrp_status,
         });
         let mut stop = stop_rx.clone();
@@ -320,6 +350,34 @@ pub async fn run(options: RunOptions) -> Result<()> {
         })
     };
 
+    let hangups = {
+        let (agent, path) = (agent.clone(), options.config_path.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hangup = match signal(SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(%error, "cannot watch SIGHUP; use `lb-agent reload`");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    Some(()) = hangup.recv() => {
+                        info!("SIGHUP received: reloading the config");
+                        if let Some(mut a) = lock(&agent) {
+                            if let Err(message) = reload(&path, &mut a) {
+                                warn!("reload failed: {message}");
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    };
+
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     if let Some(task) = vrrp_task {
@@ -328,6 +386,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     }
     let _ = server.await;
     let _ = upkeep.await;
+    let _ = hangups.await;
     let _ = std::fs::remove_file(&socket);
 
     if keep_forwarding {

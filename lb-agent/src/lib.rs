@@ -4,7 +4,7 @@
 //! Modules, one job each: `config` (TOML), `state` (persisted run-time
 //! changes), `schedule` (weighted ring), `ports` (NAT range vs kernel),
 //! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution),
-//! `agent` (operations), `control` (socket API), `cli` and `output`, and
+//! `agent` (operations), `reload` (what a reload may change), `control` (socket API), `cli` and `output`, and
 //! `daemon` (the `run` loop).
 
 pub mod agent;
@@ -18,6 +18,7 @@ pub mod health;
 pub mod neighbors;
 pub mod output;
 pub mod ports;
+pub mod reload;
 pub mod reset;
 pub mod schedule;
 pub mod state;

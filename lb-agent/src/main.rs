@@ -117,6 +117,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         } => (Request::ServicesList, json),
         Command::Stats { json } => (Request::Stats, json),
         Command::Status { json } => (Request::Status, json),
+        Command::Reload => (Request::Reload, false),
     };
     let path = socket_path(&cli.instance);
     match client::call(&path, &cli.instance, &request).await {

@@ -30,6 +30,8 @@ pub enum Request {
     },
     Stats,
     Status,
+    /// Re-read the config file and apply it (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,12 @@ impl HealthTracker {
         self.up
     }
 
+    /// New rise/fall counts (a reload); the state and streaks stay.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     pub fn changed_at(&self) -> Instant {
         self.changed_at
     }

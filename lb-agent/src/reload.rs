@@ -1,0 +1,203 @@
+//! What a reload (SIGHUP, `lb-agent reload`) may change in place and what
+//! it changed. Services, backends, health checks and conntrack timeouts are
+//! applied to the running data path; what is fixed when the program is
+//! loaded and attached (interfaces, addresses, table sizes, the NAT port
+//! range) needs a restart, and a reload that touches it is refused whole.
+
+use std::fmt;
+
+use crate::config::{Config, ServiceConfig};
+
+/// Fields a reload cannot apply, with why, in the order they were found.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (&old.node, &new.node);
+    let mut changed = Vec::new();
+    let mut check = |field: &str, differs: bool, why: &str| {
+        if differs {
+            changed.push(format!("{field} ({why})"));
+        }
+    };
+    check(
+        "node.public_interface",
+        a.public_interface != b.public_interface,
+        "the program is attached to it",
+    );
+    check(
+        "node.private_interface",
+        a.private_interface != b.private_interface,
+        "the program is attached to it",
+    );
+    check(
+        "node.private_address",
+        a.private_address != b.private_address,
+        "live flows are NATed to it",
+    );
+    check(
+        "node.xdp_mode",
+        a.xdp_mode != b.xdp_mode,
+        "chosen when attaching",
+    );
+    check(
+        "node.port_range",
+        a.port_range != b.port_range,
+        "live flows hold ports of it",
+    );
+    check(
+        "node.state_dir",
+        a.state_dir != b.state_dir,
+        "run-time changes are kept there",
+    );
+    check(
+        "conntrack.max_flows",
+        old.conntrack.max_flows != new.conntrack.max_flows,
+        "the flow tables are sized when loading",
+    );
+    changed
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub services_added: Vec<String>,
+    pub services_removed: Vec<String>,
+    pub services_changed: Vec<String>,
+    pub timeouts_changed: bool,
+    pub vrrp_changed: bool,
+}
+
+impl ReloadSummary {
+    pub fn between(old: &Config, new: &Config) -> Self {
+        let find = |config: &Config, name: &str| -> Option<ServiceConfig> {
+            config.services.iter().find(|s| s.name == name).cloned()
+        };
+        let mut summary = Self::default();
+        for service in &new.services {
+            match find(old, &service.name) {
+                None => summary.services_added.push(service.name.clone()),
+                Some(before) if before != *service => {
+                    summary.services_changed.push(service.name.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        for service in &old.services {
+            if find(new, &service.name).is_none() {
+                summary.services_removed.push(service.name.clone());
+            }
+        }
+        let (a, b) = (&old.conntrack, &new.conntrack);
+        summary.timeouts_changed = a.tcp_handshake_timeout != b.tcp_handshake_timeout
+            || a.tcp_established_timeout != b.tcp_established_timeout
+            || a.tcp_closing_timeout != b.tcp_closing_timeout
+            || a.udp_timeout != b.udp_timeout;
+        summary.vrrp_changed = old.vrrp != new.vrrp;
+        summary
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl fmt::Display for ReloadSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return write!(f, "nothing changed");
+        }
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.services_added),
+            ("removed", &self.services_removed),
+            ("changed", &self.services_changed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("services {what}: {}", names.join(", ")));
+            }
+        }
+        if self.timeouts_changed {
+            parts.push("conntrack timeouts changed".into());
+        }
+        if self.vrrp_changed {
+            parts.push("VRRP settings changed".into());
+        }
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[node]
+public_interface = "pub0"
+private_interface = "priv0"
+private_address = "10.200.0.11"
+
+[[service]]
+name = "www"
+vip = "10.100.0.100"
+port = 80
+  [[service.backend]]
+  address = "10.200.0.21"
+
+[[service]]
+name = "dns"
+vip = "10.100.0.100"
+port = 5353
+protocol = "udp"
+  [[service.backend]]
+  address = "10.200.0.21"
+"#;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "test").expect("valid test config")
+    }
+
+    #[test]
+    fn services_added_removed_and_changed_are_told_apart() {
+        let old = config(BASE);
+        let new = config(&BASE.replace("name = \"dns\"", "name = \"dns2\"").replace(
+            "port = 80\n  [[service.backend]]\n  address = \"10.200.0.21\"",
+            "port = 80\n  [[service.backend]]\n  address = \"10.200.0.22\"",
+        ));
+        let summary = ReloadSummary::between(&old, &new);
+        assert_eq!(summary.services_added, ["dns2"]);
+        assert_eq!(summary.services_removed, ["dns"]);
+        assert_eq!(summary.services_changed, ["www"]);
+        assert!(!summary.vrrp_changed && !summary.timeouts_changed);
+        assert!(restart_only_changes(&old, &new).is_empty());
+        assert!(ReloadSummary::between(&old, &old).is_empty());
+        assert_eq!(
+            ReloadSummary::between(&old, &old).to_string(),
+            "nothing changed"
+        );
+    }
+
+    #[test]
+    fn node_changes_need_a_restart() {
+        let old = config(BASE);
+        let new = config(
+            &BASE
+                .replace("\"priv0\"", "\"eth1\"")
+                .replace("[node]", "[conntrack]\nmax_flows = 4096\n\n[node]"),
+        );
+        let changes = restart_only_changes(&old, &new);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes[0].starts_with("node.private_interface"));
+        assert!(changes[1].starts_with("conntrack.max_flows"));
+    }
+
+    #[test]
+    fn timeouts_apply_in_place() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "[node]",
+            "[conntrack]\ntcp_established_timeout = \"5m\"\n\n[node]",
+        ));
+        let summary = ReloadSummary::between(&old, &new);
+        assert!(summary.timeouts_changed);
+        assert!(restart_only_changes(&old, &new).is_empty());
+        assert_eq!(summary.to_string(), "conntrack timeouts changed");
+    }
+}

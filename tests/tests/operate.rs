@@ -1,0 +1,182 @@
+//! Operating the agent in the lab: reload (SIGHUP and `lb-agent reload`)
+//! while clients keep connecting, and an invalid reload that changes
+//! nothing.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use integration_tests::e2e::*;
+use xtask::lab::{Lab, Node};
+
+/// Requests through the VIP every 50 ms until stopped (at most 600):
+/// answers by body, failures by message.
+fn client_loop(
+    lab: &Lab,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(BTreeMap<String, usize>, Vec<String>)> {
+    let client = lab.ns(Node::Client);
+    std::thread::spawn(move || {
+        let (mut answers, mut failed) = (BTreeMap::new(), Vec::new());
+        for _ in 0..600 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &client, "curl", "-sS", "--max-time", "2"])
+                .arg(VIP_URL)
+                .output()
+                .expect("curl");
+            if out.status.success() {
+                let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                *answers.entry(body).or_insert(0) += 1;
+            } else {
+                failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (answers, failed)
+    })
+}
+
+fn rewrite_config(lab: &Lab, from: &str, to: &str) {
+    let path = lab.agent_config_path(Node::Lb1);
+    let text = std::fs::read_to_string(&path).expect("lb1 config");
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write lb1 config");
+}
+
+/// `address state` of www's backends.
+fn www_backends(lab: &Lab) -> Vec<String> {
+    backends_json(lab, "www")
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {}",
+                b["address"].as_str().unwrap_or("?"),
+                b["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn reload_changes_backends_without_failing_a_request_or_a_flow() {
+    let Some(lab) = lab("oprel") else { return };
+    let download = download_on(&lab, "web2");
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = client_loop(&lab, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // web2 leaves the config, web3 joins: `lb-agent reload`.
+    rewrite_config(
+        &lab,
+        "address = \"10.200.0.22\"",
+        "address = \"10.200.0.23\"",
+    );
+    let said = agent(&lab, &["reload"]);
+    assert!(said.contains("services changed: www"), "{said}");
+    assert!(
+        wait_for(Duration::from_secs(5), || www_backends(&lab)
+            == [
+                "10.200.0.21 active",
+                "10.200.0.22 draining",
+                "10.200.0.23 active"
+            ]),
+        "www now has web1 and web3, web2 drains its download: {:?}",
+        www_backends(&lab)
+    );
+    // The health check of the new backend must pass before it gets traffic.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        download.progresses(Duration::from_secs(1)),
+        "the download from web2 goes on after web2 left the config"
+    );
+
+    // SIGHUP does the same: web2 comes back with weight 3.
+    rewrite_config(
+        &lab,
+        "address = \"10.200.0.23\"",
+        "address = \"10.200.0.22\"\n  weight = 3",
+    );
+    let pid = lab.agent_pid(Node::Lb1).expect("agent pid");
+    xtask::lab::process::signal(pid, libc::SIGHUP).expect("SIGHUP");
+    assert!(
+        wait_for(Duration::from_secs(5), || www_backends(&lab)
+            .contains(&"10.200.0.22 active".to_string())),
+        "SIGHUP reloads: {:?}",
+        www_backends(&lab)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let (answers, failed) = requests.join().expect("client loop");
+    assert!(
+        failed.is_empty(),
+        "requests failed during reloads: {failed:?}"
+    );
+    assert!(
+        answers.get("web3").copied().unwrap_or(0) > 0,
+        "web3 served after the first reload: {answers:?}"
+    );
+    assert_eq!(
+        lab.agent_pid(Node::Lb1),
+        Some(pid),
+        "the agent was not restarted"
+    );
+    let round = http_round(&lab, 40);
+    assert_eq!(round.get("web3"), None, "web3 left again: {round:?}");
+    let (web1, web2) = (
+        round.get("web1").copied().unwrap_or(0),
+        round.get("web2").copied().unwrap_or(0),
+    );
+    assert!(
+        web2 > web1 * 2,
+        "weight 3 against 1 after SIGHUP: {round:?}"
+    );
+}
+
+#[test]
+fn invalid_reload_changes_nothing() {
+    let Some(lab) = lab("opbad") else { return };
+    let before = www_backends(&lab);
+    let path = lab.agent_config_path(Node::Lb1);
+    let good = std::fs::read_to_string(&path).expect("config");
+
+    // A broken file: refused with the reason, nothing changes.
+    std::fs::write(&path, good.replacen("port = 80", "port = 0", 1)).expect("write");
+    let out = lab
+        .agent_cli(Node::Lb1, &["reload"])
+        .expect("lb-agent reload");
+    assert!(!out.status.success(), "an invalid reload fails");
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("port") && message.contains("running config stays"),
+        "{message}"
+    );
+    // A change only a restart can apply: refused whole, also the rest of it.
+    let restart_only = good
+        .replacen("max_flows = 65536", "max_flows = 131072", 1)
+        .replacen("address = \"10.200.0.22\"", "address = \"10.200.0.23\"", 1);
+    std::fs::write(&path, restart_only).expect("write");
+    let out = lab
+        .agent_cli(Node::Lb1, &["reload"])
+        .expect("lb-agent reload");
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("conntrack.max_flows") && message.contains("restart"),
+        "{message}"
+    );
+    assert_eq!(www_backends(&lab), before, "the running backends stay");
+    let round = http_round(&lab, 10);
+    assert!(
+        round.keys().all(|k| k == "web1" || k == "web2"),
+        "still served as before: {round:?}"
+    );
+    std::fs::write(&path, good).expect("restore");
+}
