@@ -45,6 +45,18 @@ pub struct Config {
     /// without it this node always holds the VIPs it serves.
     #[serde(default)]
     pub vrrp: Option<VrrpConfig>,
+    /// Prometheus metrics (`[metrics]`); off without it.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where `GET /metrics` is served.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port, e.g. "127.0.0.1:9650" (keep it off public
+    /// networks: it tells backends' addresses and health).
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[vrrp]`: one virtual router, keepalived-compatible.

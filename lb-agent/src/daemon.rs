@@ -26,6 +26,7 @@ use crate::{
         Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT,
     },
     health::HealthScheduler,
+    metrics::{self, Snapshot},
     neighbors::NeighborKeeper,
     ports,
     state::RuntimeState,
@@ -235,6 +236,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let private_interface = node.private_interface.clone();
     let public_interface = node.public_interface.clone();
     let vrrp_config = config.vrrp.clone();
+    let metrics_config = config.metrics.clone();
     let mut vips: Vec<Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
     vips.sort_unstable();
     vips.dedup();
@@ -248,6 +250,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .unwrap_or_default();
     neighbors.resolve_now(&backends, 20).await;
 
+    let metrics_listener = match &metrics_config {
+        Some(metrics) => Some(metrics::bind(metrics.listen).await?),
+        None => None,
+    };
     dataplane.attach()?;
     info!(instance = %options.instance, adopted = dataplane.adopted, "forwarding");
 
@@ -285,6 +291,27 @@ pub async fn run(options: RunOptions) -> Result<()> {
             )
         }
         None => (None, None),
+    };
+
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let (agent, instance) = (agent.clone(), options.instance.clone());
+            let vrrp = vrrp_status.clone();
+            let source: metrics::SnapshotSource = Arc::new(move || {
+                let stats = lock(&agent)?.stats();
+                let vrrp = vrrp.as_ref().and_then(|s| s.lock().ok().map(|s| s.clone()));
+                Some(Snapshot {
+                    instance: instance.clone(),
+                    stats,
+                    vrrp,
+                })
+            });
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(metrics::serve(listener, source, async move {
+                let _ = stop.changed().await;
+            })))
+        }
+        None => None,
     };
 
     let listener = bind(&socket).await?;
@@ -387,6 +414,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let _ = server.await;
     let _ = upkeep.await;
     let _ = hangups.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     let _ = std::fs::remove_file(&socket);
 
     if keep_forwarding {

@@ -4,7 +4,7 @@
 //! Modules, one job each: `config` (TOML), `state` (persisted run-time
 //! changes), `schedule` (weighted ring), `ports` (NAT range vs kernel),
 //! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution),
-//! `agent` (operations), `reload` (what a reload may change), `control` (socket API), `cli` and `output`, and
+//! `agent` (operations), `reload` (what a reload may change), `control` (socket API), `metrics` (Prometheus), `cli` and `output`, and
 //! `daemon` (the `run` loop).
 
 pub mod agent;
@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod floating_ip;
 pub mod health;
+pub mod metrics;
 pub mod neighbors;
 pub mod output;
 pub mod ports;

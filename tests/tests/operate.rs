@@ -180,3 +180,102 @@ fn invalid_reload_changes_nothing() {
     );
     std::fs::write(&path, good).expect("restore");
 }
+
+/// Scrapes `node`'s /metrics and parses it with a Prometheus text parser.
+fn scrape(lab: &Lab, node: Node) -> prometheus_parse::Scrape {
+    let text = lab
+        .exec_ok(
+            node,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9650/metrics",
+            ],
+        )
+        .expect("GET /metrics");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{text}"))
+}
+
+/// The value of the sample `name` whose labels include all of `labels`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_move_with_traffic() {
+    let Some(lab) = lab_ha("opmet") else { return };
+    let www = [("service", "www")];
+    let before = scrape(&lab, Node::Lb1);
+    let packets = value(&before, "lb_service_packets_total", &www).expect("www packets");
+    let new_flows = value(&before, "lb_service_new_flows_total", &www).expect("www new flows");
+    let round = http_round(&lab, 20);
+    assert_eq!(round.values().sum::<usize>(), 20, "{round:?}");
+    assert!(!round.contains_key("error"), "{round:?}");
+
+    let after = scrape(&lab, Node::Lb1);
+    let packets_after = value(&after, "lb_service_packets_total", &www).expect("www packets");
+    let new_after = value(&after, "lb_service_new_flows_total", &www).expect("www new flows");
+    assert!(
+        packets_after >= packets + 20.0 * 5.0,
+        "{packets} -> {packets_after}"
+    );
+    assert_eq!(new_after - new_flows, 20.0, "one new flow per request");
+    for backend in ["10.200.0.21:80", "10.200.0.22:80"] {
+        let labels = [("service", "www"), ("backend", backend)];
+        assert_eq!(
+            value(&after, "lb_backend_up", &labels),
+            Some(1.0),
+            "{backend}"
+        );
+        assert!(value(&after, "lb_backend_new_flows_total", &labels).unwrap_or(0.0) >= 1.0);
+    }
+    assert!(
+        value(
+            &after,
+            "lb_xdp_packets_total",
+            &[("reason", "forwarded_to_backend")]
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(value(&after, "lb_conntrack_capacity", &[]), Some(65536.0));
+    assert_eq!(
+        value(&after, "lb_vrrp_state", &[("state", "MASTER")]),
+        Some(1.0)
+    );
+    assert_eq!(value(&after, "lb_vrrp_priority", &[]), Some(200.0));
+    assert!(value(&after, "lb_vrrp_adverts_sent_total", &[]).unwrap_or(0.0) > 0.0);
+    let backup = scrape(&lab, Node::Lb2);
+    assert_eq!(
+        value(&backup, "lb_vrrp_state", &[("state", "BACKUP")]),
+        Some(1.0)
+    );
+    assert!(value(&backup, "lb_vrrp_adverts_received_total", &[]).unwrap_or(0.0) > 0.0);
+
+    // A health transition shows up as a gauge and a counter.
+    lab.stop_nginx(Node::Web1).expect("stop nginx on web1");
+    let web1 = [("service", "www"), ("backend", "10.200.0.21:80")];
+    assert!(
+        wait_for(Duration::from_secs(10), || value(
+            &scrape(&lab, Node::Lb1),
+            "lb_backend_up",
+            &web1
+        ) == Some(0.0)),
+        "web1 reported down"
+    );
+    let down = scrape(&lab, Node::Lb1);
+    assert!(value(&down, "lb_backend_health_transitions_total", &web1).unwrap_or(0.0) >= 1.0);
+    lab.start_nginx(Node::Web1).expect("start nginx on web1");
+}

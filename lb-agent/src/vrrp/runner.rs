@@ -32,6 +32,9 @@ pub struct VrrpStatus {
     /// Unix time of the last transition and why it happened.
     pub last_transition_unix: Option<u64>,
     pub last_transition_reason: String,
+    /// State changes since the agent started.
+    #[serde(default)]
+    pub transitions: u64,
     pub provider: String,
     /// Floating addresses this node holds now.
     pub holds: Vec<Ipv4Addr>,
@@ -199,6 +202,7 @@ impl VrrpRunner {
         update(&self.status, |s| {
             s.state = state_name(to).into();
             s.last_transition_unix = Some(now);
+            s.transitions += 1;
             s.last_transition_reason = reason.into();
         });
     }

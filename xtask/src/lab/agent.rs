@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 
 use super::{
     process, run_dir, Lab, Node, AGENT_SOCKET_DIR, AGENT_START_TIMEOUT, BPFFS, HTTP_PORT,
-    PORT_RANGE, STOP_GRACE, UDP_PORT, VIP,
+    METRICS_PORT, PORT_RANGE, STOP_GRACE, UDP_PORT, VIP,
 };
 use crate::cmd;
 
@@ -43,6 +43,9 @@ state_dir = "{}"
 
 [conntrack]
 max_flows = 65536
+
+[metrics]
+listen = "127.0.0.1:{METRICS_PORT}"
 
 [[service]]
 name = "www"

@@ -49,6 +49,8 @@ pub const NET_PREFIX_LEN: u8 = 24;
 /// The `www` service (TCP) port and the `dns` service (UDP) port.
 pub const HTTP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 5353;
+/// The agents serve Prometheus metrics on 127.0.0.1 of their node.
+pub const METRICS_PORT: u16 = 9650;
 /// Source ports the agents use towards the web servers.
 pub const PORT_RANGE: (u16, u16) = (10000, 32767);
 /// Where the lab keeps configs, logs and pid files (`<RUN_ROOT>/<prefix>`).
