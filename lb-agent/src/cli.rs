@@ -47,6 +47,14 @@ pub enum Command {
     Stats {
         #[arg(long)]
         json: bool,
+        /// Refresh every --interval until interrupted (or --count times).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "2s", value_parser = crate::config::parse_duration)]
+        interval: std::time::Duration,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Role (VRRP state, master, floating IP) and services.
     Status {

@@ -17,7 +17,7 @@ use crate::{
     agent::Agent,
     config::{Config, XdpMode},
     control::{
-        protocol::{NodeStatus, Reply, Request, Response},
+        protocol::{NodeStatus, Reply, Request, Response, ServiceBackend, STATUS_SCHEMA},
         server::{bind, ensure_not_running, serve, ControlHandler},
         socket_path,
     },
@@ -129,14 +129,27 @@ impl ControlHandler for Handler {
                     Err(message) => Response::Error { message },
                 }
             }
-            Request::Status => Ok(Reply::Status(NodeStatus {
-                instance: self.instance.clone(),
-                vrrp: self
-                    .vrrp
-                    .as_ref()
-                    .and_then(|s| s.lock().ok().map(|s| s.clone())),
-                services: agent.list_services(),
-            })),
+            Request::Status => {
+                let stats = agent.stats();
+                Ok(Reply::Status(Box::new(NodeStatus {
+                    schema: STATUS_SCHEMA,
+                    instance: self.instance.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    vrrp: self
+                        .vrrp
+                        .as_ref()
+                        .and_then(|s| s.lock().ok().map(|s| s.clone())),
+                    services: stats.services,
+                    backends: stats
+                        .backends
+                        .into_iter()
+                        .map(|(service, backend)| ServiceBackend { service, backend })
+                        .collect(),
+                    reasons: stats.reasons,
+                    flows: stats.flows,
+                    max_flows: stats.max_flows,
+                })))
+            }
         };
         match result {
             Ok(reply) => Response::Ok(reply),

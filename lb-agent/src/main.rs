@@ -115,7 +115,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Services {
             action: ServicesAction::List { json },
         } => (Request::ServicesList, json),
-        Command::Stats { json } => (Request::Stats, json),
+        Command::Stats {
+            json,
+            watch: true,
+            interval,
+            count,
+        } => return watch_stats(&cli.instance, json, interval, count).await,
+        Command::Stats { json, .. } => (Request::Stats, json),
         Command::Status { json } => (Request::Status, json),
         Command::Reload => (Request::Reload, false),
     };
@@ -136,6 +142,49 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Err(error) => {
             eprintln!("lb-agent: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `stats --watch`: clears the terminal and shows the counters again every
+/// `interval`, until interrupted or `count` refreshes.
+async fn watch_stats(
+    instance: &str,
+    json: bool,
+    interval: std::time::Duration,
+    count: Option<u64>,
+) -> ExitCode {
+    let path = socket_path(instance);
+    let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
+    let mut shown = 0u64;
+    loop {
+        match client::call(&path, instance, &Request::Stats).await {
+            Ok(Response::Ok(reply)) => {
+                if clear {
+                    print!("\x1b[2J\x1b[H");
+                }
+                if json {
+                    print!("{}", output::render_json(&reply));
+                } else {
+                    print!("{}", output::render(&reply));
+                }
+            }
+            Ok(Response::Error { message }) => {
+                eprintln!("lb-agent: {message}");
+                return ExitCode::FAILURE;
+            }
+            Err(error) => {
+                eprintln!("lb-agent: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+        shown += 1;
+        if count.is_some_and(|c| shown >= c) {
+            return ExitCode::SUCCESS;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
 }

@@ -174,7 +174,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         "1 while the backend's health checks pass (or it has none), else 0.",
         backends,
         |b: &B| {
-            let up = matches!(b.1.health, crate::control::protocol::Health::Up);
+            let up = !matches!(b.1.health, crate::control::protocol::Health::Down);
             (backend(b), u64::from(up))
         },
     );

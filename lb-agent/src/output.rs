@@ -101,32 +101,44 @@ const BACKEND_HEADERS: [&str; 9] = [
     "BYTES",
 ];
 
-fn stats(report: &StatsReport) -> String {
-    let mut out = services(&report.services);
-    out.push('\n');
-    let rows: Vec<Vec<String>> = report
-        .backends
-        .iter()
+/// Backends with their service, reasons with packets, flow table fill.
+fn counters<'a>(
+    backends: impl Iterator<Item = (&'a str, &'a BackendStatus)>,
+    reasons: &[crate::control::protocol::ReasonCount],
+    flows: u64,
+    max_flows: u64,
+) -> String {
+    let rows: Vec<Vec<String>> = backends
         .map(|(service, b)| {
-            let mut row = vec![service.clone()];
+            let mut row = vec![service.to_string()];
             row.extend(backend_row(b));
             row
         })
         .collect();
     let mut headers = vec!["SERVICE"];
     headers.extend(BACKEND_HEADERS);
-    out.push_str(&table(&headers, &rows));
+    let mut out = table(&headers, &rows);
     out.push('\n');
-    let rows: Vec<Vec<String>> = report
-        .reasons
+    let rows: Vec<Vec<String>> = reasons
         .iter()
         .filter(|r| r.packets > 0)
         .map(|r| vec![r.reason.clone(), r.packets.to_string()])
         .collect();
     out.push_str(&table(&["REASON", "PACKETS"], &rows));
     out.push_str(&format!(
-        "\nflow table: {} live of {} entries\n",
-        report.flows, report.max_flows
+        "\nflow table: {flows} live of {max_flows} entries\n"
+    ));
+    out
+}
+
+fn stats(report: &StatsReport) -> String {
+    let mut out = services(&report.services);
+    out.push('\n');
+    out.push_str(&counters(
+        report.backends.iter().map(|(s, b)| (s.as_str(), b)),
+        &report.reasons,
+        report.flows,
+        report.max_flows,
     ));
     out
 }
@@ -164,6 +176,16 @@ fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
     }
     out.push('\n');
     out.push_str(&services(&status.services));
+    out.push('\n');
+    out.push_str(&counters(
+        status
+            .backends
+            .iter()
+            .map(|b| (b.service.as_str(), &b.backend)),
+        &status.reasons,
+        status.flows,
+        status.max_flows,
+    ));
     out
 }
 

@@ -138,6 +138,7 @@ private_address = "10.200.0.11"
 name = "www"
 vip = "10.100.0.100"
 port = 80
+protocol = "tcp"
   [[service.backend]]
   address = "10.200.0.21"
 
@@ -158,8 +159,8 @@ protocol = "udp"
     fn services_added_removed_and_changed_are_told_apart() {
         let old = config(BASE);
         let new = config(&BASE.replace("name = \"dns\"", "name = \"dns2\"").replace(
-            "port = 80\n  [[service.backend]]\n  address = \"10.200.0.21\"",
-            "port = 80\n  [[service.backend]]\n  address = \"10.200.0.22\"",
+            "protocol = \"tcp\"\n  [[service.backend]]\n  address = \"10.200.0.21\"",
+            "protocol = \"tcp\"\n  [[service.backend]]\n  address = \"10.200.0.22\"",
         ));
         let summary = ReloadSummary::between(&old, &new);
         assert_eq!(summary.services_added, ["dns2"]);

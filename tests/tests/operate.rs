@@ -279,3 +279,43 @@ fn metrics_are_prometheus_text_and_move_with_traffic() {
     assert!(value(&down, "lb_backend_health_transitions_total", &web1).unwrap_or(0.0) >= 1.0);
     lab.start_nginx(Node::Web1).expect("start nginx on web1");
 }
+
+#[test]
+fn status_json_follows_its_schema_and_stats_watch_refreshes() {
+    let Some(lab) = lab("opstat") else { return };
+    http_round(&lab, 4);
+    let status: serde_json::Value =
+        serde_json::from_str(&agent(&lab, &["status", "--json"])).expect("status JSON");
+    assert_eq!(status["schema"], 1);
+    assert_eq!(status["instance"], lab.instance(Node::Lb1));
+    assert!(status["version"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(status["vrrp"].is_null(), "no [vrrp] in this lab");
+    let backends = status["backends"].as_array().expect("backends");
+    assert_eq!(backends.len(), 4, "www and dns, web1 and web2 each");
+    for backend in backends {
+        for field in [
+            "service",
+            "address",
+            "port",
+            "state",
+            "health",
+            "active_flows",
+        ] {
+            assert!(!backend[field].is_null(), "{field} in {backend}");
+        }
+    }
+    assert!(status["services"][0]["new_flows"].as_u64().is_some());
+    assert!(status["reasons"].as_array().is_some_and(|r| !r.is_empty()));
+    assert_eq!(status["max_flows"], 65536);
+
+    let human = agent(&lab, &["status"]);
+    assert!(
+        human.contains("vrrp: not configured") && human.contains("flow table:"),
+        "{human}"
+    );
+    let watched = agent(
+        &lab,
+        &["stats", "--watch", "--interval", "100ms", "--count", "3"],
+    );
+    assert_eq!(watched.matches("flow table:").count(), 3, "{watched}");
+}

@@ -47,17 +47,45 @@ pub enum Reply {
     Services(Vec<ServiceStatus>),
     Backends(Vec<BackendStatus>),
     Stats(StatsReport),
-    Status(NodeStatus),
+    Status(Box<NodeStatus>),
     Changed { message: String },
 }
 
 /// `lb-agent status`: the node's role and its services.
+/// `lb-agent status --json`: a stable, documented schema (README). Fields
+/// are only added; `schema` goes up on an incompatible change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
+    #[serde(default)]
+    pub schema: u32,
     pub instance: String,
+    /// The agent's version.
+    #[serde(default)]
+    pub version: String,
     /// VRRP state, or `None` when the node runs without `[vrrp]`.
     pub vrrp: Option<crate::vrrp::runner::VrrpStatus>,
     pub services: Vec<ServiceStatus>,
+    #[serde(default)]
+    pub backends: Vec<ServiceBackend>,
+    /// Packets by what the XDP program did with them.
+    #[serde(default)]
+    pub reasons: Vec<ReasonCount>,
+    /// Live flows and the table's size.
+    #[serde(default)]
+    pub flows: u64,
+    #[serde(default)]
+    pub max_flows: u64,
+}
+
+/// The schema of `NodeStatus` this agent writes.
+pub const STATUS_SCHEMA: u32 = 1;
+
+/// A backend with the service it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceBackend {
+    pub service: String,
+    #[serde(flatten)]
+    pub backend: BackendStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
