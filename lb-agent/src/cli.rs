@@ -28,10 +28,15 @@ pub enum Command {
         #[arg(long)]
         keep_forwarding: bool,
     },
-    /// Validate a config file and exit (0 = valid, 64 = invalid).
+    /// Validate a config file like `haproxy -c`: every problem as
+    /// FILE:LINE: message; exit 0 when valid, 78 (EX_CONFIG) when not.
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+        /// Skip what only the LB node can tell (its interfaces exist), to
+        /// check a file on another machine.
+        #[arg(long)]
+        offline: bool,
     },
     /// Change or list a service's backends at run time.
     Backends {

