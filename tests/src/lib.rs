@@ -2,6 +2,7 @@
 //! end-to-end tests: packet crafting, network-namespace guards and locating
 //! the build's artifacts.
 
+pub mod arp;
 pub mod artifacts;
 pub mod e2e;
 pub mod netns;

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{e2e::*, netns::NetNs};
+use integration_tests::{arp::who_has, e2e::*, netns::NetNs};
 use lb_agent::vrrp::packet::{Advert, Auth, Version};
 use lb_common::checksum;
 use xtask::lab::{Lab, Node};
@@ -151,6 +151,48 @@ fn exactly_one_node_answers_arp_for_the_vip() {
     );
     assert_eq!(vrrp_state(&lab, Node::Lb2), "BACKUP");
     assert_eq!(vrrp_field(&lab, Node::Lb2, "holds"), serde_json::json!([]));
+
+    // Ask on the wire, before and after a failover: one answer each time.
+    let client = Node::Client.public_address().expect("client address");
+    let ask = || {
+        who_has(
+            &lab.ns(Node::Client),
+            "eth0",
+            client,
+            VIP,
+            Duration::from_millis(500),
+        )
+    };
+    let answers = ask();
+    assert_eq!(
+        answers.len(),
+        1,
+        "one node answers ARP for the VIP: {answers:?}"
+    );
+    assert_eq!(
+        answers.iter().next().map(|m| mac_text(m)),
+        Some(mac.clone()),
+        "lb1 answers"
+    );
+    lab.stop_agent(Node::Lb1).expect("graceful stop of lb1");
+    assert!(wait_for(Duration::from_secs(3), || vrrp_state(
+        &lab,
+        Node::Lb2
+    ) == "MASTER"));
+    let answers = ask();
+    assert_eq!(answers.len(), 1, "after the failover too: {answers:?}");
+    assert_ne!(
+        answers.iter().next().map(|m| mac_text(m)),
+        Some(mac),
+        "now lb2 answers"
+    );
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Sends a hand-made IPv4 packet (protocol 112) from inside `ns`.
