@@ -170,7 +170,7 @@ fn exactly_one_node_answers_arp_for_the_vip() {
         "one node answers ARP for the VIP: {answers:?}"
     );
     assert_eq!(
-        answers.iter().next().map(|m| mac_text(m)),
+        answers.iter().next().map(mac_text),
         Some(mac.clone()),
         "lb1 answers"
     );
@@ -182,7 +182,7 @@ fn exactly_one_node_answers_arp_for_the_vip() {
     let answers = ask();
     assert_eq!(answers.len(), 1, "after the failover too: {answers:?}");
     assert_ne!(
-        answers.iter().next().map(|m| mac_text(m)),
+        answers.iter().next().map(mac_text),
         Some(mac),
         "now lb2 answers"
     );
