@@ -246,7 +246,11 @@ mod tests {
         let target = SocketAddrV4::new(LOOPBACK, port);
         assert!(probe.run(LOOPBACK, target, Duration::from_secs(1)).await.ok);
         drop(listener);
-        let outcome = probe.run(LOOPBACK, target, Duration::from_secs(1)).await;
+        // Not the freed port: a parallel test may take it, or the probe's
+        // own ephemeral source port may equal it (a TCP self-connect).
+        // Nothing listens on port 1 and no ephemeral port is that low.
+        let closed = SocketAddrV4::new(LOOPBACK, 1);
+        let outcome = probe.run(LOOPBACK, closed, Duration::from_secs(1)).await;
         assert!(
             !outcome.ok && outcome.detail.contains("connect"),
             "{outcome:?}"
