@@ -130,6 +130,164 @@ pub struct VrrpConfig {
     /// keepalived's `vrrp_script` + `track_script` (`[[vrrp.track_script]]`).
     #[serde(default)]
     pub track_script: Vec<TrackScript>,
+    /// Where the floating IP lives while this node is master
+    /// (`[vrrp.floating_ip]`; default the `local` provider).
+    #[serde(default)]
+    pub floating_ip: FloatingIpConfig,
+}
+
+/// Which floating IP provider moves the addresses.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// On node.public_interface, announced with gratuitous ARPs.
+    #[default]
+    Local,
+    /// A DigitalOcean reserved IP, assigned through the API.
+    Digitalocean,
+    /// A user command (e.g. the classic `assign-ip` script).
+    Exec,
+}
+
+/// `[vrrp.floating_ip]`: the provider and its settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FloatingIpConfig {
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// While master, how often the provider checks that the addresses are
+    /// still this node's (and re-asserts them if not).
+    #[serde(default = "default_reconcile_interval", deserialize_with = "duration")]
+    pub reconcile_interval: Duration,
+    /// Attempts per assignment and the pause between them (the classic
+    /// script: 10 tries, 3 s apart).
+    #[serde(default = "default_provider_tries")]
+    pub tries: u32,
+    #[serde(default = "default_retry_interval", deserialize_with = "duration")]
+    pub retry_interval: Duration,
+    /// Limit of one API request or command run.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// digitalocean: API base URL.
+    #[serde(default = "default_do_api_url")]
+    pub api_url: String,
+    /// digitalocean: metadata service base URL (droplet id).
+    #[serde(default = "default_do_metadata_url")]
+    pub metadata_url: String,
+    /// digitalocean: this droplet's id; default: asked from the metadata service.
+    #[serde(default)]
+    pub droplet_id: Option<u64>,
+    /// digitalocean: environment variable holding the API token.
+    #[serde(default = "default_do_token_env")]
+    pub token_env: String,
+    /// digitalocean: file holding the API token (not readable by group or
+    /// others); used instead of `token_env` when set.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// exec: command that moves the addresses here (`/bin/sh -c`, with
+    /// LB_FLOATING_IPS, LB_INSTANCE, LB_STATE); exit 0 = done.
+    #[serde(default)]
+    pub assign: Option<String>,
+    /// exec: command run on leaving MASTER (optional).
+    #[serde(default)]
+    pub release: Option<String>,
+    /// exec: command telling whether the addresses are here (exit 0);
+    /// while master, a failing check runs `assign` again.
+    #[serde(default)]
+    pub check: Option<String>,
+}
+
+impl Default for FloatingIpConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderKind::Local,
+            reconcile_interval: default_reconcile_interval(),
+            tries: default_provider_tries(),
+            retry_interval: default_retry_interval(),
+            request_timeout: default_request_timeout(),
+            api_url: default_do_api_url(),
+            metadata_url: default_do_metadata_url(),
+            droplet_id: None,
+            token_env: default_do_token_env(),
+            token_file: None,
+            assign: None,
+            release: None,
+            check: None,
+        }
+    }
+}
+
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_provider_tries() -> u32 {
+    10
+}
+fn default_retry_interval() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_do_api_url() -> String {
+    "https://api.digitalocean.com".into()
+}
+fn default_do_metadata_url() -> String {
+    "http://169.254.169.254".into()
+}
+fn default_do_token_env() -> String {
+    "DIGITALOCEAN_TOKEN".into()
+}
+
+impl FloatingIpConfig {
+    /// Everything wrong with the provider settings.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let at = "vrrp.floating_ip";
+        if self.reconcile_interval < Duration::from_millis(100) {
+            problems.push(format!("{at}.reconcile_interval must be at least 100ms"));
+        }
+        if !(1..=100).contains(&self.tries) {
+            problems.push(format!("{at}.tries = {}: use 1..=100", self.tries));
+        }
+        if self.request_timeout.is_zero() {
+            problems.push(format!("{at}.request_timeout must be longer than zero"));
+        }
+        let exec_fields = [&self.assign, &self.release, &self.check];
+        match self.provider {
+            ProviderKind::Local => {}
+            ProviderKind::Digitalocean => {
+                for (name, url) in [
+                    ("api_url", &self.api_url),
+                    ("metadata_url", &self.metadata_url),
+                ] {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        problems.push(format!(
+                            "{at}.{name} = {url:?}: write an http:// or https:// URL"
+                        ));
+                    }
+                }
+                if self.token_env.is_empty() && self.token_file.is_none() {
+                    problems.push(format!(
+                        "{at}: the digitalocean provider needs token_env or token_file (never the token itself)"
+                    ));
+                }
+            }
+            ProviderKind::Exec => {
+                if self.assign.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                    problems.push(format!(
+                        "{at}: provider = \"exec\" needs assign = \"command\""
+                    ));
+                }
+            }
+        }
+        if self.provider != ProviderKind::Exec && exec_fields.iter().any(|f| f.is_some()) {
+            problems.push(format!(
+                "{at}: assign/release/check belong to provider = \"exec\""
+            ));
+        }
+        problems
+    }
 }
 
 /// `[[vrrp.track_script]]`, with keepalived's `vrrp_script` semantics.
@@ -234,6 +392,7 @@ impl VrrpConfig {
                 ));
             }
         }
+        problems.extend(self.floating_ip.problems());
         let src = self.unicast_src.unwrap_or(node.private_address);
         if self.unicast_peers.contains(&src) {
             problems.push(format!(

@@ -4,6 +4,7 @@
 
 pub mod arp;
 pub mod artifacts;
+pub mod do_api;
 pub mod e2e;
 pub mod netns;
 pub mod packet;

@@ -18,7 +18,15 @@ use super::{
     machine::{Action, Machine, Params, State},
     packet::{split_ipv4, Advert, Auth, Version},
 };
-use crate::{config::VrrpConfig, floating_ip::LocalProvider};
+use crate::{
+    config::VrrpConfig,
+    floating_ip::{Provider, ProviderHandle},
+};
+
+/// How often the status shows the provider's latest view.
+const PROVIDER_STATUS_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a stopping agent waits for the provider to release.
+const PROVIDER_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
 /// What `lb-agent status` shows of VRRP.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +46,14 @@ pub struct VrrpStatus {
     pub provider: String,
     /// Floating addresses this node holds now.
     pub holds: Vec<Ipv4Addr>,
+    /// Provider operations (address changes, API requests, commands), how
+    /// many failed, and the last failure.
+    #[serde(default)]
+    pub provider_calls: u64,
+    #[serde(default)]
+    pub provider_errors: u64,
+    #[serde(default)]
+    pub provider_last_error: Option<String>,
     pub adverts_sent: u64,
     pub adverts_received: u64,
     /// Ignored advertisements by reason (wrong source, TTL, auth, ...).
@@ -64,7 +80,10 @@ fn state_name(state: State) -> &'static str {
 pub struct VrrpRunner {
     machine: Machine,
     socket: VrrpSocket,
-    provider: LocalProvider,
+    /// The provider until `run` starts its worker.
+    pending_provider: Option<Provider>,
+    provider: Option<ProviderHandle>,
+    reconcile_interval: Duration,
     config: VrrpConfig,
     instance: String,
     src: Ipv4Addr,
@@ -101,11 +120,13 @@ impl VrrpRunner {
             address: src,
         });
         let socket = VrrpSocket::open(src, interface, &config.unicast_peers)?;
-        let provider = LocalProvider::new(
+        let provider = Provider::from_config(
+            &config.floating_ip,
             public_interface,
             addresses.clone(),
             config.garp_count,
             config.garp_interval,
+            instance,
         )?;
         let auth = match &config.auth_pass {
             Some(pass) if version == Version::V2 => Auth::simple(pass),
@@ -116,12 +137,14 @@ impl VrrpRunner {
             s.vrid = config.vrid;
             s.priority = config.priority;
             s.version = config.version;
-            s.provider = "local".into();
+            s.provider = provider.name().into();
         });
         Ok(Self {
             machine,
             socket,
-            provider,
+            pending_provider: Some(provider),
+            provider: None,
+            reconcile_interval: config.floating_ip.reconcile_interval,
             config: config.clone(),
             instance: instance.to_string(),
             src,
@@ -158,8 +181,8 @@ impl VrrpRunner {
                 }
                 Action::BecomeMaster => {
                     self.transition(State::Master, reason);
-                    if let Err(error) = self.provider.acquire().await {
-                        warn!(%error, "taking the floating IP");
+                    if let Some(provider) = &self.provider {
+                        provider.hold();
                     }
                     let _ = self.run_notify(State::Master);
                 }
@@ -176,21 +199,33 @@ impl VrrpRunner {
                         self.machine.state()
                     };
                     self.transition(state, reason);
-                    if let Err(error) = self.provider.release().await {
-                        warn!(%error, "releasing the floating IP");
+                    if let Some(provider) = &self.provider {
+                        provider.release();
                     }
                     let _ = self.run_notify(state);
                 }
             }
         }
-        let holds = self.provider.held().await;
         let master = self.machine.master;
         let state = state_name(self.machine.state());
         update(&self.status, |s| {
-            s.holds = holds;
             s.master = master;
             s.state = state.into();
         });
+        self.show_provider();
+    }
+
+    /// Copies the provider's latest view into the status.
+    fn show_provider(&self) {
+        if let Some(provider) = &self.provider {
+            let p = provider.status();
+            update(&self.status, |s| {
+                s.holds = p.held;
+                s.provider_calls = p.calls;
+                s.provider_errors = p.errors;
+                s.provider_last_error = p.last_error;
+            });
+        }
     }
 
     fn transition(&self, to: State, reason: &str) {
@@ -294,10 +329,10 @@ impl VrrpRunner {
             && advert.priority != 0
         {
             self.check_stale = false;
-            if !self.provider.held().await.is_empty() {
-                info!(master = %info.src, "another node is master: removing a floating IP left by an earlier run");
-                if let Err(error) = self.provider.release().await {
-                    warn!(%error, "removing a stale floating IP");
+            if let Some(provider) = &self.provider {
+                if !provider.status().held.is_empty() {
+                    info!(master = %info.src, "another node is master: removing a floating IP left by an earlier run");
+                    provider.release();
                 }
             }
         }
@@ -315,8 +350,8 @@ impl VrrpRunner {
         if self.machine.state() == State::Master && advert.priority < self.config.priority {
             // A peer that thinks it is master (a healed partition): make
             // sure the floating IP and the neighbours' caches are ours.
-            if let Err(error) = self.provider.acquire().await {
-                warn!(%error, "re-asserting the floating IP");
+            if let Some(provider) = &self.provider {
+                provider.reassert();
             }
         }
     }
@@ -348,8 +383,13 @@ impl VrrpRunner {
         mut stop: watch::Receiver<bool>,
         mut verdicts: watch::Receiver<super::track::Verdict>,
     ) {
-        let held = self.provider.held().await;
-        let actions = if !self.addresses.is_empty() && held.len() == self.addresses.len() {
+        let Some(mut provider) = self.pending_provider.take() else {
+            warn!("VRRP runner started twice");
+            return;
+        };
+        let held_at_start = provider.held_at_start().await;
+        self.provider = Some(ProviderHandle::start(provider, self.reconcile_interval));
+        let actions = if held_at_start {
             info!("the floating IP is still here: resuming as master");
             self.check_stale = false;
             self.machine.resume_master(Instant::now())
@@ -358,6 +398,7 @@ impl VrrpRunner {
         };
         self.perform(actions, "startup").await;
         let mut buf = vec![0u8; 2048];
+        let mut provider_tick = tokio::time::interval(PROVIDER_STATUS_INTERVAL);
         loop {
             let deadline = self
                 .machine
@@ -366,6 +407,7 @@ impl VrrpRunner {
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 _ = stop.changed() => break,
+                _ = provider_tick.tick() => self.show_provider(),
                 Ok(()) = verdicts.changed() => {
                     let verdict = verdicts.borrow_and_update().clone();
                     self.on_verdict(verdict).await;
@@ -390,8 +432,9 @@ impl VrrpRunner {
         }
         let actions = self.machine.shutdown();
         self.perform(actions, "agent stopping").await;
-        if let Err(error) = self.provider.release().await {
-            warn!(%error, "releasing the floating IP on stop");
+        if let Some(provider) = self.provider.take() {
+            let last = provider.shutdown(PROVIDER_SHUTDOWN_LIMIT).await;
+            update(&self.status, |s| s.holds = last.held);
         }
         for hook in self.run_notify(State::Initialize) {
             let _ = hook.await;

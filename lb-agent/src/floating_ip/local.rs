@@ -1,7 +1,7 @@
-//! Floating IP providers: where the VIP lives while this node is master.
-//! `local` adds the addresses to the client-facing interface with
-//! rtnetlink and announces them with gratuitous ARPs; it removes them on
-//! leaving MASTER, and at start (a crashed earlier run may have left them).
+//! The `local` provider: adds the floating addresses to the client-facing
+//! interface with rtnetlink and announces them with gratuitous ARPs; it
+//! removes them on leaving MASTER, and at start (a crashed earlier run may
+//! have left them) once another master is heard.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -10,29 +10,14 @@ use std::{
 };
 
 use futures::TryStreamExt;
-use netlink_packet_route::{address::AddressAttribute, link::LinkAttribute};
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{LinkAttribute, State as OperState},
+};
 use rtnetlink::Handle;
 use tracing::{info, warn};
 
-/// Errors of the floating IP providers.
-#[derive(Debug, thiserror::Error)]
-pub enum FloatingIpError {
-    /// The netlink socket could not be opened.
-    #[error("opening a netlink socket: {0}")]
-    Socket(#[from] std::io::Error),
-    /// The interface does not exist.
-    #[error("interface {0} not found")]
-    NoInterface(String),
-    /// Adding or removing an address failed.
-    #[error("{action} {addr} on {interface}: {source}")]
-    Address {
-        action: &'static str,
-        addr: Ipv4Addr,
-        interface: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-}
+use super::FloatingIpError;
 
 /// The `local` provider.
 pub struct LocalProvider {
@@ -42,6 +27,12 @@ pub struct LocalProvider {
     addresses: Vec<Ipv4Addr>,
     garp_count: u32,
     garp_interval: Duration,
+    /// Address changes made and failed, for status and metrics.
+    ops: u64,
+    failures: u64,
+    /// The link state last seen while holding, to announce again after a
+    /// flap (switches and neighbours forget while the link is down).
+    link_was_up: Option<bool>,
 }
 
 const ETH_P_ARP: u16 = 0x0806;
@@ -77,7 +68,32 @@ impl LocalProvider {
             addresses,
             garp_count,
             garp_interval,
+            ops: 0,
+            failures: 0,
+            link_was_up: None,
         })
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        (self.ops, self.failures)
+    }
+
+    /// While master: re-adds an address that went missing (then announces
+    /// it), and announces again when the link came back up.
+    pub async fn reconcile(&mut self) -> Result<(), FloatingIpError> {
+        let link_up = self.link_up().await;
+        let flapped = self.link_was_up == Some(false) && link_up == Some(true);
+        self.link_was_up = link_up;
+        let held = self.held().await;
+        if held.len() < self.addresses.len() {
+            warn!(interface = %self.interface, "a floating address went missing while master: adding it again");
+            return self.acquire().await;
+        }
+        if flapped {
+            info!(interface = %self.interface, "link up again: announcing the floating IP");
+            self.announce().await;
+        }
+        Ok(())
     }
 
     pub fn addresses(&self) -> &[Ipv4Addr] {
@@ -108,25 +124,32 @@ impl LocalProvider {
     }
 
     /// Adds the addresses (those missing) and sends gratuitous ARPs.
-    pub async fn acquire(&self) -> Result<(), FloatingIpError> {
+    pub async fn acquire(&mut self) -> Result<(), FloatingIpError> {
         let held = self.held().await;
-        for addr in &self.addresses {
-            if held.contains(addr) {
+        for addr in self.addresses.clone() {
+            if held.contains(&addr) {
                 continue;
             }
-            self.handle
+            self.ops += 1;
+            let added = self
+                .handle
                 .address()
-                .add(self.ifindex, IpAddr::V4(*addr), 32)
+                .add(self.ifindex, IpAddr::V4(addr), 32)
                 .execute()
                 .await
                 .map_err(|source| FloatingIpError::Address {
                     action: "adding",
-                    addr: *addr,
+                    addr,
                     interface: self.interface.clone(),
                     source,
-                })?;
+                });
+            if let Err(error) = added {
+                self.failures += 1;
+                return Err(error);
+            }
             info!(addr = %addr, interface = %self.interface, "floating IP added");
         }
+        self.link_was_up = self.link_up().await;
         self.announce().await;
         Ok(())
     }
@@ -162,7 +185,7 @@ impl LocalProvider {
     }
 
     /// Removes the addresses from the interface.
-    pub async fn release(&self) -> Result<(), FloatingIpError> {
+    pub async fn release(&mut self) -> Result<(), FloatingIpError> {
         let mut dump = self
             .handle
             .address()
@@ -187,7 +210,9 @@ impl LocalProvider {
                     _ => None,
                 })
                 .unwrap_or(Ipv4Addr::UNSPECIFIED);
-            self.handle
+            self.ops += 1;
+            let removed = self
+                .handle
                 .address()
                 .del(message)
                 .execute()
@@ -197,10 +222,26 @@ impl LocalProvider {
                     addr,
                     interface: self.interface.clone(),
                     source,
-                })?;
+                });
+            if let Err(error) = removed {
+                self.failures += 1;
+                return Err(error);
+            }
             info!(addr = %addr, interface = %self.interface, "floating IP removed");
         }
         Ok(())
+    }
+
+    /// Whether the interface is operationally up (`None`: unknown).
+    pub async fn link_up(&self) -> Option<bool> {
+        let mut links = self.handle.link().get().match_index(self.ifindex).execute();
+        let link = links.try_next().await.ok()??;
+        link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::OperState(state) => {
+                Some(matches!(state, OperState::Up | OperState::Unknown))
+            }
+            _ => None,
+        })
     }
 
     async fn mac(&self) -> Option<[u8; 6]> {

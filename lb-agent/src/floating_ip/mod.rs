@@ -1,0 +1,321 @@
+//! Floating IP providers: where the floating addresses live while this node
+//! is VRRP master. `local` puts them on the client-facing interface and
+//! sends gratuitous ARPs; `digitalocean` assigns a reserved IP to this
+//! droplet through the API; `exec` runs the operator's command (the classic
+//! `assign-ip` script works unchanged).
+//!
+//! A provider call can take long (an API with retries 3 s apart), and the
+//! election must never wait for it: the runner only says what it wants
+//! (`ProviderHandle::hold`, `release`, `reassert`) and a worker task does
+//! it, aborting retries when the wish changes. While master, the worker
+//! reconciles every `reconcile_interval`: the addresses are re-asserted if
+//! they went missing (an address deleted by hand, a reserved IP moved
+//! elsewhere, a link that flapped).
+
+mod digitalocean;
+mod exec;
+mod local;
+
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use digitalocean::{DigitalOcean, DoError, Token};
+pub use exec::ExecProvider;
+pub use local::{garp_frame, LocalProvider};
+
+use crate::config::{FloatingIpConfig, ProviderKind};
+
+/// Errors of the floating IP providers.
+#[derive(Debug, thiserror::Error)]
+pub enum FloatingIpError {
+    /// The netlink socket could not be opened.
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    /// The interface does not exist.
+    #[error("interface {0} not found")]
+    NoInterface(String),
+    /// Adding or removing an address failed.
+    #[error("{action} {addr} on {interface}: {source}")]
+    Address {
+        action: &'static str,
+        addr: Ipv4Addr,
+        interface: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// The DigitalOcean API refused or failed.
+    #[error(transparent)]
+    DigitalOcean(DoError),
+    /// The exec provider's command failed.
+    #[error("{0}")]
+    Exec(String),
+    /// Gave up because this node is no longer master.
+    #[error("cancelled: no longer master")]
+    Cancelled,
+}
+
+/// What the runner wants of the provider. `hold: None` until the first
+/// decision: a floating IP found at startup is left alone until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Desired {
+    pub hold: Option<bool>,
+    /// Bumped to ask for a re-assertion (a peer claimed mastership).
+    pub generation: u64,
+}
+
+/// The provider's side of `lb-agent status` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    pub name: String,
+    /// Floating addresses this node holds, as the provider last saw it.
+    pub held: Vec<Ipv4Addr>,
+    /// Provider operations (API requests, commands, address changes) and
+    /// how many failed.
+    pub calls: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// One provider.
+pub enum Provider {
+    Local(LocalProvider),
+    DigitalOcean(Box<DigitalOcean>),
+    Exec(ExecProvider),
+}
+
+/// The wish can change while a provider retries; `cancelled` tells it to
+/// stop.
+pub type Wish = watch::Receiver<Desired>;
+
+pub(crate) fn cancelled(wish: &Wish) -> bool {
+    wish.borrow().hold != Some(true)
+}
+
+impl Provider {
+    /// The provider `config` selects, for `addresses`.
+    pub fn from_config(
+        config: &FloatingIpConfig,
+        public_interface: &str,
+        addresses: Vec<Ipv4Addr>,
+        garp_count: u32,
+        garp_interval: Duration,
+        instance: &str,
+    ) -> Result<Self, FloatingIpError> {
+        Ok(match config.provider {
+            ProviderKind::Local => Provider::Local(LocalProvider::new(
+                public_interface,
+                addresses,
+                garp_count,
+                garp_interval,
+            )?),
+            ProviderKind::Digitalocean => {
+                let token = Token::from_config(config)?;
+                Provider::DigitalOcean(Box::new(DigitalOcean::new(config, token, addresses)?))
+            }
+            ProviderKind::Exec => Provider::Exec(ExecProvider::new(config, addresses, instance)?),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Local(_) => "local",
+            Provider::DigitalOcean(_) => "digitalocean",
+            Provider::Exec(_) => "exec",
+        }
+    }
+
+    /// The floating addresses held now (local: on the interface; others:
+    /// as last seen, without a new request).
+    pub async fn held(&mut self) -> Vec<Ipv4Addr> {
+        match self {
+            Provider::Local(p) => p.held().await,
+            Provider::DigitalOcean(p) => p.held(),
+            Provider::Exec(p) => p.held(),
+        }
+    }
+
+    /// At startup: whether this node still holds every address (it was
+    /// master when it stopped); may ask the API.
+    pub async fn held_at_start(&mut self) -> bool {
+        match self {
+            Provider::Local(p) => {
+                let held = p.held().await;
+                !p.addresses().is_empty() && held.len() == p.addresses().len()
+            }
+            Provider::DigitalOcean(p) => p.refresh().await.is_ok_and(|all| all),
+            Provider::Exec(p) => p.check().await.unwrap_or(false),
+        }
+    }
+
+    /// Makes the addresses this node's (retrying as configured).
+    async fn acquire(&mut self, wish: &mut Wish) -> Result<(), FloatingIpError> {
+        match self {
+            Provider::Local(p) => p.acquire().await,
+            Provider::DigitalOcean(p) => p.acquire(wish).await.map_err(Into::into),
+            Provider::Exec(p) => p.assign(wish).await,
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), FloatingIpError> {
+        match self {
+            Provider::Local(p) => p.release().await,
+            // The next master assigns the reserved IP to itself; taking it
+            // away here would only make an outage.
+            Provider::DigitalOcean(p) => {
+                p.forget();
+                Ok(())
+            }
+            Provider::Exec(p) => p.release().await,
+        }
+    }
+
+    /// While master: puts back what went missing.
+    async fn reconcile(&mut self, wish: &mut Wish) -> Result<(), FloatingIpError> {
+        match self {
+            Provider::Local(p) => p.reconcile().await,
+            Provider::DigitalOcean(p) => p.reconcile(wish).await.map_err(Into::into),
+            Provider::Exec(p) => p.reconcile(wish).await,
+        }
+    }
+
+    /// Operations and failures so far.
+    fn counts(&self) -> (u64, u64) {
+        match self {
+            Provider::Local(p) => p.counts(),
+            Provider::DigitalOcean(p) => p.counts(),
+            Provider::Exec(p) => p.counts(),
+        }
+    }
+}
+
+/// The runner's handle on the provider worker.
+pub struct ProviderHandle {
+    desired: watch::Sender<Desired>,
+    status: Arc<Mutex<ProviderStatus>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProviderHandle {
+    /// Starts the worker for `provider`; it reconciles every `interval`
+    /// while this node should hold the addresses.
+    pub fn start(provider: Provider, interval: Duration) -> Self {
+        let (desired, wish) = watch::channel(Desired::default());
+        let status = Arc::new(Mutex::new(ProviderStatus {
+            name: provider.name().into(),
+            ..ProviderStatus::default()
+        }));
+        let task = tokio::spawn(work(provider, wish, status.clone(), interval));
+        Self {
+            desired,
+            status,
+            task,
+        }
+    }
+
+    /// Take (and keep) the addresses.
+    pub fn hold(&self) {
+        self.desired.send_modify(|d| d.hold = Some(true));
+    }
+
+    /// Give them up.
+    pub fn release(&self) {
+        self.desired.send_modify(|d| d.hold = Some(false));
+    }
+
+    /// Assert them again now (and announce them), if holding.
+    pub fn reassert(&self) {
+        self.desired.send_modify(|d| d.generation += 1);
+    }
+
+    pub fn status(&self) -> ProviderStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Releases the addresses and waits (at most `limit`) for the worker
+    /// to finish doing so.
+    pub async fn shutdown(self, limit: Duration) -> ProviderStatus {
+        self.release();
+        drop(self.desired);
+        if tokio::time::timeout(limit, self.task).await.is_err() {
+            warn!("the floating IP provider did not finish releasing in time");
+        }
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+fn record(
+    status: &Arc<Mutex<ProviderStatus>>,
+    provider: &Provider,
+    result: Result<(), FloatingIpError>,
+) {
+    let (calls, errors) = provider.counts();
+    if let Ok(mut s) = status.lock() {
+        s.calls = calls;
+        s.errors = errors;
+        match result {
+            Ok(()) => {}
+            Err(FloatingIpError::Cancelled) => {}
+            Err(error) => {
+                warn!(provider = provider.name(), %error, "floating IP provider");
+                s.last_error = Some(error.to_string());
+            }
+        }
+    }
+}
+
+async fn work(
+    mut provider: Provider,
+    mut wish: Wish,
+    status: Arc<Mutex<ProviderStatus>>,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = Desired::default();
+    loop {
+        let changed = tokio::select! {
+            changed = wish.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                true
+            }
+            _ = tick.tick() => false,
+        };
+        let now = *wish.borrow_and_update();
+        match now.hold {
+            Some(true)
+                if changed && (seen.hold != Some(true) || now.generation != seen.generation) =>
+            {
+                if seen.hold != Some(true) {
+                    info!(provider = provider.name(), "taking the floating IP");
+                }
+                let result = provider.acquire(&mut wish).await;
+                record(&status, &provider, result);
+            }
+            Some(true) if !changed => {
+                let result = provider.reconcile(&mut wish).await;
+                record(&status, &provider, result);
+            }
+            Some(false) if seen.hold != Some(false) => {
+                let result = provider.release().await;
+                record(&status, &provider, result);
+            }
+            _ => {}
+        }
+        seen = now;
+        let held = provider.held().await;
+        if let Ok(mut s) = status.lock() {
+            s.held = held;
+        }
+    }
+    // The runner dropped its handle: a final release it asked for has been
+    // carried out above; nothing else to do.
+}
