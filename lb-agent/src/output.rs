@@ -159,7 +159,7 @@ fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
                 .map_or_else(|| "-".to_string(), |s| format!("{s}s ago"));
             let holds: Vec<String> = v.holds.iter().map(|a| a.to_string()).collect();
             out.push_str(&format!(
-                "vrrp: {} (vrid {}, priority {}, v{}), master {}\n  last transition {ago}: {}\n  floating IP ({}): {}\n  adverts sent {}, received {}, rejected {:?}\n",
+                "vrrp: {} (vrid {}, priority {}, v{}), master {}\n  last transition {ago}: {}\n  floating IP ({}): {} (provider calls {}, errors {}{})\n  adverts sent {}, received {}, rejected {:?}\n",
                 v.state,
                 v.vrid,
                 v.priority,
@@ -168,6 +168,11 @@ fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
                 v.last_transition_reason,
                 v.provider,
                 if holds.is_empty() { "not held".to_string() } else { holds.join(", ") },
+                v.provider_calls,
+                v.provider_errors,
+                v.provider_last_error
+                    .as_ref()
+                    .map_or_else(String::new, |e| format!("; last: {e}")),
                 v.adverts_sent,
                 v.adverts_received,
                 v.adverts_rejected,

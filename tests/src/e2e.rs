@@ -61,6 +61,23 @@ pub fn lab_mixed(
     Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
 }
 
+/// The HA lab with the `digitalocean` provider: the stand-in API in the
+/// client namespace (`do_mock`, the `do-api-mock` binary the test got
+/// from cargo) moves the reserved IP's route.
+pub fn lab_digitalocean(prefix: &str, do_mock: &str) -> Option<LabGuard> {
+    let agent = artifacts::agent_binary()?;
+    let xtask = artifacts::xtask_binary()?;
+    let options = LabOptions {
+        agent_bin: Some(agent),
+        xtask_bin: Some(xtask),
+        ha: true,
+        provider: "digitalocean".into(),
+        do_mock_bin: Some(do_mock.into()),
+        ..LabOptions::with_prefix(prefix)
+    };
+    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
+}
+
 /// A field of the `vrrp` object of `node`'s `lb-agent status --json`
 /// (`Null` when the agent does not answer).
 pub fn vrrp_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {

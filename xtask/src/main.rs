@@ -123,6 +123,10 @@ enum LabAction {
         /// keepalived + HAProxy instead of the agent: a mixed pair.
         #[arg(long, value_delimiter = ',')]
         classic: Vec<Node>,
+        /// Floating IP provider: local (VIP on pub0 + GARP) or digitalocean
+        /// (a stand-in DigitalOcean API in the client namespace).
+        #[arg(long, default_value = "local", value_parser = ["local", "digitalocean"])]
+        provider: String,
     },
     /// Remove everything of the lab (works on half-built labs too).
     Down {
@@ -204,6 +208,7 @@ fn lab_task(action: LabAction) -> Result<()> {
             vrrp,
             advert_int,
             classic,
+            provider,
         } => {
             cmd::catch_interrupts();
             let mut options = LabOptions {
@@ -212,6 +217,7 @@ fn lab_task(action: LabAction) -> Result<()> {
                 vrrp_version: if vrrp == "v3" { 3 } else { 2 },
                 advert_int,
                 classic,
+                provider,
                 ..LabOptions::with_prefix(&prefix)
             };
             if options.agent {

@@ -193,6 +193,9 @@ impl Lab {
                     &interval,
                     &self.track_flag(node),
                 )?);
+                if self.provider() == "digitalocean" {
+                    text.push_str(&super::floating_ip_section(&self.do_token_file())?);
+                }
             }
             std::fs::write(&config, text)
                 .with_context(|| format!("writing {}", config.display()))?;

@@ -10,6 +10,7 @@
 
 mod agent;
 mod classic;
+mod cloud;
 pub mod process;
 mod topology;
 mod web;
@@ -29,6 +30,7 @@ use anyhow::{bail, Context as _, Result};
 
 pub use agent::{agent_config, vrrp_section};
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
+pub use cloud::{do_mock_binary, floating_ip_section, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
 pub use topology::{Link, LINKS};
 
 use crate::{apt, build, cmd};
@@ -174,6 +176,13 @@ pub struct LabOptions {
     /// LB nodes that run the classic keepalived + HAProxy instead of the
     /// agent (a mixed pair, or the benchmark's reference pair).
     pub classic: Vec<Node>,
+    /// Floating IP provider of the agents: "local" (the VIP on pub0, GARP)
+    /// or "digitalocean" (the stand-in API in the client namespace routes
+    /// the reserved IP to the droplet it is assigned to).
+    pub provider: String,
+    /// The stand-in DigitalOcean API (`do-api-mock`); default
+    /// `$LB_DO_MOCK_BIN`, or built into the target dir.
+    pub do_mock_bin: Option<PathBuf>,
     /// The agent binary; default `$LB_AGENT_BIN` or `target/release/lb-agent`.
     pub agent_bin: Option<PathBuf>,
     /// The xtask binary (UDP responder/client); default `$LB_XTASK_BIN`,
@@ -190,6 +199,8 @@ impl Default for LabOptions {
             vrrp_version: 2,
             advert_int: "1s".to_owned(),
             classic: Vec::new(),
+            provider: "local".to_owned(),
+            do_mock_bin: None,
             agent_bin: None,
             xtask_bin: None,
         }
@@ -344,6 +355,19 @@ impl Lab {
             if ha && !options.classic.is_empty() {
                 let names: Vec<&str> = options.classic.iter().map(|n| n.name()).collect();
                 std::fs::write(self.run_dir.join(classic::CLASSIC_MARKER), names.join(" "))?;
+            }
+            if ha && options.provider != "local" {
+                if options.provider != "digitalocean" {
+                    bail!(
+                        "no floating IP provider {:?} in the lab (local or digitalocean)",
+                        options.provider
+                    );
+                }
+                std::fs::write(self.run_dir.join(cloud::PROVIDER_MARKER), &options.provider)?;
+                eprintln!(
+                    "xtask: lab {p}: the stand-in DigitalOcean API in the client namespace..."
+                );
+                self.start_cloud(options.do_mock_bin.clone())?;
             }
             let classic = self.classic_nodes();
             for node in Node::LBS {
@@ -635,8 +659,12 @@ impl Lab {
         (version, interval)
     }
 
-    /// The LB node that has the VIP on its public interface, if exactly one has.
+    /// The LB node that has the VIP: on its public interface if exactly one
+    /// has it, or, in a digitalocean lab, where the cloud routes it.
     pub fn vip_holder(&self) -> Option<Node> {
+        if self.provider() == "digitalocean" {
+            return self.vip_route_holder();
+        }
         let holders: Vec<Node> = Node::LBS
             .into_iter()
             .filter(|&n| {

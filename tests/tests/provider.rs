@@ -1,0 +1,201 @@
+//! Floating IP providers end to end: failover through the `digitalocean`
+//! provider and the stand-in API, and the `local` provider reconciling
+//! while master (an address deleted by hand, a healed partition).
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use integration_tests::e2e::*;
+use xtask::lab::{Lab, Node};
+
+const DO_MOCK: &str = env!("CARGO_BIN_EXE_do-api-mock");
+
+/// Requests through the VIP every 100 ms until stopped (at most 300).
+fn client_loop(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+    let client = lab.ns(Node::Client);
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        for _ in 0..300 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &client,
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "2",
+                    VIP_URL,
+                ])
+                .output()
+                .expect("curl");
+            if out.status.success() {
+                ok += 1;
+            } else {
+                failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (ok, failed)
+    })
+}
+
+#[test]
+fn digitalocean_provider_moves_the_reserved_ip_on_failover_and_back() {
+    let Some(lab) = lab_digitalocean("pvdo", DO_MOCK) else {
+        return;
+    };
+    assert_eq!(
+        lab.vip_holder(),
+        Some(Node::Lb1),
+        "assigned to lb1's droplet"
+    );
+    assert_eq!(vrrp_field(&lab, Node::Lb1, "provider"), "digitalocean");
+    assert_eq!(
+        vrrp_field(&lab, Node::Lb1, "holds"),
+        serde_json::json!(["10.100.0.100"])
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = client_loop(&lab, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)
+        .expect("kill -9 lb1's agent");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.vip_holder()
+            == Some(Node::Lb2)),
+        "lb2 became master and assigned the reserved IP to itself"
+    );
+    assert_eq!(vrrp_state(&lab, Node::Lb2), "MASTER");
+    std::thread::sleep(Duration::from_secs(1));
+
+    lab.start_agent(Node::Lb1).expect("lb1's agent again");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.vip_holder()
+            == Some(Node::Lb1)),
+        "lb1 preempts and takes the reserved IP back"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = requests.join().expect("client loop");
+    assert!(ok > 20, "the loop ran");
+    assert!(failed.is_empty(), "requests lost: {failed:?}");
+    assert_eq!(vrrp_field(&lab, Node::Lb1, "provider_errors"), 0);
+    let calls = vrrp_field(&lab, Node::Lb1, "provider_calls")
+        .as_u64()
+        .unwrap_or(0);
+    assert!(calls >= 2, "metadata + assign at least: {calls}");
+    let log = std::fs::read_to_string(lab.run_dir().join("cloud.log")).expect("cloud log");
+    assert!(
+        log.contains("-> droplet 1002") && log.contains("-> droplet 1001"),
+        "{log}"
+    );
+    let agent_log = std::fs::read_to_string(lab.agent_log_path(Node::Lb1)).expect("log");
+    assert!(
+        !agent_log.contains("dop_v1_lab"),
+        "the token never shows in logs"
+    );
+}
+
+#[test]
+fn a_floating_address_deleted_by_hand_comes_back() {
+    let Some(lab) = lab_ha("pvrec") else { return };
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+    lab.exec_ok(
+        Node::Lb1,
+        &["ip", "addr", "del", "10.100.0.100/32", "dev", "pub0"],
+    )
+    .expect("delete the VIP");
+    assert_eq!(lab.vip_holder(), None);
+    assert!(
+        wait_for(Duration::from_secs(6), || lab.vip_holder()
+            == Some(Node::Lb1)),
+        "the master's reconcile puts it back"
+    );
+    let body = lab.http_get(Node::Client, VIP_URL).expect("served");
+    assert!(body.starts_with("web"), "{body}");
+    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb1)).expect("log");
+    assert!(log.contains("went missing"), "{log}");
+}
+
+fn client_vip_mac(lab: &Lab) -> String {
+    lab.exec_ok(Node::Client, &["ip", "neigh", "show", "10.100.0.100"])
+        .unwrap_or_default()
+}
+
+fn mac_of(lab: &Lab, node: Node) -> String {
+    lab.exec_ok(node, &["cat", "/sys/class/net/pub0/address"])
+        .map(|m| m.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_healed_partition_ends_with_one_holder_announced_again() {
+    let Some(lab) = lab_ha("pvsplit") else { return };
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+    // The client has talked to the VIP: gratuitous ARPs update its entry.
+    lab.http_get(Node::Client, VIP_URL).expect("served before");
+    // lb2 stops hearing lb1 (everything from lb1 on the private net is
+    // dropped on lb2's side): both become master.
+    // The local table's rule comes first (priority 0); move it behind the
+    // blackhole rule so the rule sees packets addressed to lb2 itself.
+    for rule in [
+        &["ip", "rule", "add", "priority", "1000", "lookup", "local"][..],
+        &["ip", "rule", "del", "priority", "0", "lookup", "local"],
+        &[
+            "ip",
+            "rule",
+            "add",
+            "from",
+            "10.200.0.11",
+            "iif",
+            "priv0",
+            "blackhole",
+            "priority",
+            "100",
+        ],
+    ] {
+        lab.exec_ok(Node::Lb2, rule).expect("partition");
+    }
+    assert!(
+        wait_for(Duration::from_secs(8), || vrrp_state(&lab, Node::Lb2)
+            == "MASTER"),
+        "split brain: lb2 takes over too"
+    );
+    assert_eq!(vrrp_state(&lab, Node::Lb1), "MASTER");
+    assert_eq!(
+        lab.vip_holder(),
+        None,
+        "both hold the VIP during the partition"
+    );
+
+    let heal = ["ip", "rule", "del", "priority", "100"];
+    lab.exec_ok(Node::Lb2, &heal).expect("heal");
+    assert!(
+        wait_for(Duration::from_secs(6), || vrrp_state(&lab, Node::Lb2)
+            == "BACKUP"
+            && lab.vip_holder() == Some(Node::Lb1)),
+        "one master, one holder: lb2 {} holder {:?}",
+        vrrp_state(&lab, Node::Lb2),
+        lab.vip_holder()
+    );
+    // lb1 heard lb2's lower-priority adverts while master and announced
+    // the VIP again: the client reaches it at lb1's MAC.
+    let lb1 = mac_of(&lab, Node::Lb1);
+    assert!(
+        wait_for(Duration::from_secs(5), || client_vip_mac(&lab)
+            .contains(&lb1)),
+        "client's entry {} points at lb1 {lb1}",
+        client_vip_mac(&lab)
+    );
+    let body = lab.http_get(Node::Client, VIP_URL).expect("served");
+    assert!(body.starts_with("web"), "{body}");
+}
