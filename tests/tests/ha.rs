@@ -445,3 +445,43 @@ fn multicast_election_runs_notify_hooks_without_blocking() {
     let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb2)).expect("lb2 log");
     assert!(log.contains("notify hook timed out"), "{log}");
 }
+
+#[test]
+fn a_detached_program_moves_mastership_and_nopreempt_keeps_it_away() {
+    let Some(lab) = lab_ha("hadetach") else {
+        return;
+    };
+    let pin = format!("/sys/fs/bpf/{}/link_pub0", lab.instance(Node::Lb1));
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "detach", "pinned", &pin])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_for(Duration::from_secs(6), || vrrp_state(&lab, Node::Lb1)
+            == "FAULT"),
+        "lb1 notices its program is gone"
+    );
+    let reason = vrrp_field(&lab, Node::Lb1, "last_transition_reason");
+    assert!(reason.as_str().unwrap_or("").contains("XDP"), "{reason}");
+    assert!(wait_for(Duration::from_secs(6), || lab.vip_holder()
+        == Some(Node::Lb2)));
+
+    // Back with nopreempt: lb1 (priority 200) stays backup behind lb2.
+    lab.stop_agent(Node::Lb1).expect("stop lb1");
+    let config = std::fs::read_to_string(lab.agent_config_path(Node::Lb1)).expect("config");
+    let config = config.replacen("[vrrp]\n", "[vrrp]\npreempt = false\n", 1);
+    lab.start_agent_with_config(Node::Lb1, &config)
+        .expect("lb1 with nopreempt");
+    assert!(wait_for(Duration::from_secs(6), || vrrp_state(
+        &lab,
+        Node::Lb1
+    ) == "BACKUP"));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(vrrp_state(&lab, Node::Lb1), "BACKUP", "no preemption");
+    assert_eq!(lab.vip_holder(), Some(Node::Lb2));
+}
