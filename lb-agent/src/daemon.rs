@@ -31,8 +31,8 @@ use crate::{
     ports,
     state::RuntimeState,
     vrrp::{
-        runner::{SharedStatus, VrrpRunner},
-        track::{Tracking, Verdict},
+        instance::{PreparedVrrp, VrrpContext, VrrpInstance},
+        runner::SharedStatus,
     },
 };
 
@@ -60,33 +60,78 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
 }
 
+/// A reload request and where its outcome goes.
+type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
 struct Handler {
     agent: Arc<Mutex<Agent>>,
     instance: String,
-    config_path: PathBuf,
     vrrp: Option<SharedStatus>,
+    reloads: tokio::sync::mpsc::Sender<ReloadRequest>,
 }
 
-/// Re-reads `path` and applies it to the running agent. An invalid file, or
-/// one that changes what needs a restart, changes nothing.
-pub fn reload(path: &Path, agent: &mut Agent) -> Result<String, String> {
+impl Handler {
+    /// Runs on a blocking thread (the control server's), so it may wait.
+    fn reload(&self) -> Response {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.reloads.blocking_send(tx).is_err() {
+            return Response::Error {
+                message: "the agent is stopping; nothing was reloaded".into(),
+            };
+        }
+        match rx.blocking_recv() {
+            Ok(Ok(message)) => Response::Ok(Reply::Changed { message }),
+            Ok(Err(message)) => Response::Error { message },
+            Err(_) => Response::Error {
+                message: "the reload was interrupted by the agent stopping".into(),
+            },
+        }
+    }
+}
+
+/// Re-reads `path` and applies it: services, backends, health checks and
+/// timeouts to the maps; changed `[vrrp]` settings by replacing the VRRP
+/// instance (the floating IP stays where it is). An invalid file, or one
+/// that changes what needs a restart, changes nothing.
+async fn reload(
+    path: &Path,
+    agent: &Arc<Mutex<Agent>>,
+    vrrp: &mut Option<VrrpInstance>,
+    context: Option<&VrrpContext>,
+) -> Result<String, String> {
     let new = Config::load(path).map_err(|error| format!("{error}\nthe running config stays"))?;
-    if new.vrrp != agent.config().vrrp {
-        return Err(format!(
-            "{}: [vrrp] changed; restart the agent to apply VRRP changes (nothing was changed)",
-            path.display()
-        ));
-    }
-    match agent.reload(new) {
-        Ok(summary) => {
-            info!(config = %path.display(), changes = %summary, "config reloaded");
-            Ok(format!("reloaded {}: {summary}", path.display()))
+    let running = vrrp.as_ref().map(|v| v.config.clone());
+    let prepared = match (&new.vrrp, &running, context) {
+        (new_vrrp, running, _) if new_vrrp == running => None,
+        (Some(new_vrrp), Some(_), Some(context)) => Some(
+            PreparedVrrp::new(context, new_vrrp)
+                .map_err(|error| format!("[vrrp]: {error:#}; nothing was changed"))?,
+        ),
+        _ => {
+            return Err(format!(
+                "{}: adding or removing [vrrp] needs a restart of the agent (nothing was changed)",
+                path.display()
+            ))
         }
-        Err(error) => {
+    };
+    let summary = {
+        let Some(mut agent) = lock(agent) else {
+            return Err("agent state is poisoned by an earlier panic; restart the agent".into());
+        };
+        agent.reload(new).map_err(|error| {
             warn!(config = %path.display(), %error, "reload refused");
-            Err(error.to_string())
+            error.to_string()
+        })?
+    };
+    if let Some(prepared) = prepared {
+        if let Some(old) = vrrp.take() {
+            old.handover().await;
         }
+        *vrrp = Some(prepared.start());
+        info!("VRRP instance restarted with the new settings");
     }
+    info!(config = %path.display(), changes = %summary, "config reloaded");
+    Ok(format!("reloaded {}: {summary}", path.display()))
 }
 
 impl ControlHandler for Handler {
@@ -124,10 +169,9 @@ impl ControlHandler for Handler {
                 .map(|message| Reply::Changed { message }),
             Request::Stats => Ok(Reply::Stats(agent.stats())),
             Request::Reload => {
-                return match reload(&self.config_path, &mut agent) {
-                    Ok(message) => Response::Ok(Reply::Changed { message }),
-                    Err(message) => Response::Error { message },
-                }
+                // The reloader takes the agent's lock itself.
+                drop(agent);
+                return self.reload();
             }
             Request::Status => {
                 let stats = agent.stats();
@@ -273,37 +317,20 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     // High availability: the VRRP instance moves the floating IP.
-    let (vrrp_status, vrrp_task) = match &vrrp_config {
-        Some(vrrp) => {
-            let status = SharedStatus::default();
-            let mut addresses = vrrp.virtual_addresses.clone();
-            if addresses.is_empty() {
-                addresses = vips.clone();
-            }
-            let runner = VrrpRunner::new(
-                vrrp,
-                &options.instance,
-                vrrp.unicast_src.unwrap_or(private_address),
-                vrrp.interface.as_deref().unwrap_or(&private_interface),
-                &public_interface,
-                addresses,
-                status.clone(),
-            )
-            .context("starting VRRP")?;
-            let tracking = Tracking::new(vrrp, &interfaces, agent.clone())
-                .context("starting VRRP tracking")?;
-            let (verdict_tx, verdict_rx) = watch::channel(Verdict {
-                fault: None,
-                priority: vrrp.priority,
-            });
-            tokio::spawn(tracking.run(verdict_tx, stop_rx.clone()));
-            let stop = stop_rx.clone();
-            (
-                Some(status),
-                Some(tokio::spawn(runner.run(stop, verdict_rx))),
-            )
-        }
-        None => (None, None),
+    let vrrp_context = vrrp_config.as_ref().map(|_| VrrpContext {
+        instance: options.instance.clone(),
+        private_address,
+        private_interface: private_interface.clone(),
+        public_interface: public_interface.clone(),
+        interfaces: interfaces.clone(),
+        vips: vips.clone(),
+        agent: agent.clone(),
+        status: SharedStatus::default(),
+    });
+    let vrrp_status = vrrp_context.as_ref().map(|c| c.status.clone());
+    let mut vrrp_instance = match (&vrrp_config, &vrrp_context) {
+        (Some(vrrp), Some(context)) => Some(PreparedVrrp::new(context, vrrp)?.start()),
+        _ => None,
     };
 
     let metrics = match metrics_listener {
@@ -327,13 +354,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
         None => None,
     };
 
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     let listener = bind(&socket).await?;
     let server = {
         let handler = Arc::new(Handler {
             agent: agent.clone(),
             instance: options.instance.clone(),
-            config_path: options.config_path.clone(),
             vrrp: vrrp_status,
+            reloads: reload_tx,
         });
         let mut stop = stop_rx.clone();
         tokio::spawn(serve(listener, handler, async move {
@@ -390,43 +418,51 @@ pub async fn run(options: RunOptions) -> Result<()> {
         })
     };
 
-    let hangups = {
+    // Reloads (SIGHUP and `lb-agent reload`) run one at a time here; this
+    // task owns the VRRP instance, which a reload may replace.
+    let reloader = {
         let (agent, path) = (agent.clone(), options.config_path.clone());
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let mut hangup = match signal(SignalKind::hangup()) {
-                Ok(s) => s,
+                Ok(s) => Some(s),
                 Err(error) => {
                     warn!(%error, "cannot watch SIGHUP; use `lb-agent reload`");
-                    return;
+                    None
                 }
             };
             loop {
-                tokio::select! {
+                let reply = tokio::select! {
                     _ = stop.changed() => break,
-                    Some(()) = hangup.recv() => {
+                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                         info!("SIGHUP received: reloading the config");
-                        if let Some(mut a) = lock(&agent) {
-                            if let Err(message) = reload(&path, &mut a) {
-                                warn!("reload failed: {message}");
-                            }
-                        }
+                        None
                     }
+                    Some(reply) = reload_rx.recv() => Some(reply),
+                };
+                let outcome =
+                    reload(&path, &agent, &mut vrrp_instance, vrrp_context.as_ref()).await;
+                if let Err(message) = &outcome {
+                    warn!("reload failed: {message}");
                 }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            // Resign and release the floating IP before the data path goes.
+            if let Some(instance) = vrrp_instance.take() {
+                instance.shutdown().await;
             }
         })
     };
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    if let Some(task) = vrrp_task {
-        // Resign and release the floating IP before the data path goes.
-        let _ = task.await;
-    }
+    // The reloader shuts the VRRP instance down (resign, release).
+    let _ = reloader.await;
     let _ = server.await;
     let _ = upkeep.await;
-    let _ = hangups.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }

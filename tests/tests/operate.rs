@@ -382,3 +382,59 @@ fn check_config_reports_file_line_and_exit_codes() {
         .expect("check-config");
     assert_eq!(out.status.code(), Some(64), "EX_USAGE for a wrong flag");
 }
+
+#[test]
+fn reload_applies_vrrp_changes_without_a_failover() {
+    let Some(lab) = lab_ha("oprvrp") else { return };
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+    let path = lab.agent_config_path(Node::Lb1);
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&path).expect("config");
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+    };
+
+    // A lower priority that still wins: the instance is replaced, the VIP
+    // never moves and lb2 stays backup.
+    edit("priority = 200", "priority = 150");
+    let said = agent(&lab, &["reload"]);
+    assert!(said.contains("VRRP settings changed"), "{said}");
+    for _ in 0..20 {
+        assert_eq!(lab.vip_holder(), Some(Node::Lb1), "the VIP stays on lb1");
+        assert_eq!(vrrp_state(&lab, Node::Lb2), "BACKUP");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(vrrp_field(&lab, Node::Lb1, "priority"), 150);
+    assert_eq!(vrrp_state(&lab, Node::Lb1), "MASTER");
+
+    // A reload that leaves [vrrp] alone does not touch the instance.
+    let since = vrrp_field(&lab, Node::Lb1, "last_transition_unix");
+    let sent = vrrp_field(&lab, Node::Lb1, "adverts_sent")
+        .as_u64()
+        .unwrap_or(0);
+    edit(
+        "address = \"10.200.0.22\"",
+        "address = \"10.200.0.22\"\n  weight = 2",
+    );
+    let said = agent(&lab, &["reload"]);
+    assert!(!said.contains("VRRP"), "{said}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(vrrp_field(&lab, Node::Lb1, "last_transition_unix"), since);
+    assert!(
+        vrrp_field(&lab, Node::Lb1, "adverts_sent")
+            .as_u64()
+            .unwrap_or(0)
+            > sent,
+        "the same instance keeps advertising"
+    );
+
+    // Below lb2's priority: lb2 preempts.
+    edit("priority = 150", "priority = 50");
+    agent(&lab, &["reload"]);
+    assert!(
+        wait_for(Duration::from_secs(6), || lab.vip_holder()
+            == Some(Node::Lb2)),
+        "lb2 (100) takes over from lb1 (now 50)"
+    );
+    assert_eq!(vrrp_state(&lab, Node::Lb1), "BACKUP");
+}

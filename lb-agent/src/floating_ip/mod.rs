@@ -238,6 +238,13 @@ impl ProviderHandle {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Stops the worker without releasing anything (a reload hands the
+    /// addresses to a new instance).
+    pub async fn abandon(self) {
+        drop(self.desired);
+        let _ = self.task.await;
+    }
+
     /// Releases the addresses and waits (at most `limit`) for the worker
     /// to finish doing so.
     pub async fn shutdown(self, limit: Duration) -> ProviderStatus {

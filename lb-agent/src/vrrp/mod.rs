@@ -4,6 +4,7 @@
 //! (`machine`). Socket I/O, tracking and the floating IP providers come with
 //! the rest of issue #5.
 
+pub mod instance;
 pub mod io;
 pub mod machine;
 pub mod packet;

@@ -62,6 +62,18 @@ pub struct VrrpStatus {
 
 pub type SharedStatus = Arc<Mutex<VrrpStatus>>;
 
+/// How a running instance is told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Run,
+    /// The agent stops: resign (priority 0), release the floating IP.
+    Shutdown,
+    /// A reload replaces this instance with one built from new settings:
+    /// stop silently and leave the floating IP where it is, so the
+    /// successor resumes as master without a failover.
+    Handover,
+}
+
 fn update(status: &SharedStatus, f: impl FnOnce(&mut VrrpStatus)) {
     if let Ok(mut s) = status.lock() {
         f(&mut s);
@@ -380,7 +392,7 @@ impl VrrpRunner {
     /// Runs until `stop` flips; then resigns (priority 0) and releases.
     pub async fn run(
         mut self,
-        mut stop: watch::Receiver<bool>,
+        mut stop: watch::Receiver<Stop>,
         mut verdicts: watch::Receiver<super::track::Verdict>,
     ) {
         let Some(mut provider) = self.pending_provider.take() else {
@@ -406,7 +418,11 @@ impl VrrpRunner {
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                _ = stop.changed() => break,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() != Stop::Run {
+                        break;
+                    }
+                }
                 _ = provider_tick.tick() => self.show_provider(),
                 Ok(()) = verdicts.changed() => {
                     let verdict = verdicts.borrow_and_update().clone();
@@ -429,6 +445,13 @@ impl VrrpRunner {
                     self.perform(actions, reason).await;
                 }
             }
+        }
+        if *stop.borrow() == Stop::Handover {
+            info!("VRRP settings reloaded: handing over to the new instance");
+            if let Some(provider) = self.provider.take() {
+                provider.abandon().await;
+            }
+            return;
         }
         let actions = self.machine.shutdown();
         self.perform(actions, "agent stopping").await;
