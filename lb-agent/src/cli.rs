@@ -6,7 +6,12 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "lb-agent", version, about = "XDP L4 load balancer agent")]
+#[command(
+    name = "lb-agent",
+    version,
+    about = "XDP L4 load balancer agent",
+    long_about = "lb-agent loads an XDP program that balances TCP and UDP connections inside the kernel (full NAT, per-connection weighted round robin), keeps its maps in step with the configuration, health-checks the backends, elects the active node with VRRP (wire compatible with keepalived) and moves the floating IP on failover. `run` starts the daemon; the other commands talk to a running agent over /run/lb-agent/<instance>.sock. The configuration is described in /etc/lb-agent/lb-agent.toml (an example with every field is installed there) and checked with `check-config`; SIGHUP or `reload` applies changes without dropping connections."
+)]
 pub struct Cli {
     /// Instance name: selects pins (/sys/fs/bpf/NAME), socket and state file.
     #[arg(long, global = true, default_value = "default", env = "LB_AGENT_INSTANCE", value_parser = parse_instance)]
@@ -69,6 +74,33 @@ pub enum Command {
     /// Re-read the running agent's config file and apply it without
     /// dropping flows (as SIGHUP does); an invalid file changes nothing.
     Reload,
+    /// Turn the classic pair's haproxy.cfg (TCP mode) and keepalived.conf
+    /// into this agent's config; every line not carried over is reported
+    /// as FILE:LINE on stderr.
+    Import {
+        #[arg(long)]
+        haproxy: PathBuf,
+        #[arg(long)]
+        keepalived: Option<PathBuf>,
+        /// The node's client-facing interface (not in the classic files).
+        #[arg(long)]
+        public_interface: Option<String>,
+        /// Default: keepalived's `interface`.
+        #[arg(long)]
+        private_interface: Option<String>,
+        /// Default: keepalived's `unicast_src_ip`.
+        #[arg(long)]
+        private_address: Option<Ipv4Addr>,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,7 @@
 //! lb-agent: loads the XDP load balancer, keeps its maps in step with the
 //! configuration and run-time changes, and serves the control API.
 //!
-//! Modules, one job each: `config` (TOML), `check` (check-config), `state` (persisted run-time
+//! Modules, one job each: `config` (TOML), `check` (check-config), `import` (from haproxy.cfg + keepalived.conf), `state` (persisted run-time
 //! changes), `schedule` (weighted ring), `ports` (NAT range vs kernel),
 //! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution),
 //! `agent` (operations), `reload` (what a reload may change), `control` (socket API), `metrics` (Prometheus), `cli` and `output`, and
@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod floating_ip;
 pub mod health;
+pub mod import;
 pub mod metrics;
 pub mod neighbors;
 pub mod output;

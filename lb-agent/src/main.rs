@@ -136,6 +136,41 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Stats { json, .. } => (Request::Stats, json),
         Command::Status { json } => (Request::Status, json),
         Command::Reload => (Request::Reload, false),
+        Command::Import {
+            haproxy,
+            keepalived,
+            public_interface,
+            private_interface,
+            private_address,
+            output,
+        } => {
+            return import_classic(
+                &haproxy,
+                keepalived.as_deref(),
+                lb_agent::import::NodeFacts {
+                    public_interface,
+                    private_interface,
+                    private_address,
+                },
+                output.as_deref(),
+            )
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "lb-agent", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let page = clap_mangen::Man::new(command).section("8");
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("lb-agent: writing the man page: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let path = socket_path(&cli.instance);
     match client::call(&path, &cli.instance, &request).await {
@@ -197,6 +232,63 @@ async fn watch_stats(
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// sysexits.h: an input file could not be read.
+const EX_NOINPUT: u8 = 66;
+
+/// `lb-agent import`: reads the classic files, writes the config, reports
+/// every line not carried over.
+fn import_classic(
+    haproxy: &std::path::Path,
+    keepalived: Option<&std::path::Path>,
+    facts: lb_agent::import::NodeFacts,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|error| {
+            eprintln!("lb-agent: cannot read {}: {error}", path.display());
+        })
+    };
+    let Ok(haproxy_text) = read(haproxy) else {
+        return ExitCode::from(EX_NOINPUT);
+    };
+    let keepalived_text = match keepalived.map(read).transpose() {
+        Ok(text) => text,
+        Err(()) => return ExitCode::from(EX_NOINPUT),
+    };
+    let haproxy_name = haproxy.display().to_string();
+    let keepalived_name = keepalived.map(|p| p.display().to_string());
+    let result = lb_agent::import::import(
+        (&haproxy_name, &haproxy_text),
+        keepalived_name.as_deref().zip(keepalived_text.as_deref()),
+        &facts,
+    );
+    match result {
+        Ok(imported) => {
+            for note in &imported.notes {
+                eprintln!("{note}");
+            }
+            eprintln!(
+                "lb-agent: imported; {} line(s) not carried over (listed above)",
+                imported.notes.len()
+            );
+            match output {
+                Some(path) => {
+                    if let Err(error) = std::fs::write(path, &imported.toml) {
+                        eprintln!("lb-agent: cannot write {}: {error}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+                None => print!("{}", imported.toml),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("lb-agent: import: {error}");
+            ExitCode::from(check::EX_CONFIG)
         }
     }
 }

@@ -52,3 +52,50 @@ fn lab_configs_pass_check_config() {
         }
     }
 }
+
+fn example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/lb-agent.example.toml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_packaged_example_is_valid_and_names_every_field() {
+    let text = example();
+    let report = check_text(&text, "packaging/lb-agent.example.toml", true);
+    assert!(report.is_valid(), "{report}");
+    // Every field of the config structs (their serde names) is shown, set
+    // or commented, so the example cannot fall behind the code.
+    let source = include_str!("../../lb-agent/src/config.rs");
+    fn renamed(field: &str) -> &str {
+        match field {
+            "services" => "service",
+            "backends" => "backend",
+            "kind" => "type",
+            other => other,
+        }
+    }
+    let mut missing = Vec::new();
+    let mut fields = 0;
+    for line in source.lines() {
+        let Some(rest) = line.strip_prefix("    pub ") else {
+            continue;
+        };
+        let Some((field, _)) = rest.split_once(':') else {
+            continue;
+        };
+        if field.contains(' ') || field.contains('(') {
+            continue;
+        }
+        let name = renamed(field);
+        fields += 1;
+        let shown = text.contains(&format!("{name} =")) || text.contains(&format!("{name}]"));
+        if !shown {
+            missing.push(name.to_string());
+        }
+    }
+    assert!(fields > 60, "found {fields} fields in config.rs");
+    assert!(
+        missing.is_empty(),
+        "fields missing from the example: {missing:?}"
+    );
+}

@@ -11,6 +11,7 @@ pub mod ci;
 pub mod cmd;
 pub mod demo;
 pub mod failover_bench;
+pub mod install;
 pub mod lab;
 pub mod probe;
 pub mod toolchain;

@@ -48,6 +48,15 @@ enum Task {
     Demo,
     /// The full check (the README's test command; .ci/run runs it).
     Test,
+    /// Build and install the agent, its systemd unit, an example config
+    /// (kept if one exists), completions and man page.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage under this root instead of / (packaging).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+    },
     /// Benchmarks: XDP ns/packet vs a trivial program, health-check
     /// figures and wrk via the LB vs direct, failover outage vs keepalived.
     Bench {
@@ -176,6 +185,15 @@ fn run(task: Task) -> Result<()> {
         Task::Lab { action } => lab_task(action),
         Task::Demo => xtask::demo::run(),
         Task::Test => xtask::ci::run(),
+        Task::Install { prefix, destdir } => {
+            let installed = xtask::install::install(&xtask::install::InstallOptions {
+                prefix,
+                destdir,
+                agent: None,
+            })?;
+            println!("installed {}", installed.binary.display());
+            Ok(())
+        }
         Task::Bench { only } => xtask::bench::run(only.as_deref()),
         Task::UdpResponder {
             bind,
