@@ -56,6 +56,9 @@ enum Task {
         /// Stage under this root instead of / (packaging).
         #[arg(long, default_value = "/")]
         destdir: PathBuf,
+        /// Install this agent binary instead of building one.
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
     },
     /// Benchmarks: XDP ns/packet vs a trivial program, health-check
     /// figures and wrk via the LB vs direct, failover outage vs keepalived.
@@ -185,11 +188,15 @@ fn run(task: Task) -> Result<()> {
         Task::Lab { action } => lab_task(action),
         Task::Demo => xtask::demo::run(),
         Task::Test => xtask::ci::run(),
-        Task::Install { prefix, destdir } => {
+        Task::Install {
+            prefix,
+            destdir,
+            agent_bin,
+        } => {
             let installed = xtask::install::install(&xtask::install::InstallOptions {
                 prefix,
                 destdir,
-                agent: None,
+                agent: agent_bin,
             })?;
             println!("installed {}", installed.binary.display());
             Ok(())

@@ -756,7 +756,11 @@ impl Drop for LabGuard {
 /// before the tests so parallel tests find it all in place.
 pub fn ensure_all_lab_programs() -> Result<()> {
     ensure_lab_programs()?;
-    classic::ensure_classic_programs()
+    classic::ensure_classic_programs()?;
+    apt::ensure_programs(
+        &[("vagrant", "vagrant")],
+        "to validate vagrant/Vagrantfile (no VM is booted)",
+    )
 }
 
 /// Programs the lab runs, installed with apt when missing.
