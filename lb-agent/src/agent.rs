@@ -629,28 +629,18 @@ fn run_hook(
         return;
     };
     runtime.spawn(async move {
-        let child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!("{command} \"$@\""))
-            .arg("on_change")
-            .arg(&service)
-            .arg(&backend)
-            .arg(state)
-            .env("LB_SERVICE", &service)
-            .env("LB_BACKEND", &backend)
-            .env("LB_STATE", state)
-            .env("LB_REASON", &reason)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        match child {
-            Ok(mut child) => match tokio::time::timeout(HOOK_TIMEOUT, child.wait()).await {
-                Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => warn!(%service, %backend, %status, "on_change hook failed"),
-                Ok(Err(error)) => warn!(%service, %error, "on_change hook"),
-                Err(_) => warn!(%service, "on_change hook ran longer than 10 s; killed"),
-            },
-            Err(error) => warn!(%service, %error, "cannot run the on_change hook"),
+        let env = [
+            ("LB_SERVICE", service.as_str()),
+            ("LB_BACKEND", backend.as_str()),
+            ("LB_STATE", state),
+            ("LB_REASON", reason.as_str()),
+        ];
+        let command = format!("{command} \"$@\"");
+        let args = [service.as_str(), backend.as_str(), state];
+        match crate::shell::run(&command, "on_change", &args, &env, Some(HOOK_TIMEOUT)).await {
+            Ok(done) if done.success() => {}
+            Ok(done) => warn!(%service, %backend, status = %done.status, output = %done.last_words(), "on_change hook failed"),
+            Err(error) => warn!(%service, %backend, %error, "on_change hook"),
         }
     });
 }

@@ -968,11 +968,9 @@ impl Config {
     }
 }
 
+/// A whole config like the lab's, for tests across the crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LAB: &str = r#"
+pub(crate) const TEST_CONFIG: &str = r#"
 [node]
 public_interface = "pub0"
 private_interface = "priv0"
@@ -1000,6 +998,12 @@ protocol = "udp"
   [[service.backend]]
   address = "10.200.0.21"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::TEST_CONFIG as LAB;
 
     #[test]
     fn lab_config_parses_with_defaults() {

@@ -24,5 +24,6 @@ pub mod ports;
 pub mod reload;
 pub mod reset;
 pub mod schedule;
+pub mod shell;
 pub mod state;
 pub mod vrrp;

@@ -284,6 +284,26 @@ fn render_vrrp(w: &mut Writer, vrrp: &VrrpStatus) {
         );
     }
     w.family(
+        "lb_floating_ip_provider_calls_total",
+        "counter",
+        "Floating IP provider operations (address changes, API requests, commands).",
+    );
+    w.sample(
+        "lb_floating_ip_provider_calls_total",
+        &[("provider", &vrrp.provider)],
+        vrrp.provider_calls,
+    );
+    w.family(
+        "lb_floating_ip_provider_errors_total",
+        "counter",
+        "Floating IP provider operations that failed.",
+    );
+    w.sample(
+        "lb_floating_ip_provider_errors_total",
+        &[("provider", &vrrp.provider)],
+        vrrp.provider_errors,
+    );
+    w.family(
         "lb_floating_ip_held",
         "gauge",
         "1 for each floating address this node holds.",
@@ -402,6 +422,7 @@ mod tests {
                 adverts_rejected: [("ttl".to_string(), 2)].into_iter().collect(),
                 holds: vec!["10.100.0.100".parse().expect("vip")],
                 provider: "local".into(),
+                provider_calls: 3,
                 ..VrrpStatus::default()
             }),
         }
@@ -427,6 +448,7 @@ mod tests {
         assert!(text.contains("lb_vrrp_state{state=\"BACKUP\"} 0\n"));
         assert!(text.contains("lb_vrrp_adverts_rejected_total{reason=\"ttl\"} 2\n"));
         assert!(text.contains("lb_xdp_packets_total{reason=\"forwarded_to_backend\"} 60\n"));
+        assert!(text.contains("lb_floating_ip_provider_calls_total{provider=\"local\"} 3\n"));
     }
 
     #[test]

@@ -128,28 +128,7 @@ impl fmt::Display for ReloadSummary {
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
-[node]
-public_interface = "pub0"
-private_interface = "priv0"
-private_address = "10.200.0.11"
-
-[[service]]
-name = "www"
-vip = "10.100.0.100"
-port = 80
-protocol = "tcp"
-  [[service.backend]]
-  address = "10.200.0.21"
-
-[[service]]
-name = "dns"
-vip = "10.100.0.100"
-port = 5353
-protocol = "udp"
-  [[service.backend]]
-  address = "10.200.0.21"
-"#;
+    use crate::config::TEST_CONFIG as BASE;
 
     fn config(text: &str) -> Config {
         Config::parse(text, "test").expect("valid test config")
@@ -160,7 +139,7 @@ protocol = "udp"
         let old = config(BASE);
         let new = config(&BASE.replace("name = \"dns\"", "name = \"dns2\"").replace(
             "protocol = \"tcp\"\n  [[service.backend]]\n  address = \"10.200.0.21\"",
-            "protocol = \"tcp\"\n  [[service.backend]]\n  address = \"10.200.0.22\"",
+            "protocol = \"tcp\"\n  [[service.backend]]\n  address = \"10.200.0.23\"",
         ));
         let summary = ReloadSummary::between(&old, &new);
         assert_eq!(summary.services_added, ["dns2"]);
@@ -181,7 +160,7 @@ protocol = "udp"
         let new = config(
             &BASE
                 .replace("\"priv0\"", "\"eth1\"")
-                .replace("[node]", "[conntrack]\nmax_flows = 4096\n\n[node]"),
+                .replace("max_flows = 65536", "max_flows = 4096"),
         );
         let changes = restart_only_changes(&old, &new);
         assert_eq!(changes.len(), 2, "{changes:?}");
@@ -193,8 +172,8 @@ protocol = "udp"
     fn timeouts_apply_in_place() {
         let old = config(BASE);
         let new = config(&BASE.replace(
-            "[node]",
-            "[conntrack]\ntcp_established_timeout = \"5m\"\n\n[node]",
+            "max_flows = 65536",
+            "max_flows = 65536\ntcp_established_timeout = \"5m\"",
         ));
         let summary = ReloadSummary::between(&old, &new);
         assert!(summary.timeouts_changed);

@@ -82,6 +82,14 @@ fn error_body(status: StatusCode, id: &str, message: &str) -> Response {
     (status, Json(json!({ "id": id, "message": message }))).into_response()
 }
 
+fn not_found() -> Response {
+    error_body(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "The resource you were accessing could not be found.",
+    )
+}
+
 impl Mock {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -126,6 +134,19 @@ impl Mock {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == expected)
+    }
+
+    /// The API's first two checks: a valid token (else 401), a reserved
+    /// IP that parses (else 404).
+    fn admit(&self, headers: &HeaderMap, ip: &str) -> Result<Ipv4Addr, Box<Response>> {
+        if !self.authorized(headers) {
+            return Err(Box::new(error_body(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unable to authenticate you",
+            )));
+        }
+        ip.parse().map_err(|_| Box::new(not_found()))
     }
 
     fn log(&self, line: String) {
@@ -173,19 +194,9 @@ async fn get_reserved_ip(
     headers: HeaderMap,
 ) -> Response {
     mock.log(format!("GET /v2/reserved_ips/{ip}"));
-    if !mock.authorized(&headers) {
-        return error_body(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unable to authenticate you",
-        );
-    }
-    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-        return error_body(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "The resource you were accessing could not be found.",
-        );
+    let ip = match mock.admit(&headers, &ip) {
+        Ok(ip) => ip,
+        Err(refusal) => return *refusal,
     };
     let inner = mock.lock();
     match inner.holders.get(&ip) {
@@ -237,19 +248,9 @@ async fn post_action(
         Some(Injection::Delay(wait)) => tokio::time::sleep(wait).await,
         None => {}
     }
-    if !mock.authorized(&headers) {
-        return error_body(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unable to authenticate you",
-        );
-    }
-    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-        return error_body(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "The resource you were accessing could not be found.",
-        );
+    let ip = match mock.admit(&headers, &ip) {
+        Ok(ip) => ip,
+        Err(refusal) => return *refusal,
     };
     let request: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,

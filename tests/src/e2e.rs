@@ -5,6 +5,11 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -251,4 +256,70 @@ pub fn health_of(lab: &Lab, service: &str, backend: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// What a client loop saw: answers by body, and the failures.
+#[derive(Debug, Default)]
+pub struct LoopResult {
+    pub answers: BTreeMap<String, usize>,
+    pub failed: Vec<String>,
+}
+
+impl LoopResult {
+    pub fn ok(&self) -> usize {
+        self.answers.values().sum()
+    }
+}
+
+/// A bounded client: a request through the VIP every `every` (at most
+/// `max`) from the client namespace, until `stop`.
+pub struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<LoopResult>,
+}
+
+impl ClientLoop {
+    pub fn start(lab: &Lab, every: Duration, max: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = lab.ns(Node::Client);
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut result = LoopResult::default();
+            for _ in 0..max {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &client,
+                        "curl",
+                        "-sS",
+                        "--max-time",
+                        "2",
+                        VIP_URL,
+                    ])
+                    .output()
+                    .expect("curl");
+                if out.status.success() {
+                    let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    *result.answers.entry(body).or_insert(0) += 1;
+                } else {
+                    result
+                        .failed
+                        .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+                std::thread::sleep(every);
+            }
+            result
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the loop and returns what it saw.
+    pub fn finish(self) -> LoopResult {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("client loop")
+    }
 }

@@ -5,10 +5,6 @@
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
@@ -23,46 +19,12 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 100);
 /// lb2's master-down interval at advert_int 1 s: 3 s + (256-100)/256 s.
 const LB2_MASTER_DOWN: Duration = Duration::from_millis(3610);
 
-/// Requests through the VIP every 100 ms until stopped (at most 300).
-fn client_loop(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
-    let client = lab.ns(Node::Client);
-    std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, Vec::new());
-        for _ in 0..300 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let out = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &client,
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "2",
-                    VIP_URL,
-                ])
-                .output()
-                .expect("curl");
-            if out.status.success() {
-                ok += 1;
-            } else {
-                failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        (ok, failed)
-    })
-}
-
 #[test]
 fn kill_9_of_the_master_fails_over_without_losing_requests() {
     let Some(lab) = lab_ha("hakill") else { return };
     assert_eq!(lab.vip_holder(), Some(Node::Lb1));
     assert_eq!(vrrp_state(&lab, Node::Lb2), "BACKUP");
-    let stop = Arc::new(AtomicBool::new(false));
-    let requests = client_loop(&lab, stop.clone());
+    let requests = ClientLoop::start(&lab, Duration::from_millis(100), 300);
     std::thread::sleep(Duration::from_millis(500));
     let killed = Instant::now();
     lab.kill_agent(Node::Lb1, libc::SIGKILL)
@@ -80,8 +42,8 @@ fn kill_9_of_the_master_fails_over_without_losing_requests() {
         "lb2 became master after {took:?}"
     );
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = requests.join().expect("client loop");
+    let seen = requests.finish();
+    let (ok, failed) = (seen.ok(), seen.failed);
     assert!(ok > 10, "the loop ran");
     assert!(
         failed.is_empty(),
@@ -286,8 +248,7 @@ fn vrrp_v3_at_100ms_fails_over_in_under_a_second() {
         return;
     };
     assert_eq!(vrrp_field(&lab, Node::Lb1, "version"), 3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let requests = client_loop(&lab, stop.clone());
+    let requests = ClientLoop::start(&lab, Duration::from_millis(100), 300);
     std::thread::sleep(Duration::from_millis(300));
     lab.stop_agent(Node::Lb1).expect("graceful stop of lb1");
     let stopped = Instant::now();
@@ -303,8 +264,8 @@ fn vrrp_v3_at_100ms_fails_over_in_under_a_second() {
         "sub-second handover took {took:?}"
     );
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = requests.join().expect("client loop");
+    let seen = requests.finish();
+    let (ok, failed) = (seen.ok(), seen.failed);
     assert!(ok > 3 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
 }
 

@@ -119,15 +119,7 @@ fn the_digitalocean_guides_configs_import() {
 #[test]
 fn the_labs_classic_configs_import_to_the_labs_settings() {
     for (node, priority) in [(Node::Lb1, 200), (Node::Lb2, 100)] {
-        let keepalived = keepalived_config(node, 2, "1s", Path::new("/c.sh"), Path::new("/n.sh"))
-            .expect("keepalived config");
-        let imported = import(
-            ("haproxy.cfg", &haproxy_config()),
-            Some(("keepalived.conf", &keepalived)),
-            &facts(),
-        )
-        .expect("imports");
-        let config = parsed(&imported);
+        let config = parsed(&import_lab_classic(node, "/n.sh"));
         let vrrp = config.vrrp.expect("[vrrp]");
         assert_eq!((vrrp.vrid, vrrp.priority, vrrp.version), (33, priority, 2));
         assert_eq!(vrrp.virtual_addresses, [Ipv4Addr::new(10, 100, 0, 100)]);
@@ -171,22 +163,21 @@ fn the_binary_reports_lines_and_refuses_unusable_input() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--public-interface"));
 }
 
-/// The imported config for `node`, with the lab's node-local settings.
-fn imported_for_lab(lab: &Lab, node: Node) -> String {
-    let keepalived = keepalived_config(
-        node,
-        2,
-        "1s",
-        Path::new("/bin/true"),
-        Path::new("/bin/true"),
-    )
-    .expect("keepalived config");
-    let imported = import(
+/// The lab's classic keepalived + HAProxy configs of `node`, imported.
+fn import_lab_classic(node: Node, notify: &str) -> Imported {
+    let keepalived = keepalived_config(node, 2, "1s", Path::new("/bin/true"), Path::new(notify))
+        .expect("keepalived config");
+    import(
         ("haproxy.cfg", &haproxy_config()),
         Some(("keepalived.conf", &keepalived)),
         &facts(),
     )
-    .expect("imports");
+    .expect("imports")
+}
+
+/// The imported config for `node`, with the lab's node-local settings.
+fn imported_for_lab(lab: &Lab, node: Node) -> String {
+    let imported = import_lab_classic(node, "/bin/true");
     let state = lab.run_dir().join(format!("state-import-{node}"));
     imported.toml.replacen(
         "[node]\n",

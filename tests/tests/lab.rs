@@ -10,8 +10,6 @@ use std::{
     net::{SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicBool, Ordering},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -203,40 +201,7 @@ fn kill_9_keeps_forwarding_and_restart_adopts_flows() {
     let mut download = download_on(&lab, "web1");
 
     // A bounded client loop runs across the kill and the restart.
-    let stop = Arc::new(AtomicBool::new(false));
-    let results = {
-        let stop = stop.clone();
-        let client = lab.ns(Node::Client);
-        std::thread::spawn(move || {
-            let mut ok = 0;
-            let mut failed = Vec::new();
-            for i in 0..400 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let out = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &client,
-                        "curl",
-                        "-sS",
-                        "--max-time",
-                        "2",
-                        VIP_URL,
-                    ])
-                    .output()
-                    .expect("curl");
-                if out.status.success() {
-                    ok += 1;
-                } else {
-                    failed.push((i, String::from_utf8_lossy(&out.stderr).into_owned()));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (ok, failed)
-        })
-    };
+    let requests = ClientLoop::start(&lab, Duration::from_millis(20), 400);
     std::thread::sleep(Duration::from_secs(1));
     lab.kill_agent(Node::Lb1, libc::SIGKILL).expect("kill -9");
     std::thread::sleep(Duration::from_secs(2));
@@ -246,8 +211,8 @@ fn kill_9_keeps_forwarding_and_restart_adopts_flows() {
     );
     lab.start_agent(Node::Lb1).expect("restart");
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = results.join().expect("client loop");
+    let seen = requests.finish();
+    let (ok, failed) = (seen.ok(), seen.failed);
     assert!(ok > 20, "client loop ran ({ok} requests)");
     assert!(
         failed.is_empty(),

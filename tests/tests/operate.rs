@@ -2,47 +2,10 @@
 //! while clients keep connecting, and an invalid reload that changes
 //! nothing.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use integration_tests::e2e::*;
 use xtask::lab::{Lab, Node};
-
-/// Requests through the VIP every 50 ms until stopped (at most 600):
-/// answers by body, failures by message.
-fn client_loop(
-    lab: &Lab,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(BTreeMap<String, usize>, Vec<String>)> {
-    let client = lab.ns(Node::Client);
-    std::thread::spawn(move || {
-        let (mut answers, mut failed) = (BTreeMap::new(), Vec::new());
-        for _ in 0..600 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &client, "curl", "-sS", "--max-time", "2"])
-                .arg(VIP_URL)
-                .output()
-                .expect("curl");
-            if out.status.success() {
-                let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                *answers.entry(body).or_insert(0) += 1;
-            } else {
-                failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (answers, failed)
-    })
-}
 
 fn rewrite_config(lab: &Lab, from: &str, to: &str) {
     let path = lab.agent_config_path(Node::Lb1);
@@ -69,8 +32,7 @@ fn www_backends(lab: &Lab) -> Vec<String> {
 fn reload_changes_backends_without_failing_a_request_or_a_flow() {
     let Some(lab) = lab("oprel") else { return };
     let download = download_on(&lab, "web2");
-    let stop = Arc::new(AtomicBool::new(false));
-    let requests = client_loop(&lab, stop.clone());
+    let requests = ClientLoop::start(&lab, Duration::from_millis(50), 600);
     std::thread::sleep(Duration::from_millis(500));
 
     // web2 leaves the config, web3 joins: `lb-agent reload`.
@@ -113,8 +75,8 @@ fn reload_changes_backends_without_failing_a_request_or_a_flow() {
         www_backends(&lab)
     );
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    let (answers, failed) = requests.join().expect("client loop");
+    let seen = requests.finish();
+    let (answers, failed) = (seen.answers, seen.failed);
     assert!(
         failed.is_empty(),
         "requests failed during reloads: {failed:?}"

@@ -2,51 +2,12 @@
 //! provider and the stand-in API, and the `local` provider reconciling
 //! while master (an address deleted by hand, a healed partition).
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use integration_tests::e2e::*;
 use xtask::lab::{Lab, Node};
 
 const DO_MOCK: &str = env!("CARGO_BIN_EXE_do-api-mock");
-
-/// Requests through the VIP every 100 ms until stopped (at most 300).
-fn client_loop(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u32, Vec<String>)> {
-    let client = lab.ns(Node::Client);
-    std::thread::spawn(move || {
-        let (mut ok, mut failed) = (0, Vec::new());
-        for _ in 0..300 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let out = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &client,
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "2",
-                    VIP_URL,
-                ])
-                .output()
-                .expect("curl");
-            if out.status.success() {
-                ok += 1;
-            } else {
-                failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        (ok, failed)
-    })
-}
 
 #[test]
 fn digitalocean_provider_moves_the_reserved_ip_on_failover_and_back() {
@@ -63,8 +24,7 @@ fn digitalocean_provider_moves_the_reserved_ip_on_failover_and_back() {
         vrrp_field(&lab, Node::Lb1, "holds"),
         serde_json::json!(["10.100.0.100"])
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let requests = client_loop(&lab, stop.clone());
+    let requests = ClientLoop::start(&lab, Duration::from_millis(100), 300);
     std::thread::sleep(Duration::from_millis(500));
 
     lab.kill_agent(Node::Lb1, libc::SIGKILL)
@@ -84,8 +44,8 @@ fn digitalocean_provider_moves_the_reserved_ip_on_failover_and_back() {
         "lb1 preempts and takes the reserved IP back"
     );
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = requests.join().expect("client loop");
+    let seen = requests.finish();
+    let (ok, failed) = (seen.ok(), seen.failed);
     assert!(ok > 20, "the loop ran");
     assert!(failed.is_empty(), "requests lost: {failed:?}");
     assert_eq!(vrrp_field(&lab, Node::Lb1, "provider_errors"), 0);
@@ -198,4 +158,9 @@ fn a_healed_partition_ends_with_one_holder_announced_again() {
     );
     let body = lab.http_get(Node::Client, VIP_URL).expect("served");
     assert!(body.starts_with("web"), "{body}");
+    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb1)).expect("lb1 log");
+    assert!(
+        log.contains("the peer stopped claiming mastership"),
+        "lb1 announced the VIP again once the split brain ended:\n{log}"
+    );
 }

@@ -7,7 +7,7 @@
 //! `request_timeout`; `assign` is retried `tries` times, `retry_interval`
 //! apart.
 
-use std::{net::Ipv4Addr, process::Stdio, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use tracing::{info, warn};
 
@@ -74,45 +74,27 @@ impl ExecProvider {
     async fn run(&mut self, command: &str, state: &str) -> Result<(), String> {
         self.calls += 1;
         let ips: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
-        let child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(command)
-            .env("LB_FLOATING_IPS", ips.join(" "))
-            .env("LB_INSTANCE", &self.instance)
-            .env("LB_STATE", state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(error) => {
+        let ips = ips.join(" ");
+        let env = [
+            ("LB_FLOATING_IPS", ips.as_str()),
+            ("LB_INSTANCE", self.instance.as_str()),
+            ("LB_STATE", state),
+        ];
+        let outcome =
+            crate::shell::run(command, "floating-ip", &[], &env, Some(self.timeout)).await;
+        match outcome {
+            Ok(done) if done.success() => Ok(()),
+            Ok(done) => {
                 self.errors += 1;
-                return Err(format!("cannot run {command:?}: {error}"));
-            }
-        };
-        match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(Ok(out)) if out.status.success() => Ok(()),
-            Ok(Ok(out)) => {
-                self.errors += 1;
-                let stderr = String::from_utf8_lossy(&out.stderr);
                 Err(format!(
                     "{command:?} failed ({}): {}",
-                    out.status,
-                    stderr.trim().lines().last().unwrap_or("")
+                    done.status,
+                    done.last_words()
                 ))
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 self.errors += 1;
                 Err(format!("{command:?}: {error}"))
-            }
-            Err(_) => {
-                self.errors += 1;
-                Err(format!(
-                    "{command:?} timed out after {:?}; killed",
-                    self.timeout
-                ))
             }
         }
     }

@@ -78,6 +78,26 @@ impl LocalProvider {
         (self.ops, self.failures)
     }
 
+    /// Counts one address change and turns its failure into an error that
+    /// says what was being done.
+    fn record(
+        &mut self,
+        action: &'static str,
+        addr: Ipv4Addr,
+        result: Result<(), rtnetlink::Error>,
+    ) -> Result<(), FloatingIpError> {
+        self.ops += 1;
+        result.map_err(|source| {
+            self.failures += 1;
+            FloatingIpError::Address {
+                action,
+                addr,
+                interface: self.interface.clone(),
+                source,
+            }
+        })
+    }
+
     /// While master: re-adds an address that went missing (then announces
     /// it), and announces again when the link came back up.
     pub async fn reconcile(&mut self) -> Result<(), FloatingIpError> {
@@ -130,23 +150,13 @@ impl LocalProvider {
             if held.contains(&addr) {
                 continue;
             }
-            self.ops += 1;
             let added = self
                 .handle
                 .address()
                 .add(self.ifindex, IpAddr::V4(addr), 32)
                 .execute()
-                .await
-                .map_err(|source| FloatingIpError::Address {
-                    action: "adding",
-                    addr,
-                    interface: self.interface.clone(),
-                    source,
-                });
-            if let Err(error) = added {
-                self.failures += 1;
-                return Err(error);
-            }
+                .await;
+            self.record("adding", addr, added)?;
             info!(addr = %addr, interface = %self.interface, "floating IP added");
         }
         self.link_was_up = self.link_up().await;
@@ -210,23 +220,8 @@ impl LocalProvider {
                     _ => None,
                 })
                 .unwrap_or(Ipv4Addr::UNSPECIFIED);
-            self.ops += 1;
-            let removed = self
-                .handle
-                .address()
-                .del(message)
-                .execute()
-                .await
-                .map_err(|source| FloatingIpError::Address {
-                    action: "removing",
-                    addr,
-                    interface: self.interface.clone(),
-                    source,
-                });
-            if let Err(error) = removed {
-                self.failures += 1;
-                return Err(error);
-            }
+            let removed = self.handle.address().del(message).execute().await;
+            self.record("removing", addr, removed)?;
             info!(addr = %addr, interface = %self.interface, "floating IP removed");
         }
         Ok(())

@@ -4,7 +4,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    process::Stdio,
     time::Duration,
 };
 
@@ -65,12 +64,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         current = source;
     }
     current.to_string()
-}
-
-fn first_line(text: &[u8]) -> String {
-    let text = String::from_utf8_lossy(text);
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    line.chars().take(200).collect()
 }
 
 impl Probe {
@@ -186,39 +179,21 @@ impl Probe {
                 CheckOutcome::ok(format!("HTTP {status}"))
             }
             Probe::Exec { command, service } => {
-                let child = tokio::process::Command::new("/bin/sh")
-                    .arg("-c")
-                    .arg(command)
-                    .env("LB_BACKEND_ADDR", target.ip().to_string())
-                    .env("LB_BACKEND_PORT", target.port().to_string())
-                    .env("LB_SERVICE", service)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn();
-                let child = match child {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return CheckOutcome::failed(format!("cannot run the check command: {e}"))
+                let (addr, port) = (target.ip().to_string(), target.port().to_string());
+                let env = [
+                    ("LB_BACKEND_ADDR", addr.as_str()),
+                    ("LB_BACKEND_PORT", port.as_str()),
+                    ("LB_SERVICE", service.as_str()),
+                ];
+                // The caller's timeout bounds it; dropping the future kills it.
+                match crate::shell::run(command, "check", &[], &env, None).await {
+                    Ok(done) if done.success() => {
+                        CheckOutcome::ok(format!("exit 0 {}", done.first_line()).trim().to_string())
                     }
-                };
-                match child.wait_with_output().await {
-                    Ok(out) if out.status.success() => CheckOutcome::ok(
-                        format!("exit 0 {}", first_line(&out.stdout))
-                            .trim()
-                            .to_string(),
-                    ),
-                    Ok(out) => CheckOutcome::failed(format!(
-                        "{}: {}",
-                        out.status,
-                        first_line(if out.stderr.is_empty() {
-                            &out.stdout
-                        } else {
-                            &out.stderr
-                        })
-                    )),
-                    Err(e) => CheckOutcome::failed(format!("waiting for the check command: {e}")),
+                    Ok(done) => {
+                        CheckOutcome::failed(format!("{}: {}", done.status, done.last_words()))
+                    }
+                    Err(error) => CheckOutcome::failed(format!("check command: {error}")),
                 }
             }
         }

@@ -105,6 +105,11 @@ pub struct VrrpRunner {
     /// The floating IP may be left from a crashed run: drop it once a
     /// legitimate master is heard.
     check_stale: bool,
+    /// When a lower-priority peer last claimed mastership while this node
+    /// was master (a split brain). Once it falls silent the floating IP is
+    /// announced once more, so the last announcement neighbours saw is
+    /// this node's.
+    peer_claimed: Option<Instant>,
 }
 
 impl VrrpRunner {
@@ -164,6 +169,7 @@ impl VrrpRunner {
             auth,
             status,
             check_stale: true,
+            peer_claimed: None,
         })
     }
 
@@ -275,21 +281,15 @@ impl VrrpRunner {
         for command in [specific, generic].into_iter().flatten() {
             let timeout = self.config.notify_timeout;
             hooks.push(tokio::spawn(async move {
-                let child = tokio::process::Command::new("/bin/sh")
-                    .arg("-c")
-                    .arg(&command)
-                    .stdin(std::process::Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn();
-                match child {
-                    Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
-                        Ok(Ok(status)) if !status.success() => {
-                            warn!(%command, %status, "notify hook failed")
-                        }
-                        Err(_) => warn!(%command, "notify hook timed out; killed"),
-                        _ => {}
-                    },
-                    Err(error) => warn!(%command, %error, "cannot run notify hook"),
+                match crate::shell::run(&command, "notify", &[], &[], Some(timeout)).await {
+                    Ok(done) if done.success() => {}
+                    Ok(done) => {
+                        warn!(%command, status = %done.status, output = %done.last_words(), "notify hook failed")
+                    }
+                    Err(crate::shell::ShellError::TimedOut(_)) => {
+                        warn!(%command, "notify hook timed out; killed")
+                    }
+                    Err(error) => warn!(%command, %error, "notify hook"),
                 }
             }));
         }
@@ -365,6 +365,24 @@ impl VrrpRunner {
             if let Some(provider) = &self.provider {
                 provider.reassert();
             }
+            self.peer_claimed = Some(Instant::now());
+        }
+    }
+
+    /// After a split brain: once the peer stopped claiming mastership (two
+    /// advert intervals of silence), announce the floating IP once more.
+    fn after_split_brain(&mut self) {
+        let Some(claimed) = self.peer_claimed else {
+            return;
+        };
+        if self.machine.state() != State::Master {
+            self.peer_claimed = None;
+        } else if claimed.elapsed() > self.config.advert_int * 2 {
+            info!("the peer stopped claiming mastership: announcing the floating IP again");
+            if let Some(provider) = &self.provider {
+                provider.reassert();
+            }
+            self.peer_claimed = None;
         }
     }
 
@@ -423,7 +441,10 @@ impl VrrpRunner {
                         break;
                     }
                 }
-                _ = provider_tick.tick() => self.show_provider(),
+                _ = provider_tick.tick() => {
+                    self.show_provider();
+                    self.after_split_brain();
+                }
                 Ok(()) = verdicts.changed() => {
                     let verdict = verdicts.borrow_and_update().clone();
                     self.on_verdict(verdict).await;
