@@ -164,3 +164,62 @@ fn a_healed_partition_ends_with_one_holder_announced_again() {
         "lb1 announced the VIP again once the split brain ended:\n{log}"
     );
 }
+
+#[test]
+fn a_downed_interface_faults_and_a_flapped_link_is_announced_again() {
+    let Some(lab) = lab_ha("pvlink") else { return };
+    lab.http_get(Node::Client, VIP_URL).expect("served before");
+    // A tracked interface (default: both) going down puts lb1 in FAULT.
+    lab.exec_ok(Node::Lb1, &["ip", "link", "set", "pub0", "down"])
+        .expect("pub0 down");
+    assert!(
+        wait_for(Duration::from_secs(5), || vrrp_state(&lab, Node::Lb1)
+            == "FAULT"),
+        "lb1 faults with pub0 down"
+    );
+    let reason = vrrp_field(&lab, Node::Lb1, "last_transition_reason");
+    assert!(
+        reason.as_str().unwrap_or("").contains("pub0 is down"),
+        "{reason}"
+    );
+    assert!(wait_for(Duration::from_secs(6), || lab.vip_holder()
+        == Some(Node::Lb2)));
+    lab.exec_ok(Node::Lb1, &["ip", "link", "set", "pub0", "up"])
+        .expect("pub0 up");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab.vip_holder()
+            == Some(Node::Lb1)),
+        "lb1 recovers and preempts"
+    );
+
+    // Untracked, the public link flaps under a master that keeps the VIP:
+    // it announces it again when the link is back.
+    lab.stop_agent(Node::Lb1).expect("stop lb1");
+    let config = std::fs::read_to_string(lab.agent_config_path(Node::Lb1)).expect("config");
+    let config = config.replacen("[vrrp]\n", "[vrrp]\ntrack_interfaces = [\"priv0\"]\n", 1);
+    lab.start_agent_with_config(Node::Lb1, &config)
+        .expect("lb1 again");
+    assert!(wait_for(Duration::from_secs(10), || lab.vip_holder()
+        == Some(Node::Lb1)));
+    lab.exec_ok(Node::Lb1, &["ip", "link", "set", "pub0", "down"])
+        .expect("pub0 down");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        vrrp_state(&lab, Node::Lb1),
+        "MASTER",
+        "pub0 is not tracked now"
+    );
+    lab.exec_ok(Node::Lb1, &["ip", "link", "set", "pub0", "up"])
+        .expect("pub0 up");
+    let log = lab.agent_log_path(Node::Lb1);
+    assert!(
+        wait_for(Duration::from_secs(6), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("link up again: announcing")),
+        "a gratuitous ARP round after the flap"
+    );
+    let body = lab
+        .http_get(Node::Client, VIP_URL)
+        .expect("served after the flap");
+    assert!(body.starts_with("web"), "{body}");
+}
