@@ -158,10 +158,17 @@ fn a_healed_partition_ends_with_one_holder_announced_again() {
     );
     let body = lab.http_get(Node::Client, VIP_URL).expect("served");
     assert!(body.starts_with("web"), "{body}");
-    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb1)).expect("lb1 log");
+    // Two advert intervals after lb2's last claim.
+    let log = lab.agent_log_path(Node::Lb1);
+    let announced = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("the peer stopped claiming mastership")
+    };
     assert!(
-        log.contains("the peer stopped claiming mastership"),
-        "lb1 announced the VIP again once the split brain ended:\n{log}"
+        wait_for(Duration::from_secs(6), announced),
+        "lb1 announced the VIP again once the split brain ended:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
 
