@@ -5,25 +5,15 @@
 use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
+
+use lb_agent::floating_ip::{arp_request, packet_socket, send_frame};
 
 use crate::netns::NetNs;
 
 const ETH_P_ARP: u16 = 0x0806;
-
-fn request(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> [u8; 42] {
-    let mut f = [0u8; 42];
-    f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&mac);
-    f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&sender.octets());
-    f[38..42].copy_from_slice(&target.octets());
-    f
-}
 
 /// Sends one ARP request for `target` from `sender` on `interface` of the
 /// namespace `ns` and returns the MACs of every reply within `wait`.
@@ -41,21 +31,8 @@ pub fn who_has(
             .unwrap_or_else(|| panic!("MAC of {interface} in {ns}"));
         let ifindex = lb_agent::dataplane::loader::interface_index(&interface)
             .unwrap_or_else(|| panic!("{interface} in {ns}"));
-        // SAFETY: plain socket(2).
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
-        assert!(
-            raw >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh fd we own.
-        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        let socket = packet_socket().expect("packet socket");
+        // Receive only what arrives on this interface.
         // SAFETY: zeroed sockaddr_ll is valid; fields set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
@@ -71,21 +48,7 @@ pub fn who_has(
             )
         };
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let frame = request(mac, sender, target);
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        // SAFETY: valid fd, buffer and sockaddr_ll.
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                len,
-            )
-        };
-        assert_eq!(sent, 42, "send: {}", std::io::Error::last_os_error());
+        send_frame(&socket, ifindex, &arp_request(mac, sender, target)).expect("send");
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 50_000,

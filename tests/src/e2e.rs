@@ -21,27 +21,20 @@ pub const VIP_URL: &str = "http://10.100.0.100/";
 
 /// A lab with one LB (lb1 holds the VIP statically, no VRRP).
 pub fn lab(prefix: &str) -> Option<LabGuard> {
-    lab_with(prefix, false)
+    lab_with(prefix, |o| o.ha = false)
 }
 
 /// The HA lab: agents on lb1 and lb2 elect the VIP's holder with VRRP.
 pub fn lab_ha(prefix: &str) -> Option<LabGuard> {
-    lab_with(prefix, true)
+    lab_with(prefix, |_| {})
 }
 
 /// The HA lab with VRRPv3 at `advert_int`.
 pub fn lab_ha_v3(prefix: &str, advert_int: &str) -> Option<LabGuard> {
-    let agent = artifacts::agent_binary()?;
-    let xtask = artifacts::xtask_binary()?;
-    let options = LabOptions {
-        agent_bin: Some(agent),
-        xtask_bin: Some(xtask),
-        ha: true,
-        vrrp_version: 3,
-        advert_int: advert_int.to_string(),
-        ..LabOptions::with_prefix(prefix)
-    };
-    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
+    lab_with(prefix, |o| {
+        o.vrrp_version = 3;
+        o.advert_int = advert_int.to_string();
+    })
 }
 
 /// The HA lab where `classic` nodes run keepalived + HAProxy (the classic
@@ -52,34 +45,33 @@ pub fn lab_mixed(
     version: u8,
     advert_int: &str,
 ) -> Option<LabGuard> {
-    let agent = artifacts::agent_binary()?;
-    let xtask = artifacts::xtask_binary()?;
-    let options = LabOptions {
-        agent_bin: Some(agent),
-        xtask_bin: Some(xtask),
-        ha: true,
-        vrrp_version: version,
-        advert_int: advert_int.to_string(),
-        classic: classic.to_vec(),
-        ..LabOptions::with_prefix(prefix)
-    };
-    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
+    lab_with(prefix, |o| {
+        o.vrrp_version = version;
+        o.advert_int = advert_int.to_string();
+        o.classic = classic.to_vec();
+    })
 }
 
 /// The HA lab with the `digitalocean` provider: the stand-in API in the
 /// client namespace (`do_mock`, the `do-api-mock` binary the test got
 /// from cargo) moves the reserved IP's route.
 pub fn lab_digitalocean(prefix: &str, do_mock: &str) -> Option<LabGuard> {
-    let agent = artifacts::agent_binary()?;
-    let xtask = artifacts::xtask_binary()?;
-    let options = LabOptions {
-        agent_bin: Some(agent),
-        xtask_bin: Some(xtask),
+    lab_with(prefix, |o| {
+        o.provider = "digitalocean".into();
+        o.do_mock_bin = Some(do_mock.into());
+    })
+}
+
+/// A guarded lab with the built artifacts and HA by default, as `adjust`
+/// changes it; `None` (skip) when this run cannot use the artifacts.
+fn lab_with(prefix: &str, adjust: impl FnOnce(&mut LabOptions)) -> Option<LabGuard> {
+    let mut options = LabOptions {
+        agent_bin: Some(artifacts::agent_binary()?),
+        xtask_bin: Some(artifacts::xtask_binary()?),
         ha: true,
-        provider: "digitalocean".into(),
-        do_mock_bin: Some(do_mock.into()),
         ..LabOptions::with_prefix(prefix)
     };
+    adjust(&mut options);
     Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
 }
 
@@ -100,18 +92,6 @@ pub fn vrrp_state(lab: &Lab, node: Node) -> String {
         .as_str()
         .unwrap_or("")
         .to_string()
-}
-
-fn lab_with(prefix: &str, ha: bool) -> Option<LabGuard> {
-    let agent = artifacts::agent_binary()?;
-    let xtask = artifacts::xtask_binary()?;
-    let options = LabOptions {
-        agent_bin: Some(agent),
-        xtask_bin: Some(xtask),
-        ha,
-        ..LabOptions::with_prefix(prefix)
-    };
-    Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
 }
 
 pub fn agent(lab: &Lab, args: &[&str]) -> String {

@@ -37,17 +37,22 @@ pub struct LocalProvider {
 
 const ETH_P_ARP: u16 = 0x0806;
 
-/// A gratuitous ARP request for `addr` from `mac` (who-has addr tell addr).
-pub fn garp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
+/// An ARP request from `mac`/`sender` asking who has `target`, broadcast.
+pub fn arp_request(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> [u8; 42] {
     let mut f = [0u8; 42];
     f[0..6].copy_from_slice(&[0xff; 6]);
     f[6..12].copy_from_slice(&mac);
     f[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
     f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&addr.octets());
-    f[38..42].copy_from_slice(&addr.octets());
+    f[28..32].copy_from_slice(&sender.octets());
+    f[38..42].copy_from_slice(&target.octets());
     f
+}
+
+/// A gratuitous ARP request for `addr` from `mac` (who-has addr tell addr).
+pub fn garp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
+    arp_request(mac, addr, addr)
 }
 
 impl LocalProvider {
@@ -253,7 +258,8 @@ impl LocalProvider {
     }
 }
 
-fn packet_socket() -> std::io::Result<OwnedFd> {
+/// A raw packet socket for ARP frames.
+pub fn packet_socket() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2).
     let raw = unsafe {
         libc::socket(
@@ -269,7 +275,8 @@ fn packet_socket() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-fn send_frame(fd: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+/// Sends one Ethernet `frame` (to the broadcast address) out of `ifindex`.
+pub fn send_frame(fd: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
     // SAFETY: zeroed sockaddr_ll is valid; fields set below.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 pub use digitalocean::{DigitalOcean, DoError, Token};
 pub use exec::ExecProvider;
-pub use local::{garp_frame, LocalProvider};
+pub use local::{arp_request, garp_frame, packet_socket, send_frame, LocalProvider};
 
 use crate::config::{FloatingIpConfig, ProviderKind};
 
