@@ -102,11 +102,25 @@ pub fn build_ebpf(toolchain: &Toolchain) -> Result<()> {
 }
 
 /// Full debuginfo so that bpf-linker can emit BTF (`--btf`), which BTF map
-/// definitions need (aya-build passes the same two). Spelled like the
-/// manual `RUSTFLAGS="-C debuginfo=2 -C link-arg=--btf"` so that both share
-/// one build cache; aya-ebpf's build script adds the `bpf_target_arch` cfg.
+/// definitions need (aya-build passes the same two); aya-ebpf's build script
+/// adds the `bpf_target_arch` cfg. Two more for speed, measured with
+/// `cargo xtask bench`: BPF ISA v3 (32-bit ALU and jumps; kernel 5.1, below
+/// what the program needs anyway) saves spills and zero-extensions, and
+/// letting LLVM expand memset/memmove inline stops it from calling byte
+/// loops in subprograms for every struct padding and MAC copy (bpf-linker's
+/// default in-order memcpy expansion turns those into libcalls).
 fn ebpf_rustflags() -> String {
-    ["-C", "debuginfo=2", "-C", "link-arg=--btf"].join("\x1f")
+    [
+        "-C",
+        "debuginfo=2",
+        "-C",
+        "link-arg=--btf",
+        "-C",
+        "target-cpu=v3",
+        "-C",
+        "link-arg=--disable-expand-memcpy-in-order",
+    ]
+    .join("\x1f")
 }
 
 /// Fails unless `bpftool btf dump file <object>` shows a `.maps` section
