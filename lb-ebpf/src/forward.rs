@@ -2,6 +2,8 @@
 //! when the next hop is behind the interface the packet came in on, or a
 //! redirect through the `tx_ports` devmap otherwise.
 
+use core::ptr::addr_of_mut;
+
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -15,6 +17,7 @@ use lb_common::{NextHop, Reason, NEXT_HOP_TTL_NS};
 use crate::{
     maps::{NEIGH_MISSES, TX_PORTS},
     parsing::Packet,
+    ptr::store,
 };
 
 const AF_INET: u8 = 2;
@@ -35,10 +38,10 @@ pub fn forward(
     if hop.ifindex == 0 || now.wrapping_sub(hop.looked_up_ns) > NEXT_HOP_TTL_NS {
         *hop = route(ctx, pkt, src, dst, now)?;
     }
-    // SAFETY: `pkt.eth` was bounds-checked by `parse`.
+    // SAFETY: `pkt.eth` was bounds-checked by `parse`; it starts the packet.
     unsafe {
-        (*pkt.eth).dst_addr = hop.dst_mac;
-        (*pkt.eth).src_addr = hop.src_mac;
+        store(addr_of_mut!((*pkt.eth).dst_addr), hop.dst_mac);
+        store(addr_of_mut!((*pkt.eth).src_addr), hop.src_mac);
     }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Ok(xdp_action::XDP_TX);

@@ -1,13 +1,18 @@
 //! Full-NAT rewrite of addresses and ports with incremental checksum updates
 //! (RFC 1624, math shared with the agent's tests in `lb_common::checksum`).
 
+use core::ptr::addr_of_mut;
+
 use lb_common::{
-    checksum::{udp_nonzero, update_addr, update_u16},
+    checksum::{addr_change, apply, udp_nonzero, word_change},
     PROTO_TCP,
 };
 use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
-use crate::parsing::Packet;
+use crate::{
+    parsing::Packet,
+    ptr::{load_be16, store, store_be16},
+};
 
 /// The new 4-tuple of a packet.
 pub struct Rewrite {
@@ -17,42 +22,39 @@ pub struct Rewrite {
     pub dport: u16,
 }
 
-#[inline(always)]
-fn l4_check(check: u16, pkt: &Packet, new: &Rewrite) -> u16 {
-    let check = update_addr(check, pkt.src, new.src);
-    let check = update_addr(check, pkt.dst, new.dst);
-    let check = update_u16(check, pkt.sport, new.sport);
-    update_u16(check, pkt.dport, new.dport)
-}
-
 /// Rewrites IP addresses and L4 ports of `pkt` in place.
 #[inline(always)]
 pub fn rewrite(pkt: &Packet, new: &Rewrite) {
+    // The addresses are covered by both checksums (the L4 one through the
+    // pseudo-header): their change is summed once and applied to both.
+    let addrs = addr_change(pkt.src, new.src) + addr_change(pkt.dst, new.dst);
+    let l4 = addrs + word_change(pkt.sport, new.sport) + word_change(pkt.dport, new.dport);
     // SAFETY: `pkt.ip` and `pkt.l4` were bounds-checked by `parse` for the
-    // full IPv4 header and the full TCP or UDP header of `pkt.proto`.
+    // full IPv4 header and the full TCP or UDP header of `pkt.proto`; both
+    // start at even offsets.
     unsafe {
         let ip = pkt.ip;
-        let check = u16::from_be_bytes((*ip).check);
-        let check = update_addr(update_addr(check, pkt.src, new.src), pkt.dst, new.dst);
-        (*ip).check = check.to_be_bytes();
-        (*ip).src_addr = new.src;
-        (*ip).dst_addr = new.dst;
+        let check = addr_of_mut!((*ip).check);
+        store_be16(check, apply(load_be16(check), addrs));
+        store(addr_of_mut!((*ip).src_addr), new.src);
+        store(addr_of_mut!((*ip).dst_addr), new.dst);
 
         if pkt.proto == PROTO_TCP {
             let tcp = pkt.l4 as *mut TcpHdr;
-            let check = l4_check(u16::from_be_bytes((*tcp).check), pkt, new);
-            (*tcp).check = check.to_be_bytes();
-            (*tcp).source = new.sport.to_be_bytes();
-            (*tcp).dest = new.dport.to_be_bytes();
+            let check = addr_of_mut!((*tcp).check);
+            store_be16(check, apply(load_be16(check), l4));
+            store_be16(addr_of_mut!((*tcp).source), new.sport);
+            store_be16(addr_of_mut!((*tcp).dest), new.dport);
         } else {
             let udp = pkt.l4 as *mut UdpHdr;
-            let old = u16::from_be_bytes((*udp).check);
+            let check = addr_of_mut!((*udp).check);
+            let old = load_be16(check);
             // Zero means the sender did not checksum the datagram; keep it so.
             if old != 0 {
-                (*udp).check = udp_nonzero(l4_check(old, pkt, new)).to_be_bytes();
+                store_be16(check, udp_nonzero(apply(old, l4)));
             }
-            (*udp).src = new.sport.to_be_bytes();
-            (*udp).dst = new.dport.to_be_bytes();
+            store_be16(addr_of_mut!((*udp).src), new.sport);
+            store_be16(addr_of_mut!((*udp).dst), new.dport);
         }
     }
 }

@@ -5,15 +5,21 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use crate::{maps::VIPS, ptr::ptr_at};
+use core::ptr::addr_of;
+
+use crate::{
+    maps::VIPS,
+    ptr::{load, load_be16, ptr_at},
+};
 
 pub const IP_OFFSET: usize = EthHdr::LEN;
 /// Packets with IP options are never rewritten, so L4 always starts here.
 pub const L4_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 
 const ETH_P_IPV4: u16 = 0x0800;
-const IP_MF: u8 = 0x20;
-const IP_OFFSET_HIGH_MASK: u8 = 0x1f;
+/// More-fragments flag and fragment offset in the flags/offset word.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -81,15 +87,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         return Err(pass(Reason::PassNotIpv4));
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, IP_OFFSET).map_err(|()| pass(Reason::PassTruncated))?;
-    // SAFETY: `ip` is bounds-checked.
+    // SAFETY: `ip` is bounds-checked and starts at an even offset.
     let (vihl, proto, frags, dst, src, tot_len) = unsafe {
         (
             (*ip).vihl,
             (*ip).proto,
-            (*ip).frags,
-            (*ip).dst_addr,
-            (*ip).src_addr,
-            (*ip).tot_len,
+            load_be16(addr_of!((*ip).frags)),
+            load(addr_of!((*ip).dst_addr)),
+            load(addr_of!((*ip).src_addr)),
+            load_be16(addr_of!((*ip).tot_len)),
         )
     };
     if vihl >> 4 != 4 {
@@ -105,7 +111,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             pass(Reason::PassNotService)
         });
     }
-    if frags[0] & (IP_MF | IP_OFFSET_HIGH_MASK) != 0 || frags[1] != 0 {
+    if frags & (IP_MF | IP_OFFSET_MASK) != 0 {
         return Err(if is_vip(&dst) {
             drop(Reason::DropFragment)
         } else {
@@ -128,14 +134,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         let udp: *mut UdpHdr = ptr_at(ctx, L4_OFFSET).map_err(|()| truncated())?;
         (udp as *mut u8, 0)
     };
-    // SAFETY: the first four bytes of TCP and UDP headers are the ports, inside the checked header.
+    // SAFETY: the first four bytes of TCP and UDP headers are the ports,
+    // inside the checked header, which starts at an even offset.
     let (sport, dport) = unsafe {
-        let ports = l4 as *const [u8; 4];
-        let p = *ports;
-        (
-            u16::from_be_bytes([p[0], p[1]]),
-            u16::from_be_bytes([p[2], p[3]]),
-        )
+        let ports = l4 as *const [u8; 2];
+        (load_be16(ports), load_be16(ports.add(1)))
     };
     Ok(Packet {
         eth,
@@ -147,6 +150,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         sport,
         dport,
         tcp_flags,
-        ip_len: u16::from_be_bytes(tot_len),
+        ip_len: tot_len,
     })
 }
