@@ -964,6 +964,9 @@ impl Config {
             public_mac: [0; 6],
             private_mac: [0; 6],
             _pad_mac: [0; 4],
+            // Calibrated against the running kernel (daemon).
+            tick_ns: 0,
+            tick_offset_ns: 0,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::{
         socket_path,
     },
     dataplane::{
+        clock,
         loader::{interface_index, interface_mac},
         Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT,
     },
@@ -282,6 +283,22 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut settings = config.to_settings();
     settings.public_mac = interface_mac(&node.public_interface).unwrap_or_default();
     settings.private_mac = interface_mac(&node.private_interface).unwrap_or_default();
+    match tokio::task::spawn_blocking(clock::calibrate)
+        .await
+        .context("calibrating the XDP clock")?
+    {
+        Ok(tick_clock) => {
+            tick_clock.apply(&mut settings);
+            info!(
+                hz = tick_clock.hz,
+                "XDP clock calibrated on the kernel tick"
+            );
+        }
+        Err(error) => warn!(
+            %error,
+            "XDP clock not calibrated; the program reads the kernel clock per packet (slower)"
+        ),
+    }
     tables.write_settings(settings)?;
     let ifindexes: Vec<u32> = interfaces
         .iter()

@@ -2,10 +2,12 @@
 //!
 //! Layout (after Katran's data path): `parsing` (headers), `lookup` (services,
 //! scheduling, ports, conntrack), `nat` (rewrite and checksums), `forward`
-//! (route lookup and transmit), `rst` (fast-fail resets), `counters`, `maps`.
+//! (route lookup and transmit), `rst` (fast-fail resets), `counters`, `clock`,
+//! `maps`.
 #![no_std]
 #![no_main]
 
+mod clock;
 mod counters;
 mod forward;
 mod lookup;
@@ -15,18 +17,20 @@ mod parsing;
 mod ptr;
 mod rst;
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
     flow_expired, flow_state, next_state, FlowValue, NextHop, Reason, ServiceKey, Settings,
 };
 
 use crate::{
+    clock::now_ns,
     counters::{count, count_rejected, count_traffic},
     forward::{forward, DROP, PASS},
     lookup::{allocate_port, client_key, initial_state, reply_key, schedule, track},
     maps::{FLOWS, REPLIES, SERVICES, SETTINGS},
     nat::{rewrite, Rewrite},
     parsing::{parse, Packet, TCP_ACK, TCP_SYN},
+    ptr::load,
     rst::reply_rst,
 };
 
@@ -49,13 +53,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Ok(pkt) => pkt,
         Err(verdict) => return (verdict.action, verdict.reason),
     };
-    // SAFETY: `pkt.eth` was bounds-checked by `parse`.
-    if !settings.accepts_mac(unsafe { &(*pkt.eth).dst_addr }) {
+    // SAFETY: `pkt.eth` was bounds-checked by `parse`; it starts the packet.
+    if !settings.accepts_mac(&unsafe { load(core::ptr::addr_of!((*pkt.eth).dst_addr)) }) {
         return (PASS, Reason::PassOtherHost);
     }
-    // SAFETY: helper without preconditions. The coarse clock (one tick of
-    // resolution) is ample for idle timeouts and far cheaper per packet.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now_ns(settings);
     if pkt.dst == settings.lb_addr
         && pkt.dport >= settings.port_min
         && pkt.dport <= settings.port_max

@@ -64,12 +64,15 @@ fn mac(m: &Mac) -> String {
 impl Harness {
     /// Loads another XDP program (`program` in `object`) into a namespace
     /// of the same shape, without balancer settings (for the benchmark's
-    /// reference program).
-    pub fn with_program(object: &Path, program: &str) -> Self {
+    /// reference programs), sizing its maps named like the balancer's
+    /// conntrack maps to `max_flows`.
+    pub fn with_program(object: &Path, program: &str, max_flows: u32) -> Self {
         let ns = NetNs::new("lbt-prog");
         ns.enter_current_thread();
         Self::build_namespace(&ns);
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, max_flows)
+            .map_max_entries(map_names::REPLIES, max_flows)
             .load_file(object)
             .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
         let xdp: &mut Xdp = ebpf
@@ -131,7 +134,15 @@ impl Harness {
             public_mac: PUB_MAC,
             private_mac: PRIV_MAC,
             _pad_mac: [0; 4],
+            tick_ns: 0,
+            tick_offset_ns: 0,
         });
+        // As the agent runs it; `uncalibrated_clock` covers the fallback.
+        let mut settings = harness.ebpf_settings();
+        lb_agent::dataplane::clock::calibrate()
+            .expect("calibrate the XDP clock")
+            .apply(&mut settings);
+        harness.set_settings(settings);
         let mut tx: DevMapHash<_> = harness
             .ebpf
             .map_mut(map_names::TX_PORTS)
@@ -177,6 +188,11 @@ impl Harness {
             web2_mac = mac(&WEB2_MAC),
             vip_mac = mac(&VIP_MAC),
         ));
+    }
+
+    /// Whether the loaded object has a map called `name`.
+    pub fn has_map(&self, name: &str) -> bool {
+        self.ebpf.map(name).is_some()
     }
 
     pub fn ebpf_settings(&self) -> Settings {
@@ -388,6 +404,16 @@ impl Harness {
             .ebpf
             .map(map_names::FLOWS)
             .expect("flows")
+            .try_into()
+            .expect("lru hash");
+        map.keys().count()
+    }
+
+    pub fn reply_count(&self) -> usize {
+        let map: HashMap<_, FlowKey, lb_common::ReplyValue> = self
+            .ebpf
+            .map(map_names::REPLIES)
+            .expect("replies")
             .try_into()
             .expect("lru hash");
         map.keys().count()

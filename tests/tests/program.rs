@@ -505,3 +505,85 @@ fn not_ready_passes_everything() {
     assert_eq!((action, out), (XDP_PASS, syn));
     assert_eq!(h.reason_count(Reason::PassNotReady), 1);
 }
+
+#[test]
+fn flow_clock_reads_monotonic_time_calibrated_or_not() {
+    use lb_agent::dataplane::maps::monotonic_ns;
+
+    for calibrated in [true, false] {
+        let Some(mut h) = lab_harness() else { return };
+        let mut settings = h.ebpf_settings();
+        assert_ne!(settings.tick_ns, 0, "the harness calibrates like the agent");
+        if !calibrated {
+            settings.tick_ns = 0;
+            settings.tick_offset_ns = 0;
+            h.set_settings(settings);
+        }
+        let key = FlowKey {
+            src_addr: CLIENT,
+            dst_addr: VIP,
+            src_port: 40000,
+            dst_port: 80,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let before = monotonic_ns();
+        h.run(h.pub_ifindex, &client_syn(40000).build());
+        let after = monotonic_ns();
+        let mut flow = h.flow(&key).expect("flow tracked");
+        // Either clock lags by at most a tick (≤ 10 ms); the agent's
+        // expiry and census compare these stamps with its own clock.
+        let slack = 20_000_000;
+        assert!(
+            flow.last_seen_ns + slack >= before && flow.last_seen_ns <= after + slack,
+            "calibrated={calibrated}: stamp {} outside [{before}, {after}]",
+            flow.last_seen_ns
+        );
+
+        // Idle past the handshake timeout: the next segment finds no flow.
+        flow.last_seen_ns = monotonic_ns() - settings.tcp_handshake_ns - 1_000_000_000;
+        let reply = FlowKey {
+            src_addr: WEB1,
+            dst_addr: LB_PRIV,
+            src_port: 80,
+            dst_port: NAT_PORT,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        h.insert_flow(key, flow, reply);
+        let ack = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
+        h.run(h.pub_ifindex, &ack.build());
+        assert_eq!(
+            h.reason_count(Reason::RstNoFlow),
+            1,
+            "calibrated={calibrated}: an expired flow must not forward"
+        );
+    }
+}
+
+#[test]
+fn benchmark_references_do_their_work() {
+    let Some(object) = artifacts::trivial_object() else {
+        return;
+    };
+    let syn = client_syn(40000).build();
+
+    let trivial = Harness::with_program(&object, "trivial", 1024);
+    let (action, out) = trivial.run(trivial.pub_ifindex, &syn);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        (&out[..6], &out[6..12]),
+        (&syn[6..12], &syn[..6]),
+        "MACs swapped"
+    );
+    assert_eq!(out[12..], syn[12..]);
+
+    // The floor inserts a forward and a reply entry per run, the reply on a
+    // fresh NAT port: the flow table keeps one client, replies pile up.
+    let floor = Harness::with_program(&object, "conntrack_floor", 1024);
+    for _ in 0..3 {
+        assert_eq!(floor.run(floor.pub_ifindex, &syn).0, XDP_TX);
+    }
+    assert_eq!(floor.flow_count(), 1);
+    assert!(floor.reply_count() >= 2, "replies {}", floor.reply_count());
+}
