@@ -400,20 +400,18 @@ impl Harness {
     }
 
     pub fn flow_count(&self) -> usize {
-        let map: HashMap<_, FlowKey, FlowValue> = self
-            .ebpf
-            .map(map_names::FLOWS)
-            .expect("flows")
-            .try_into()
-            .expect("lru hash");
-        map.keys().count()
+        self.key_count::<FlowValue>(map_names::FLOWS)
     }
 
     pub fn reply_count(&self) -> usize {
-        let map: HashMap<_, FlowKey, lb_common::ReplyValue> = self
+        self.key_count::<lb_common::ReplyValue>(map_names::REPLIES)
+    }
+
+    fn key_count<V: aya::Pod>(&self, name: &str) -> usize {
+        let map: HashMap<_, FlowKey, V> = self
             .ebpf
-            .map(map_names::REPLIES)
-            .expect("replies")
+            .map(name)
+            .unwrap_or_else(|| panic!("map {name}"))
             .try_into()
             .expect("lru hash");
         map.keys().count()

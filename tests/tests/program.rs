@@ -26,6 +26,18 @@ fn lab_harness() -> Option<Harness> {
     Some(h)
 }
 
+/// The flow-table key of the client's connection from `sport` to www.
+fn client_key(sport: u16) -> FlowKey {
+    FlowKey {
+        src_addr: CLIENT,
+        dst_addr: VIP,
+        src_port: sport,
+        dst_port: 80,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
 fn client_syn(sport: u16) -> Frame {
     Frame::tcp(CLIENT, sport, VIP, 80, TCP_SYN).macs(CLIENT_MAC, PUB_MAC)
 }
@@ -233,14 +245,7 @@ fn new_flow_established_and_reply_are_full_nated() {
         .build();
     assert_eq!(out, expected);
     assert_checksums_valid(&out);
-    let key = FlowKey {
-        src_addr: CLIENT,
-        dst_addr: VIP,
-        src_port: 40000,
-        dst_port: 80,
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    };
+    let key = client_key(40000);
     let flow = h.flow(&key).expect("flow tracked");
     assert_eq!(
         (flow.backend_addr, flow.backend_port, flow.lb_port),
@@ -519,14 +524,7 @@ fn flow_clock_reads_monotonic_time_calibrated_or_not() {
             settings.tick_offset_ns = 0;
             h.set_settings(settings);
         }
-        let key = FlowKey {
-            src_addr: CLIENT,
-            dst_addr: VIP,
-            src_port: 40000,
-            dst_port: 80,
-            proto: PROTO_TCP,
-            _pad: [0; 3],
-        };
+        let key = client_key(40000);
         let before = monotonic_ns();
         h.run(h.pub_ifindex, &client_syn(40000).build());
         let after = monotonic_ns();

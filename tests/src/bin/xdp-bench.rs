@@ -58,8 +58,8 @@ fn main() {
         eprintln!("xdp-bench: objects missing or not root; run `cargo xtask bench`");
         std::process::exit(2);
     };
-    // The lab's table size: one million new flows churn through it, so the
-    // new-flow figure includes LRU eviction, as on a busy node.
+    // The lab's table size. New flows draw random NAT ports, so after the
+    // first runs each replaces a stale entry, as on a busy node.
     let mut h = Harness::with_capacity(&object, PORT_MIN, PORT_MAX, MAX_FLOWS);
     let mut settings = h.ebpf_settings();
     settings.lb_addr = CLIENT;
