@@ -146,6 +146,19 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
             continue;
         }
         let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name))?;
+        if (info.key_size(), info.value_size()) != (key, value) && name == map_names::SETTINGS {
+            // Settings hold nothing of the earlier run's: the agent writes
+            // them whole after every load. An upgrade that changed their
+            // layout drops the old pin (a program still running keeps its
+            // own reference until the new one replaces it).
+            std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
+                action: "removing the earlier version's settings pin",
+                path: path.display().to_string(),
+                source,
+            })?;
+            info!(path = %path.display(), "replaced the settings map of an earlier version");
+            continue;
+        }
         if (info.key_size(), info.value_size()) != (key, value) {
             return Err(DataplaneError::IncompatiblePin {
                 path: path.display().to_string(),

@@ -1,0 +1,78 @@
+//! Pinned maps left by an earlier version of the agent: the settings map,
+//! which holds nothing of the earlier run, is replaced when its layout
+//! changed; a connection table of another layout (live flows) is refused
+//! with a message that says what to do.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aya::maps::MapInfo;
+use integration_tests::artifacts;
+use lb_agent::dataplane::{Dataplane, LoadOptions, XdpAttachMode};
+use lb_common::{map_names, Settings};
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Removes the instance's pin directory, also when the test fails.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pin_old_map(dir: &Path, name: &str, kind: &str, key: u32, value: u32) {
+    std::fs::create_dir_all(dir).expect("pin directory");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(dir.join(name))
+        .args(["type", kind, "key", &key.to_string(), "value"])
+        .args([&value.to_string(), "entries", "1024", "name", name])
+        .status()
+        .expect("run bpftool");
+    assert!(status.success(), "bpftool map create {name}");
+}
+
+#[test]
+fn an_earlier_versions_pins() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let object = std::fs::read(object).expect("read the XDP object");
+    let instance = format!("lbt-pins-{}", std::process::id());
+    let dir = PinDir(Path::new(BPFFS).join(&instance));
+    let options = LoadOptions {
+        instance,
+        interfaces: Vec::new(),
+        mode: XdpAttachMode::Generic,
+        max_flows: 1024,
+        bpffs: BPFFS.into(),
+    };
+
+    // Settings as an older build laid them out (64 bytes).
+    pin_old_map(&dir.0, map_names::SETTINGS, "array", 4, 64);
+    let dataplane = Dataplane::load(&options, &object).expect("old settings pin replaced");
+    let settings = MapInfo::from_pin(dir.0.join(map_names::SETTINGS)).expect("settings pin");
+    assert_eq!(
+        settings.value_size() as usize,
+        std::mem::size_of::<Settings>()
+    );
+    drop(dataplane);
+    std::fs::remove_dir_all(&dir.0).expect("clear pins");
+
+    // A connection table of another layout holds flows: not thrown away.
+    pin_old_map(&dir.0, map_names::FLOWS, "lru_hash", 16, 64);
+    match Dataplane::load(&options, &object) {
+        Ok(_) => panic!("an incompatible flow table was adopted"),
+        Err(error) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("flows") && message.contains("remove"),
+                "{message}"
+            );
+        }
+    }
+}
