@@ -2,7 +2,7 @@
 //! network namespace that has the interfaces, addresses and (permanent)
 //! neighbours that `bpf_fib_lookup` needs, so outputs are fully determined.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::Ipv4Addr, path::Path, sync::OnceLock};
 
 use aya::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
@@ -13,6 +13,8 @@ use lb_common::{
     map_names, ring_base, BackendValue, Counters, FlowKey, FlowValue, Reason, ServiceKey,
     ServiceValue, Settings,
 };
+
+use lb_agent::dataplane::clock::{calibrate, TickClock};
 
 use crate::{netns::NetNs, packet::Mac};
 
@@ -59,6 +61,13 @@ fn mac(m: &Mac) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The kernel's tick mapping, measured once per process (it does not
+/// drift, and each measurement takes 150 ms).
+fn tick_clock() -> TickClock {
+    static CLOCK: OnceLock<TickClock> = OnceLock::new();
+    *CLOCK.get_or_init(|| calibrate().expect("calibrate the XDP clock"))
 }
 
 impl Harness {
@@ -121,7 +130,7 @@ impl Harness {
             priv_ifindex: ifindex("priv0"),
             _ns: ns,
         };
-        harness.set_settings(Settings {
+        let mut settings = Settings {
             lb_addr: LB_PRIV,
             port_min,
             port_max,
@@ -136,12 +145,11 @@ impl Harness {
             _pad_mac: [0; 4],
             tick_ns: 0,
             tick_offset_ns: 0,
-        });
-        // As the agent runs it; `uncalibrated_clock` covers the fallback.
-        let mut settings = harness.ebpf_settings();
-        lb_agent::dataplane::clock::calibrate()
-            .expect("calibrate the XDP clock")
-            .apply(&mut settings);
+        };
+        // Clocked as the agent runs it; the program test
+        // `flow_clock_reads_monotonic_time_calibrated_or_not` also covers
+        // the uncalibrated fallback.
+        tick_clock().apply(&mut settings);
         harness.set_settings(settings);
         let mut tx: DevMapHash<_> = harness
             .ebpf

@@ -146,7 +146,15 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
             continue;
         }
         let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name))?;
-        if (info.key_size(), info.value_size()) != (key, value) && name == map_names::SETTINGS {
+        if (info.key_size(), info.value_size()) != (key, value) {
+            if name != map_names::SETTINGS {
+                return Err(DataplaneError::IncompatiblePin {
+                    path: path.display().to_string(),
+                    dir: dir.display().to_string(),
+                    found: (info.key_size(), info.value_size()),
+                    expected: (key, value),
+                });
+            }
             // Settings hold nothing of the earlier run's: the agent writes
             // them whole after every load. An upgrade that changed their
             // layout drops the old pin (a program still running keeps its
@@ -158,14 +166,6 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
             })?;
             info!(path = %path.display(), "replaced the settings map of an earlier version");
             continue;
-        }
-        if (info.key_size(), info.value_size()) != (key, value) {
-            return Err(DataplaneError::IncompatiblePin {
-                path: path.display().to_string(),
-                dir: dir.display().to_string(),
-                found: (info.key_size(), info.value_size()),
-                expected: (key, value),
-            });
         }
         if (name == map_names::FLOWS || name == map_names::REPLIES)
             && info.max_entries() != max_flows
