@@ -435,6 +435,13 @@ pub struct NodeConfig {
     /// agent also reserves it in `net.ipv4.ip_local_reserved_ports`.
     #[serde(default = "default_port_range")]
     pub port_range: [u16; 2],
+    /// Source addresses towards backends, spread over new connections
+    /// (the SNAT pool). Each address multiplies the connections a backend
+    /// can take per TIME_WAIT period by the number of NAT ports. Every
+    /// address must be on `private_interface`. Empty (default): just
+    /// `private_address`.
+    #[serde(default)]
+    pub snat_addresses: Vec<Ipv4Addr>,
     /// Directory of the state file `<instance>.json` that keeps run-time
     /// backend changes across restarts.
     #[serde(default = "default_state_dir")]
