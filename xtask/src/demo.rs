@@ -100,12 +100,13 @@ fn tour(lab: &Lab) -> Result<Findings> {
 
     heading(
         4,
-        "Web servers see the load balancer's private address (access logs)",
+        "Web servers see the load balancer's SNAT addresses (access logs)",
     );
-    let lb_private = Node::Lb1
-        .private_address()
+    let pool: Vec<String> = Node::Lb1
+        .snat_pool()
+        .iter()
         .map(|a| a.to_string())
-        .unwrap_or_default();
+        .collect();
     for node in [Node::Web1, Node::Web2] {
         let log = lab.access_log_path(node);
         eprintln!("  $ tail -n 3 {}", log.display());
@@ -115,8 +116,11 @@ fn tour(lab: &Lab) -> Result<Findings> {
             !tail.is_empty()
                 && tail
                     .lines()
-                    .all(|l| l.starts_with(&format!("{lb_private} "))),
-            &format!("{node}'s requests came from {lb_private}"),
+                    .all(|l| pool.iter().any(|a| l.starts_with(&format!("{a} ")))),
+            &format!(
+                "{node}'s requests came from lb1's SNAT pool ({})",
+                pool.join(", ")
+            ),
         );
     }
 

@@ -39,7 +39,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The namespace lab (see ../shared/notes/lab.md).
+    /// The namespace lab (see docs/lab.md).
     Lab {
         #[command(subcommand)]
         action: LabAction,

@@ -1,6 +1,9 @@
 //! Finding (and on a fresh machine installing) a compiler, `core` sources and
-//! bpf-linker that can build the eBPF crate. See
-//! ../shared/notes/ebpf-toolchain.md for why there are two routes.
+//! bpf-linker that can build the eBPF crate. Two routes, because the BPF
+//! target needs `-Z build-std=core` with the library sources of the very
+//! same compiler: machines whose rustup nightly has no `rust-src` (and
+//! cannot fetch it) use Debian's matched `rustc-web` + `rust-web-src`;
+//! elsewhere the usual nightly with `rust-src` works (see `Route`).
 
 use std::{
     path::{Path, PathBuf},

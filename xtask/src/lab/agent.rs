@@ -26,6 +26,11 @@ pub fn agent_config(prefix: &str, node: Node, xtask_bin: &Path) -> Result<String
         Node::Lb1 => run_dir(prefix).join("state"),
         _ => run_dir(prefix).join(format!("state-{node}")),
     };
+    let snat: Vec<String> = node
+        .snat_pool()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
     let backends: String = [Node::Web1, Node::Web2]
         .iter()
         .filter_map(|n| n.private_address())
@@ -37,6 +42,7 @@ pub fn agent_config(prefix: &str, node: Node, xtask_bin: &Path) -> Result<String
 public_interface = "pub0"
 private_interface = "priv0"
 private_address = "{private}"
+snat_addresses = [{snat}]
 xdp_mode = "generic"
 port_range = [{}, {}]
 state_dir = "{}"
@@ -76,11 +82,12 @@ protocol = "udp"
         PORT_RANGE.0,
         PORT_RANGE.1,
         state_dir.display(),
+        snat = snat.join(", "),
         xtask = xtask_bin.display(),
     ))
 }
 
-/// The lab's VRRP settings for `node` (see ../shared/notes/lab.md): VRID
+/// The lab's VRRP settings for `node` (see docs/lab.md): VRID
 /// 33, unicast over the private net, lb1 priority 200 and lb2 100, by
 /// default 1 s adverts and VRRPv2 with PASS `labpass` (v3 has no
 /// authentication).
@@ -328,6 +335,11 @@ mod tests {
         assert!(text.contains("state_dir = \"/run/lb-lab/t1/state\""));
         assert!(text.contains("port_range = [10000, 32767]"));
         assert!(text.contains("xdp_mode = \"generic\""));
+        assert!(text.contains(
+            "snat_addresses = [\"10.200.0.11\", \"10.200.0.111\", \"10.200.0.112\", \"10.200.0.113\", \"10.200.0.114\"]\n"
+        ));
+        let lb2 = agent_config("t1", Node::Lb2, Path::new("/x/xtask")).unwrap();
+        assert!(lb2.contains("snat_addresses = [\"10.200.0.12\", \"10.200.0.121\", "));
         assert_eq!(text.matches("[[service]]").count(), 2);
         assert_eq!(text.matches("[[service.backend]]").count(), 4);
         assert!(text.contains("address = \"10.200.0.22\""));

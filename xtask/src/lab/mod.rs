@@ -1,4 +1,4 @@
-//! The namespace lab of ../shared/notes/lab.md: namespaces, bridges, veths,
+//! The namespace lab of docs/lab.md: namespaces, bridges, veths,
 //! nginx and UDP responders on the web servers, the agent on lb1; plus the
 //! handle (`Lab`) and tear-down guard (`LabGuard`) the tests use.
 //!
@@ -66,6 +66,29 @@ pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace between SIGTERM and SIGKILL when stopping lab processes.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
+/// The SNAT pools of the LB nodes beyond their private addresses (the one
+/// place the lab defines them): the agents spread new connections over
+/// private address + these four (`node.snat_addresses`): with one source
+/// address a backend sees at most `PORT_RANGE` distinct connections from a
+/// node, and a closed one keeps its port (and the backend its TIME_WAIT
+/// socket) for a while, which caps new connections per second; each extra
+/// address adds a whole port range. They sit on `priv0` as /32 (no second
+/// subnet route, the node address stays the source of the node's own
+/// traffic), so the node answers the backends' ARP for them; every web
+/// server's nginx allows all of them.
+pub const LB1_SNAT_EXTRA: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(10, 200, 0, 111),
+    Ipv4Addr::new(10, 200, 0, 112),
+    Ipv4Addr::new(10, 200, 0, 113),
+    Ipv4Addr::new(10, 200, 0, 114),
+];
+pub const LB2_SNAT_EXTRA: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(10, 200, 0, 121),
+    Ipv4Addr::new(10, 200, 0, 122),
+    Ipv4Addr::new(10, 200, 0, 123),
+    Ipv4Addr::new(10, 200, 0, 124),
+];
+
 /// A machine of the lab; its namespace is `<prefix>-<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
@@ -130,6 +153,26 @@ impl Node {
             Node::Web3 => Some(Ipv4Addr::new(10, 200, 0, 23)),
             _ => None,
         }
+    }
+
+    /// An LB node's SNAT addresses beyond its private address (see
+    /// `LB1_SNAT_EXTRA`); none for other nodes.
+    pub fn snat_extra(self) -> &'static [Ipv4Addr] {
+        match self {
+            Node::Lb1 => &LB1_SNAT_EXTRA,
+            Node::Lb2 => &LB2_SNAT_EXTRA,
+            _ => &[],
+        }
+    }
+
+    /// An LB node's whole SNAT pool, its private address first; empty for
+    /// other nodes.
+    pub fn snat_pool(self) -> Vec<Ipv4Addr> {
+        self.private_address()
+            .filter(|_| self.is_lb())
+            .into_iter()
+            .chain(self.snat_extra().iter().copied())
+            .collect()
     }
 
     pub fn is_lb(self) -> bool {
@@ -873,5 +916,28 @@ mod tests {
             Some(Ipv4Addr::new(10, 100, 0, 10))
         );
         assert!(Node::Client.private_address().is_none());
+    }
+
+    #[test]
+    fn snat_pools_start_with_the_node_address_and_do_not_overlap() {
+        let lb1 = Node::Lb1.snat_pool();
+        let lb2 = Node::Lb2.snat_pool();
+        assert_eq!(lb1.len(), 5);
+        assert_eq!(lb1[0], Ipv4Addr::new(10, 200, 0, 11));
+        assert_eq!(lb1[4], Ipv4Addr::new(10, 200, 0, 114));
+        assert_eq!(lb2[0], Ipv4Addr::new(10, 200, 0, 12));
+        assert_eq!(lb2[1], Ipv4Addr::new(10, 200, 0, 121));
+        let taken: Vec<Ipv4Addr> = Node::ALL
+            .into_iter()
+            .filter(|n| !n.is_lb())
+            .filter_map(|n| n.private_address())
+            .chain(lb2.iter().copied())
+            .collect();
+        assert!(lb1.iter().all(|a| !taken.contains(a)), "{lb1:?} {taken:?}");
+        assert!(lb1
+            .iter()
+            .chain(&lb2)
+            .all(|a| a.octets()[..3] == PRIVATE_NET.octets()[..3]));
+        assert!(Node::Web1.snat_pool().is_empty() && Node::Client.snat_pool().is_empty());
     }
 }

@@ -97,8 +97,9 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     .with_context(|| format!("sysctl {key}={value} in {ns}"))
 }
 
-/// Creates namespaces, bridges and veths, assigns addresses, disables TX
-/// checksum offload, sets the LB nodes' sysctls and puts the VIP on lb1.
+/// Creates namespaces, bridges and veths, assigns addresses (the LB nodes'
+/// SNAT pools too), disables TX checksum offload, sets the LB nodes'
+/// sysctls and puts the VIP on lb1.
 pub fn build(prefix: &str, static_vip: bool) -> Result<()> {
     for node in Node::ALL {
         let ns = ns_name(prefix, node);
@@ -138,6 +139,12 @@ pub fn build(prefix: &str, static_vip: bool) -> Result<()> {
     }
     for node in Node::LBS {
         let ns = ns_name(prefix, node);
+        for address in node.snat_extra() {
+            ip(
+                &ns,
+                &["addr", "add", &format!("{address}/32"), "dev", "priv0"],
+            )?;
+        }
         sysctl(&ns, "net.ipv4.ip_forward", "0")?;
         for scope in ["all", "default", "pub0", "priv0"] {
             sysctl(&ns, &format!("net.ipv4.conf.{scope}.rp_filter"), "0")?;

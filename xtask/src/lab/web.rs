@@ -63,7 +63,7 @@ fn nginx_conf(dir: &Path, name: &str, address: std::net::Ipv4Addr, temp: &[&str]
     let d = dir.display();
     let lb_allow: String = Node::LBS
         .iter()
-        .filter_map(|n| n.private_address())
+        .flat_map(|n| n.snat_pool())
         .map(|a| format!("        allow {a};\n"))
         .collect();
     let temp_paths: String = temp
@@ -94,7 +94,7 @@ http {{
         listen {address}:{HTTP_PORT};
         server_name _;
         root {d}/www;
-        # Only the load balancers' private addresses.
+        # Only the load balancers' private addresses and SNAT pools.
 {lb_allow}        deny all;
         add_header X-Backend {name} always;
 
@@ -231,7 +231,26 @@ mod tests {
             &["client_body_temp_path", "proxy_temp_path"],
         );
         assert!(conf.contains("listen 10.200.0.22:80;"));
-        assert!(conf.contains("allow 10.200.0.11;\n        allow 10.200.0.12;\n        deny all;"));
+        let allowed: Vec<&str> = conf
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("allow "))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                "10.200.0.11;",
+                "10.200.0.111;",
+                "10.200.0.112;",
+                "10.200.0.113;",
+                "10.200.0.114;",
+                "10.200.0.12;",
+                "10.200.0.121;",
+                "10.200.0.122;",
+                "10.200.0.123;",
+                "10.200.0.124;",
+            ]
+        );
+        assert!(conf.contains("allow 10.200.0.124;\n        deny all;"));
         assert!(conf.contains("log_format lab '$remote_addr "));
         assert!(conf.contains("keepalive_timeout 65;"));
         assert!(conf.contains("proxy_temp_path /run/lb-lab/t1/web2/tmp/proxy;"));
