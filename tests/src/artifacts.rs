@@ -49,6 +49,14 @@ pub fn trivial_object() -> Option<PathBuf> {
     )
 }
 
+/// The XDP_PASS program the lab puts on veth peers in native mode.
+pub fn pass_object() -> Option<PathBuf> {
+    privileged_artifact(
+        "LB_PASS_OBJECT",
+        "target/bpf/bpfel-unknown-none/release/lb-pass",
+    )
+}
+
 /// The release agent binary.
 pub fn agent_binary() -> Option<PathBuf> {
     privileged_artifact("LB_AGENT_BIN", "target/release/lb-agent")

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xtask::lab::{Lab, LabGuard, LabOptions, Node};
+use xtask::lab::{Lab, LabGuard, LabOptions, Node, XdpMode};
 
 use crate::artifacts;
 
@@ -22,6 +22,16 @@ pub const VIP_URL: &str = "http://10.100.0.100/";
 /// A lab with one LB (lb1 holds the VIP statically, no VRRP).
 pub fn lab(prefix: &str) -> Option<LabGuard> {
     lab_with(prefix, |o| o.ha = false)
+}
+
+/// A lab with one LB whose agent attaches XDP in native (driver) mode.
+pub fn lab_native(prefix: &str) -> Option<LabGuard> {
+    let pass = artifacts::pass_object()?;
+    lab_with(prefix, |o| {
+        o.ha = false;
+        o.xdp = XdpMode::Native;
+        o.pass_object = Some(pass);
+    })
 }
 
 /// The HA lab: agents on lb1 and lb2 elect the VIP's holder with VRRP.

@@ -11,14 +11,19 @@ use crate::{cmd, toolchain::Toolchain, workspace_root};
 
 /// The BPF target triple.
 pub const BPF_TARGET: &str = "bpfel-unknown-none";
-/// The eBPF crate and its two programs (cargo bins).
+/// The eBPF crate and its programs (cargo bins): the balancer, the
+/// benchmark's references, and the XDP_PASS program the lab puts on veth
+/// peers in native mode.
 pub const EBPF_PACKAGE: &str = "lb-ebpf";
 pub const LB_PROGRAM: &str = "lb-ebpf";
 pub const TRIVIAL_PROGRAM: &str = "lb-trivial";
+pub const PASS_PROGRAM: &str = "lb-pass";
+const EBPF_PROGRAMS: [&str; 3] = [LB_PROGRAM, TRIVIAL_PROGRAM, PASS_PROGRAM];
 /// Environment variables through which the built artifacts are handed to
 /// the agent's build script and to the tests.
 pub const ENV_EBPF_OBJECT: &str = "LB_EBPF_OBJECT";
 pub const ENV_TRIVIAL_OBJECT: &str = "LB_TRIVIAL_OBJECT";
+pub const ENV_PASS_OBJECT: &str = "LB_PASS_OBJECT";
 pub const ENV_AGENT_BIN: &str = "LB_AGENT_BIN";
 pub const ENV_XTASK_BIN: &str = "LB_XTASK_BIN";
 
@@ -36,6 +41,7 @@ pub struct Artifacts {
     pub toolchain: Toolchain,
     pub lb_object: PathBuf,
     pub trivial_object: PathBuf,
+    pub pass_object: PathBuf,
     pub agent: PathBuf,
 }
 
@@ -52,7 +58,7 @@ pub fn bpf_target_dir() -> PathBuf {
     target_dir().join("bpf")
 }
 
-/// Where the eBPF program `name` (`lb-ebpf` or `lb-trivial`) lands.
+/// Where the eBPF program `name` (one of `EBPF_PROGRAMS`) lands.
 pub fn ebpf_object_path(name: &str) -> PathBuf {
     bpf_target_dir().join(BPF_TARGET).join("release").join(name)
 }
@@ -73,6 +79,7 @@ pub fn build_all(options: BuildOptions) -> Result<Artifacts> {
     Ok(Artifacts {
         toolchain,
         trivial_object: ebpf_object_path(TRIVIAL_PROGRAM),
+        pass_object: ebpf_object_path(PASS_PROGRAM),
         lb_object,
         agent,
     })
@@ -82,7 +89,10 @@ pub fn build_all(options: BuildOptions) -> Result<Artifacts> {
 /// with the toolchain's compiler and linker, then checks that the balancer's
 /// maps carry BTF.
 pub fn build_ebpf(toolchain: &Toolchain) -> Result<()> {
-    eprintln!("xtask: building eBPF programs ({LB_PROGRAM}, {TRIVIAL_PROGRAM})...");
+    eprintln!(
+        "xtask: building eBPF programs ({})...",
+        EBPF_PROGRAMS.join(", ")
+    );
     let mut cargo = toolchain.cargo();
     cargo
         .current_dir(workspace_root())
@@ -92,7 +102,7 @@ pub fn build_ebpf(toolchain: &Toolchain) -> Result<()> {
         .env_remove("RUSTFLAGS")
         .env("CARGO_ENCODED_RUSTFLAGS", ebpf_rustflags());
     cmd::run(&mut cargo).context("building the eBPF programs failed")?;
-    for name in [LB_PROGRAM, TRIVIAL_PROGRAM] {
+    for name in EBPF_PROGRAMS {
         let object = ebpf_object_path(name);
         if !object.exists() {
             bail!("the eBPF build left no {}", object.display());
@@ -191,4 +201,12 @@ pub fn xtask_binary() -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The lab's XDP_PASS program: `$LB_PASS_OBJECT` (set by `cargo xtask
+/// test`) or where `build_ebpf` puts it.
+pub fn pass_object() -> PathBuf {
+    std::env::var_os(ENV_PASS_OBJECT)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ebpf_object_path(PASS_PROGRAM))
 }

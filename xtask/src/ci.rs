@@ -64,6 +64,7 @@ pub fn run() -> Result<()> {
                     ])
                     .env(build::ENV_EBPF_OBJECT, &a.lb_object)
                     .env(build::ENV_TRIVIAL_OBJECT, &a.trivial_object)
+                    .env(build::ENV_PASS_OBJECT, &a.pass_object)
                     .env(build::ENV_AGENT_BIN, &a.agent)
                     .env(build::ENV_XTASK_BIN, &xtask),
             )

@@ -139,6 +139,9 @@ enum LabAction {
         /// (a stand-in DigitalOcean API in the client namespace).
         #[arg(long, default_value = "local", value_parser = ["local", "digitalocean"])]
         provider: String,
+        /// How the agents attach XDP on the veths.
+        #[arg(long, value_enum, default_value_t = lab::XdpMode::Generic)]
+        xdp: lab::XdpMode,
     },
     /// Remove everything of the lab (works on half-built labs too).
     Down {
@@ -165,6 +168,7 @@ fn run(task: Task) -> Result<()> {
             let a = build::build_all(BuildOptions { debug })?;
             println!("eBPF programs: {}", a.lb_object.display());
             println!("               {}", a.trivial_object.display());
+            println!("               {}", a.pass_object.display());
             println!("agent:         {}", a.agent.display());
             Ok(())
         }
@@ -234,6 +238,7 @@ fn lab_task(action: LabAction) -> Result<()> {
             advert_int,
             classic,
             provider,
+            xdp,
         } => {
             cmd::catch_interrupts();
             let mut options = LabOptions {
@@ -243,6 +248,7 @@ fn lab_task(action: LabAction) -> Result<()> {
                 advert_int,
                 classic,
                 provider,
+                xdp,
                 ..LabOptions::with_prefix(&prefix)
             };
             if options.agent {

@@ -10,15 +10,27 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use super::{
-    process, run_dir, Lab, Node, AGENT_SOCKET_DIR, AGENT_START_TIMEOUT, BPFFS, HTTP_PORT,
+    process, run_dir, Lab, Node, XdpMode, AGENT_SOCKET_DIR, AGENT_START_TIMEOUT, BPFFS, HTTP_PORT,
     METRICS_PORT, PORT_RANGE, STOP_GRACE, UDP_PORT, VIP,
 };
 use crate::cmd;
 
-/// The lab's agent config for `node` (lb1 or lb2): services `www` (TCP 80,
-/// HTTP check of /health) and `dns` (UDP 5353, checked by a query sent with
-/// `xtask udp-query` from `xtask_bin`), both to web1 and web2.
+/// The lab's agent config for `node` (lb1 or lb2) with generic XDP: see
+/// `agent_config_with`.
 pub fn agent_config(prefix: &str, node: Node, xtask_bin: &Path) -> Result<String> {
+    agent_config_with(prefix, node, xtask_bin, XdpMode::Generic)
+}
+
+/// The lab's agent config for `node` (lb1 or lb2): its SNAT pool, `xdp`
+/// mode, services `www` (TCP 80, HTTP check of /health) and `dns` (UDP
+/// 5353, checked by a query sent with `xtask udp-query` from `xtask_bin`),
+/// both to web1 and web2.
+pub fn agent_config_with(
+    prefix: &str,
+    node: Node,
+    xtask_bin: &Path,
+    xdp: XdpMode,
+) -> Result<String> {
     let Some(private) = node.private_address().filter(|_| node.is_lb()) else {
         bail!("{node} is not an LB node");
     };
@@ -43,7 +55,7 @@ public_interface = "pub0"
 private_interface = "priv0"
 private_address = "{private}"
 snat_addresses = [{snat}]
-xdp_mode = "generic"
+xdp_mode = "{xdp}"
 port_range = [{}, {}]
 state_dir = "{}"
 
@@ -83,6 +95,7 @@ protocol = "udp"
         PORT_RANGE.1,
         state_dir.display(),
         snat = snat.join(", "),
+        xdp = xdp.config_value(),
         xtask = xtask_bin.display(),
     ))
 }
@@ -191,7 +204,8 @@ impl Lab {
     pub fn start_agent(&self, node: Node) -> Result<u32> {
         let config = self.agent_config_path(node);
         if !config.exists() {
-            let mut text = agent_config(&self.prefix, node, self.xtask_bin())?;
+            let mut text =
+                agent_config_with(&self.prefix, node, self.xtask_bin(), self.xdp_mode())?;
             if self.is_ha() {
                 let (version, interval) = self.vrrp_settings();
                 text.push_str(&vrrp_section(
@@ -345,5 +359,8 @@ mod tests {
         assert!(text.contains("address = \"10.200.0.22\""));
         assert!(!text.contains("10.200.0.23"));
         assert!(agent_config("t1", Node::Web1, Path::new("/x/xtask")).is_err());
+        let native =
+            agent_config_with("t1", Node::Lb2, Path::new("/x/xtask"), XdpMode::Native).unwrap();
+        assert!(native.contains("xdp_mode = \"native\"\n") && !native.contains("generic"));
     }
 }

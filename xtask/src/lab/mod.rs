@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-pub use agent::{agent_config, vrrp_section};
+pub use agent::{agent_config, agent_config_with, vrrp_section};
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
 pub use cloud::{do_mock_binary, floating_ip_section, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
 pub use topology::{Link, LINKS};
@@ -39,6 +39,8 @@ use crate::{apt, build, cmd};
 pub const DEFAULT_PREFIX: &str = "lab";
 /// File in the run dir that marks an HA lab.
 const HA_MARKER: &str = "ha";
+/// File in the run dir that names the XDP mode of a native-mode lab.
+const XDP_MARKER: &str = "xdp";
 
 /// The floating IP / VIP of both services.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 100);
@@ -201,6 +203,46 @@ impl FromStr for Node {
     }
 }
 
+/// How the agents attach their XDP program to the veths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Generic (skb) XDP: works on any veth as it is.
+    #[default]
+    Generic,
+    /// Native (driver) XDP; the lab also puts the XDP_PASS program
+    /// `lb-pass` on the switch-side ends of the LB nodes' veths, which
+    /// veth needs to deliver natively transmitted and redirected frames.
+    Native,
+}
+
+impl XdpMode {
+    /// The agent's `node.xdp_mode` value.
+    pub fn config_value(self) -> &'static str {
+        match self {
+            XdpMode::Generic => "generic",
+            XdpMode::Native => "native",
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.config_value())
+    }
+}
+
+impl FromStr for XdpMode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "generic" => Ok(XdpMode::Generic),
+            "native" => Ok(XdpMode::Native),
+            other => bail!("no XDP mode `{other}` (generic or native)"),
+        }
+    }
+}
+
 /// How to bring a lab up.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -223,6 +265,11 @@ pub struct LabOptions {
     /// or "digitalocean" (the stand-in API in the client namespace routes
     /// the reserved IP to the droplet it is assigned to).
     pub provider: String,
+    /// How the agents attach XDP (and whether the veth peers get `lb-pass`).
+    pub xdp: XdpMode,
+    /// The XDP_PASS program for native mode; default `$LB_PASS_OBJECT` or
+    /// where `cargo xtask build` puts it.
+    pub pass_object: Option<PathBuf>,
     /// The stand-in DigitalOcean API (`do-api-mock`); default
     /// `$LB_DO_MOCK_BIN`, or built into the target dir.
     pub do_mock_bin: Option<PathBuf>,
@@ -243,6 +290,8 @@ impl Default for LabOptions {
             advert_int: "1s".to_owned(),
             classic: Vec::new(),
             provider: "local".to_owned(),
+            xdp: XdpMode::Generic,
+            pass_object: None,
             do_mock_bin: None,
             agent_bin: None,
             xtask_bin: None,
@@ -349,13 +398,29 @@ impl Lab {
                 lab.agent_bin.display()
             );
         }
+        let pass_object = match options.xdp {
+            XdpMode::Generic => None,
+            XdpMode::Native => {
+                let object = options
+                    .pass_object
+                    .clone()
+                    .unwrap_or_else(build::pass_object);
+                if !object.exists() {
+                    bail!(
+                        "no XDP_PASS program at {} for native mode (run `cargo xtask build`)",
+                        object.display()
+                    );
+                }
+                Some(object)
+            }
+        };
         ensure_lab_programs()?;
         ensure_bpffs()?;
         if Self::exists(&lab.prefix) {
             eprintln!("xtask: lab {} exists; tearing it down first", lab.prefix);
             Self::down(&lab.prefix)?;
         }
-        match lab.build(options) {
+        match lab.build(options, pass_object.as_deref()) {
             Ok(()) => Ok(lab),
             Err(err) => {
                 eprintln!("xtask: lab {} failed to come up; tearing down", lab.prefix);
@@ -373,7 +438,7 @@ impl Lab {
         Self::up(options).map(LabGuard::new)
     }
 
-    fn build(&self, options: &LabOptions) -> Result<()> {
+    fn build(&self, options: &LabOptions, pass_object: Option<&Path>) -> Result<()> {
         let (agent, ha) = (options.agent, options.ha);
         let p = &self.prefix;
         eprintln!("xtask: lab {p}: namespaces, bridges, veths, addresses...");
@@ -386,7 +451,10 @@ impl Lab {
                 format!("{} {}", options.vrrp_version, options.advert_int),
             )?;
         }
-        topology::build(p, !ha)?;
+        if options.xdp != XdpMode::Generic {
+            std::fs::write(self.run_dir.join(XDP_MARKER), options.xdp.config_value())?;
+        }
+        topology::build(p, !ha, pass_object)?;
         cmd::check_interrupted()?;
         eprintln!("xtask: lab {p}: nginx and UDP responders on web1..web3...");
         for node in Node::WEBS {
@@ -525,6 +593,7 @@ impl Lab {
             let state = if ns_exists(&ns) { "present" } else { "MISSING" };
             out.push_str(&format!("  namespace {ns:<14} {state}\n"));
         }
+        out.push_str(&format!("  xdp mode                 {}\n", self.xdp_mode()));
         let mut show = |what: &str, pid: Option<u32>| {
             let state = match pid {
                 Some(pid) if process::alive(pid) => format!("running (pid {pid})"),
@@ -691,6 +760,14 @@ impl Lab {
     /// Whether this lab runs the HA pair (VRRP on lb1 and lb2).
     pub fn is_ha(&self) -> bool {
         self.run_dir.join(HA_MARKER).exists()
+    }
+
+    /// How this lab's agents attach XDP.
+    pub fn xdp_mode(&self) -> XdpMode {
+        std::fs::read_to_string(self.run_dir.join(XDP_MARKER))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or_default()
     }
 
     /// The HA lab's VRRP version and advert interval.

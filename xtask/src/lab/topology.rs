@@ -1,6 +1,6 @@
 //! Namespaces, bridges, veth pairs, addresses and sysctls of the lab.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{net::Ipv4Addr, path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
 
@@ -99,8 +99,10 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
 
 /// Creates namespaces, bridges and veths, assigns addresses (the LB nodes'
 /// SNAT pools too), disables TX checksum offload, sets the LB nodes'
-/// sysctls and puts the VIP on lb1.
-pub fn build(prefix: &str, static_vip: bool) -> Result<()> {
+/// sysctls and puts the VIP on lb1. With `pass_object` (native XDP) it
+/// attaches that XDP_PASS program in native mode to the switch-side end of
+/// every LB node's veth.
+pub fn build(prefix: &str, static_vip: bool, pass_object: Option<&Path>) -> Result<()> {
     for node in Node::ALL {
         let ns = ns_name(prefix, node);
         cmd::stdout_of(Command::new("ip").args(["netns", "add", &ns]))?;
@@ -135,6 +137,19 @@ pub fn build(prefix: &str, static_vip: bool) -> Result<()> {
                 Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]),
             )
             .with_context(|| format!("ethtool -K {dev} tx off in {ns}"))?;
+        }
+        if let Some(object) = pass_object.filter(|_| l.node.is_lb()) {
+            // A native XDP_TX or XDP_REDIRECT out of the LB node's end is
+            // only delivered if this end runs an XDP program; the bridge
+            // then forwards as usual, so no other end needs one.
+            let object = object.to_string_lossy();
+            ip(
+                &sw,
+                &[
+                    "link", "set", "dev", l.sw_dev, "xdpdrv", "obj", &object, "sec", "xdp",
+                ],
+            )
+            .with_context(|| format!("attaching {object} to {} in {sw}", l.sw_dev))?;
         }
     }
     for node in Node::LBS {
