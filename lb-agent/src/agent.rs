@@ -20,6 +20,7 @@ use crate::{
     },
     dataplane::{
         maps::monotonic_ns,
+        port_pools::Endpoint,
         reconcile::{Reconciler, SlotState, WantedBackend, WantedService},
         DataplaneError, Tables,
     },
@@ -77,6 +78,8 @@ pub struct Agent {
     tables: Tables,
     reconciler: Reconciler,
     health: HashMap<BackendKey, HealthEntry>,
+    /// `drop_port_exhausted` at the last upkeep: a rise means a pool ran dry.
+    port_exhaustion_seen: u64,
 }
 
 fn protocol_number(protocol: Protocol) -> u8 {
@@ -110,6 +113,7 @@ impl Agent {
             tables,
             reconciler,
             health: HashMap::new(),
+            port_exhaustion_seen: 0,
         };
         agent.sync_health(Instant::now());
         agent.apply()?;
@@ -371,6 +375,11 @@ impl Agent {
                 let configured_weight = self
                     .configured_backend(service, b.addr, b.port)
                     .map_or(b.weight, |x| x.weight);
+                let ports = self.tables.ports().usage(&Endpoint {
+                    addr: b.addr,
+                    port: b.port,
+                    proto: slot.key.proto,
+                });
                 BackendStatus {
                     address: b.addr,
                     port: b.port,
@@ -403,6 +412,8 @@ impl Agent {
                     packets: counters.packets,
                     bytes: counters.bytes,
                     new_flows: counters.new_flows,
+                    nat_ports_in_use: ports.map_or(0, |p| p.in_use),
+                    nat_ports_capacity: ports.map_or(0, |p| p.capacity),
                 }
             })
             .collect())
@@ -467,6 +478,17 @@ impl Agent {
         let expired = self.tables.expire_flows(monotonic_ns());
         if expired > 0 {
             tracing::debug!(expired, "expired idle flows");
+        }
+        let exhausted = self
+            .tables
+            .reasons()
+            .into_iter()
+            .find(|(reason, _)| *reason == lb_common::Reason::DropPortExhausted)
+            .map_or(0, |(_, count)| count);
+        let starved = exhausted > self.port_exhaustion_seen;
+        self.port_exhaustion_seen = exhausted;
+        if let Err(error) = self.tables.ports_mut().upkeep(starved) {
+            warn!(%error, "refilling the NAT port pools");
         }
         let census = self.census();
         match self.reconciler.release_drained(&mut self.tables, &census) {

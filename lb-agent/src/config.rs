@@ -824,6 +824,24 @@ impl Config {
                 node.private_address
             ));
         }
+        if node.snat_addresses.len() > lb_common::MAX_SNAT_ADDRESSES {
+            problems.push(format!(
+                "node.snat_addresses has {} addresses; at most {} fit",
+                node.snat_addresses.len(),
+                lb_common::MAX_SNAT_ADDRESSES
+            ));
+        }
+        for (index, addr) in node.snat_addresses.iter().enumerate() {
+            if is_unusable(*addr) {
+                problems.push(format!(
+                    "node.snat_addresses[{index}] = {addr} is not a usable unicast address; use addresses of this node on the backend network"
+                ));
+            } else if node.snat_addresses[..index].contains(addr) {
+                problems.push(format!(
+                    "node.snat_addresses[{index}] = {addr} is listed twice; list each address once"
+                ));
+            }
+        }
         let [low, high] = node.port_range;
         if low == 0 || low > high {
             problems.push(format!(
@@ -954,11 +972,26 @@ impl Config {
         problems
     }
 
+    /// The SNAT pool: `node.snat_addresses`, or the private address alone.
+    pub fn snat_addresses(&self) -> Vec<Ipv4Addr> {
+        if self.node.snat_addresses.is_empty() {
+            vec![self.node.private_address]
+        } else {
+            self.node.snat_addresses.clone()
+        }
+    }
+
     /// The node-wide settings the XDP program reads.
     pub fn to_settings(&self) -> Settings {
         let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let pool = self.snat_addresses();
+        let mut snat_addrs = [[0u8; 4]; lb_common::MAX_SNAT_ADDRESSES];
+        for (slot, addr) in snat_addrs.iter_mut().zip(&pool) {
+            *slot = addr.octets();
+        }
         Settings {
-            lb_addr: self.node.private_address.octets(),
+            snat_addrs,
+            snat_count: pool.len().min(lb_common::MAX_SNAT_ADDRESSES) as u32,
             port_min: self.node.port_range[0],
             port_max: self.node.port_range[1],
             tcp_handshake_ns: ns(self.conntrack.tcp_handshake_timeout),
@@ -1030,7 +1063,8 @@ mod tests {
             Duration::from_secs(900)
         );
         let settings = config.to_settings();
-        assert_eq!(settings.lb_addr, [10, 200, 0, 11]);
+        assert_eq!(settings.snat_addrs[0], [10, 200, 0, 11]);
+        assert_eq!(settings.snat_count, 1);
         assert_eq!((settings.port_min, settings.port_max), (20000, 29999));
         assert_eq!(settings.udp_ns, 60_000_000_000);
         assert_eq!(settings.ready, 1);

@@ -24,6 +24,7 @@ use crate::{
     dataplane::{
         clock,
         loader::{interface_index, interface_mac},
+        port_pools::SlotLayout,
         Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT,
     },
     health::HealthScheduler,
@@ -262,8 +263,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let socket = socket_path(&options.instance);
     ensure_not_running(&socket).await?;
 
-    ports::reserve_nat_range(node.port_range[0], node.port_range[1])
+    let nat_ports = ports::reserve_nat_range(node.port_range[0], node.port_range[1])
         .context("preparing the NAT source port range")?;
+    let snat_layout = SlotLayout::new(config.snat_addresses(), nat_ports);
+    info!(
+        addresses = snat_layout.addresses().len(),
+        ports = snat_layout.ports(),
+        per_backend = snat_layout.capacity(),
+        "NAT sources per backend: SNAT addresses x ports"
+    );
     for interface in &interfaces {
         enable_forwarding(interface)?;
     }
@@ -299,6 +307,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             "XDP clock not calibrated; the program reads the kernel clock per packet (slower)"
         ),
     }
+    tables.ports_mut().adopt(snat_layout)?;
     tables.write_settings(settings)?;
     let ifindexes: Vec<u32> = interfaces
         .iter()

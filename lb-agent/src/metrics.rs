@@ -169,6 +169,20 @@ pub fn render(snapshot: &Snapshot) -> String {
         |b: &B| (backend(b), b.1.active_flows),
     );
     w.each(
+        "lb_backend_nat_ports_in_use",
+        "gauge",
+        "NAT sources (SNAT address, port) towards the backend held by flows.",
+        backends,
+        |b: &B| (backend(b), b.1.nat_ports_in_use),
+    );
+    w.each(
+        "lb_backend_nat_ports_capacity",
+        "gauge",
+        "NAT sources the backend's pool has: SNAT addresses x usable ports.",
+        backends,
+        |b: &B| (backend(b), b.1.nat_ports_capacity),
+    );
+    w.each(
         "lb_backend_up",
         "gauge",
         "1 while the backend's health checks pass (or it has none), else 0.",
@@ -390,6 +404,8 @@ mod tests {
             packets: 100,
             bytes: 6400,
             new_flows: 7,
+            nat_ports_in_use: 4,
+            nat_ports_capacity: 113_840,
         };
         Snapshot {
             instance: "lab-lb1".into(),
@@ -444,6 +460,9 @@ mod tests {
         assert!(text.contains("lb_service_packets_total{service=\"www\"} 100\n"));
         assert!(text
             .contains("lb_backend_active_flows{service=\"www\",backend=\"10.200.0.21:80\"} 4\n"));
+        assert!(text.contains(
+            "lb_backend_nat_ports_capacity{service=\"www\",backend=\"10.200.0.21:80\"} 113840\n"
+        ));
         assert!(text.contains("lb_vrrp_state{state=\"MASTER\"} 1\n"));
         assert!(text.contains("lb_vrrp_state{state=\"BACKUP\"} 0\n"));
         assert!(text.contains("lb_vrrp_adverts_rejected_total{reason=\"ttl\"} 2\n"));

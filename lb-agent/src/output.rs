@@ -83,19 +83,21 @@ fn backend_row(b: &BackendStatus) -> Vec<String> {
         },
         b.last_check.clone().unwrap_or_else(|| "-".into()),
         b.active_flows.to_string(),
+        format!("{}/{}", b.nat_ports_in_use, b.nat_ports_capacity),
         b.new_flows.to_string(),
         b.packets.to_string(),
         b.bytes.to_string(),
     ]
 }
 
-const BACKEND_HEADERS: [&str; 9] = [
+const BACKEND_HEADERS: [&str; 10] = [
     "BACKEND",
     "WEIGHT",
     "STATE",
     "HEALTH",
     "LAST CHECK",
     "FLOWS",
+    "NAT PORTS",
     "NEW FLOWS",
     "PACKETS",
     "BYTES",
@@ -244,6 +246,8 @@ mod tests {
                 packets: 100,
                 bytes: 5000,
                 new_flows: 7,
+                nat_ports_in_use: 3,
+                nat_ports_capacity: 113_840,
             },
             BackendStatus {
                 address: Ipv4Addr::new(10, 200, 0, 3),
@@ -259,6 +263,8 @@ mod tests {
                 packets: 0,
                 bytes: 0,
                 new_flows: 0,
+                nat_ports_in_use: 0,
+                nat_ports_capacity: 0,
             },
         ]);
         let text = render(&reply);
@@ -272,6 +278,8 @@ mod tests {
         assert_eq!(&lines[1][last..last + 8], "HTTP 200");
         let col = lines[0].find("STATE").expect("header");
         assert_eq!(&lines[1][col..col + 6], "active");
+        let ports = lines[0].find("NAT PORTS").expect("nat ports header");
+        assert_eq!(&lines[1][ports..ports + 8], "3/113840", "{text}");
     }
 
     #[test]

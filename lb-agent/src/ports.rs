@@ -18,18 +18,51 @@ pub enum PortsError {
     /// A sysctl file held something unexpected.
     #[error("cannot parse {path}: {content:?}")]
     Parse { path: String, content: String },
-    /// The NAT range overlaps the kernel's ephemeral port range.
+    /// Outside the kernel's ephemeral port range, too few NAT ports remain.
     #[error(
-        "node.port_range {min}-{max} overlaps the kernel's ephemeral port range {eph_min}-{eph_max}; \
-         choose a port_range outside it, or narrow it with `sysctl net.ipv4.ip_local_port_range=\"{suggest_min} {eph_max}\"`"
+        "node.port_range {min}-{max} leaves only {usable} ports outside the kernel's ephemeral port range {eph_min}-{eph_max} \
+         (its own sockets' source ports); give it at least {MIN_NAT_PORTS} others, or narrow the ephemeral range with \
+         `sysctl net.ipv4.ip_local_port_range=\"{suggest_min} {eph_max}\"`"
     )]
     Overlap {
         min: u16,
         max: u16,
+        usable: u32,
         eph_min: u16,
         eph_max: u16,
         suggest_min: u32,
     },
+}
+
+/// Fewest NAT ports the agent runs with.
+pub const MIN_NAT_PORTS: u32 = 1024;
+
+/// The parts of `range` outside `ephemeral` (both inclusive): the NAT
+/// ports. The node's own sockets draw their source ports from the
+/// ephemeral range, and a backend's answer to one of them must reach the
+/// stack, not the NAT.
+pub fn usable_ranges(range: (u16, u16), ephemeral: (u16, u16)) -> Vec<(u16, u16)> {
+    let (low, high) = range;
+    let (eph_low, eph_high) = ephemeral;
+    if high < eph_low || eph_high < low {
+        return vec![range];
+    }
+    let mut parts = Vec::new();
+    if low < eph_low {
+        parts.push((low, eph_low - 1));
+    }
+    if eph_high < high {
+        parts.push((eph_high + 1, high));
+    }
+    parts
+}
+
+/// Number of ports in inclusive ranges.
+pub fn port_count(ranges: &[(u16, u16)]) -> u32 {
+    ranges
+        .iter()
+        .map(|(low, high)| u32::from(*high) - u32::from(*low) + 1)
+        .sum()
 }
 
 /// Parses `ip_local_port_range` ("32768\t60999").
@@ -88,19 +121,27 @@ fn read(path: &Path) -> Result<String, PortsError> {
     })
 }
 
-/// Checks and reserves `min..=max` using the sysctl files under `ipv4_dir`
-/// (normally `/proc/sys/net/ipv4`).
-pub fn reserve_nat_range_at(ipv4_dir: &Path, min: u16, max: u16) -> Result<(), PortsError> {
+/// Finds the NAT ports in `min..=max` (outside the ephemeral range) and
+/// reserves them, using the sysctl files under `ipv4_dir` (normally
+/// `/proc/sys/net/ipv4`). Returns the usable ranges.
+pub fn reserve_nat_range_at(
+    ipv4_dir: &Path,
+    min: u16,
+    max: u16,
+) -> Result<Vec<(u16, u16)>, PortsError> {
     let range_path = ipv4_dir.join("ip_local_port_range");
     let text = read(&range_path)?;
     let (eph_min, eph_max) = parse_port_range(&text).ok_or_else(|| PortsError::Parse {
         path: range_path.display().to_string(),
         content: text.clone(),
     })?;
-    if min <= eph_max && eph_min <= max {
+    let usable = usable_ranges((min, max), (eph_min, eph_max));
+    let count = port_count(&usable);
+    if count < MIN_NAT_PORTS {
         return Err(PortsError::Overlap {
             min,
             max,
+            usable: count,
             eph_min,
             eph_max,
             suggest_min: u32::from(max) + 1,
@@ -108,23 +149,32 @@ pub fn reserve_nat_range_at(ipv4_dir: &Path, min: u16, max: u16) -> Result<(), P
     }
     let reserved_path = ipv4_dir.join("ip_local_reserved_ports");
     let text = read(&reserved_path)?;
-    let existing = parse_reserved(&text).ok_or_else(|| PortsError::Parse {
+    let mut reserved = parse_reserved(&text).ok_or_else(|| PortsError::Parse {
         path: reserved_path.display().to_string(),
         content: text.clone(),
     })?;
-    if existing.iter().any(|(a, b)| *a <= min && max <= *b) {
-        return Ok(());
+    let missing: Vec<(u16, u16)> = usable
+        .iter()
+        .copied()
+        .filter(|(a, b)| !reserved.iter().any(|(r_a, r_b)| r_a <= a && b <= r_b))
+        .collect();
+    if missing.is_empty() {
+        return Ok(usable);
     }
-    std::fs::write(&reserved_path, merge_reserved(&existing, (min, max))).map_err(|source| {
-        PortsError::Io {
-            path: reserved_path.display().to_string(),
-            source,
-        }
-    })
+    let mut merged = String::new();
+    for part in missing {
+        merged = merge_reserved(&reserved, part);
+        reserved = parse_reserved(&merged).unwrap_or_default();
+    }
+    std::fs::write(&reserved_path, merged).map_err(|source| PortsError::Io {
+        path: reserved_path.display().to_string(),
+        source,
+    })?;
+    Ok(usable)
 }
 
-/// Checks and reserves the range in this network namespace.
-pub fn reserve_nat_range(min: u16, max: u16) -> Result<(), PortsError> {
+/// Finds and reserves the NAT ports in this network namespace.
+pub fn reserve_nat_range(min: u16, max: u16) -> Result<Vec<(u16, u16)>, PortsError> {
     reserve_nat_range_at(Path::new("/proc/sys/net/ipv4"), min, max)
 }
 
@@ -170,15 +220,38 @@ mod tests {
     }
 
     #[test]
-    fn overlap_is_refused_with_a_fix() {
+    fn ephemeral_ports_are_left_out() {
+        let eph = (32768, 60999);
+        assert_eq!(
+            usable_ranges((1024, 65535), eph),
+            vec![(1024, 32767), (61000, 65535)]
+        );
+        assert_eq!(usable_ranges((10000, 32767), eph), vec![(10000, 32767)]);
+        assert_eq!(usable_ranges((40000, 50000), eph), vec![]);
+        assert_eq!(usable_ranges((30000, 40000), eph), vec![(30000, 32767)]);
+        assert_eq!(port_count(&usable_ranges((1024, 65535), eph)), 36_280);
+    }
+
+    #[test]
+    fn too_few_ports_outside_the_ephemeral_range_is_refused_with_a_fix() {
         let dir = fake_proc("10000\t60999\n", "\n");
         let message = reserve_nat_range_at(&dir, 20000, 29999)
             .unwrap_err()
             .to_string();
         assert!(
-            message.contains("overlaps") && message.contains("30000 60999"),
+            message.contains("leaves only 0 ports") && message.contains("30000 60999"),
             "{message}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_whole_range_reserves_both_sides_of_the_ephemeral_range() {
+        let dir = fake_proc("32768\t60999\n", "22\n");
+        let usable = reserve_nat_range_at(&dir, 1024, 65535).expect("reserve");
+        assert_eq!(usable, vec![(1024, 32767), (61000, 65535)]);
+        let text = std::fs::read_to_string(dir.join("ip_local_reserved_ports")).expect("read");
+        assert_eq!(text, "22,1024-32767,61000-65535");
         let _ = std::fs::remove_dir_all(dir);
     }
 

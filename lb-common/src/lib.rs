@@ -41,9 +41,16 @@ pub mod map_names {
     /// Next-hop address -> time of a route lookup that found no neighbour
     /// (MAC): the agent asks the kernel to resolve these at once.
     pub const NEIGH_MISSES: &str = "neigh_misses";
+    /// Port pool id -> a queue of free `port_slot`s towards one backend
+    /// endpoint (address, port, protocol), in the order they were released.
+    pub const PORT_QUEUES: &str = "port_queues";
+    /// Port pool id -> `PortPool`: the agent's record of each queue.
+    pub const PORT_POOLS: &str = "port_pools";
+    /// Per-CPU count of slots the program took from each pool's queue.
+    pub const PORT_TAKEN: &str = "port_taken";
 
     /// Every map the program declares, in a stable order.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 16] = [
         SERVICES,
         BACKENDS,
         RINGS,
@@ -57,6 +64,9 @@ pub mod map_names {
         REASONS,
         VIPS,
         NEIGH_MISSES,
+        PORT_QUEUES,
+        PORT_POOLS,
+        PORT_TAKEN,
     ];
 }
 
@@ -70,8 +80,57 @@ pub const RING_SIZE: u32 = 256;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Redirect targets (interfaces) the program can send to.
 pub const MAX_TX_PORTS: u32 = 64;
-/// How many source ports the program tries before it counts port exhaustion.
-pub const PORT_ALLOC_TRIES: u32 = 32;
+/// How many slots the program takes from a pool's queue for one new flow
+/// before it counts port exhaustion. A slot is only skipped when a live
+/// flow already holds it, which happens only after the agent rebuilt a
+/// queue (its copy of a held slot is then dropped).
+pub const PORT_CLAIM_TRIES: u32 = 3;
+/// Most source addresses in the SNAT pool (`Settings::snat_addrs`).
+pub const MAX_SNAT_ADDRESSES: usize = 16;
+
+/// A NAT source (address, port) as the port queues hold it, independent of
+/// the address family: the index of the address in the SNAT pool and the
+/// port.
+#[inline(always)]
+pub const fn port_slot(address_index: u8, port: u16) -> u32 {
+    ((address_index as u32) << 16) | port as u32
+}
+
+/// The SNAT pool index of a `port_slot`.
+#[inline(always)]
+pub const fn slot_address_index(slot: u32) -> u8 {
+    (slot >> 16) as u8
+}
+
+/// The port of a `port_slot`.
+#[inline(always)]
+pub const fn slot_port(slot: u32) -> u16 {
+    slot as u16
+}
+
+/// The agent's record of one port pool (one queue per backend endpoint),
+/// pinned with the queues so that a restarted agent carries on where the
+/// last one stopped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortPool {
+    /// The endpoint whose NAT sources this pool hands out.
+    pub backend_addr: [u8; 4],
+    pub backend_port: u16,
+    pub proto: u8,
+    /// 1 while the pool is in use.
+    pub live: u8,
+    /// Fingerprint of the SNAT addresses and port ranges the slots were
+    /// made from; another layout means the queue is rebuilt.
+    pub layout: u64,
+    /// Slots in the pool: addresses x usable ports.
+    pub capacity: u32,
+    /// Slots `0..fresh_next` (in the layout's order) have been queued at
+    /// least once; the agent queues the rest as the queue runs low.
+    pub fresh_next: u32,
+    /// Slots the agent gave back after their flow ended.
+    pub released: u64,
+}
 
 /// IP protocol numbers as stored in `ServiceKey::proto` and `FlowKey::proto`.
 pub const PROTO_TCP: u8 = 6;
@@ -118,6 +177,10 @@ pub struct BackendValue {
     pub _pad: u16,
     /// The service this backend id belongs to (ids are never shared).
     pub service_id: u32,
+    /// The port pool (index into `port_queues`) of this backend's endpoint.
+    /// Backends of several services at the same address, port and protocol
+    /// share one pool: their flows share the backend's port space.
+    pub port_pool: u32,
 }
 
 /// Connection 5-tuple, as seen on the wire in one direction.
@@ -202,7 +265,12 @@ pub struct FlowValue {
     pub service_id: u32,
     /// One of `flow_state::*`.
     pub state: u8,
-    pub _pad: [u8; 7],
+    /// Index of the flow's source address in `Settings::snat_addrs`.
+    pub snat_index: u8,
+    pub _pad: u16,
+    /// The port pool the flow's NAT source came from; it goes back there
+    /// when the flow ends.
+    pub port_pool: u32,
     /// `bpf_ktime_get_ns()` of the last packet in either direction.
     pub last_seen_ns: u64,
     /// Route lookup result towards the backend, reused while fresh.
@@ -241,9 +309,12 @@ pub struct ReplyValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
-    /// The LB node's private (backend-facing) address: the NAT source.
-    pub lb_addr: [u8; 4],
-    /// Inclusive source port range the program allocates from.
+    /// The SNAT pool: source addresses towards backends (the first
+    /// `snat_count`); flows record an index into it.
+    pub snat_addrs: [[u8; 4]; MAX_SNAT_ADDRESSES],
+    pub snat_count: u32,
+    /// Inclusive range that holds every NAT port: a packet to a pool
+    /// address and a port in it may be a backend's reply.
     pub port_min: u16,
     pub port_max: u16,
     /// Idle timeouts in nanoseconds.
@@ -273,6 +344,27 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The pool address with index `index` (masked into the array, so the
+    /// verifier sees a bounded offset).
+    #[inline(always)]
+    pub fn snat_addr(&self, index: u8) -> [u8; 4] {
+        self.snat_addrs[index as usize & (MAX_SNAT_ADDRESSES - 1)]
+    }
+
+    /// Whether `addr` is one of the pool's addresses. Unrolled compares:
+    /// cheaper than a map lookup, and only packets to a NAT port pay them.
+    #[inline(always)]
+    pub fn is_snat_addr(&self, addr: [u8; 4]) -> bool {
+        let mut index = 0;
+        while index < MAX_SNAT_ADDRESSES {
+            if (index as u32) < self.snat_count && self.snat_addrs[index] == addr {
+                return true;
+            }
+            index += 1;
+        }
+        false
+    }
+
     /// Now in nanoseconds of CLOCK_MONOTONIC, from a jiffies reading, when
     /// the clock is calibrated (see `tick_ns`).
     #[inline(always)]
@@ -451,6 +543,7 @@ mod pod {
     unsafe impl aya::Pod for super::ReplyValue {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::PortPool {}
 }
 
 #[cfg(test)]
@@ -462,13 +555,36 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(size_of::<ServiceValue>(), 16);
-        assert_eq!(size_of::<BackendValue>(), 12);
+        assert_eq!(size_of::<BackendValue>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowValue>(), 80);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 16);
-        assert_eq!(size_of::<Settings>(), 80);
+        assert_eq!(size_of::<Settings>(), 144);
+        assert_eq!(size_of::<PortPool>(), 32);
         assert_eq!(size_of::<Counters>(), 32);
+    }
+
+    #[test]
+    fn port_slots_pack_address_index_and_port() {
+        let slot = port_slot(3, 65535);
+        assert_eq!((slot_address_index(slot), slot_port(slot)), (3, 65535));
+        assert_eq!(port_slot(0, 1024), 1024);
+    }
+
+    #[test]
+    fn pool_addresses_are_recognised_up_to_the_count() {
+        let mut settings = Settings {
+            snat_count: 2,
+            ..Settings::default()
+        };
+        settings.snat_addrs[0] = [10, 200, 0, 11];
+        settings.snat_addrs[1] = [10, 200, 0, 111];
+        settings.snat_addrs[2] = [10, 200, 0, 112];
+        assert!(settings.is_snat_addr([10, 200, 0, 111]));
+        assert!(!settings.is_snat_addr([10, 200, 0, 112]), "past the count");
+        assert_eq!(settings.snat_addr(1), [10, 200, 0, 111]);
+        assert_eq!(settings.snat_addr(17), [10, 200, 0, 111], "masked");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! Service lookup, scheduling (weighted round robin over the agent-built
-//! ring), NAT source port allocation and connection tracking.
+//! ring), NAT source allocation from the port pools and connection tracking.
 
-use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    flow_expired, flow_state, ring_base, BackendValue, FlowKey, FlowValue, ReplyValue,
-    ServiceValue, Settings, PORT_ALLOC_TRIES, PROTO_TCP, RING_SIZE,
+    flow_state, port_slot, ring_base, slot_address_index, slot_port, BackendValue, FlowKey,
+    FlowValue, ReplyValue, ServiceValue, Settings, PORT_CLAIM_TRIES, PROTO_TCP, RING_SIZE,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, REPLIES, RINGS, RR_CURSORS},
+    maps::{BACKENDS, FLOWS, PORT_POOLS, PORT_QUEUES, PORT_TAKEN, REPLIES, RINGS, RR_CURSORS},
     parsing::Packet,
 };
 
@@ -27,10 +27,10 @@ pub fn client_key(pkt: &Packet) -> FlowKey {
 
 /// The key under which the backend's replies to a flow are tracked.
 #[inline(always)]
-pub fn reply_key(backend: &BackendValue, settings: &Settings, lb_port: u16, proto: u8) -> FlowKey {
+pub fn reply_key(backend: &BackendValue, snat: [u8; 4], lb_port: u16, proto: u8) -> FlowKey {
     FlowKey {
         src_addr: backend.addr,
-        dst_addr: settings.lb_addr,
+        dst_addr: snat,
         src_port: backend.port,
         dst_port: lb_port,
         proto,
@@ -59,50 +59,136 @@ pub fn schedule(service: &ServiceValue) -> Option<(u32, BackendValue)> {
     Some((backend_id, backend))
 }
 
-/// Whether the flow behind a reply entry is gone or idle past its timeout,
-/// so its NAT port may be handed out again.
-#[inline(always)]
-fn reply_slot_free(reply: &FlowKey, settings: &Settings, now: u64) -> bool {
-    // SAFETY: read-only copy of the entry.
-    let Some(entry) = (unsafe { REPLIES.get(reply) }) else {
-        return true;
-    };
-    let client = entry.client;
-    // SAFETY: read-only copy of the entry.
-    match unsafe { FLOWS.get(&client) } {
-        None => true,
-        Some(flow) => flow_expired(settings, flow, now),
-    }
+/// A NAT source held for a new flow: the slot taken from its pool's queue
+/// and the reply entry that claims it.
+pub struct NatSource {
+    pub pool: u32,
+    pub slot: u32,
+    pub snat_index: u8,
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub reply: FlowKey,
 }
 
-/// Picks a NAT source port towards `backend` that no live flow uses, at
-/// random, so ports are not reused in a predictable order (and rarely meet
-/// a backend's TIME_WAIT).
+/// Takes the least recently released free NAT source towards `backend`
+/// from its pool's queue, O(1): a pop, and the insert of the flow's reply
+/// entry, which fails if a live flow holds that source (then the next slot
+/// is tried and the held one dropped: its flow gives it back when it ends).
 #[inline(always)]
-pub fn allocate_port(
+pub fn claim_nat_source(
     settings: &Settings,
     backend: &BackendValue,
     proto: u8,
-    now: u64,
-) -> Option<u16> {
-    let min = settings.port_min as u32;
-    let max = settings.port_max as u32;
-    if min == 0 || max < min {
+    client: &FlowKey,
+) -> Option<NatSource> {
+    let pool = backend.port_pool;
+    if PORT_POOLS.get(pool)?.live == 0 {
         return None;
     }
-    let span = max - min + 1;
-    // Each try draws a fresh random port: probing neighbours of a busy port
-    // would walk along the clusters that sequential use leaves behind.
-    for _ in 0..PORT_ALLOC_TRIES {
-        // SAFETY: helper without preconditions.
-        let draw = unsafe { bpf_get_prandom_u32() };
-        let port = (min + draw.checked_rem(span)?) as u16;
-        let key = reply_key(backend, settings, port, proto);
-        if reply_slot_free(&key, settings, now) {
-            return Some(port);
+    let queue = PORT_QUEUES.get(pool)?;
+    let back = ReplyValue { client: *client };
+    for _ in 0..PORT_CLAIM_TRIES {
+        let slot = queue.pop().ok()??;
+        let snat_index = slot_address_index(slot);
+        if u32::from(snat_index) >= settings.snat_count {
+            // Left from a larger pool before a restart: not ours to use.
+            continue;
+        }
+        let addr = settings.snat_addr(snat_index);
+        let port = slot_port(slot);
+        let reply = reply_key(backend, addr, port, proto);
+        if REPLIES
+            .insert(&reply, &back, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            return Some(NatSource {
+                pool,
+                slot,
+                snat_index,
+                addr,
+                port,
+                reply,
+            });
         }
     }
     None
+}
+
+/// Undoes a claim whose flow could not be set up: the source goes back
+/// to its queue.
+#[inline(always)]
+pub fn give_back(source: &NatSource) {
+    let _ = REPLIES.remove(&source.reply);
+    if let Some(queue) = PORT_QUEUES.get(source.pool) {
+        let _ = queue.push(source.slot, 0);
+    }
+}
+
+/// Counts a claim kept by a new flow.
+#[inline(always)]
+pub fn count_taken(pool: u32) {
+    if let Some(taken) = PORT_TAKEN.get_ptr_mut(pool) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *taken = (*taken).wrapping_add(1) };
+    }
+}
+
+/// The NAT source of a flow entry that a new flow of the same client ports
+/// replaces (the old one ended, or expired before the agent collected it).
+#[derive(Default)]
+pub struct ReplacedSource {
+    /// 0: nothing is replaced.
+    pub present: u8,
+    pub snat_index: u8,
+    pub backend_port: u16,
+    pub backend_addr: [u8; 4],
+    pub lb_port: u16,
+    pub port_pool: u32,
+}
+
+impl ReplacedSource {
+    #[inline(always)]
+    pub fn of(flow: &FlowValue) -> Self {
+        Self {
+            present: 1,
+            snat_index: flow.snat_index,
+            backend_port: flow.backend_port,
+            backend_addr: flow.backend_addr,
+            lb_port: flow.lb_port,
+            port_pool: flow.port_pool,
+        }
+    }
+}
+
+/// Frees a replaced flow's reply entry and gives its slot back; without
+/// this both would be lost, since the agent only sees the new entry.
+#[inline(always)]
+pub fn release_replaced(old: &ReplacedSource, proto: u8, settings: &Settings) {
+    if old.present == 0 {
+        return;
+    }
+    let reply = FlowKey {
+        src_addr: old.backend_addr,
+        dst_addr: settings.snat_addr(old.snat_index),
+        src_port: old.backend_port,
+        dst_port: old.lb_port,
+        proto,
+        _pad: [0; 3],
+    };
+    if REPLIES.remove(&reply).is_err() {
+        return;
+    }
+    if let Some(queue) = PORT_QUEUES.get(old.port_pool) {
+        if queue
+            .push(port_slot(old.snat_index, old.lb_port), 0)
+            .is_ok()
+        {
+            if let Some(taken) = PORT_TAKEN.get_ptr_mut(old.port_pool) {
+                // SAFETY: per-CPU slot, as in `count_taken`.
+                unsafe { *taken = (*taken).wrapping_sub(1) };
+            }
+        }
+    }
 }
 
 /// Initial state of a new flow.
@@ -115,16 +201,8 @@ pub fn initial_state(proto: u8) -> u8 {
     }
 }
 
-/// Records a new flow in both directions. Returns false if either insert failed.
+/// Records a new flow's forward entry (its reply entry is its claim).
 #[inline(always)]
-pub fn track(client: &FlowKey, flow: &FlowValue, reply: &FlowKey) -> bool {
-    let back = ReplyValue { client: *client };
-    if FLOWS.insert(client, flow, 0).is_err() {
-        return false;
-    }
-    if REPLIES.insert(reply, &back, 0).is_err() {
-        let _ = FLOWS.remove(client);
-        return false;
-    }
-    true
+pub fn track(client: &FlowKey, flow: &FlowValue) -> bool {
+    FLOWS.insert(client, flow, 0).is_ok()
 }

@@ -26,7 +26,10 @@ use crate::{
     clock::now_ns,
     counters::{count, count_rejected, count_traffic},
     forward::{forward, DROP, PASS},
-    lookup::{allocate_port, client_key, initial_state, reply_key, schedule, track},
+    lookup::{
+        claim_nat_source, client_key, count_taken, give_back, initial_state, release_replaced,
+        schedule, track, ReplacedSource,
+    },
     maps::{FLOWS, REPLIES, SERVICES, SETTINGS},
     nat::{rewrite, Rewrite},
     parsing::{parse, Packet, TCP_ACK, TCP_SYN},
@@ -58,9 +61,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return (PASS, Reason::PassOtherHost);
     }
     let now = now_ns(settings);
-    if pkt.dst == settings.lb_addr
-        && pkt.dport >= settings.port_min
+    if pkt.dport >= settings.port_min
         && pkt.dport <= settings.port_max
+        && settings.is_snat_addr(pkt.dst)
     {
         return from_backend(ctx, settings, &pkt, now);
     }
@@ -68,6 +71,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     let client = client_key(&pkt);
     let is_syn =
         pkt.proto == lb_common::PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // Plain zeroed fields, not an Option of a copied entry: the verifier
+    // refuses the undefined bytes LLVM would spill for the None case.
+    let mut replaced = ReplacedSource::default();
     if let Some(entry) = FLOWS.get_ptr_mut(&client) {
         // SAFETY: the entry stays valid during this run; fields are plain
         // integers and the program is their only writer.
@@ -75,6 +81,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         if reusable(settings, flow, now, is_syn) {
             return established(ctx, settings, &pkt, flow, now);
         }
+        replaced = ReplacedSource::of(flow);
     }
     let key = ServiceKey {
         vip: pkt.dst,
@@ -84,7 +91,18 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     };
     // SAFETY: copied out at once; the agent replaces values whole.
     match unsafe { SERVICES.get(&key) }.copied() {
-        Some(service) => new_flow(ctx, settings, &pkt, &service, &client, is_syn, now),
+        Some(service) => new_flow(
+            ctx,
+            settings,
+            &pkt,
+            &NewFlow {
+                service: &service,
+                client: &client,
+                replaced: &replaced,
+                is_syn,
+            },
+            now,
+        ),
         None => (PASS, Reason::PassNotService),
     }
 }
@@ -116,23 +134,17 @@ fn established(
     flow.last_seen_ns = now;
     flow.state = next_state(flow.state, pkt.tcp_flags, false);
     let bytes = pkt.ip_len as u64;
+    let snat = settings.snat_addr(flow.snat_index);
     rewrite(
         pkt,
         &Rewrite {
-            src: settings.lb_addr,
+            src: snat,
             dst: flow.backend_addr,
             sport: flow.lb_port,
             dport: flow.backend_port,
         },
     );
-    match forward(
-        ctx,
-        pkt,
-        settings.lb_addr,
-        flow.backend_addr,
-        &mut flow.to_backend,
-        now,
-    ) {
+    match forward(ctx, pkt, snat, flow.backend_addr, &mut flow.to_backend, now) {
         Ok(action) => {
             count_traffic(flow.service_id, flow.backend_id, bytes, false);
             (action, Reason::ForwardedToBackend)
@@ -141,38 +153,51 @@ fn established(
     }
 }
 
-/// Client -> VIP without a live flow: schedule a backend, allocate a NAT
-/// port, forward, and track the flow in both directions.
+/// What `new_flow` needs to know about the packet's connection.
+struct NewFlow<'a> {
+    service: &'a lb_common::ServiceValue,
+    client: &'a lb_common::FlowKey,
+    /// The entry of the same client ports that this flow replaces.
+    replaced: &'a ReplacedSource,
+    is_syn: bool,
+}
+
+/// Client -> VIP without a live flow: schedule a backend, claim a NAT
+/// source, forward, and track the flow in both directions.
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
     settings: &Settings,
     pkt: &Packet,
-    service: &lb_common::ServiceValue,
-    client: &lb_common::FlowKey,
-    is_syn: bool,
+    new: &NewFlow,
     now: u64,
 ) -> (u32, Reason) {
-    if pkt.proto == lb_common::PROTO_TCP && !is_syn {
+    if pkt.proto == lb_common::PROTO_TCP && !new.is_syn {
         // Mid-stream segment of a connection we do not know (removed with
         // --now, expired, or never ours): tell the client at once.
         return reject(ctx, pkt, Reason::RstNoFlow, Reason::RstNoFlow);
     }
+    let service = new.service;
     let Some((backend_id, backend)) = schedule(service) else {
         count_rejected(service.id);
         return reject(ctx, pkt, Reason::RstNoBackend, Reason::DropNoBackend);
     };
-    let Some(lb_port) = allocate_port(settings, &backend, pkt.proto, now) else {
+    // The replaced flow is over: its source goes back first, so that a
+    // client reusing its ports is served even from a nearly empty pool.
+    release_replaced(new.replaced, pkt.proto, settings);
+    let Some(source) = claim_nat_source(settings, &backend, pkt.proto, new.client) else {
         return (DROP, Reason::DropPortExhausted);
     };
     let mut flow = FlowValue {
         backend_addr: backend.addr,
         backend_port: backend.port,
-        lb_port,
+        lb_port: source.port,
         backend_id,
         service_id: service.id,
         state: initial_state(pkt.proto),
-        _pad: [0; 7],
+        snat_index: source.snat_index,
+        _pad: 0,
+        port_pool: source.pool,
         last_seen_ns: now,
         to_backend: NextHop::default(),
         to_client: NextHop::default(),
@@ -181,9 +206,9 @@ fn new_flow(
     rewrite(
         pkt,
         &Rewrite {
-            src: settings.lb_addr,
+            src: source.addr,
             dst: backend.addr,
-            sport: lb_port,
+            sport: source.port,
             dport: backend.port,
         },
     );
@@ -192,18 +217,22 @@ fn new_flow(
     let action = match forward(
         ctx,
         pkt,
-        settings.lb_addr,
+        source.addr,
         backend.addr,
         &mut flow.to_backend,
         now,
     ) {
         Ok(action) => action,
-        Err(reason) => return (DROP, reason),
+        Err(reason) => {
+            give_back(&source);
+            return (DROP, reason);
+        }
     };
-    let reply = reply_key(&backend, settings, lb_port, pkt.proto);
-    if !track(client, &flow, &reply) {
+    if !track(new.client, &flow) {
+        give_back(&source);
         return (DROP, Reason::DropFlowInsert);
     }
+    count_taken(source.pool);
     count_traffic(service.id, backend_id, bytes, true);
     (action, Reason::ForwardedToBackend)
 }

@@ -2,12 +2,12 @@
 //! `lb_common::map_names` (the agent pins them under /sys/fs/bpf/<instance>/).
 
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, Queue},
     macros::btf_map,
 };
 use lb_common::{
-    BackendValue, Counters, FlowKey, FlowValue, Reason, ReplyValue, ServiceKey, ServiceValue,
-    Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, RING_SIZE,
+    BackendValue, Counters, FlowKey, FlowValue, PortPool, Reason, ReplyValue, ServiceKey,
+    ServiceValue, Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, RING_SIZE,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
@@ -67,3 +67,20 @@ pub static REASONS: PerCpuArray<u64, REASONS_MAX> = PerCpuArray::new();
 /// Destinations whose route lookup found no neighbour, for the agent to resolve.
 #[btf_map(name = "neigh_misses")]
 pub static NEIGH_MISSES: LruHashMap<[u8; 4], u64, 1024> = LruHashMap::new();
+
+/// The template of each pool's queue. The agent makes every real queue with
+/// the pool's capacity: the kernel lets inner queues differ in size.
+pub type PortQueue = Queue<u32, 1>;
+
+/// Port pool id -> queue of free NAT `port_slot`s towards one backend
+/// endpoint, least recently released first (refilled by the agent).
+#[btf_map(name = "port_queues")]
+pub static PORT_QUEUES: ArrayOfMaps<PortQueue, BACKENDS_MAX> = ArrayOfMaps::new();
+
+/// Port pool id -> the agent's record of the pool (the program only reads it).
+#[btf_map(name = "port_pools")]
+pub static PORT_POOLS: Array<PortPool, BACKENDS_MAX> = Array::new();
+
+/// Per-CPU slots taken from each pool's queue and kept by a flow.
+#[btf_map(name = "port_taken")]
+pub static PORT_TAKEN: PerCpuArray<u64, BACKENDS_MAX> = PerCpuArray::new();

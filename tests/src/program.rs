@@ -14,7 +14,11 @@ use lb_common::{
     ServiceValue, Settings,
 };
 
-use lb_agent::dataplane::clock::{calibrate, TickClock};
+use lb_agent::dataplane::{
+    clock::{calibrate, TickClock},
+    maps::end_flow,
+    port_pools::{Endpoint, PortPools, SlotLayout},
+};
 
 use crate::{netns::NetNs, packet::Mac};
 
@@ -41,6 +45,8 @@ pub const XDP_REDIRECT: u32 = 4;
 /// The loaded program and its maps, in a namespace shaped like an LB node.
 pub struct Harness {
     pub ebpf: Ebpf,
+    /// The agent's port pools over the loaded program's maps (balancer only).
+    pub pools: Option<PortPools>,
     program: String,
     pub pub_ifindex: u32,
     pub priv_ifindex: u32,
@@ -92,6 +98,7 @@ impl Harness {
         xdp.load().unwrap_or_else(|e| panic!("verifier: {e:?}"));
         Self {
             ebpf,
+            pools: None,
             program: program.to_string(),
             pub_ifindex: ifindex("pub0"),
             priv_ifindex: ifindex("priv0"),
@@ -122,16 +129,27 @@ impl Harness {
             .try_into()
             .expect("lb is XDP");
         program.load().unwrap_or_else(|e| panic!("verifier: {e:?}"));
+        let mut pools = PortPools::take(&mut ebpf).expect("port pool maps");
+        pools
+            .adopt(SlotLayout::new(
+                vec![addr(LB_PRIV)],
+                vec![(port_min, port_max)],
+            ))
+            .expect("port pools");
 
         let mut harness = Self {
             ebpf,
+            pools: Some(pools),
             program: "lb".to_string(),
             pub_ifindex: ifindex("pub0"),
             priv_ifindex: ifindex("priv0"),
             _ns: ns,
         };
+        let mut snat_addrs = [[0; 4]; lb_common::MAX_SNAT_ADDRESSES];
+        snat_addrs[0] = LB_PRIV;
         let mut settings = Settings {
-            lb_addr: LB_PRIV,
+            snat_addrs,
+            snat_count: 1,
             port_min,
             port_max,
             tcp_handshake_ns: 30_000_000_000,
@@ -239,14 +257,23 @@ impl Harness {
                 .expect("backends")
                 .try_into()
                 .expect("array");
-            for (backend_id, addr, bport) in backends {
+            let pools = self.pools.as_mut().expect("the balancer's port pools");
+            for (backend_id, address, bport) in backends {
+                let port_pool = pools
+                    .pool_for(Endpoint {
+                        addr: addr(*address),
+                        port: *bport,
+                        proto,
+                    })
+                    .expect("port pool");
                 map.set(
                     *backend_id,
                     BackendValue {
-                        addr: *addr,
+                        addr: *address,
                         port: *bport,
                         _pad: 0,
                         service_id: id,
+                        port_pool,
                     },
                     0,
                 )
@@ -356,6 +383,21 @@ impl Harness {
         replies
             .insert(reply, lb_common::ReplyValue { client }, 0)
             .expect("insert reply");
+    }
+
+    /// Ends a flow the way the agent does when it expires or is removed.
+    pub fn remove_flow_as_agent(&mut self, key: &FlowKey) {
+        let settings = self.ebpf_settings();
+        let flow = self.flow(key).expect("flow to remove");
+        let [flows, replies] = self
+            .ebpf
+            .maps_disjoint_mut([map_names::FLOWS, map_names::REPLIES]);
+        let mut flows: HashMap<_, FlowKey, FlowValue> =
+            flows.expect("flows").try_into().expect("lru hash");
+        let mut replies: HashMap<_, FlowKey, lb_common::ReplyValue> =
+            replies.expect("replies").try_into().expect("lru hash");
+        let pools = self.pools.as_mut().expect("the balancer's port pools");
+        end_flow(&mut flows, &mut replies, pools, &settings, key, &flow);
     }
 
     pub fn reason_count(&self, reason: Reason) -> u64 {

@@ -585,3 +585,85 @@ fn benchmark_references_do_their_work() {
     assert_eq!(floor.flow_count(), 1);
     assert!(floor.reply_count() >= 2, "replies {}", floor.reply_count());
 }
+
+/// Runs `client -> VIP` SYN, the backend's SYN-ACK, FIN both ways: the flow
+/// is closing. Returns the NAT port it had.
+fn open_and_close(h: &Harness, sport: u16) -> u16 {
+    let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
+    assert_eq!(action, XDP_REDIRECT, "SYN from {sport} forwarded");
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    let backend = [out[30], out[31], out[32], out[33]];
+    let backend_mac = if backend == WEB1 { WEB1_MAC } else { WEB2_MAC };
+    let from_backend = |flags| {
+        Frame::tcp(backend, 80, LB_PRIV, port, flags)
+            .macs(backend_mac, PRIV_MAC)
+            .build()
+    };
+    assert_eq!(
+        h.run(h.priv_ifindex, &from_backend(TCP_SYN | TCP_ACK)).0,
+        XDP_REDIRECT
+    );
+    let fin = Frame::tcp(CLIENT, sport, VIP, 80, TCP_FIN | TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
+    assert_eq!(h.run(h.pub_ifindex, &fin.build()).0, XDP_REDIRECT);
+    assert_eq!(
+        h.run(h.priv_ifindex, &from_backend(TCP_FIN | TCP_ACK)).0,
+        XDP_REDIRECT
+    );
+    assert_eq!(
+        h.flow(&client_key(sport)).expect("flow").state,
+        flow_state::TCP_CLOSING
+    );
+    port
+}
+
+#[test]
+fn syn_reusing_a_closing_flows_ports_starts_a_new_flow_and_frees_the_old_source() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    // One NAT port: the new flow can only get it if the old one gave it back.
+    let mut h = Harness::new(&object, 20000, 20000);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    assert_eq!(open_and_close(&h, 40000), 20000);
+    let (action, out) = h.run(h.pub_ifindex, &client_syn(40000).build());
+    assert_eq!(action, XDP_REDIRECT, "the reused ports start a new flow");
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 20000);
+    assert_eq!(
+        h.flow(&client_key(40000)).expect("flow").state,
+        flow_state::TCP_HANDSHAKE,
+        "tracked as a new handshake, not as the closing flow"
+    );
+    assert_eq!(h.reply_count(), 1, "the old reply entry is gone");
+    assert_eq!(h.service_counters(0).new_flows, 2);
+    // The port is held again: another client finds the pool empty.
+    assert_eq!(h.run(h.pub_ifindex, &client_syn(40001).build()).0, XDP_DROP);
+    assert_eq!(h.reason_count(Reason::DropPortExhausted), 1);
+}
+
+#[test]
+fn ports_are_reused_least_recently_released_first() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 20003);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    // Four flows take the four ports in the pool's order.
+    let ports: Vec<u16> = (40000..40004)
+        .map(|sport| open_and_close(&h, sport))
+        .collect();
+    assert_eq!(ports, vec![20000, 20001, 20002, 20003]);
+    assert_eq!(h.run(h.pub_ifindex, &client_syn(40010).build()).0, XDP_DROP);
+    // The agent collects them in another order: 20002, then 20000.
+    h.remove_flow_as_agent(&client_key(40002));
+    h.remove_flow_as_agent(&client_key(40000));
+    let next: Vec<u16> = [40011u16, 40012]
+        .iter()
+        .map(|sport| {
+            let (action, out) = h.run(h.pub_ifindex, &client_syn(*sport).build());
+            assert_eq!(action, XDP_REDIRECT);
+            u16::from_be_bytes([out[34], out[35]])
+        })
+        .collect();
+    assert_eq!(next, vec![20002, 20000], "first released, first reused");
+    assert_eq!(h.run(h.pub_ifindex, &client_syn(40013).build()).0, XDP_DROP);
+}

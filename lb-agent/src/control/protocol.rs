@@ -136,6 +136,13 @@ pub struct BackendStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// NAT sources (SNAT address, port) towards this backend's endpoint
+    /// held by flows, and how many its pool has; shared by the services
+    /// that have a backend at the same address, port and protocol.
+    #[serde(default)]
+    pub nat_ports_in_use: u64,
+    #[serde(default)]
+    pub nat_ports_capacity: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

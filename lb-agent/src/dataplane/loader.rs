@@ -17,8 +17,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, BackendValue, Counters, FlowKey, FlowValue, ReplyValue, ServiceKey, ServiceValue,
-    Settings,
+    map_names, BackendValue, Counters, FlowKey, FlowValue, PortPool, ReplyValue, ServiceKey,
+    ServiceValue, Settings,
 };
 use tracing::{info, warn};
 
@@ -61,7 +61,7 @@ pub struct Dataplane {
 const PROGRAM: &str = "lb";
 
 /// (name, key size, value size) of every map, as this build lays them out.
-fn expected_layouts() -> [(&'static str, u32, u32); 13] {
+fn expected_layouts() -> [(&'static str, u32, u32); 16] {
     use core::mem::size_of;
     let s = |n: usize| n as u32;
     [
@@ -90,6 +90,9 @@ fn expected_layouts() -> [(&'static str, u32, u32); 13] {
         (map_names::REASONS, 4, 8),
         (map_names::VIPS, 4, 4),
         (map_names::NEIGH_MISSES, 4, 8),
+        (map_names::PORT_QUEUES, 4, 4),
+        (map_names::PORT_POOLS, 4, s(size_of::<PortPool>())),
+        (map_names::PORT_TAKEN, 4, 8),
     ]
 }
 

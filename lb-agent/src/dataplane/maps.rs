@@ -7,11 +7,11 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_expired, map_names, ring_base, BackendValue, Counters, FlowKey, FlowValue, Reason,
-    ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS, RING_SIZE,
+    flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowKey, FlowValue,
+    Reason, ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS, RING_SIZE,
 };
 
-use super::{pins, DataplaneError};
+use super::{pins, port_pools::PortPools, DataplaneError};
 
 /// The maps of one instance, owned (they stay shared with the kernel program).
 pub struct Tables {
@@ -27,6 +27,7 @@ pub struct Tables {
     backend_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
     neigh_misses: HashMap<MapData, [u8; 4], u64>,
+    ports: PortPools,
 }
 
 /// Active flows per backend id, from one pass over the flow table.
@@ -62,6 +63,38 @@ macro_rules! typed {
     ($map:expr, $name:expr) => {
         $map.try_into().map_err(DataplaneError::map($name))?
     };
+}
+
+/// Deletes one flow in both directions and gives its NAT source back to
+/// its pool.
+pub fn end_flow<F, R>(
+    flows: &mut HashMap<F, FlowKey, FlowValue>,
+    replies: &mut HashMap<R, FlowKey, ReplyValue>,
+    ports: &mut PortPools,
+    settings: &Settings,
+    key: &FlowKey,
+    flow: &FlowValue,
+) where
+    F: std::borrow::BorrowMut<MapData>,
+    R: std::borrow::BorrowMut<MapData>,
+{
+    let reply = FlowKey {
+        src_addr: flow.backend_addr,
+        dst_addr: settings.snat_addr(flow.snat_index),
+        src_port: flow.backend_port,
+        dst_port: flow.lb_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let _ = flows.remove(key);
+    // Only the flow whose claim the reply entry is gives the source back:
+    // a flow the program replaced has had its source released already.
+    let claimed = replies
+        .get(&reply, 0)
+        .is_ok_and(|entry| entry.client == *key);
+    if claimed && replies.remove(&reply).is_ok() {
+        ports.release(flow.port_pool, port_slot(flow.snat_index, flow.lb_port));
+    }
 }
 
 impl Tables {
@@ -102,7 +135,20 @@ impl Tables {
             backend_stats: typed!(get(BACKEND_STATS)?, BACKEND_STATS),
             reasons: typed!(get(REASONS)?, REASONS),
             neigh_misses: typed!(get(NEIGH_MISSES)?, NEIGH_MISSES),
+            ports: PortPools::new(
+                typed!(get(PORT_QUEUES)?, PORT_QUEUES),
+                typed!(get(PORT_POOLS)?, PORT_POOLS),
+                typed!(get(PORT_TAKEN)?, PORT_TAKEN),
+            ),
         })
+    }
+
+    pub fn ports(&self) -> &PortPools {
+        &self.ports
+    }
+
+    pub fn ports_mut(&mut self) -> &mut PortPools {
+        &mut self.ports
     }
 
     pub fn settings(&self) -> Result<Settings, DataplaneError> {
@@ -283,16 +329,14 @@ impl Tables {
             .filter(|(_, flow)| select(flow))
             .collect();
         for (key, flow) in &doomed {
-            let reply = FlowKey {
-                src_addr: flow.backend_addr,
-                dst_addr: settings.lb_addr,
-                src_port: flow.backend_port,
-                dst_port: flow.lb_port,
-                proto: key.proto,
-                _pad: [0; 3],
-            };
-            let _ = self.replies.remove(&reply);
-            let _ = self.flows.remove(key);
+            end_flow(
+                &mut self.flows,
+                &mut self.replies,
+                &mut self.ports,
+                &settings,
+                key,
+                flow,
+            );
         }
         doomed.into_iter().map(|(key, _)| key).collect()
     }

@@ -5,6 +5,7 @@ pub mod clock;
 pub mod loader;
 pub mod maps;
 pub mod pins;
+pub mod port_pools;
 pub mod reconcile;
 
 pub use loader::{Dataplane, LoadOptions, XdpAttachMode};

@@ -11,7 +11,7 @@ use std::{
 use lb_common::{BackendValue, ServiceKey, ServiceValue, MAX_BACKENDS, MAX_SERVICES, RING_SIZE};
 use tracing::info;
 
-use super::{maps::FlowCensus, DataplaneError, Tables};
+use super::{maps::FlowCensus, port_pools::Endpoint, DataplaneError, Tables};
 use crate::schedule::build_ring;
 
 /// A service as the config and run-time changes want it.
@@ -212,6 +212,11 @@ impl Reconciler {
                         what: "backend",
                         limit: MAX_BACKENDS,
                     })?;
+                let port_pool = tables.ports_mut().pool_for(Endpoint {
+                    addr: w.addr,
+                    port: w.port,
+                    proto: service.key.proto,
+                })?;
                 tables.write_backend(
                     backend_id,
                     BackendValue {
@@ -219,6 +224,7 @@ impl Reconciler {
                         port: w.port,
                         _pad: 0,
                         service_id: id,
+                        port_pool,
                     },
                 )?;
                 tables.reset_backend_counters(backend_id)?;
@@ -288,6 +294,21 @@ impl Reconciler {
             if let Some(slot) = self.backends.remove(&id) {
                 released.push(slot);
             }
+        }
+        if !released.is_empty() {
+            let used: Vec<Endpoint> = self
+                .backends
+                .values()
+                .filter_map(|b| {
+                    let proto = self.services.get(&b.service_id)?.key.proto;
+                    Some(Endpoint {
+                        addr: b.addr,
+                        port: b.port,
+                        proto,
+                    })
+                })
+                .collect();
+            tables.ports_mut().retain(&used)?;
         }
         Ok(released)
     }

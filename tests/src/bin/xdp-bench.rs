@@ -62,7 +62,7 @@ fn main() {
     // first runs each replaces a stale entry, as on a busy node.
     let mut h = Harness::with_capacity(&object, PORT_MIN, PORT_MAX, MAX_FLOWS);
     let mut settings = h.ebpf_settings();
-    settings.lb_addr = CLIENT;
+    settings.snat_addrs[0] = CLIENT;
     // The fixed-point frames keep the MACs the route lookup writes, so
     // those are "ours": the MAC check runs and accepts them.
     settings.public_mac = VIP_MAC;
@@ -163,7 +163,9 @@ fn insert_established_flow(h: &mut Harness) {
             backend_id: 0,
             service_id: 0,
             state: flow_state::TCP_ESTABLISHED,
-            _pad: [0; 7],
+            snat_index: 0,
+            _pad: 0,
+            port_pool: 0,
             last_seen_ns: monotonic_ns(),
             to_backend: Default::default(),
             to_client: Default::default(),
