@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: the XDP program's cost per packet against the
 //! trivial reference program (BPF_PROG_TEST_RUN, `xdp-bench`), then
 //! end-to-end HTTP throughput with wrk through the balancer against wrk
-//! straight to a backend, all in the same run on the same machine.
+//! straight to a backend, the connection rate against HAProxy
+//! (`connrate`) and the failover outage, all in the same run on the same
+//! machine.
 
 use std::{
     process::Command,
@@ -14,13 +16,56 @@ use crate::{
     apt,
     build::{self, BuildOptions, ENV_AGENT_BIN, ENV_EBPF_OBJECT, ENV_TRIVIAL_OBJECT},
     cmd,
-    lab::{Lab, LabOptions, Node},
+    lab::{Lab, LabOptions, Node, XdpMode},
     workspace_root,
 };
 
-const PREFIX: &str = "bench";
+/// The lab prefix of the `lab` and `connrate` sections unless `--prefix`.
+pub const DEFAULT_PREFIX: &str = "bench";
 const WRK_SECONDS: u32 = 5;
 const WRK_CONNECTIONS: u32 = 32;
+/// wrk's own per-request timeout.
+const WRK_TIMEOUT: &str = "2s";
+/// How long past its `-d` a wrk run may take before it is killed.
+const WRK_GRACE_SECONDS: u32 = 20;
+/// The VIP as the benchmark's URL.
+pub const VIP_URL: &str = "http://10.100.0.100/";
+
+/// What the benchmark runs (`cargo xtask bench [--only S] [--xdp M,...]
+/// [--prefix P]`).
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// One section of `SECTIONS`, or all of them.
+    pub only: Option<String>,
+    /// XDP modes of the lab sections (`lab`, `connrate`); empty: both.
+    pub xdp: Vec<XdpMode>,
+    /// Lab prefix of the lab sections.
+    pub prefix: String,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            only: None,
+            xdp: Vec::new(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl BenchOptions {
+    /// The XDP modes to measure, generic first.
+    pub fn xdp_modes(&self) -> Vec<XdpMode> {
+        let mut modes = if self.xdp.is_empty() {
+            vec![XdpMode::Generic, XdpMode::Native]
+        } else {
+            self.xdp.clone()
+        };
+        modes.sort_by_key(|m| *m != XdpMode::Generic);
+        modes.dedup();
+        modes
+    }
+}
 
 fn heading(title: &str) {
     println!("\n=== {title}");
@@ -34,62 +79,174 @@ pub fn parse_wrk_rate(output: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn wrk(lab: &Lab, from: Node, url: &str, close: bool) -> Result<f64> {
-    let seconds = format!("{WRK_SECONDS}s");
+/// The socket errors wrk counts (its "Socket errors:" line; all zero when
+/// it prints none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketErrors {
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub timeout: u64,
+}
+
+impl SocketErrors {
+    pub fn total(&self) -> u64 {
+        self.connect + self.read + self.write + self.timeout
+    }
+}
+
+impl std::fmt::Display for SocketErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.connect, self.read, self.write, self.timeout
+        )
+    }
+}
+
+/// wrk's "Socket errors: connect N, read N, write N, timeout N" line;
+/// `None` if a line of that name does not parse.
+pub fn parse_wrk_socket_errors(output: &str) -> Option<SocketErrors> {
+    let Some(line) = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+    else {
+        return Some(SocketErrors::default());
+    };
+    let mut errors = SocketErrors::default();
+    for part in line.split(',') {
+        let mut words = part.split_whitespace();
+        let (Some(name), Some(count), None) = (words.next(), words.next(), words.next()) else {
+            return None;
+        };
+        let count: u64 = count.parse().ok()?;
+        match name {
+            "connect" => errors.connect = count,
+            "read" => errors.read = count,
+            "write" => errors.write = count,
+            "timeout" => errors.timeout = count,
+            _ => return None,
+        }
+    }
+    Some(errors)
+}
+
+/// wrk's "Non-2xx or 3xx responses: N" (0 when it prints none).
+pub fn parse_wrk_non_2xx(output: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one wrk run reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WrkResult {
+    pub rate: f64,
+    pub errors: SocketErrors,
+    pub non_2xx: u64,
+}
+
+/// `wrk -t2 -c32 -d<seconds>s --timeout 2s [-H 'Connection: close'] <url>`
+/// from `from`, killed if it overruns by `WRK_GRACE_SECONDS`.
+pub fn wrk_run(lab: &Lab, from: Node, url: &str, close: bool, seconds: u32) -> Result<WrkResult> {
+    let limit = format!("{}s", seconds + WRK_GRACE_SECONDS);
+    let duration = format!("{seconds}s");
     let connections = WRK_CONNECTIONS.to_string();
     let mut args = vec![
+        "timeout",
+        "--signal=KILL",
+        &limit,
         "wrk",
         "-t",
         "2",
         "-c",
         &connections,
         "-d",
-        &seconds,
+        &duration,
         "--timeout",
-        "2s",
+        WRK_TIMEOUT,
     ];
     if close {
         args.extend(["-H", "Connection: close"]);
     }
     args.push(url);
     let out = lab.exec_ok(from, &args)?;
-    parse_wrk_rate(&out).with_context(|| format!("no Requests/sec in wrk output:\n{out}"))
+    let rate =
+        parse_wrk_rate(&out).with_context(|| format!("no Requests/sec in wrk output:\n{out}"))?;
+    let errors = parse_wrk_socket_errors(&out)
+        .with_context(|| format!("wrk's socket errors line does not parse:\n{out}"))?;
+    Ok(WrkResult {
+        rate,
+        errors,
+        non_2xx: parse_wrk_non_2xx(&out),
+    })
+}
+
+fn wrk(lab: &Lab, from: Node, url: &str, close: bool) -> Result<f64> {
+    wrk_run(lab, from, url, close, WRK_SECONDS).map(|r| r.rate)
+}
+
+/// The wrk command line the benchmark runs, for headings.
+pub fn wrk_description(close: bool) -> String {
+    let close = if close { " -H 'Connection: close'" } else { "" };
+    format!("wrk -t2 -c{WRK_CONNECTIONS}{close} --timeout {WRK_TIMEOUT}")
 }
 
 /// Parts of the benchmark `--only` can pick.
-pub const SECTIONS: [&str; 3] = ["packet", "lab", "failover"];
+pub const SECTIONS: [&str; 4] = ["packet", "lab", "connrate", "failover"];
 
-/// Runs the benchmark, or only the section `only` names (see `SECTIONS`).
-pub fn run(only: Option<&str>) -> Result<()> {
-    if let Some(section) = only.filter(|s| !SECTIONS.contains(s)) {
-        bail!("no benchmark section `{section}` (choose from {SECTIONS:?})");
-    }
-    let wanted = |section: &str| only.is_none_or(|o| o == section);
-    heading("Build");
-    let artifacts = build::build_all(BuildOptions::default())?;
-    heading("Machine");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+/// `model name` of the first CPU in /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
             t.lines()
                 .find(|l| l.starts_with("model name"))
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
-        .unwrap_or_else(|| "unknown CPU".into());
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// CPU model, CPU count and kernel release, on one line.
+pub fn machine() -> String {
     let kernel = cmd::stdout_of(Command::new("uname").arg("-r")).unwrap_or_default();
-    println!(
-        "  {cpu}, {} CPUs, kernel {}",
+    format!(
+        "{}, {} CPUs, kernel {}",
+        cpu_model(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         kernel.trim()
-    );
+    )
+}
+
+/// Runs the benchmark, or only the section `options.only` names (see
+/// `SECTIONS`).
+pub fn run(options: &BenchOptions) -> Result<()> {
+    let only = options.only.as_deref();
+    if let Some(section) = only.filter(|s| !SECTIONS.contains(s)) {
+        bail!("no benchmark section `{section}` (choose from {SECTIONS:?})");
+    }
+    crate::lab::validate_prefix(&options.prefix)?;
+    let wanted = |section: &str| only.is_none_or(|o| o == section);
+    heading("Build");
+    let artifacts = build::build_all(BuildOptions::default())?;
+    heading("Machine");
+    println!("  {}", machine());
 
     if wanted("packet") {
         packet_figures(&artifacts)?;
     }
     if wanted("lab") {
-        lab_figures(&artifacts)?;
+        for (i, mode) in options.xdp_modes().into_iter().enumerate() {
+            lab_figures(&artifacts, &options.prefix, mode, i == 0)?;
+        }
+    }
+    if wanted("connrate") {
+        crate::connrate::run(&artifacts, &options.prefix, &options.xdp_modes())?;
     }
     if wanted("failover") {
         failover(&artifacts.agent)?;
@@ -127,29 +284,42 @@ fn packet_figures(artifacts: &build::Artifacts) -> Result<()> {
     Ok(())
 }
 
-fn lab_figures(artifacts: &build::Artifacts) -> Result<()> {
+/// The lab of the lab sections: one LB (the figures are about the data
+/// path, not the election) with the agent attaching XDP in `mode`.
+pub fn bench_lab_options(artifacts: &build::Artifacts, prefix: &str, mode: XdpMode) -> LabOptions {
+    LabOptions {
+        agent_bin: Some(artifacts.agent.clone()),
+        ha: false,
+        xdp: mode,
+        pass_object: Some(artifacts.pass_object.clone()),
+        ..LabOptions::with_prefix(prefix)
+    }
+}
+
+fn lab_figures(
+    artifacts: &build::Artifacts,
+    prefix: &str,
+    mode: XdpMode,
+    with_health: bool,
+) -> Result<()> {
     apt::ensure_programs(&[("wrk", "wrk"), ("curl", "curl")], "for the benchmark")?;
     heading(&format!(
-        "End to end in lab `{PREFIX}` (generic XDP on veth)"
+        "End to end in lab `{prefix}` ({mode} XDP on veth)"
     ));
     cmd::catch_interrupts();
-    let options = LabOptions {
-        agent_bin: Some(artifacts.agent.clone()),
-        // One LB: the figures are about the data path, not the election.
-        ha: false,
-        ..LabOptions::with_prefix(PREFIX)
-    };
     std::env::set_var(ENV_AGENT_BIN, &artifacts.agent);
-    let lab = Lab::up_guarded(&options)?;
+    let lab = Lab::up_guarded(&bench_lab_options(artifacts, prefix, mode))?;
     std::thread::sleep(Duration::from_millis(500));
-    // Health figures first, on an idle lab: the wrk runs leave many closing
-    // flows holding NAT ports for a while.
-    heading("Health checks: detection, recovery, fast fail (www: http check every 1 s, rise 2, fall 2, timeout 0.5 s)");
-    health_figures(&lab)?;
-    std::thread::sleep(Duration::from_secs(3));
+    if with_health {
+        // Health figures first, on an idle lab: the wrk runs leave many
+        // closing flows holding NAT ports for a while.
+        heading("Health checks: detection, recovery, fast fail (www: http check every 1 s, rise 2, fall 2, timeout 0.5 s)");
+        health_figures(&lab)?;
+        std::thread::sleep(Duration::from_secs(3));
+    }
 
     heading(&format!(
-        "Throughput: wrk, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s each"
+        "Throughput ({mode} XDP): wrk, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s each"
     ));
     let backend = format!(
         "http://{}/",
@@ -157,7 +327,7 @@ fn lab_figures(artifacts: &build::Artifacts) -> Result<()> {
     );
     let mut rows = Vec::new();
     for (label, close) in [("keep-alive", false), ("new connection per request", true)] {
-        let through = wrk(&lab, Node::Client, "http://10.100.0.100/", close)?;
+        let through = wrk(&lab, Node::Client, VIP_URL, close)?;
         let direct = wrk(&lab, Node::Lb1, &backend, close)?;
         rows.push((label, through, direct));
     }
@@ -201,7 +371,7 @@ fn one_request(lab: &Lab) -> Result<(Option<String>, Duration)> {
             "2",
             "--max-time",
             "2",
-            "http://10.100.0.100/",
+            VIP_URL,
         ],
     )?;
     let took = started.elapsed();
@@ -313,5 +483,52 @@ mod tests {
         let out = "Running 5s test\n  2 threads\nRequests/sec:  12345.67\nTransfer/sec: 1MB\n";
         assert_eq!(parse_wrk_rate(out), Some(12345.67));
         assert_eq!(parse_wrk_rate("nothing"), None);
+    }
+
+    #[test]
+    fn wrk_socket_errors_are_parsed() {
+        let out = "Running 10s test @ http://10.100.0.100/\n  2 threads and 32 connections\n  \
+                   4021 requests in 10.02s, 1.01MB read\n  \
+                   Socket errors: connect 3, read 1207, write 5, timeout 96\n  \
+                   Non-2xx or 3xx responses: 2\nRequests/sec:    401.30\n";
+        assert_eq!(
+            parse_wrk_socket_errors(out),
+            Some(SocketErrors {
+                connect: 3,
+                read: 1207,
+                write: 5,
+                timeout: 96
+            })
+        );
+        assert_eq!(parse_wrk_non_2xx(out), 2);
+        assert_eq!(parse_wrk_socket_errors(out).unwrap().total(), 1311);
+        assert_eq!(
+            parse_wrk_socket_errors(out).unwrap().to_string(),
+            "3/1207/5/96"
+        );
+        // wrk prints no such line when there were none.
+        let clean = "Running 10s test\nRequests/sec:  12345.67\n";
+        assert_eq!(
+            parse_wrk_socket_errors(clean),
+            Some(SocketErrors::default())
+        );
+        assert_eq!(parse_wrk_non_2xx(clean), 0);
+        for broken in [
+            "Socket errors: connect x, read 0, write 0, timeout 0",
+            "Socket errors: connect 1, reads 0, write 0, timeout 0",
+            "Socket errors: connect 1 read 0",
+        ] {
+            assert_eq!(parse_wrk_socket_errors(broken), None, "{broken}");
+        }
+    }
+
+    #[test]
+    fn xdp_modes_default_to_both_generic_first() {
+        let mut options = BenchOptions::default();
+        assert_eq!(options.xdp_modes(), [XdpMode::Generic, XdpMode::Native]);
+        options.xdp = vec![XdpMode::Native, XdpMode::Generic, XdpMode::Native];
+        assert_eq!(options.xdp_modes(), [XdpMode::Generic, XdpMode::Native]);
+        options.xdp = vec![XdpMode::Native];
+        assert_eq!(options.xdp_modes(), [XdpMode::Native]);
     }
 }

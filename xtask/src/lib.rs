@@ -1,6 +1,7 @@
 //! The project's tasks as a library: toolchain bootstrap and builds
 //! (`build`, `toolchain`), the namespace lab (`lab`, used by the `tests`
-//! crate), the demo, the full check (`ci`), the lab's UDP tools (`udp`) and the
+//! crate), the demo, the full check (`ci`), the benchmarks (`bench`,
+//! `connrate`, `failover_bench`), the lab's UDP tools (`udp`) and the
 //! failover probe (`probe`).
 //! `main.rs` only parses the command line.
 
@@ -9,6 +10,7 @@ pub mod bench;
 pub mod build;
 pub mod ci;
 pub mod cmd;
+pub mod connrate;
 pub mod demo;
 pub mod failover_bench;
 pub mod install;

@@ -61,11 +61,19 @@ enum Task {
         agent_bin: Option<PathBuf>,
     },
     /// Benchmarks: XDP ns/packet vs a trivial program, health-check
-    /// figures and wrk via the LB vs direct, failover outage vs keepalived.
+    /// figures and wrk via the LB vs direct, connection rate vs HAProxy,
+    /// failover outage vs keepalived.
     Bench {
-        /// Run one section only: packet, lab or failover.
+        /// Run one section only: packet, lab, connrate or failover.
         #[arg(long, value_parser = xtask::bench::SECTIONS)]
         only: Option<String>,
+        /// XDP modes of the lab and connrate sections (comma-separated);
+        /// default both, generic first.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        xdp: Vec<lab::XdpMode>,
+        /// Lab prefix of the lab and connrate sections.
+        #[arg(long, default_value = xtask::bench::DEFAULT_PREFIX)]
+        prefix: String,
     },
     /// The lab's UDP responder: answers every datagram with `<name>\n`.
     #[command(hide = true)]
@@ -205,7 +213,9 @@ fn run(task: Task) -> Result<()> {
             println!("installed {}", installed.binary.display());
             Ok(())
         }
-        Task::Bench { only } => xtask::bench::run(only.as_deref()),
+        Task::Bench { only, xdp, prefix } => {
+            xtask::bench::run(&xtask::bench::BenchOptions { only, xdp, prefix })
+        }
         Task::UdpResponder {
             bind,
             name,

@@ -166,16 +166,7 @@ impl Lab {
         }
         ensure_classic_programs()?;
         let (version, advert_int) = self.vrrp_settings();
-        // HAProxy binds the VIP before keepalived puts it on pub0.
-        self.exec_ok(node, &["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])?;
-
-        let haproxy_cfg = self.classic_path(node, "haproxy.cfg");
-        std::fs::write(&haproxy_cfg, haproxy_config())?;
-        let haproxy = cmd::which("haproxy").context("haproxy not installed")?;
-        let cfg = haproxy_cfg.to_string_lossy().into_owned();
-        let log = self.classic_path(node, "haproxy.log");
-        let pid = self.spawn_in(node, &haproxy, &["-db", "-f", &cfg], &log)?;
-        std::fs::write(self.classic_path(node, "haproxy.pid"), format!("{pid}\n"))?;
+        let pid = self.start_haproxy(node)?;
 
         let check = self.classic_path(node, "check-haproxy.sh");
         std::fs::write(&check, format!("#!/bin/sh\nexec kill -0 {pid}\n"))?;
@@ -198,6 +189,26 @@ impl Lab {
             keepalived_config(node, version, &advert_int, &check, &notify)?,
         )?;
         self.launch_keepalived(node)
+    }
+
+    /// Starts HAProxy alone on `node` with the classic config (no
+    /// keepalived: the VIP must be on the node already for clients to reach
+    /// it, as in a lab without HA). Returns its pid.
+    pub fn start_haproxy(&self, node: Node) -> Result<u32> {
+        if !node.is_lb() {
+            bail!("{node} is not an LB node");
+        }
+        ensure_classic_programs()?;
+        // The classic backup binds the VIP before keepalived puts it on pub0.
+        self.exec_ok(node, &["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"])?;
+        let haproxy_cfg = self.classic_path(node, "haproxy.cfg");
+        std::fs::write(&haproxy_cfg, haproxy_config())?;
+        let haproxy = cmd::which("haproxy").context("haproxy not installed")?;
+        let cfg = haproxy_cfg.to_string_lossy().into_owned();
+        let log = self.classic_path(node, "haproxy.log");
+        let pid = self.spawn_in(node, &haproxy, &["-db", "-f", &cfg], &log)?;
+        std::fs::write(self.classic_path(node, "haproxy.pid"), format!("{pid}\n"))?;
+        Ok(pid)
     }
 
     fn launch_keepalived(&self, node: Node) -> Result<()> {

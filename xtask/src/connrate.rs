@@ -1,0 +1,611 @@
+//! `cargo xtask bench --only connrate`: new connections per second through
+//! the XDP balancer against HAProxy in TCP mode on the same LB node, in the
+//! same run on the same machine. Three rounds of wrk with `Connection:
+//! close` back to back show whether a rate holds once closed connections
+//! pile up (NAT ports held by closing flows, TIME_WAIT sockets on the
+//! backends), then one keep-alive round.
+//!
+//! Every balancer gets a fresh lab with fresh web servers: TIME_WAIT
+//! sockets live 60 s in the backends' namespaces, and one side's leftovers
+//! must not slow the other down. HAProxy's lab has no agent, so only
+//! HAProxy ever handles the VIP there.
+//!
+//! The client reuses its own TIME_WAIT ports (`tcp_tw_reuse = 1`) in both
+//! labs. HAProxy's FIN reaches wrk after the response, so wrk often closes
+//! first and the client keeps the TIME_WAIT; one client address then runs
+//! out of ports at about 28,000 / 60 s = 470 connections/s, a limit of the
+//! lab's single client and not of HAProxy (through the XDP balancer nginx
+//! closes first, so the backends keep them).
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{
+    apt,
+    bench::{self, WrkResult, VIP_URL},
+    build::Artifacts,
+    cmd,
+    lab::{Lab, LabOptions, Node, XdpMode},
+};
+
+/// Close-mode rounds per balancer, run back to back.
+pub const ROUNDS: usize = 3;
+pub const ROUND_SECONDS: u32 = 10;
+/// web1's counters: connections it put in TIME_WAIT (the kernel counts
+/// them as it arms the 60 s timer), and segments a TIME_WAIT socket
+/// rejected by PAWS (an older timestamp on a reused address and port).
+pub const NSTAT_COUNTERS: [&str; 2] = ["TcpExtTW", "TcpExtPAWSTimewait"];
+/// The agent's reason for SYNs dropped because no NAT port was free.
+pub const PORT_EXHAUSTED: &str = "drop_port_exhausted";
+/// The goals the numbers are held against (reported, never enforced).
+pub const GOAL_CLOSE_RATIO: f64 = 1.5;
+pub const GOAL_ROUND3_SHARE: f64 = 0.8;
+pub const GOAL_KEEP_ALIVE_RATIO: f64 = 1.5;
+/// How long a fresh lab may take to serve through the VIP from both backends.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What handles the VIP on lb1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balancer {
+    Xdp(XdpMode),
+    Haproxy,
+}
+
+impl fmt::Display for Balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Balancer::Xdp(mode) => write!(f, "XDP {mode}"),
+            Balancer::Haproxy => f.write_str("HAProxy"),
+        }
+    }
+}
+
+/// web1's TIME_WAIT counters, absolute or as a delta.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeWait {
+    pub tw: u64,
+    pub paws: u64,
+}
+
+impl TimeWait {
+    fn since(self, before: TimeWait) -> TimeWait {
+        TimeWait {
+            tw: self.tw.saturating_sub(before.tw),
+            paws: self.paws.saturating_sub(before.paws),
+        }
+    }
+
+    fn add(self, other: TimeWait) -> TimeWait {
+        TimeWait {
+            tw: self.tw + other.tw,
+            paws: self.paws + other.paws,
+        }
+    }
+}
+
+/// One wrk round and what the counters did during it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Round {
+    pub wrk: WrkResult,
+    pub web1: TimeWait,
+    /// The agent's `drop_port_exhausted` during the round (none for HAProxy).
+    pub port_exhausted: Option<u64>,
+}
+
+/// One balancer's rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    pub balancer: Balancer,
+    pub close: Vec<Round>,
+    pub keep_alive: Round,
+}
+
+impl Phase {
+    /// The last close round's rate as a share of the first's.
+    pub fn last_over_first(&self) -> f64 {
+        match (self.close.first(), self.close.last()) {
+            (Some(first), Some(last)) => last.wrk.rate / first.wrk.rate.max(1.0),
+            _ => 0.0,
+        }
+    }
+
+    fn rounds(&self) -> impl Iterator<Item = (String, &Round)> {
+        self.close
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("close {}", i + 1), r))
+            .chain(std::iter::once(("keep-alive".to_owned(), &self.keep_alive)))
+    }
+
+    fn web1_total(&self) -> TimeWait {
+        self.rounds()
+            .fold(TimeWait::default(), |sum, (_, r)| sum.add(r.web1))
+    }
+
+    fn port_exhausted_total(&self) -> Option<u64> {
+        self.rounds().map(|(_, r)| r.port_exhausted).sum()
+    }
+}
+
+/// A goal and whether the figures meet it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    pub text: String,
+    pub holds: bool,
+}
+
+/// The goals for one XDP phase against HAProxy's: close mode ≥ 1.5×
+/// HAProxy in every round, the third close round ≥ 80% of the first,
+/// keep-alive ≥ 1.5× HAProxy.
+pub fn goals(xdp: &Phase, haproxy: &Phase) -> Vec<Goal> {
+    let ratios: Vec<f64> = xdp
+        .close
+        .iter()
+        .zip(&haproxy.close)
+        .map(|(x, h)| x.wrk.rate / h.wrk.rate.max(1.0))
+        .collect();
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    let share = xdp.last_over_first();
+    let keep_alive = xdp.keep_alive.wrk.rate / haproxy.keep_alive.wrk.rate.max(1.0);
+    let who = xdp.balancer;
+    vec![
+        Goal {
+            text: format!(
+                "{who}: close mode >= {GOAL_CLOSE_RATIO}x HAProxy in every round ({})",
+                shown.join(", ")
+            ),
+            holds: !ratios.is_empty() && ratios.iter().all(|&r| r >= GOAL_CLOSE_RATIO),
+        },
+        Goal {
+            text: format!(
+                "{who}: round {ROUNDS} >= {:.0}% of round 1 ({:.0}%)",
+                GOAL_ROUND3_SHARE * 100.0,
+                share * 100.0
+            ),
+            holds: share >= GOAL_ROUND3_SHARE,
+        },
+        Goal {
+            text: format!(
+                "{who}: keep-alive >= {GOAL_KEEP_ALIVE_RATIO}x HAProxy ({keep_alive:.2})"
+            ),
+            holds: keep_alive >= GOAL_KEEP_ALIVE_RATIO,
+        },
+    ]
+}
+
+/// `nstat` output as counter → value (`#` lines skipped).
+pub fn parse_nstat(output: &str) -> BTreeMap<String, u64> {
+    output
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let name = fields.next()?;
+            let value = fields.next()?.parse().ok()?;
+            Some((name.to_owned(), value))
+        })
+        .collect()
+}
+
+/// The packet count of `reason` in `lb-agent stats` output; the agent only
+/// lists reasons that counted something, so a missing one is 0.
+pub fn parse_reason_count(stats: &str, reason: &str) -> Result<u64> {
+    match stats.lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        (fields.next() == Some(reason)).then(|| fields.next())
+    }) {
+        None => Ok(0),
+        Some(count) => count
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("`{reason}` has no packet count in:\n{stats}")),
+    }
+}
+
+/// web1's TIME_WAIT counters now (absolute, `nstat -asz`: no history file
+/// is read or written, so nothing else using nstat is disturbed).
+fn web1_counters(lab: &Lab) -> Result<TimeWait> {
+    let mut args = vec!["nstat", "-asz"];
+    args.extend(NSTAT_COUNTERS);
+    let counters = parse_nstat(&lab.exec_ok(Node::Web1, &args)?);
+    let get = |name: &str| {
+        counters
+            .get(name)
+            .copied()
+            .with_context(|| format!("nstat in web1 shows no {name}"))
+    };
+    Ok(TimeWait {
+        tw: get(NSTAT_COUNTERS[0])?,
+        paws: get(NSTAT_COUNTERS[1])?,
+    })
+}
+
+fn port_exhausted(lab: &Lab) -> Result<u64> {
+    let out = lab.agent_cli(Node::Lb1, &["stats"])?;
+    if !out.status.success() {
+        bail!(
+            "lb-agent stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_reason_count(&String::from_utf8_lossy(&out.stdout), PORT_EXHAUSTED)
+}
+
+/// Waits until both web servers have answered through the VIP.
+fn wait_serving(lab: &Lab) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    let serving = cmd::wait_until(SERVING_TIMEOUT, || {
+        if let Ok(body) = lab.http_get(Node::Client, VIP_URL) {
+            seen.insert(body.trim().to_owned());
+        }
+        seen.contains("web1") && seen.contains("web2")
+    });
+    if !serving {
+        bail!("the VIP did not serve from web1 and web2 within {SERVING_TIMEOUT:?} (saw {seen:?})");
+    }
+    Ok(())
+}
+
+/// The client's `net.ipv4.tcp_tw_reuse` in this section (see the module
+/// comment).
+const CLIENT_TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
+
+/// The rounds through whatever serves the VIP of `lab` now.
+fn measure(lab: &Lab, balancer: Balancer) -> Result<Phase> {
+    lab.exec_ok(Node::Client, &["sysctl", "-qw", CLIENT_TW_REUSE])?;
+    let agent = matches!(balancer, Balancer::Xdp(_));
+    let mut web1 = web1_counters(lab)?;
+    let mut exhausted = if agent { port_exhausted(lab)? } else { 0 };
+    let mut round = |close: bool| -> Result<Round> {
+        let wrk = bench::wrk_run(lab, Node::Client, VIP_URL, close, ROUND_SECONDS)?;
+        let web1_now = web1_counters(lab)?;
+        let delta = web1_now.since(web1);
+        web1 = web1_now;
+        let port_exhausted = if agent {
+            let now = port_exhausted(lab)?;
+            let delta = now.saturating_sub(exhausted);
+            exhausted = now;
+            Some(delta)
+        } else {
+            None
+        };
+        eprintln!(
+            "xtask: {balancer} {}: {:.0} req/s, socket errors {}",
+            if close { "close" } else { "keep-alive" },
+            wrk.rate,
+            wrk.errors
+        );
+        Ok(Round {
+            wrk,
+            web1: delta,
+            port_exhausted,
+        })
+    };
+    let mut close = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        close.push(round(true)?);
+    }
+    let keep_alive = round(false)?;
+    Ok(Phase {
+        balancer,
+        close,
+        keep_alive,
+    })
+}
+
+fn xdp_phase(artifacts: &Artifacts, prefix: &str, mode: XdpMode) -> Result<Phase> {
+    let lab = Lab::up_guarded(&bench::bench_lab_options(artifacts, prefix, mode))?;
+    wait_serving(&lab)?;
+    let phase = measure(&lab, Balancer::Xdp(mode))?;
+    drop(lab);
+    Ok(phase)
+}
+
+fn haproxy_phase(prefix: &str) -> Result<Phase> {
+    let options = LabOptions {
+        agent: false,
+        ha: false,
+        ..LabOptions::with_prefix(prefix)
+    };
+    let lab = Lab::up_guarded(&options)?;
+    lab.start_haproxy(Node::Lb1)?;
+    wait_serving(&lab)?;
+    let phase = measure(&lab, Balancer::Haproxy)?;
+    drop(lab);
+    Ok(phase)
+}
+
+/// Right-aligned columns after a left-aligned first one.
+fn table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let columns = headers.len();
+    let width = |c: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(c))
+            .chain(std::iter::once(&headers[c]))
+            .map(|s| s.chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..columns).map(width).collect();
+    let line = |cells: &[String]| {
+        let mut out = String::from(" ");
+        for (c, cell) in cells.iter().enumerate() {
+            if c == 0 {
+                out.push_str(&format!(" {cell:<w$}", w = widths[c]));
+            } else {
+                out.push_str(&format!("  {cell:>w$}", w = widths[c]));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(headers);
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// The comparison table: per round each balancer's req/s and socket
+/// errors, each XDP mode's ratio to HAProxy, and round 3 / round 1.
+pub fn rate_table(phases: &[Phase]) -> String {
+    let haproxy = phases.iter().find(|p| p.balancer == Balancer::Haproxy);
+    let xdp: Vec<&Phase> = phases
+        .iter()
+        .filter(|p| p.balancer != Balancer::Haproxy)
+        .collect();
+    let mut headers = vec!["round".to_owned()];
+    for p in phases {
+        headers.push(format!("{} req/s", p.balancer));
+        headers.push("errors c/r/w/t".to_owned());
+    }
+    if haproxy.is_some() {
+        for p in &xdp {
+            headers.push(format!("{} / HAProxy", p.balancer));
+        }
+    }
+    let labels: Vec<String> = phases
+        .first()
+        .map(|p| p.rounds().map(|(label, _)| label).collect())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for (i, label) in labels.iter().enumerate() {
+        let round = |p: &Phase| p.rounds().nth(i).map(|(_, r)| *r).unwrap_or_default();
+        let mut row = vec![label.clone()];
+        for p in phases {
+            let r = round(p);
+            row.push(format!("{:.0}", r.wrk.rate));
+            row.push(r.wrk.errors.to_string());
+        }
+        if let Some(h) = haproxy {
+            for p in &xdp {
+                row.push(format!(
+                    "{:.2}",
+                    round(p).wrk.rate / round(h).wrk.rate.max(1.0)
+                ));
+            }
+        }
+        rows.push(row);
+    }
+    let mut row = vec![format!("round {ROUNDS} / round 1")];
+    for p in phases {
+        row.push(format!("{:.2}", p.last_over_first()));
+        row.push(String::new());
+    }
+    rows.push(row);
+    table(&headers, &rows)
+}
+
+/// web1's TIME_WAIT counters and the agent's port exhaustion per round.
+pub fn counter_table(phases: &[Phase]) -> String {
+    let headers: Vec<String> = [
+        "balancer, round",
+        NSTAT_COUNTERS[0],
+        NSTAT_COUNTERS[1],
+        PORT_EXHAUSTED,
+        "non-2xx",
+    ]
+    .map(String::from)
+    .to_vec();
+    let exhausted = |e: Option<u64>| e.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let mut rows = Vec::new();
+    for p in phases {
+        for (label, r) in p.rounds() {
+            rows.push(vec![
+                format!("{}, {label}", p.balancer),
+                r.web1.tw.to_string(),
+                r.web1.paws.to_string(),
+                exhausted(r.port_exhausted),
+                r.wrk.non_2xx.to_string(),
+            ]);
+        }
+        let total = p.web1_total();
+        rows.push(vec![
+            format!("{}, phase total", p.balancer),
+            total.tw.to_string(),
+            total.paws.to_string(),
+            exhausted(p.port_exhausted_total()),
+            p.rounds()
+                .map(|(_, r)| r.wrk.non_2xx)
+                .sum::<u64>()
+                .to_string(),
+        ]);
+    }
+    table(&headers, &rows)
+}
+
+fn haproxy_version() -> String {
+    cmd::stdout_of(std::process::Command::new("haproxy").arg("-v"))
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "HAProxy (version unknown)".to_owned())
+}
+
+/// Runs the section: each XDP mode in `modes`, then HAProxy, then the
+/// tables and the goals.
+pub fn run(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<()> {
+    apt::ensure_programs(
+        &[("wrk", "wrk"), ("curl", "curl"), ("nstat", "iproute2")],
+        "for the benchmark",
+    )?;
+    crate::lab::ensure_classic_programs()?;
+    cmd::catch_interrupts();
+    println!(
+        "\n=== Connection rate in lab `{prefix}`: {} to the VIP, {ROUNDS} rounds of {ROUND_SECONDS} s back to back, then {ROUND_SECONDS} s with keep-alive",
+        bench::wrk_description(true)
+    );
+    println!("  {}", bench::machine());
+    println!(
+        "  XDP: the agent on lb1 (no HA); HAProxy: {} in TCP mode on lb1 (the lab's classic haproxy.cfg, no agent); backends web1 + web2; each balancer in a fresh lab",
+        haproxy_version()
+    );
+    println!(
+        "  client: {CLIENT_TW_REUSE} (one client address with TIME_WAIT ports would cap HAProxy at ~470 connections/s)"
+    );
+    let mut phases = Vec::new();
+    for &mode in modes {
+        phases.push(xdp_phase(artifacts, prefix, mode)?);
+        cmd::check_interrupted()?;
+    }
+    phases.push(haproxy_phase(prefix)?);
+
+    println!("\n  Requests/s and wrk's socket errors (connect/read/write/timeout):");
+    print!("{}", rate_table(&phases));
+    println!("\n  web1's nstat deltas and the agent's {PORT_EXHAUSTED} (drops counted by reason):");
+    print!("{}", counter_table(&phases));
+    let Some(haproxy) = phases.iter().find(|p| p.balancer == Balancer::Haproxy) else {
+        return Ok(());
+    };
+    println!("\n  Goals (reported, not enforced):");
+    for xdp in phases.iter().filter(|p| p.balancer != Balancer::Haproxy) {
+        for goal in goals(xdp, haproxy) {
+            let verdict = if goal.holds { "MET   " } else { "MISSED" };
+            println!("    {verdict} {}", goal.text);
+        }
+    }
+    println!(
+        "    (HAProxy: round {ROUNDS} is {:.0}% of round 1)",
+        haproxy.last_over_first() * 100.0
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(balancer: Balancer, close: [f64; ROUNDS], keep_alive: f64) -> Phase {
+        let round = |rate| Round {
+            wrk: WrkResult {
+                rate,
+                ..WrkResult::default()
+            },
+            web1: TimeWait { tw: 10, paws: 1 },
+            port_exhausted: (balancer != Balancer::Haproxy).then_some(2),
+        };
+        Phase {
+            balancer,
+            close: close.iter().map(|&r| round(r)).collect(),
+            keep_alive: round(keep_alive),
+        }
+    }
+
+    #[test]
+    fn goals_follow_the_figures() {
+        let haproxy = phase(Balancer::Haproxy, [2000.0, 2000.0, 1900.0], 10000.0);
+        let collapsing = phase(
+            Balancer::Xdp(XdpMode::Generic),
+            [4300.0, 900.0, 100.0],
+            16000.0,
+        );
+        let holds: Vec<bool> = goals(&collapsing, &haproxy)
+            .iter()
+            .map(|g| g.holds)
+            .collect();
+        assert_eq!(holds, [false, false, true]);
+        let steady = phase(
+            Balancer::Xdp(XdpMode::Native),
+            [4300.0, 4200.0, 4000.0],
+            15000.0,
+        );
+        let goals = goals(&steady, &haproxy);
+        assert!(goals.iter().all(|g| g.holds), "{goals:?}");
+        assert!(
+            goals[0].text.contains("2.15, 2.10, 2.11"),
+            "{}",
+            goals[0].text
+        );
+        assert!(goals[1].text.contains("(93%)"), "{}", goals[1].text);
+        assert!(goals[2].text.starts_with("XDP native: keep-alive"));
+    }
+
+    #[test]
+    fn nstat_output_is_parsed() {
+        let out = "#kernel\nTcpExtTW                        31234              0.0\nTcpExtPAWSTimewait              7                  0.0\n";
+        let counters = parse_nstat(out);
+        assert_eq!(counters.get("TcpExtTW"), Some(&31234));
+        assert_eq!(counters.get("TcpExtPAWSTimewait"), Some(&7));
+        assert_eq!(counters.len(), 2);
+        let before = TimeWait { tw: 100, paws: 3 };
+        let after = TimeWait { tw: 150, paws: 3 };
+        assert_eq!(after.since(before), TimeWait { tw: 50, paws: 0 });
+    }
+
+    #[test]
+    fn reason_counts_come_from_the_stats_table() {
+        let stats = "REASON                PACKETS\nforwarded_to_backend  24\ndrop_port_exhausted   1234\n\nflow table: 4 live of 65536 entries\n";
+        assert_eq!(parse_reason_count(stats, PORT_EXHAUSTED).unwrap(), 1234);
+        assert_eq!(
+            parse_reason_count(
+                "REASON  PACKETS\nforwarded_to_backend  24\n",
+                PORT_EXHAUSTED
+            )
+            .unwrap(),
+            0
+        );
+        assert!(parse_reason_count("drop_port_exhausted many\n", PORT_EXHAUSTED).is_err());
+    }
+
+    #[test]
+    fn tables_show_every_round_and_ratio() {
+        let phases = [
+            phase(
+                Balancer::Xdp(XdpMode::Generic),
+                [4300.0, 900.0, 100.0],
+                16000.0,
+            ),
+            phase(Balancer::Haproxy, [2000.0, 2000.0, 2000.0], 8000.0),
+        ];
+        let rates = rate_table(&phases);
+        let lines: Vec<&str> = rates.lines().collect();
+        assert_eq!(lines.len(), 1 + ROUNDS + 2, "{rates}");
+        assert!(
+            lines[0].contains("XDP generic req/s") && lines[0].contains("XDP generic / HAProxy")
+        );
+        assert!(
+            lines[1].trim_start().starts_with("close 1") && lines[1].ends_with("2.15"),
+            "{rates}"
+        );
+        assert!(lines[4].trim_start().starts_with("keep-alive") && lines[4].ends_with("2.00"));
+        assert!(
+            lines[5].contains("0.02") && lines[5].contains("1.00"),
+            "{rates}"
+        );
+        let counters = counter_table(&phases);
+        assert!(counters.contains("XDP generic, phase total"), "{counters}");
+        let row = |label: &str| -> Vec<String> {
+            let line = counters
+                .lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .unwrap_or_else(|| panic!("no {label} in\n{counters}"));
+            line[line.find(label).unwrap() + label.len()..]
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        };
+        // Four rounds of 10 TIME_WAIT exits, 1 PAWS reject and 2 port drops.
+        assert_eq!(row("XDP generic, phase total"), ["40", "4", "8", "0"]);
+        // HAProxy has no agent to count port drops.
+        assert_eq!(row("HAProxy, close 2"), ["10", "1", "-", "0"]);
+    }
+}
