@@ -36,6 +36,10 @@ pub const ROUND_SECONDS: u32 = 10;
 /// them as it arms the 60 s timer), and segments a TIME_WAIT socket
 /// rejected by PAWS (an older timestamp on a reused address and port).
 pub const NSTAT_COUNTERS: [&str; 2] = ["TcpExtTW", "TcpExtPAWSTimewait"];
+/// The client's SYN retransmissions: a SYN that a backend's TIME_WAIT
+/// socket turned away is sent again after the 1 s initial RTO, which is
+/// what drags a close-mode rate down.
+pub const CLIENT_COUNTER: &str = "TcpExtTCPSynRetrans";
 /// The agent's reason for SYNs dropped because no NAT port was free.
 pub const PORT_EXHAUSTED: &str = "drop_port_exhausted";
 /// The goals the numbers are held against (reported, never enforced).
@@ -61,25 +65,29 @@ impl fmt::Display for Balancer {
     }
 }
 
-/// web1's TIME_WAIT counters, absolute or as a delta.
+/// web1's TIME_WAIT counters and the client's SYN retransmissions,
+/// absolute or as a delta.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TimeWait {
+pub struct Counters {
     pub tw: u64,
     pub paws: u64,
+    pub syn_retrans: u64,
 }
 
-impl TimeWait {
-    fn since(self, before: TimeWait) -> TimeWait {
-        TimeWait {
+impl Counters {
+    fn since(self, before: Counters) -> Counters {
+        Counters {
             tw: self.tw.saturating_sub(before.tw),
             paws: self.paws.saturating_sub(before.paws),
+            syn_retrans: self.syn_retrans.saturating_sub(before.syn_retrans),
         }
     }
 
-    fn add(self, other: TimeWait) -> TimeWait {
-        TimeWait {
+    fn add(self, other: Counters) -> Counters {
+        Counters {
             tw: self.tw + other.tw,
             paws: self.paws + other.paws,
+            syn_retrans: self.syn_retrans + other.syn_retrans,
         }
     }
 }
@@ -88,7 +96,7 @@ impl TimeWait {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Round {
     pub wrk: WrkResult,
-    pub web1: TimeWait,
+    pub counters: Counters,
     /// The agent's `drop_port_exhausted` during the round (none for HAProxy).
     pub port_exhausted: Option<u64>,
 }
@@ -118,9 +126,9 @@ impl Phase {
             .chain(std::iter::once(("keep-alive".to_owned(), &self.keep_alive)))
     }
 
-    fn web1_total(&self) -> TimeWait {
+    fn counters_total(&self) -> Counters {
         self.rounds()
-            .fold(TimeWait::default(), |sum, (_, r)| sum.add(r.web1))
+            .fold(Counters::default(), |sum, (_, r)| sum.add(r.counters))
     }
 
     fn port_exhausted_total(&self) -> Option<u64> {
@@ -202,21 +210,30 @@ pub fn parse_reason_count(stats: &str, reason: &str) -> Result<u64> {
     }
 }
 
-/// web1's TIME_WAIT counters now (absolute, `nstat -asz`: no history file
-/// is read or written, so nothing else using nstat is disturbed).
-fn web1_counters(lab: &Lab) -> Result<TimeWait> {
+/// `counters` of `node` now, absolute (`nstat -asz`: its history file,
+/// which every namespace shares, is neither read nor written).
+fn nstat(lab: &Lab, node: Node, counters: &[&str]) -> Result<Vec<u64>> {
     let mut args = vec!["nstat", "-asz"];
-    args.extend(NSTAT_COUNTERS);
-    let counters = parse_nstat(&lab.exec_ok(Node::Web1, &args)?);
-    let get = |name: &str| {
-        counters
-            .get(name)
-            .copied()
-            .with_context(|| format!("nstat in web1 shows no {name}"))
-    };
-    Ok(TimeWait {
-        tw: get(NSTAT_COUNTERS[0])?,
-        paws: get(NSTAT_COUNTERS[1])?,
+    args.extend(counters);
+    let values = parse_nstat(&lab.exec_ok(node, &args)?);
+    counters
+        .iter()
+        .map(|&name| {
+            values
+                .get(name)
+                .copied()
+                .with_context(|| format!("nstat in {node} shows no {name}"))
+        })
+        .collect()
+}
+
+fn counters(lab: &Lab) -> Result<Counters> {
+    let web1 = nstat(lab, Node::Web1, &NSTAT_COUNTERS)?;
+    let client = nstat(lab, Node::Client, &[CLIENT_COUNTER])?;
+    Ok(Counters {
+        tw: web1[0],
+        paws: web1[1],
+        syn_retrans: client[0],
     })
 }
 
@@ -254,13 +271,13 @@ const CLIENT_TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
 fn measure(lab: &Lab, balancer: Balancer) -> Result<Phase> {
     lab.exec_ok(Node::Client, &["sysctl", "-qw", CLIENT_TW_REUSE])?;
     let agent = matches!(balancer, Balancer::Xdp(_));
-    let mut web1 = web1_counters(lab)?;
+    let mut before = counters(lab)?;
     let mut exhausted = if agent { port_exhausted(lab)? } else { 0 };
     let mut round = |close: bool| -> Result<Round> {
         let wrk = bench::wrk_run(lab, Node::Client, VIP_URL, close, ROUND_SECONDS)?;
-        let web1_now = web1_counters(lab)?;
-        let delta = web1_now.since(web1);
-        web1 = web1_now;
+        let now = counters(lab)?;
+        let delta = now.since(before);
+        before = now;
         let port_exhausted = if agent {
             let now = port_exhausted(lab)?;
             let delta = now.saturating_sub(exhausted);
@@ -277,7 +294,7 @@ fn measure(lab: &Lab, balancer: Balancer) -> Result<Phase> {
         );
         Ok(Round {
             wrk,
-            web1: delta,
+            counters: delta,
             port_exhausted,
         })
     };
@@ -396,12 +413,14 @@ pub fn rate_table(phases: &[Phase]) -> String {
     table(&headers, &rows)
 }
 
-/// web1's TIME_WAIT counters and the agent's port exhaustion per round.
+/// web1's TIME_WAIT counters, the client's SYN retransmissions and the
+/// agent's port exhaustion per round.
 pub fn counter_table(phases: &[Phase]) -> String {
     let headers: Vec<String> = [
         "balancer, round",
         NSTAT_COUNTERS[0],
         NSTAT_COUNTERS[1],
+        CLIENT_COUNTER,
         PORT_EXHAUSTED,
         "non-2xx",
     ]
@@ -413,17 +432,19 @@ pub fn counter_table(phases: &[Phase]) -> String {
         for (label, r) in p.rounds() {
             rows.push(vec![
                 format!("{}, {label}", p.balancer),
-                r.web1.tw.to_string(),
-                r.web1.paws.to_string(),
+                r.counters.tw.to_string(),
+                r.counters.paws.to_string(),
+                r.counters.syn_retrans.to_string(),
                 exhausted(r.port_exhausted),
                 r.wrk.non_2xx.to_string(),
             ]);
         }
-        let total = p.web1_total();
+        let total = p.counters_total();
         rows.push(vec![
             format!("{}, phase total", p.balancer),
             total.tw.to_string(),
             total.paws.to_string(),
+            total.syn_retrans.to_string(),
             exhausted(p.port_exhausted_total()),
             p.rounds()
                 .map(|(_, r)| r.wrk.non_2xx)
@@ -471,7 +492,7 @@ pub fn run(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<()>
 
     println!("\n  Requests/s and wrk's socket errors (connect/read/write/timeout):");
     print!("{}", rate_table(&phases));
-    println!("\n  web1's nstat deltas and the agent's {PORT_EXHAUSTED} (drops counted by reason):");
+    println!("\n  Deltas per round: web1's {} and {} (nstat), the client's {CLIENT_COUNTER}, the agent's {PORT_EXHAUSTED}, wrk's non-2xx responses:", NSTAT_COUNTERS[0], NSTAT_COUNTERS[1]);
     print!("{}", counter_table(&phases));
     let Some(haproxy) = phases.iter().find(|p| p.balancer == Balancer::Haproxy) else {
         return Ok(());
@@ -500,7 +521,11 @@ mod tests {
                 rate,
                 ..WrkResult::default()
             },
-            web1: TimeWait { tw: 10, paws: 1 },
+            counters: Counters {
+                tw: 10,
+                paws: 1,
+                syn_retrans: 3,
+            },
             port_exhausted: (balancer != Balancer::Haproxy).then_some(2),
         };
         Phase {
@@ -546,9 +571,24 @@ mod tests {
         assert_eq!(counters.get("TcpExtTW"), Some(&31234));
         assert_eq!(counters.get("TcpExtPAWSTimewait"), Some(&7));
         assert_eq!(counters.len(), 2);
-        let before = TimeWait { tw: 100, paws: 3 };
-        let after = TimeWait { tw: 150, paws: 3 };
-        assert_eq!(after.since(before), TimeWait { tw: 50, paws: 0 });
+        let before = Counters {
+            tw: 100,
+            paws: 3,
+            syn_retrans: 9,
+        };
+        let after = Counters {
+            tw: 150,
+            paws: 3,
+            syn_retrans: 20,
+        };
+        assert_eq!(
+            after.since(before),
+            Counters {
+                tw: 50,
+                paws: 0,
+                syn_retrans: 11
+            }
+        );
     }
 
     #[test]
@@ -603,9 +643,10 @@ mod tests {
                 .map(String::from)
                 .collect()
         };
-        // Four rounds of 10 TIME_WAIT exits, 1 PAWS reject and 2 port drops.
-        assert_eq!(row("XDP generic, phase total"), ["40", "4", "8", "0"]);
+        // Four rounds of 10 TIME_WAIT entries, 1 PAWS reject, 3 SYN
+        // retransmissions and 2 port drops.
+        assert_eq!(row("XDP generic, phase total"), ["40", "4", "12", "8", "0"]);
         // HAProxy has no agent to count port drops.
-        assert_eq!(row("HAProxy, close 2"), ["10", "1", "-", "0"]);
+        assert_eq!(row("HAProxy, close 2"), ["10", "1", "3", "-", "0"]);
     }
 }
