@@ -48,9 +48,12 @@ pub mod map_names {
     pub const PORT_POOLS: &str = "port_pools";
     /// Per-CPU count of slots the program took from each pool's queue.
     pub const PORT_TAKEN: &str = "port_taken";
+    /// Per-CPU `NextHop` towards each backend id: new flows start from it
+    /// instead of a route lookup.
+    pub const BACKEND_HOPS: &str = "backend_hops";
 
     /// Every map the program declares, in a stable order.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         SERVICES,
         BACKENDS,
         RINGS,
@@ -67,6 +70,7 @@ pub mod map_names {
         PORT_QUEUES,
         PORT_POOLS,
         PORT_TAKEN,
+        BACKEND_HOPS,
     ];
 }
 

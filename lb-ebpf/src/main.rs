@@ -30,7 +30,7 @@ use crate::{
         claim_nat_source, client_key, count_taken, give_back, initial_state, release_replaced,
         schedule, track, ReplacedSource,
     },
-    maps::{FLOWS, REPLIES, SERVICES, SETTINGS},
+    maps::{BACKEND_HOPS, FLOWS, REPLIES, SERVICES, SETTINGS},
     nat::{rewrite, Rewrite},
     parsing::{parse, Packet, TCP_ACK, TCP_SYN},
     ptr::load,
@@ -74,6 +74,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     // Plain zeroed fields, not an Option of a copied entry: the verifier
     // refuses the undefined bytes LLVM would spill for the None case.
     let mut replaced = ReplacedSource::default();
+    let mut stale_entry = None;
     if let Some(entry) = FLOWS.get_ptr_mut(&client) {
         // SAFETY: the entry stays valid during this run; fields are plain
         // integers and the program is their only writer.
@@ -82,6 +83,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             return established(ctx, settings, &pkt, flow, now);
         }
         replaced = ReplacedSource::of(flow);
+        stale_entry = Some(entry);
     }
     let key = ServiceKey {
         vip: pkt.dst,
@@ -99,6 +101,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
                 service: &service,
                 client: &client,
                 replaced: &replaced,
+                stale_entry,
                 is_syn,
             },
             now,
@@ -159,6 +162,9 @@ struct NewFlow<'a> {
     client: &'a lb_common::FlowKey,
     /// The entry of the same client ports that this flow replaces.
     replaced: &'a ReplacedSource,
+    /// That entry itself: the new flow is written over it in place, which
+    /// spares the LRU map a node allocation and a free.
+    stale_entry: Option<*mut FlowValue>,
     is_syn: bool,
 }
 
@@ -212,6 +218,11 @@ fn new_flow(
             dport: backend.port,
         },
     );
+    let hop_cache = BACKEND_HOPS.get_ptr_mut(backend_id);
+    if let Some(cached) = hop_cache {
+        // SAFETY: per-CPU slot, only this CPU touches it while we run.
+        flow.to_backend = unsafe { *cached };
+    }
     // Route first: a flow whose first packet cannot be sent is not
     // recorded, so the client's retransmission starts afresh.
     let action = match forward(
@@ -228,7 +239,16 @@ fn new_flow(
             return (DROP, reason);
         }
     };
-    if !track(new.client, &flow) {
+    if let Some(cached) = hop_cache {
+        // SAFETY: as above.
+        unsafe { *cached = flow.to_backend };
+    }
+    if let Some(entry) = new.stale_entry {
+        // SAFETY: the entry stays valid during this run; the program is
+        // its only writer, and the agent deletes only expired entries,
+        // after checking that they still are.
+        unsafe { *entry = flow };
+    } else if !track(new.client, &flow) {
         give_back(&source);
         return (DROP, Reason::DropFlowInsert);
     }

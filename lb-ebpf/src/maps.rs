@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendValue, Counters, FlowKey, FlowValue, PortPool, Reason, ReplyValue, ServiceKey,
+    BackendValue, Counters, FlowKey, FlowValue, NextHop, PortPool, Reason, ReplyValue, ServiceKey,
     ServiceValue, Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, RING_SIZE,
 };
 
@@ -84,3 +84,8 @@ pub static PORT_POOLS: Array<PortPool, BACKENDS_MAX> = Array::new();
 /// Per-CPU slots taken from each pool's queue and kept by a flow.
 #[btf_map(name = "port_taken")]
 pub static PORT_TAKEN: PerCpuArray<u64, BACKENDS_MAX> = PerCpuArray::new();
+
+/// Per-CPU route lookup result towards each backend id, reused by new flows
+/// while fresh (`NEXT_HOP_TTL_NS`), like each flow's own cache.
+#[btf_map(name = "backend_hops")]
+pub static BACKEND_HOPS: PerCpuArray<NextHop, BACKENDS_MAX> = PerCpuArray::new();

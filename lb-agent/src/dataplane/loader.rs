@@ -17,8 +17,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, BackendValue, Counters, FlowKey, FlowValue, PortPool, ReplyValue, ServiceKey,
-    ServiceValue, Settings,
+    map_names, BackendValue, Counters, FlowKey, FlowValue, NextHop, PortPool, ReplyValue,
+    ServiceKey, ServiceValue, Settings,
 };
 use tracing::{info, warn};
 
@@ -61,7 +61,7 @@ pub struct Dataplane {
 const PROGRAM: &str = "lb";
 
 /// (name, key size, value size) of every map, as this build lays them out.
-fn expected_layouts() -> [(&'static str, u32, u32); 16] {
+fn expected_layouts() -> [(&'static str, u32, u32); 17] {
     use core::mem::size_of;
     let s = |n: usize| n as u32;
     [
@@ -93,6 +93,7 @@ fn expected_layouts() -> [(&'static str, u32, u32); 16] {
         (map_names::PORT_QUEUES, 4, 4),
         (map_names::PORT_POOLS, 4, s(size_of::<PortPool>())),
         (map_names::PORT_TAKEN, 4, 8),
+        (map_names::BACKEND_HOPS, 4, s(size_of::<NextHop>())),
     ]
 }
 

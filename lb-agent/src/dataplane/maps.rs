@@ -8,7 +8,7 @@ use aya::{
 };
 use lb_common::{
     flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowKey, FlowValue,
-    Reason, ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS, RING_SIZE,
+    NextHop, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS, RING_SIZE,
 };
 
 use super::{pins, port_pools::PortPools, DataplaneError};
@@ -27,6 +27,7 @@ pub struct Tables {
     backend_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, u64>,
     neigh_misses: HashMap<MapData, [u8; 4], u64>,
+    backend_hops: PerCpuArray<MapData, NextHop>,
     ports: PortPools,
 }
 
@@ -63,6 +64,23 @@ macro_rules! typed {
     ($map:expr, $name:expr) => {
         $map.try_into().map_err(DataplaneError::map($name))?
     };
+}
+
+/// Whether two values of one flow-table entry belong to the same flow.
+fn same_flow(a: &FlowValue, b: &FlowValue) -> bool {
+    (
+        a.backend_addr,
+        a.backend_port,
+        a.lb_port,
+        a.snat_index,
+        a.port_pool,
+    ) == (
+        b.backend_addr,
+        b.backend_port,
+        b.lb_port,
+        b.snat_index,
+        b.port_pool,
+    )
 }
 
 /// Deletes one flow in both directions and gives its NAT source back to
@@ -135,6 +153,7 @@ impl Tables {
             backend_stats: typed!(get(BACKEND_STATS)?, BACKEND_STATS),
             reasons: typed!(get(REASONS)?, REASONS),
             neigh_misses: typed!(get(NEIGH_MISSES)?, NEIGH_MISSES),
+            backend_hops: typed!(get(BACKEND_HOPS)?, BACKEND_HOPS),
             ports: PortPools::new(
                 typed!(get(PORT_QUEUES)?, PORT_QUEUES),
                 typed!(get(PORT_POOLS)?, PORT_POOLS),
@@ -269,8 +288,25 @@ impl Tables {
             .unwrap_or_default()
     }
 
-    /// Zeroes a backend's counters when its id is handed to a new backend.
+    /// Zeroes what the program keeps per backend id (counters, the cached
+    /// next hop) when the id is handed to a new backend.
     pub fn reset_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
+            action: "counting CPUs",
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        let no_hops =
+            aya::maps::PerCpuValues::try_from(vec![NextHop::default(); cpus]).map_err(|e| {
+                DataplaneError::Io {
+                    action: "building per-CPU values",
+                    path: String::new(),
+                    source: e,
+                }
+            })?;
+        self.backend_hops
+            .set(id, no_hops, 0)
+            .map_err(DataplaneError::map(map_names::BACKEND_HOPS))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
             action: "counting CPUs",
             path: "/sys/devices/system/cpu/possible".into(),
@@ -328,17 +364,26 @@ impl Tables {
             .filter_map(Result::ok)
             .filter(|(_, flow)| select(flow))
             .collect();
-        for (key, flow) in &doomed {
+        let mut ended = Vec::with_capacity(doomed.len());
+        for (key, flow) in doomed {
+            // The program may have started a new flow in this entry since
+            // the walk (a client reusing its ports writes over it): only
+            // the same flow, still selected, is ended.
+            let current = match self.flows.get(&key, 0) {
+                Ok(current) if same_flow(&current, &flow) && select(&current) => current,
+                _ => continue,
+            };
             end_flow(
                 &mut self.flows,
                 &mut self.replies,
                 &mut self.ports,
                 &settings,
-                key,
-                flow,
+                &key,
+                &current,
             );
+            ended.push(key);
         }
-        doomed.into_iter().map(|(key, _)| key).collect()
+        ended
     }
 
     /// Deletes flows idle past their timeout, so their NAT ports and the
