@@ -13,6 +13,7 @@ use toml_edit::{ImDocument, Item, Table};
 use crate::{
     config::{Config, ConfigError},
     dataplane::loader::interface_index,
+    ports,
 };
 
 /// sysexits.h: the configuration is wrong.
@@ -33,6 +34,8 @@ pub struct Report {
     pub path: String,
     pub config: Option<Config>,
     pub findings: Vec<Finding>,
+    /// What works but will not carry what the config says it must.
+    pub warnings: Vec<Finding>,
 }
 
 impl Report {
@@ -47,6 +50,12 @@ impl fmt::Display for Report {
             match finding.line {
                 Some(line) => writeln!(f, "{}:{line}: {}", self.path, finding.message)?,
                 None => writeln!(f, "{}: {}", self.path, finding.message)?,
+            }
+        }
+        for warning in &self.warnings {
+            match warning.line {
+                Some(line) => writeln!(f, "{}:{line}: warning: {}", self.path, warning.message)?,
+                None => writeln!(f, "{}: warning: {}", self.path, warning.message)?,
             }
         }
         Ok(())
@@ -247,12 +256,33 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
         path: path.to_string(),
         config: None,
         findings: Vec::new(),
+        warnings: Vec::new(),
     };
     match Config::parse(text, path) {
         Ok(config) => {
             if !offline {
                 report.findings.extend(missing_interfaces(&config, text));
             }
+            let ephemeral = if offline {
+                None
+            } else {
+                std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                    .ok()
+                    .and_then(|text| ports::parse_port_range(&text))
+            };
+            let [low, high] = config.node.port_range;
+            let nat_ports = ports::port_count(&ports::usable_ranges(
+                (low, high),
+                ephemeral.unwrap_or(ports::LINUX_EPHEMERAL_RANGE),
+            ));
+            report.warnings = config
+                .capacity_warnings(nat_ports)
+                .into_iter()
+                .map(|message| Finding {
+                    line: locate(text, &message),
+                    message,
+                })
+                .collect();
             report.config = Some(config);
         }
         Err(ConfigError::Syntax { message, .. }) => {
@@ -286,6 +316,7 @@ pub fn check_file(path: &Path, offline: bool) -> Report {
                 line: None,
                 message: format!("cannot read it: {error}"),
             }],
+            warnings: Vec::new(),
         },
     }
 }
@@ -418,6 +449,32 @@ protocol = "tcp"
                 .starts_with("lb.toml:19: service \"www2\": 10.100.0.100:80/tcp is already"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn a_pool_too_small_for_the_stated_rate_is_a_warning_on_its_service() {
+        // Default port range offline: 1024-65535 without 32768-60999 =
+        // 36,280 ports, one address: 604/s per backend; 2,000/s over two
+        // backends is 1,000/s each.
+        let text = GOOD.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nexpected_rate = 2000",
+        );
+        let report = check_text(&text, "lb.toml", true);
+        assert!(report.is_valid(), "{report}");
+        assert_eq!(report.warnings.len(), 1, "{report}");
+        assert_eq!(report.warnings[0].line, Some(11), "{report}");
+        let shown = report.to_string();
+        assert!(
+            shown.starts_with("lb.toml:11: warning: service \"www\""),
+            "{shown}"
+        );
+        assert!(shown.contains("604/s per backend"), "{shown}");
+        let fits = GOOD.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nexpected_rate = 1200",
+        );
+        assert!(check_text(&fits, "lb.toml", true).warnings.is_empty());
     }
 
     #[test]

@@ -430,9 +430,10 @@ pub struct NodeConfig {
     /// "auto" (default), "native" or "generic".
     #[serde(default)]
     pub xdp_mode: XdpMode,
-    /// Inclusive NAT source port range towards backends. Must lie outside
-    /// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`); the
-    /// agent also reserves it in `net.ipv4.ip_local_reserved_ports`.
+    /// Inclusive NAT source port range towards backends (default: all of
+    /// 1024-65535). The part inside the kernel's ephemeral range
+    /// (`net.ipv4.ip_local_port_range`, the node's own source ports) is
+    /// left out; the rest is reserved in `net.ipv4.ip_local_reserved_ports`.
     #[serde(default = "default_port_range")]
     pub port_range: [u16; 2],
     /// Source addresses towards backends, spread over new connections
@@ -453,7 +454,7 @@ pub struct NodeConfig {
 }
 
 fn default_port_range() -> [u16; 2] {
-    [10000, 32767]
+    [1024, 65535]
 }
 
 fn default_state_dir() -> PathBuf {
@@ -532,7 +533,15 @@ pub struct ServiceConfig {
     /// LB_REASON.
     #[serde(default)]
     pub on_change: Option<String>,
+    /// New connections per second the service must carry at its busiest
+    /// (optional): `check-config` warns when the SNAT pool cannot.
+    #[serde(default)]
+    pub expected_rate: Option<u32>,
 }
+
+/// How long a backend that closed a connection first keeps its (source
+/// address, source port) pair in TIME_WAIT: fixed at 60 s on Linux.
+pub const BACKEND_TIME_WAIT: Duration = Duration::from_secs(60);
 
 impl ServiceConfig {
     /// The health check of the backend at `address:port` (its own, else the
@@ -972,6 +981,44 @@ impl Config {
         problems
     }
 
+    /// Services whose `expected_rate` the SNAT pool cannot carry with
+    /// `nat_ports` usable ports: a NAT source towards a backend can be
+    /// reused only after the backend's TIME_WAIT, so one backend takes at
+    /// most `addresses x ports / 60 s` new connections per second.
+    pub fn capacity_warnings(&self, nat_ports: u32) -> Vec<String> {
+        let addresses = self.snat_addresses().len() as u64;
+        let sources = addresses * u64::from(nat_ports);
+        let per_backend = sources / BACKEND_TIME_WAIT.as_secs();
+        let mut warnings = Vec::new();
+        for service in &self.services {
+            let Some(rate) = service.expected_rate else {
+                continue;
+            };
+            let total_weight: u64 = service.backends.iter().map(|b| u64::from(b.weight)).sum();
+            let Some(busiest) = service.backends.iter().max_by_key(|b| b.weight) else {
+                continue;
+            };
+            if total_weight == 0 {
+                continue;
+            }
+            let share = u64::from(rate) * u64::from(busiest.weight) / total_weight;
+            if share > per_backend {
+                warnings.push(format!(
+                    "service {:?}: expected_rate = {rate} new connections/s gives backend {}:{} (weight {} of {total_weight}) {share}/s, \
+                     but {addresses} SNAT address(es) x {nat_ports} NAT ports = {sources} sources carry {per_backend}/s per backend \
+                     against its {} s TIME_WAIT; add addresses to node.snat_addresses (each adds {}/s) or widen node.port_range",
+                    service.name,
+                    busiest.address,
+                    busiest.port.unwrap_or(service.port),
+                    busiest.weight,
+                    BACKEND_TIME_WAIT.as_secs(),
+                    u64::from(nat_ports) / BACKEND_TIME_WAIT.as_secs(),
+                ));
+            }
+        }
+        warnings
+    }
+
     /// The SNAT pool: `node.snat_addresses`, or the private address alone.
     pub fn snat_addresses(&self) -> Vec<Ipv4Addr> {
         if self.node.snat_addresses.is_empty() {
@@ -1296,5 +1343,52 @@ mod tests {
         let text = LAB.replacen("port = 80", "port = \"eighty\"", 1);
         let message = Config::parse(&text, "x.toml").unwrap_err().to_string();
         assert!(message.contains("line"), "{message}");
+    }
+
+    #[test]
+    fn pool_capacity_against_a_stated_rate() {
+        // www: backends of weight 1 and 3; 10,000 NAT ports.
+        let with_rate = TEST_CONFIG.replacen(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nexpected_rate = 1000",
+            1,
+        );
+        let config = Config::parse(&with_rate, "t.toml").expect("valid");
+        // One address: 10,000 sources / 60 s = 166/s; the weight-3 backend gets 750/s.
+        let warnings = config.capacity_warnings(10_000);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("750/s") && warnings[0].contains("166/s per backend"),
+            "{}",
+            warnings[0]
+        );
+        // Five addresses: 833/s per backend carry it.
+        let pooled = with_rate.replacen(
+            "private_address = \"10.200.0.11\"",
+            "private_address = \"10.200.0.11\"\nsnat_addresses = [\"10.200.0.11\", \"10.200.0.111\", \"10.200.0.112\", \"10.200.0.113\", \"10.200.0.114\"]",
+            1,
+        );
+        let config = Config::parse(&pooled, "t.toml").expect("valid");
+        assert_eq!(config.snat_addresses().len(), 5);
+        assert!(config.capacity_warnings(10_000).is_empty());
+        assert_eq!(config.to_settings().snat_count, 5);
+    }
+
+    #[test]
+    fn snat_addresses_are_checked() {
+        let text = TEST_CONFIG.replacen(
+            "private_address = \"10.200.0.11\"",
+            "private_address = \"10.200.0.11\"\nsnat_addresses = [\"10.200.0.111\", \"224.0.0.1\", \"10.200.0.111\"]",
+            1,
+        );
+        let message = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            message.contains("snat_addresses[1] = 224.0.0.1 is not a usable"),
+            "{message}"
+        );
+        assert!(
+            message.contains("snat_addresses[2] = 10.200.0.111 is listed twice"),
+            "{message}"
+        );
     }
 }

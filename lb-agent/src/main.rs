@@ -79,6 +79,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             let report = check::check_file(&config, offline);
             return match &report.config {
                 Some(c) if report.is_valid() => {
+                    eprint!("{report}");
                     let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
                     println!(
                         "{}: valid ({} services, {} backends{})",

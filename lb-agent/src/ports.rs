@@ -34,6 +34,9 @@ pub enum PortsError {
     },
 }
 
+/// The kernel's default `ip_local_port_range`, for checks made off the node.
+pub const LINUX_EPHEMERAL_RANGE: (u16, u16) = (32768, 60999);
+
 /// Fewest NAT ports the agent runs with.
 pub const MIN_NAT_PORTS: u32 = 1024;
 

@@ -347,7 +347,7 @@ mod tests {
         let text = agent_config("t1", Node::Lb1, Path::new("/x/xtask")).unwrap();
         assert!(text.contains("private_address = \"10.200.0.11\""));
         assert!(text.contains("state_dir = \"/run/lb-lab/t1/state\""));
-        assert!(text.contains("port_range = [10000, 32767]"));
+        assert!(text.contains("port_range = [1024, 65535]"));
         assert!(text.contains("xdp_mode = \"generic\""));
         assert!(text.contains(
             "snat_addresses = [\"10.200.0.11\", \"10.200.0.111\", \"10.200.0.112\", \"10.200.0.113\", \"10.200.0.114\"]\n"

@@ -55,8 +55,10 @@ pub const HTTP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 5353;
 /// The agents serve Prometheus metrics on 127.0.0.1 of their node.
 pub const METRICS_PORT: u16 = 9650;
-/// Source ports the agents use towards the web servers.
-pub const PORT_RANGE: (u16, u16) = (10000, 32767);
+/// Source ports the agents use towards the web servers: all of them; the
+/// agent leaves out the node's ephemeral range (32768-60999), which keeps
+/// 36,280 NAT ports per SNAT address.
+pub const PORT_RANGE: (u16, u16) = (1024, 65535);
 /// Where the lab keeps configs, logs and pid files (`<RUN_ROOT>/<prefix>`).
 pub const RUN_ROOT: &str = "/run/lb-lab";
 /// bpffs mount point; the agent pins under `<BPFFS>/<instance>`.
