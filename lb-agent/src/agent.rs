@@ -78,8 +78,6 @@ pub struct Agent {
     tables: Tables,
     reconciler: Reconciler,
     health: HashMap<BackendKey, HealthEntry>,
-    /// `drop_port_exhausted` at the last upkeep: a rise means a pool ran dry.
-    port_exhaustion_seen: u64,
 }
 
 fn protocol_number(protocol: Protocol) -> u8 {
@@ -113,7 +111,6 @@ impl Agent {
             tables,
             reconciler,
             health: HashMap::new(),
-            port_exhaustion_seen: 0,
         };
         agent.sync_health(Instant::now());
         agent.apply()?;
@@ -479,15 +476,7 @@ impl Agent {
         if expired > 0 {
             tracing::debug!(expired, "expired idle flows");
         }
-        let exhausted = self
-            .tables
-            .reasons()
-            .into_iter()
-            .find(|(reason, _)| *reason == lb_common::Reason::DropPortExhausted)
-            .map_or(0, |(_, count)| count);
-        let starved = exhausted > self.port_exhaustion_seen;
-        self.port_exhaustion_seen = exhausted;
-        if let Err(error) = self.tables.ports_mut().upkeep(starved) {
+        if let Err(error) = self.tables.ports_mut().upkeep() {
             warn!(%error, "refilling the NAT port pools");
         }
         let census = self.census();

@@ -6,14 +6,15 @@
 //! program always takes the least recently released one: a backend that
 //! closed the connection first keeps the (address, port) pair in
 //! TIME_WAIT (60 s on Linux) and would refuse or mistake a new SYN from
-//! it, and the longest rest the pool allows is the best defence. Slots
-//! never handed out yet are queued in chunks as the queue runs low, so a
-//! pool of hundreds of thousands of slots costs nothing up front. The
-//! queues and the pools' records are pinned with the other maps, so a
-//! restarted agent carries on with them.
+//! it, and the longest rest the pool allows is the best defence. A new
+//! pool gets all its slots at once (a never-used slot has rested longest,
+//! so none may come after a released one; about 1 s per million slots).
+//! The queues and the pools' records are pinned with the other maps, so a
+//! restarted agent carries on with them; a pool whose filling a restart
+//! interrupted is made anew.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     hash::{Hash, Hasher},
     net::Ipv4Addr,
 };
@@ -24,10 +25,9 @@ use tracing::{info, warn};
 
 use super::DataplaneError;
 
-/// Fresh slots queued at once when a pool runs low.
-const FRESH_CHUNK: u32 = 32_768;
-/// A pool whose queue holds fewer free slots than this gets a fresh chunk.
-const LOW_WATER: u64 = 16_384;
+/// Never-used slots a pool whose filling failed part way (a push error)
+/// gets per upkeep until it has them all.
+const FRESH_CHUNK: u32 = 65_536;
 
 /// The NAT sources one pool can hand out: every usable port on every
 /// SNAT address, enumerated port by port, each port on all addresses in
@@ -150,6 +150,9 @@ pub struct PortPools {
     by_endpoint: HashMap<Endpoint, u32>,
     /// Releases not written to the records yet, by pool id.
     unsaved: HashMap<u32, u64>,
+    /// Slots released while their pool is still being filled, oldest
+    /// first: they go to the queue behind the last never-used slot.
+    resting: HashMap<u32, VecDeque<u32>>,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -170,6 +173,7 @@ impl PortPools {
             open: HashMap::new(),
             by_endpoint: HashMap::new(),
             unsaved: HashMap::new(),
+            resting: HashMap::new(),
         }
     }
 
@@ -204,6 +208,7 @@ impl PortPools {
         self.layout = layout;
         self.open.clear();
         self.by_endpoint.clear();
+        self.resting.clear();
         for id in 0..MAX_BACKENDS {
             let record = self.record(id)?;
             if record.live == 0 {
@@ -214,11 +219,14 @@ impl PortPools {
                 port: record.backend_port,
                 proto: record.proto,
             };
+            let complete = record.fresh_next >= record.capacity;
             let queue = match self.queues.get(&id, 0) {
-                Ok(queue) if record.layout == self.layout.fingerprint() => queue,
+                Ok(queue) if record.layout == self.layout.fingerprint() && complete => queue,
                 _ => {
+                    // Slots its flows hold are skipped by the program
+                    // (their claims stand) until the flows give them back.
                     info!(pool = id, addr = %endpoint.addr, port = endpoint.port,
-                        "NAT port pool made for another SNAT layout; rebuilding it");
+                        "NAT port pool made for another SNAT layout, or not filled when the agent stopped; making it anew");
                     self.create(id, endpoint)?;
                     continue;
                 }
@@ -289,9 +297,12 @@ impl PortPools {
             .set(id, record, 0)
             .map_err(map_error(map_names::PORT_POOLS))?;
         self.unsaved.remove(&id);
+        self.resting.remove(&id);
         self.open.insert(id, queue);
         self.by_endpoint.insert(endpoint, id);
-        self.queue_fresh(id, FRESH_CHUNK)
+        // All at once: a slot the program gives back goes to the tail, and
+        // must not get ahead of never-used ones still to be queued.
+        self.queue_fresh(id, capacity)
     }
 
     /// Retires the pools no backend uses any more (their flows are gone:
@@ -309,6 +320,7 @@ impl PortPools {
                 .map_err(map_error(map_names::PORT_POOLS))?;
             self.open.remove(&id);
             self.unsaved.remove(&id);
+            self.resting.remove(&id);
             self.by_endpoint.remove(&endpoint);
         }
         Ok(())
@@ -317,6 +329,11 @@ impl PortPools {
     /// Gives a flow's NAT source back to the tail of its pool's queue.
     pub fn release(&mut self, pool: u32, slot: u32) {
         if !self.layout.contains(slot) {
+            return;
+        }
+        if let Some(resting) = self.resting.get_mut(&pool) {
+            resting.push_back(slot);
+            *self.unsaved.entry(pool).or_default() += 1;
             return;
         }
         let Some(queue) = self.open.get_mut(&pool) else {
@@ -335,9 +352,9 @@ impl PortPools {
             .unwrap_or(0)
     }
 
-    /// Saves the releases since the last call and queues fresh slots where a
-    /// queue runs low (or the program found one empty: `starved`).
-    pub fn upkeep(&mut self, starved: bool) -> Result<(), DataplaneError> {
+    /// Saves the releases since the last call and goes on filling the
+    /// pools that do not have all their slots yet.
+    pub fn upkeep(&mut self) -> Result<(), DataplaneError> {
         let ids: Vec<u32> = self.open.keys().copied().collect();
         for id in ids {
             let mut record = self.record(id)?;
@@ -347,16 +364,15 @@ impl PortPools {
                     .set(id, record, 0)
                     .map_err(map_error(map_names::PORT_POOLS))?;
             }
-            let queued = u64::from(record.fresh_next)
-                .wrapping_add(record.released)
-                .wrapping_sub(self.taken(id));
-            if record.fresh_next < record.capacity && (starved || queued < LOW_WATER) {
+            if record.fresh_next < record.capacity {
                 self.queue_fresh(id, FRESH_CHUNK)?;
             }
         }
         Ok(())
     }
 
+    /// Queues the next `count` never-used slots; once there are none left,
+    /// the slots released meanwhile follow them.
     fn queue_fresh(&mut self, id: u32, count: u32) -> Result<(), DataplaneError> {
         let mut record = self.record(id)?;
         let Some(queue) = self.open.get_mut(&id) else {
@@ -377,7 +393,17 @@ impl PortPools {
         record.fresh_next = next;
         self.records
             .set(id, record, 0)
-            .map_err(map_error(map_names::PORT_POOLS))
+            .map_err(map_error(map_names::PORT_POOLS))?;
+        if next < record.capacity {
+            self.resting.entry(id).or_default();
+            return Ok(());
+        }
+        for slot in self.resting.remove(&id).unwrap_or_default() {
+            if let Err(error) = queue.push(slot, 0) {
+                warn!(pool = id, %error, "giving released NAT ports back to their pool");
+            }
+        }
+        Ok(())
     }
 
     /// How full the pool of `endpoint` is.
