@@ -32,6 +32,24 @@ pub const fn addr_change(old: [u8; 4], new: [u8; 4]) -> u32 {
     )
 }
 
+/// The terms for a 32-bit field (big-endian bytes `old` -> `new`) that
+/// starts at an even (`odd == false`) or odd byte offset of the checksummed
+/// data. At an odd offset its bytes straddle three checksum words: the
+/// first byte is the low half of one, the last the high half of another.
+#[inline(always)]
+pub const fn field32_change(old: [u8; 4], new: [u8; 4], odd: bool) -> u32 {
+    if odd {
+        word_change(old[0] as u16, new[0] as u16)
+            + word_change(
+                u16::from_be_bytes([old[1], old[2]]),
+                u16::from_be_bytes([new[1], new[2]]),
+            )
+            + word_change((old[3] as u16) << 8, (new[3] as u16) << 8)
+    } else {
+        addr_change(old, new)
+    }
+}
+
 /// Checksum `check` after the changes whose terms sum to `change`
 /// (HC' = ~(~HC + sum of ~m + m')). Exact for any sum of fewer than 2^15 terms.
 #[inline(always)]
@@ -202,6 +220,27 @@ mod tests {
             header[10..12].copy_from_slice(&incremental.to_be_bytes());
             let verify = ipv4_header(&header);
             prop_assert!(verify == 0 || verify == 0xffff);
+        }
+
+        #[test]
+        fn a_32_bit_field_at_any_offset_matches_full_recomputation(
+            segment in proptest::collection::vec(any::<u8>(), 24..60),
+            offset in 0usize..20,
+            new in any::<[u8; 4]>(),
+            src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+        ) {
+            // The field (e.g. a TCP timestamp) somewhere after the checksum.
+            let offset = 20 + offset.min(segment.len() - 24);
+            let mut segment = segment;
+            segment[16] = 0;
+            segment[17] = 0;
+            let check = l4(src, dst, 6, &segment);
+            let old = [segment[offset], segment[offset + 1], segment[offset + 2], segment[offset + 3]];
+            let incremental = apply(check, field32_change(old, new, offset % 2 == 1));
+            segment[offset..offset + 4].copy_from_slice(&new);
+            let full = l4(src, dst, 6, &segment);
+            prop_assert!(incremental == full || (incremental ^ full) == 0xffff,
+                "offset {offset}: incremental {incremental:#x} full {full:#x}");
         }
 
         #[test]

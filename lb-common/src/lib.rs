@@ -281,6 +281,21 @@ pub struct FlowValue {
     pub to_backend: NextHop,
     /// Route lookup result towards the client, reused while fresh.
     pub to_client: NextHop,
+    /// Added to the client's TCP timestamps (TSval) towards the backend and
+    /// taken off the backend's echoes (TSecr), so that every connection a
+    /// backend sees from one NAT source carries timestamps from one clock
+    /// that only moves forward, as from a single host: a backend then
+    /// accepts a new SYN from a source still in its TIME_WAIT (RFC 7323
+    /// PAWS would refuse the client's own, unrelated timestamps).
+    pub ts_delta: u32,
+    pub _pad_ts: u32,
+}
+
+/// The balancer's TCP timestamp clock (1 kHz, as RFC 7323 allows and
+/// Linux uses) at `now_ns`: a new flow's timestamps start there.
+#[inline(always)]
+pub fn ts_clock_ms(now_ns: u64) -> u32 {
+    (now_ns / 1_000_000) as u32
 }
 
 /// How long a flow reuses a route lookup before asking the kernel again, so
@@ -561,7 +576,7 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<BackendValue>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowValue>(), 80);
+        assert_eq!(size_of::<FlowValue>(), 88);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 16);
         assert_eq!(size_of::<Settings>(), 144);

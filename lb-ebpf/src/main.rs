@@ -16,10 +16,12 @@ mod nat;
 mod parsing;
 mod ptr;
 mod rst;
+mod timestamps;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    flow_expired, flow_state, next_state, FlowValue, NextHop, Reason, ServiceKey, Settings,
+    flow_expired, flow_state, next_state, ts_clock_ms, FlowValue, NextHop, Reason, ServiceKey,
+    Settings,
 };
 
 use crate::{
@@ -147,6 +149,9 @@ fn established(
             dport: flow.backend_port,
         },
     );
+    if let Some(ts) = timestamps::find(ctx, pkt) {
+        timestamps::to_backend(ctx, pkt, &ts, flow.ts_delta);
+    }
     match forward(ctx, pkt, snat, flow.backend_addr, &mut flow.to_backend, now) {
         Ok(action) => {
             count_traffic(flow.service_id, flow.backend_id, bytes, false);
@@ -207,7 +212,15 @@ fn new_flow(
         last_seen_ns: now,
         to_backend: NextHop::default(),
         to_client: NextHop::default(),
+        ts_delta: 0,
+        _pad_ts: 0,
     };
+    if let Some(ts) = timestamps::find(ctx, pkt) {
+        if let Some(tsval) = timestamps::tsval(ctx, &ts) {
+            flow.ts_delta = ts_clock_ms(now).wrapping_sub(tsval);
+            timestamps::to_backend(ctx, pkt, &ts, flow.ts_delta);
+        }
+    }
     let bytes = pkt.ip_len as u64;
     rewrite(
         pkt,
@@ -305,6 +318,9 @@ fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet, now: u64) -
             dport: client.src_port,
         },
     );
+    if let Some(ts) = timestamps::find(ctx, pkt) {
+        timestamps::to_client(ctx, pkt, &ts, flow.ts_delta);
+    }
     match forward(
         ctx,
         pkt,

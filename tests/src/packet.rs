@@ -21,6 +21,8 @@ pub struct Frame {
     pub dst: [u8; 4],
     pub ttl: u8,
     pub l4: L4,
+    /// TCP option bytes (padded with zeros to a multiple of 4).
+    pub tcp_options: Vec<u8>,
     pub payload: Vec<u8>,
 }
 
@@ -56,6 +58,7 @@ impl Frame {
                 ack: if flags & TCP_ACK != 0 { 5000 } else { 0 },
                 flags,
             },
+            tcp_options: Vec::new(),
             payload: Vec::new(),
         }
     }
@@ -72,6 +75,7 @@ impl Frame {
                 dport,
                 zero_checksum: false,
             },
+            tcp_options: Vec::new(),
             payload: b"query".to_vec(),
         }
     }
@@ -79,6 +83,20 @@ impl Frame {
     pub fn macs(mut self, src: Mac, dst: Mac) -> Self {
         self.src_mac = src;
         self.dst_mac = dst;
+        self
+    }
+
+    /// A TCP timestamp option (kind 8) after `before` other option bytes.
+    pub fn timestamps(self, before: &[u8], tsval: u32, tsecr: u32) -> Self {
+        let mut options = before.to_vec();
+        options.extend_from_slice(&[8, 10]);
+        options.extend_from_slice(&tsval.to_be_bytes());
+        options.extend_from_slice(&tsecr.to_be_bytes());
+        self.tcp_options(&options)
+    }
+
+    pub fn tcp_options(mut self, options: &[u8]) -> Self {
+        self.tcp_options = options.to_vec();
         self
     }
 
@@ -119,7 +137,11 @@ impl Frame {
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
                 h[4..8].copy_from_slice(&seq.to_be_bytes());
                 h[8..12].copy_from_slice(&ack.to_be_bytes());
-                h[12] = 0x50;
+                h.extend_from_slice(&self.tcp_options);
+                while h.len() % 4 != 0 {
+                    h.push(0);
+                }
+                h[12] = ((h.len() / 4) as u8) << 4;
                 h[13] = flags;
                 h[14..16].copy_from_slice(&64240u16.to_be_bytes());
                 h

@@ -667,3 +667,82 @@ fn ports_are_reused_least_recently_released_first() {
     assert_eq!(next, vec![20002, 20000], "first released, first reused");
     assert_eq!(h.run(h.pub_ifindex, &client_syn(40013).build()).0, XDP_DROP);
 }
+
+/// TSval and TSecr of the timestamp option `before_len` option bytes into
+/// the TCP header of `frame`.
+fn timestamps_of(frame: &[u8], before_len: usize) -> (u32, u32) {
+    let at = 14 + 20 + 20 + before_len;
+    assert_eq!(&frame[at..at + 2], &[8, 10], "timestamp option in place");
+    let word = |i: usize| u32::from_be_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
+    (word(at + 2), word(at + 6))
+}
+
+#[test]
+fn tcp_timestamps_move_onto_the_balancers_clock_and_back() {
+    let Some(h) = lab_harness() else { return };
+    // Linux's SYN layout (MSS, SACK permitted, timestamps, NOP, window scale).
+    let syn_options: &[u8] = &[2, 4, 5, 0xb4, 4, 2];
+    let client_ts = 0xfff0_0000u32;
+    let syn = client_syn(40000).timestamps(syn_options, client_ts, 0);
+    let (action, out) = h.run(h.pub_ifindex, &syn.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_checksums_valid(&out);
+    let flow = h.flow(&client_key(40000)).expect("flow");
+    let (backend_tsval, tsecr) = timestamps_of(&out, syn_options.len());
+    assert_eq!(backend_tsval, client_ts.wrapping_add(flow.ts_delta));
+    assert_eq!(tsecr, 0);
+    // The balancer's clock: monotonic milliseconds.
+    let now_ms = lb_common::ts_clock_ms(lb_agent::dataplane::maps::monotonic_ns());
+    assert!(
+        now_ms.wrapping_sub(backend_tsval) < 2_000,
+        "{backend_tsval} vs {now_ms}"
+    );
+
+    // The backend echoes the balancer's value; the client gets its own back.
+    let synack = Frame::tcp(WEB1, 80, LB_PRIV, NAT_PORT, TCP_SYN | TCP_ACK)
+        .macs(WEB1_MAC, PRIV_MAC)
+        .timestamps(syn_options, 777, backend_tsval);
+    let (action, out) = h.run(h.priv_ifindex, &synack.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_checksums_valid(&out);
+    assert_eq!(timestamps_of(&out, syn_options.len()), (777, client_ts));
+
+    // Data segments (NOP, NOP, timestamps) and an odd-offset layout
+    // (window scale, timestamps) keep the same shift, checksums intact.
+    for before in [&[1u8, 1][..], &[3, 3, 7][..]] {
+        let data = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH)
+            .macs(CLIENT_MAC, PUB_MAC)
+            .timestamps(before, client_ts.wrapping_add(20), 777)
+            .payload(b"GET / HTTP/1.1\r\n\r\n");
+        let (action, out) = h.run(h.pub_ifindex, &data.build());
+        assert_eq!(action, XDP_REDIRECT);
+        assert_checksums_valid(&out);
+        assert_eq!(
+            timestamps_of(&out, before.len()),
+            (backend_tsval.wrapping_add(20), 777),
+            "layout {before:?}"
+        );
+    }
+    // A segment without the option passes through unchanged otherwise.
+    let bare = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
+    let (_, out) = h.run(h.pub_ifindex, &bare.build());
+    assert_checksums_valid(&out);
+}
+
+#[test]
+fn a_timestamp_option_past_the_header_is_left_alone() {
+    let Some(h) = lab_harness() else { return };
+    // Data offset says 6 words (4 option bytes: NOP NOP + half an option);
+    // the timestamp bytes that follow are payload, not options.
+    let frame = client_syn(40000)
+        .tcp_options(&[1, 1, 8, 10])
+        .payload(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    let (action, out) = h.run(h.pub_ifindex, &frame.build());
+    assert_eq!(action, XDP_REDIRECT);
+    assert_checksums_valid(&out);
+    assert_eq!(
+        &out[out.len() - 8..],
+        &[0, 0, 0, 1, 0, 0, 0, 0],
+        "payload untouched"
+    );
+}

@@ -169,6 +169,8 @@ fn insert_established_flow(h: &mut Harness) {
             last_seen_ns: monotonic_ns(),
             to_backend: Default::default(),
             to_client: Default::default(),
+            ts_delta: 0,
+            _pad_ts: 0,
         },
         key(VIP, 80, CLIENT, CLIENT_PORT),
     );
