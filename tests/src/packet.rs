@@ -138,7 +138,7 @@ impl Frame {
                 h[4..8].copy_from_slice(&seq.to_be_bytes());
                 h[8..12].copy_from_slice(&ack.to_be_bytes());
                 h.extend_from_slice(&self.tcp_options);
-                while h.len() % 4 != 0 {
+                while !h.len().is_multiple_of(4) {
                     h.push(0);
                 }
                 h[12] = ((h.len() / 4) as u8) << 4;
