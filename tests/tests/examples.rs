@@ -99,3 +99,35 @@ fn the_packaged_example_is_valid_and_names_every_field() {
         "fields missing from the example: {missing:?}"
     );
 }
+
+/// Someone who clones the repository has only the repository: no tracked
+/// file may point at the notes and data beside the checkout.
+#[test]
+fn no_tracked_file_refers_to_the_directory_beside_the_checkout() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(&root)
+        .output();
+    let Some(listed) = listed.ok().filter(|o| o.status.success()) else {
+        eprintln!("skipped: not a git checkout");
+        return;
+    };
+    // Spelled in two halves so this file does not match itself.
+    let needle = format!("../{}", "shared");
+    let mut offenders = Vec::new();
+    for name in listed.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let Ok(bytes) = std::fs::read(root.join(&name)) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        offenders.extend(
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| line.contains(&needle))
+                .map(|(index, _)| format!("{name}:{}", index + 1)),
+        );
+    }
+    assert!(offenders.is_empty(), "refer to {needle}: {offenders:?}");
+}

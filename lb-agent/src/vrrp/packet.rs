@@ -242,7 +242,7 @@ mod tests {
 
     fn fixture(name: &str) -> Vec<(f64, Vec<u8>)> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures")
+            .join("../tests/fixtures/vrrp")
             .join(name);
         let file = std::fs::File::open(&path)
             .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
