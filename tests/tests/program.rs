@@ -691,10 +691,11 @@ fn tcp_timestamps_move_onto_the_balancers_clock_and_back() {
     let (backend_tsval, tsecr) = timestamps_of(&out, syn_options.len());
     assert_eq!(backend_tsval, client_ts.wrapping_add(flow.ts_delta));
     assert_eq!(tsecr, 0);
-    // The balancer's clock: monotonic milliseconds.
+    // The balancer's clock: monotonic milliseconds (read from jiffies, so
+    // up to a tick either side of the monotonic clock).
     let now_ms = lb_common::ts_clock_ms(lb_agent::dataplane::maps::monotonic_ns());
     assert!(
-        now_ms.wrapping_sub(backend_tsval) < 2_000,
+        (i64::from(now_ms) - i64::from(backend_tsval)).abs() < 2_000,
         "{backend_tsval} vs {now_ms}"
     );
 
