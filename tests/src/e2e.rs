@@ -116,6 +116,26 @@ pub fn agent(lab: &Lab, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The client addresses in `web`'s nginx access log (`$remote_addr` first).
+pub fn access_log_clients(lab: &Lab, web: Node) -> std::collections::BTreeSet<String> {
+    let path = lab.access_log_path(web);
+    let log = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("access log {}: {e}", path.display()));
+    log.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Lb1's SNAT pool as strings, as access logs show them.
+pub fn lb1_snat_pool() -> Vec<String> {
+    Node::Lb1
+        .snat_pool()
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
 /// `count` sequential requests to the VIP; answers by body (or "error").
 pub fn http_round(lab: &Lab, count: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();

@@ -10,14 +10,14 @@
 
 use integration_tests::e2e::*;
 use xtask::{
-    bench::{parse_wrk_non_2xx, parse_wrk_rate, parse_wrk_socket_errors},
+    bench::wrk_with,
     connrate::{parse_nstat, parse_reason_count, CLIENT_COUNTER, PORT_EXHAUSTED},
     lab::{Lab, Node, PORT_RANGE},
 };
 
 /// Long enough that a pool which hands out a source too early shows it.
 const LOAD_SECONDS: u32 = 60;
-const CONNECTIONS: &str = "16";
+const CONNECTIONS: u32 = 16;
 /// Linux's ephemeral range, which the agent leaves out of `PORT_RANGE`.
 const EPHEMERAL_PORTS: u32 = 60999 - 32768 + 1;
 
@@ -53,39 +53,17 @@ fn a_minute_of_new_connections_fails_none_and_uses_the_whole_snat_pool() {
     let Some(lab) = lab("e2rate") else { return };
     let retransmitted_before = syn_retransmissions(&lab);
 
-    let duration = format!("{LOAD_SECONDS}s");
-    let limit = format!("{}s", LOAD_SECONDS + 15);
-    let out = lab
-        .exec_ok(
-            Node::Client,
-            &[
-                "timeout",
-                "--signal=KILL",
-                &limit,
-                "wrk",
-                "-t",
-                "2",
-                "-c",
-                CONNECTIONS,
-                "-d",
-                &duration,
-                "--timeout",
-                "2s",
-                "-H",
-                "Connection: close",
-                VIP_URL,
-            ],
-        )
-        .expect("wrk");
-    let rate = parse_wrk_rate(&out).unwrap_or_else(|| panic!("no rate in:\n{out}"));
-    let errors = parse_wrk_socket_errors(&out).unwrap_or_else(|| panic!("{out}"));
-    assert!(rate > 0.0, "no request was answered:\n{out}");
-    assert_eq!(errors.total(), 0, "socket errors under load:\n{out}");
+    let result =
+        wrk_with(&lab, Node::Client, VIP_URL, true, LOAD_SECONDS, CONNECTIONS).expect("wrk");
+    let rate = result.rate;
+    assert!(rate > 0.0, "no request was answered: {result:?}");
     assert_eq!(
-        parse_wrk_non_2xx(&out),
+        result.errors.total(),
         0,
-        "answers other than 2xx/3xx:\n{out}"
+        "socket errors (connect/read/write/timeout) under load: {}",
+        result.errors
     );
+    assert_eq!(result.non_2xx, 0, "answers other than 2xx/3xx");
 
     // The test only means something if sources came round again.
     let ports = u32::from(PORT_RANGE.1) - u32::from(PORT_RANGE.0) + 1 - EPHEMERAL_PORTS;
@@ -110,20 +88,11 @@ fn a_minute_of_new_connections_fails_none_and_uses_the_whole_snat_pool() {
         backend_counters(&lab),
     );
 
-    let pool: Vec<String> = Node::Lb1
-        .snat_pool()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
     for web in [Node::Web1, Node::Web2] {
-        let log = std::fs::read_to_string(lab.access_log_path(web)).expect("access log");
-        let seen: std::collections::BTreeSet<&str> = log
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
-        for address in &pool {
+        let seen = access_log_clients(&lab, web);
+        for address in lb1_snat_pool() {
             assert!(
-                seen.contains(address.as_str()),
+                seen.contains(&address),
                 "{web}: no connection from SNAT address {address}; saw {seen:?}"
             );
         }

@@ -32,17 +32,9 @@ fn http_splits_evenly_and_backends_see_the_lb_address() {
         "split within 100±10%: {counts:?}"
     );
 
-    let pool: Vec<String> = Node::Lb1
-        .snat_pool()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let pool = lb1_snat_pool();
     for web in [Node::Web1, Node::Web2] {
-        let log = std::fs::read_to_string(lab.access_log_path(web)).expect("access log");
-        let clients: std::collections::BTreeSet<&str> = log
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
+        let clients = access_log_clients(&lab, web);
         assert!(
             !clients.is_empty() && clients.iter().all(|c| pool.iter().any(|a| a == c)),
             "{web}: only lb1's SNAT pool {pool:?} reaches nginx, saw {clients:?}"

@@ -152,9 +152,21 @@ pub struct WrkResult {
 /// `wrk -t2 -c32 -d<seconds>s --timeout 2s [-H 'Connection: close'] <url>`
 /// from `from`, killed if it overruns by `WRK_GRACE_SECONDS`.
 pub fn wrk_run(lab: &Lab, from: Node, url: &str, close: bool, seconds: u32) -> Result<WrkResult> {
+    wrk_with(lab, from, url, close, seconds, WRK_CONNECTIONS)
+}
+
+/// `wrk_run` with `connections` concurrent connections.
+pub fn wrk_with(
+    lab: &Lab,
+    from: Node,
+    url: &str,
+    close: bool,
+    seconds: u32,
+    connections: u32,
+) -> Result<WrkResult> {
     let limit = format!("{}s", seconds + WRK_GRACE_SECONDS);
     let duration = format!("{seconds}s");
-    let connections = WRK_CONNECTIONS.to_string();
+    let connections = connections.to_string();
     let mut args = vec![
         "timeout",
         "--signal=KILL",

@@ -66,6 +66,21 @@ macro_rules! typed {
     };
 }
 
+/// `T::default()` for every possible CPU, to reset a per-CPU map slot.
+pub(crate) fn per_cpu_default<T: aya::Pod + Default>(
+) -> Result<aya::maps::PerCpuValues<T>, DataplaneError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
+        action: "counting CPUs",
+        path: "/sys/devices/system/cpu/possible".into(),
+        source: e,
+    })?;
+    aya::maps::PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| DataplaneError::Io {
+        action: "building per-CPU values",
+        path: String::new(),
+        source: e,
+    })
+}
+
 /// Whether two values of one flow-table entry belong to the same flow.
 fn same_flow(a: &FlowValue, b: &FlowValue) -> bool {
     (
@@ -291,37 +306,11 @@ impl Tables {
     /// Zeroes what the program keeps per backend id (counters, the cached
     /// next hop) when the id is handed to a new backend.
     pub fn reset_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
-            action: "counting CPUs",
-            path: "/sys/devices/system/cpu/possible".into(),
-            source: e,
-        })?;
-        let no_hops =
-            aya::maps::PerCpuValues::try_from(vec![NextHop::default(); cpus]).map_err(|e| {
-                DataplaneError::Io {
-                    action: "building per-CPU values",
-                    path: String::new(),
-                    source: e,
-                }
-            })?;
         self.backend_hops
-            .set(id, no_hops, 0)
+            .set(id, per_cpu_default()?, 0)
             .map_err(DataplaneError::map(map_names::BACKEND_HOPS))?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
-            action: "counting CPUs",
-            path: "/sys/devices/system/cpu/possible".into(),
-            source: e,
-        })?;
-        let zeros =
-            aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| {
-                DataplaneError::Io {
-                    action: "building per-CPU values",
-                    path: String::new(),
-                    source: e,
-                }
-            })?;
         self.backend_stats
-            .set(id, zeros, 0)
+            .set(id, per_cpu_default()?, 0)
             .map_err(DataplaneError::map(map_names::BACKEND_STATS))
     }
 

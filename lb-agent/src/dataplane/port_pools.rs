@@ -19,11 +19,11 @@ use std::{
     net::Ipv4Addr,
 };
 
-use aya::maps::{Array, ArrayOfMaps, MapData, MapError, PerCpuArray, PerCpuValues, Queue};
+use aya::maps::{Array, ArrayOfMaps, MapData, MapError, PerCpuArray, Queue};
 use lb_common::{map_names, port_slot, slot_address_index, slot_port, PortPool, MAX_BACKENDS};
 use tracing::{info, warn};
 
-use super::DataplaneError;
+use super::{maps::per_cpu_default, DataplaneError};
 
 /// Never-used slots a pool whose filling failed part way (a push error)
 /// gets per upkeep until it has them all.
@@ -270,18 +270,8 @@ impl PortPools {
         self.queues
             .set(id, &queue, 0)
             .map_err(map_error(map_names::PORT_QUEUES))?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
-            action: "counting CPUs",
-            path: "/sys/devices/system/cpu/possible".into(),
-            source: e,
-        })?;
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| DataplaneError::Io {
-            action: "building per-CPU values",
-            path: String::new(),
-            source: e,
-        })?;
         self.taken
-            .set(id, zeros, 0)
+            .set(id, per_cpu_default::<u64>()?, 0)
             .map_err(map_error(map_names::PORT_TAKEN))?;
         let record = PortPool {
             backend_addr: endpoint.addr.octets(),
