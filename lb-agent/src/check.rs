@@ -12,7 +12,7 @@ use toml_edit::{ImDocument, Item, Table};
 
 use crate::{
     config::{Config, ConfigError},
-    dataplane::loader::interface_index,
+    dataplane::loader::{interface_index, interface_ipv4_addresses},
     ports,
 };
 
@@ -249,6 +249,29 @@ fn missing_interfaces(config: &Config, text: &str) -> Vec<Finding> {
         .collect()
 }
 
+/// SNAT addresses that are not on the private interface of this node.
+fn missing_snat_addresses(config: &Config, text: &str) -> Vec<Finding> {
+    let held = interface_ipv4_addresses(&config.node.private_interface);
+    if interface_index(&config.node.private_interface).is_none() {
+        return Vec::new();
+    }
+    config
+        .snat_addresses()
+        .into_iter()
+        .filter(|addr| !held.contains(addr))
+        .map(|addr| {
+            let message = format!(
+                "node.snat_addresses: {addr} is not on {iface} of this node, so backends could not answer it; add it (`ip addr add {addr}/32 dev {iface}`) or take it out, or use --offline to check the file elsewhere",
+                iface = config.node.private_interface
+            );
+            Finding {
+                line: locate(text, &message),
+                message,
+            }
+        })
+        .collect()
+}
+
 /// Checks `text` (from `path`); `offline` skips what only the node itself
 /// can tell (its interfaces).
 pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
@@ -262,6 +285,9 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
         Ok(config) => {
             if !offline {
                 report.findings.extend(missing_interfaces(&config, text));
+                report
+                    .findings
+                    .extend(missing_snat_addresses(&config, text));
             }
             let ephemeral = if offline {
                 None
@@ -505,6 +531,28 @@ protocol = "tcp"
             .findings
             .iter()
             .all(|f| !f.message.contains("no such interface")));
+    }
+
+    #[test]
+    fn snat_addresses_missing_from_the_private_interface_are_reported_unless_offline() {
+        // `lo` exists everywhere and never holds 10.200.0.11.
+        let text = GOOD.replace(
+            "private_interface = \"priv0\"",
+            "private_interface = \"lo\"",
+        );
+        let online = check_text(&text, "lb.toml", false);
+        assert!(
+            online
+                .findings
+                .iter()
+                .any(|f| f.message.contains("10.200.0.11 is not on lo")),
+            "{online}"
+        );
+        assert!(check_text(&text, "lb.toml", true)
+            .findings
+            .iter()
+            .all(|f| !f.message.contains("snat_addresses")));
+        assert!(interface_ipv4_addresses("lo").contains(&std::net::Ipv4Addr::LOCALHOST));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{
     },
     dataplane::{
         clock,
-        loader::{interface_index, interface_mac},
+        loader::{interface_index, interface_ipv4_addresses, interface_mac},
         port_pools::SlotLayout,
         Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT,
     },
@@ -263,6 +263,20 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let socket = socket_path(&options.instance);
     ensure_not_running(&socket).await?;
 
+    let held = interface_ipv4_addresses(&node.private_interface);
+    if let Some(missing) = config
+        .snat_addresses()
+        .into_iter()
+        .find(|a| !held.contains(a))
+    {
+        anyhow::bail!(
+            "SNAT address {missing} (node.snat_addresses in {}) is not on {}: backends could not reach it; \
+             add it (`ip addr add {missing}/32 dev {}`) or take it out of the pool",
+            options.config_path.display(),
+            node.private_interface,
+            node.private_interface
+        );
+    }
     let nat_ports = ports::reserve_nat_range(node.port_range[0], node.port_range[1])
         .context("preparing the NAT source port range")?;
     let snat_layout = SlotLayout::new(config.snat_addresses(), nat_ports);

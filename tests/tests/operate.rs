@@ -339,6 +339,24 @@ fn check_config_reports_file_line_and_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A SNAT address that is not on the private interface: backends could
+    // not reach it, so the node says so (the lab's own pool is there).
+    assert!(
+        good.contains("\"10.200.0.114\""),
+        "lb1's pool in its config"
+    );
+    std::fs::write(
+        &broken,
+        good.replace("\"10.200.0.114\"", "\"10.200.0.119\""),
+    )
+    .expect("write");
+    let out = lab
+        .agent_cli(Node::Lb1, &["check-config", "--config", &broken_path])
+        .expect("check-config");
+    assert_eq!(out.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("10.200.0.119 is not on priv0"), "{said}");
+
     let out = lab
         .agent_cli(Node::Lb1, &["check-config", "--confg", &path])
         .expect("check-config");

@@ -389,6 +389,38 @@ pub fn interface_index(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The IPv4 addresses on interface `name` in this network namespace.
+pub fn interface_ipv4_addresses(name: &str) -> Vec<std::net::Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: out pointer to a list freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*entry };
+        entry = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name and an address of the family it says.
+        unsafe {
+            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
+            {
+                continue;
+            }
+            let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            found.push(std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)));
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found
+}
+
 /// The hardware (MAC) address of `name` in this network namespace (an
 /// ioctl on a socket, which, unlike /sys, follows `nsenter --net`).
 pub fn interface_mac(name: &str) -> Option<[u8; 6]> {
