@@ -279,8 +279,6 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
     /// Route lookup result towards the backend, reused while fresh.
     pub to_backend: NextHop,
-    /// Route lookup result towards the client, reused while fresh.
-    pub to_client: NextHop,
     /// Added to the client's TCP timestamps (TSval) towards the backend and
     /// taken off the backend's echoes (TSecr), so that every connection a
     /// backend sees from one NAT source carries timestamps from one clock
@@ -315,13 +313,37 @@ pub struct NextHop {
 }
 
 /// Reverse connection-tracking entry, keyed by the backend's reply `FlowKey`
-/// (backend -> LB private address). It points back at the forward entry, which
-/// holds the flow's state and freshness, so both directions age together.
+/// (backend -> NAT source). It holds what a reply needs to reach the client,
+/// so most replies take one lookup; the forward entry, which it names,
+/// holds the flow's state and freshness and is visited by the replies that
+/// change them (SYN, FIN, RST; every UDP datagram).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReplyValue {
     /// The forward entry's key: client address/port and VIP/port.
     pub client: FlowKey,
+    /// Route lookup result towards the client, reused while fresh.
+    pub to_client: NextHop,
+    /// The flow's `FlowValue::ts_delta`.
+    pub ts_delta: u32,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+impl ReplyValue {
+    /// The reply entry of the flow `flow` of client key `client`.
+    #[inline(always)]
+    pub fn of(client: FlowKey, flow: &FlowValue) -> Self {
+        Self {
+            client,
+            to_client: NextHop::default(),
+            ts_delta: flow.ts_delta,
+            service_id: flow.service_id,
+            backend_id: flow.backend_id,
+            _pad: 0,
+        }
+    }
 }
 
 /// Node-wide settings, written by the agent at index 0 of `settings`.
@@ -576,9 +598,9 @@ mod tests {
         assert_eq!(size_of::<ServiceValue>(), 16);
         assert_eq!(size_of::<BackendValue>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<FlowValue>(), 88);
+        assert_eq!(size_of::<FlowValue>(), 64);
         assert_eq!(size_of::<NextHop>(), 24);
-        assert_eq!(size_of::<ReplyValue>(), 16);
+        assert_eq!(size_of::<ReplyValue>(), 56);
         assert_eq!(size_of::<Settings>(), 144);
         assert_eq!(size_of::<PortPool>(), 32);
         assert_eq!(size_of::<Counters>(), 32);

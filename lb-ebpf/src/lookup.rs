@@ -79,14 +79,13 @@ pub fn claim_nat_source(
     settings: &Settings,
     backend: &BackendValue,
     proto: u8,
-    client: &FlowKey,
+    back: &ReplyValue,
 ) -> Option<NatSource> {
     let pool = backend.port_pool;
     if PORT_POOLS.get(pool)?.live == 0 {
         return None;
     }
     let queue = PORT_QUEUES.get(pool)?;
-    let back = ReplyValue { client: *client };
     for _ in 0..PORT_CLAIM_TRIES {
         let slot = queue.pop().ok()??;
         let snat_index = slot_address_index(slot);
@@ -97,10 +96,7 @@ pub fn claim_nat_source(
         let addr = settings.snat_addr(snat_index);
         let port = slot_port(slot);
         let reply = reply_key(backend, addr, port, proto);
-        if REPLIES
-            .insert(&reply, &back, u64::from(BPF_NOEXIST))
-            .is_ok()
-        {
+        if REPLIES.insert(&reply, back, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(NatSource {
                 pool,
                 slot,

@@ -20,8 +20,8 @@ mod timestamps;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    flow_expired, flow_state, next_state, ts_clock_ms, FlowValue, NextHop, Reason, ServiceKey,
-    Settings,
+    flow_expired, flow_state, next_state, tcp_flags, ts_clock_ms, FlowValue, NextHop, Reason,
+    ReplyValue, ServiceKey, Settings,
 };
 
 use crate::{
@@ -196,7 +196,20 @@ fn new_flow(
     // The replaced flow is over: its source goes back first, so that a
     // client reusing its ports is served even from a nearly empty pool.
     release_replaced(new.replaced, pkt.proto, settings);
-    let Some(source) = claim_nat_source(settings, &backend, pkt.proto, new.client) else {
+    let timestamps = timestamps::find(ctx, pkt);
+    let ts_delta = match &timestamps {
+        Some(ts) => timestamps::tsval(ctx, ts).map_or(0, |v| ts_clock_ms(now).wrapping_sub(v)),
+        None => 0,
+    };
+    let back = ReplyValue {
+        client: *new.client,
+        to_client: NextHop::default(),
+        ts_delta,
+        service_id: service.id,
+        backend_id,
+        _pad: 0,
+    };
+    let Some(source) = claim_nat_source(settings, &backend, pkt.proto, &back) else {
         return (DROP, Reason::DropPortExhausted);
     };
     let mut flow = FlowValue {
@@ -211,15 +224,11 @@ fn new_flow(
         port_pool: source.pool,
         last_seen_ns: now,
         to_backend: NextHop::default(),
-        to_client: NextHop::default(),
-        ts_delta: 0,
+        ts_delta,
         _pad_ts: 0,
     };
-    if let Some(ts) = timestamps::find(ctx, pkt) {
-        if let Some(tsval) = timestamps::tsval(ctx, &ts) {
-            flow.ts_delta = ts_clock_ms(now).wrapping_sub(tsval);
-            timestamps::to_backend(ctx, pkt, &ts, flow.ts_delta);
-        }
+    if let Some(ts) = &timestamps {
+        timestamps::to_backend(ctx, pkt, ts, ts_delta);
     }
     let bytes = pkt.ip_len as u64;
     rewrite(
@@ -283,31 +292,16 @@ fn reusable(settings: &Settings, flow: &FlowValue, now: u64, is_syn: bool) -> bo
 /// Backend -> LB port: translate back to VIP -> client.
 #[inline(always)]
 fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet, now: u64) -> (u32, Reason) {
-    let reply = client_key(pkt);
-    // SAFETY: copied out at once.
-    let Some(client) = (unsafe { REPLIES.get(&reply) }).map(|r| r.client) else {
+    let Some(entry) = REPLIES.get_ptr_mut(client_key(pkt)) else {
         return (PASS, Reason::PassReplyNoFlow);
     };
-    let Some(entry) = FLOWS.get_ptr_mut(&client) else {
+    // SAFETY: the entry stays valid during this run; fields are plain
+    // integers and the program is the only writer of its next hop.
+    let back = unsafe { &mut *entry };
+    let client = back.client;
+    if touches_flow(pkt) && !refresh_flow(settings, pkt, &client, now) {
         return (PASS, Reason::PassReplyNoFlow);
-    };
-    // SAFETY: the entry stays valid during this run; fields are plain integers.
-    let flow = unsafe {
-        let flow = &mut *entry;
-        // An entry for the same client ports may since belong to another
-        // backend or port: only the flow this reply key points at matches.
-        if flow.lb_port != pkt.dport
-            || flow.backend_addr != pkt.src
-            || flow.backend_port != pkt.sport
-            || flow_expired(settings, flow, now)
-        {
-            return (PASS, Reason::PassReplyNoFlow);
-        }
-        flow.last_seen_ns = now;
-        flow.state = next_state(flow.state, pkt.tcp_flags, true);
-        flow
-    };
-
+    }
     let bytes = pkt.ip_len as u64;
     rewrite(
         pkt,
@@ -319,22 +313,54 @@ fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet, now: u64) -
         },
     );
     if let Some(ts) = timestamps::find(ctx, pkt) {
-        timestamps::to_client(ctx, pkt, &ts, flow.ts_delta);
+        timestamps::to_client(ctx, pkt, &ts, back.ts_delta);
     }
     match forward(
         ctx,
         pkt,
         client.dst_addr,
         client.src_addr,
-        &mut flow.to_client,
+        &mut back.to_client,
         now,
     ) {
         Ok(action) => {
-            count_traffic(flow.service_id, flow.backend_id, bytes, false);
+            count_traffic(back.service_id, back.backend_id, bytes, false);
             (action, Reason::ForwardedToClient)
         }
         Err(reason) => (DROP, reason),
     }
+}
+
+/// Whether a reply changes its flow's state or freshness: TCP segments
+/// with SYN, FIN or RST (a backend's plain data and ACKs are followed by
+/// the client's ACKs, which keep the flow fresh), and every UDP datagram.
+#[inline(always)]
+fn touches_flow(pkt: &Packet) -> bool {
+    pkt.proto != lb_common::PROTO_TCP
+        || pkt.tcp_flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0
+}
+
+/// Brings the reply's forward entry up to date; false if the flow is gone
+/// or idle past its timeout (the reply is then not ours to forward).
+#[inline(always)]
+fn refresh_flow(settings: &Settings, pkt: &Packet, client: &lb_common::FlowKey, now: u64) -> bool {
+    let Some(entry) = FLOWS.get_ptr_mut(client) else {
+        return false;
+    };
+    // SAFETY: the entry stays valid during this run; fields are plain integers.
+    let flow = unsafe { &mut *entry };
+    // The entry for these client ports may since belong to another flow:
+    // only the one this reply entry was made for matches.
+    if flow.lb_port != pkt.dport
+        || flow.backend_addr != pkt.src
+        || flow.backend_port != pkt.sport
+        || flow_expired(settings, flow, now)
+    {
+        return false;
+    }
+    flow.last_seen_ns = now;
+    flow.state = next_state(flow.state, pkt.tcp_flags, true);
+    true
 }
 
 #[cfg(not(test))]

@@ -77,7 +77,9 @@ pub fn conntrack_floor(_ctx: XdpContext) -> u32 {
         ..FlowValue::default()
     };
     if FLOWS.insert(&client, &flow, 0).is_err()
-        || REPLIES.insert(&reply, &ReplyValue { client }, 0).is_err()
+        || REPLIES
+            .insert(&reply, &ReplyValue::of(client, &FlowValue::default()), 0)
+            .is_err()
     {
         return xdp_action::XDP_DROP;
     }

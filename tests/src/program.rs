@@ -381,7 +381,7 @@ impl Harness {
             .try_into()
             .expect("lru hash");
         replies
-            .insert(reply, lb_common::ReplyValue { client }, 0)
+            .insert(reply, lb_common::ReplyValue::of(client, &flow), 0)
             .expect("insert reply");
     }
 

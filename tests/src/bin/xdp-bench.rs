@@ -168,7 +168,6 @@ fn insert_established_flow(h: &mut Harness) {
             port_pool: 0,
             last_seen_ns: monotonic_ns(),
             to_backend: Default::default(),
-            to_client: Default::default(),
             ts_delta: 0,
             _pad_ts: 0,
         },
