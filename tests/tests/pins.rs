@@ -64,7 +64,16 @@ fn an_earlier_versions_pins() {
     std::fs::remove_dir_all(&dir.0).expect("clear pins");
 
     // A connection table of another layout holds flows: not thrown away.
-    pin_old_map(&dir.0, map_names::FLOWS, "lru_hash", 16, 64);
+    // (80 bytes: the layout before issue #10.)
+    let old_flow_value = 80;
+    assert_ne!(std::mem::size_of::<lb_common::FlowValue>(), old_flow_value);
+    pin_old_map(
+        &dir.0,
+        map_names::FLOWS,
+        "lru_hash",
+        16,
+        old_flow_value as u32,
+    );
     match Dataplane::load(&options, &object) {
         Ok(_) => panic!("an incompatible flow table was adopted"),
         Err(error) => {
