@@ -38,6 +38,16 @@ pub struct Report {
     pub warnings: Vec<Finding>,
 }
 
+impl Finding {
+    /// A finding at the line `locate` finds for `message` in `text`.
+    fn located(text: &str, message: String) -> Self {
+        Self {
+            line: locate(text, &message),
+            message,
+        }
+    }
+}
+
 impl Report {
     pub fn is_valid(&self) -> bool {
         self.findings.is_empty()
@@ -241,10 +251,7 @@ fn missing_interfaces(config: &Config, text: &str) -> Vec<Finding> {
             let message = format!(
                 "{field} = {name:?}: no such interface on this node (see `ip link`); fix the name, or use --offline to check the file elsewhere"
             );
-            Finding {
-                line: locate(text, &message),
-                message,
-            }
+            Finding::located(text, message)
         })
         .collect()
 }
@@ -264,10 +271,7 @@ fn missing_snat_addresses(config: &Config, text: &str) -> Vec<Finding> {
                 "node.snat_addresses: {addr} is not on {iface} of this node, so backends could not answer it; add it (`ip addr add {addr}/32 dev {iface}`) or take it out, or use --offline to check the file elsewhere",
                 iface = config.node.private_interface
             );
-            Finding {
-                line: locate(text, &message),
-                message,
-            }
+            Finding::located(text, message)
         })
         .collect()
 }
@@ -304,10 +308,7 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
             report.warnings = config
                 .capacity_warnings(nat_ports)
                 .into_iter()
-                .map(|message| Finding {
-                    line: locate(text, &message),
-                    message,
-                })
+                .map(|message| Finding::located(text, message))
                 .collect();
             report.config = Some(config);
         }
@@ -315,12 +316,11 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
             report.findings.push(syntax_finding(&message));
         }
         Err(ConfigError::Invalid { problems, .. }) => {
-            report
-                .findings
-                .extend(problems.into_iter().map(|message| Finding {
-                    line: locate(text, &message),
-                    message,
-                }));
+            report.findings.extend(
+                problems
+                    .into_iter()
+                    .map(|message| Finding::located(text, message)),
+            );
         }
         Err(error @ ConfigError::Read { .. }) => report.findings.push(Finding {
             line: None,

@@ -196,10 +196,6 @@ impl PortPools {
         ))
     }
 
-    pub fn layout(&self) -> &SlotLayout {
-        &self.layout
-    }
-
     /// Sets the slots pools hand out and takes over the pools an earlier run
     /// left. A pool made for another layout (SNAT addresses or port range
     /// changed) is rebuilt; a slot its flows still hold is then skipped by
