@@ -3,9 +3,11 @@
 //! connection by the XDP program, so backends interleave instead of taking
 //! their share in bursts.
 
-/// Builds the ring for `backends` = [(backend id, weight)]. Weights are
-/// scaled down to fit `ring_size` (each stays ≥ 1); a short cycle is
-/// repeated whole as often as it fits. Empty input gives an empty ring.
+/// Builds the ring for `backends` = [(backend id, weight)]: one cycle of
+/// the schedule, as long as the weights' sum. Weights are scaled down to fit
+/// `ring_size`, each staying ≥ 1; with more backends than slots the first
+/// `ring_size` get one each (configs cannot hold that many: `RING_SIZE` is
+/// the node's backend limit). Empty input gives an empty ring.
 pub fn build_ring(backends: &[(u32, u32)], ring_size: usize) -> Vec<u32> {
     let backends: Vec<(u32, u64)> = backends
         .iter()
@@ -31,8 +33,8 @@ pub fn build_ring(backends: &[(u32, u32)], ring_size: usize) -> Vec<u32> {
         current[best] -= total as i64;
         cycle.push(backends[best].0);
     }
-    let repeats = (ring_size / cycle.len()).max(1);
-    cycle.repeat(repeats)
+    cycle.truncate(ring_size);
+    cycle
 }
 
 /// Scales weights so their sum fits `limit`, keeping each at least 1 and
@@ -74,7 +76,7 @@ mod tests {
     #[test]
     fn equal_weights_alternate() {
         let ring = build_ring(&[(7, 1), (9, 1)], 256);
-        assert_eq!(ring.len(), 256);
+        assert_eq!(ring, vec![7, 9]);
         assert!(ring.windows(2).all(|w| w[0] != w[1]), "{ring:?}");
     }
 
@@ -96,6 +98,34 @@ mod tests {
         let ring = build_ring(&[(1, 100), (2, 100), (3, 100), (4, 1)], 256);
         assert!(ring.len() <= 256);
         assert!(ring.contains(&4), "light backend keeps a slot");
+    }
+
+    #[test]
+    fn every_backend_keeps_a_slot_up_to_the_node_limit() {
+        // 257 once overflowed a 256-slot ring: the service then refused
+        // every connection.
+        for count in [255u32, 256, 257, lb_common::MAX_BACKENDS] {
+            let backends: Vec<(u32, u32)> = (0..count).map(|id| (id, 1 + id % 100)).collect();
+            let ring = build_ring(&backends, lb_common::RING_SIZE as usize);
+            assert!(
+                ring.len() <= lb_common::RING_SIZE as usize,
+                "{count} backends"
+            );
+            let mut seen = ring.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(
+                seen.len(),
+                count as usize,
+                "{count} backends each get a slot"
+            );
+        }
+    }
+
+    #[test]
+    fn more_backends_than_slots_never_overflow_the_ring() {
+        let backends: Vec<(u32, u32)> = (0..300).map(|id| (id, 1)).collect();
+        assert_eq!(build_ring(&backends, 256).len(), 256);
     }
 
     proptest! {

@@ -78,8 +78,12 @@ pub mod map_names {
 pub const MAX_SERVICES: u32 = 256;
 /// Most backends one node can hold across all services (backend ids are `0..MAX_BACKENDS`).
 pub const MAX_BACKENDS: u32 = 4096;
-/// Slots in each service's schedule ring. Weights are scaled to fit.
-pub const RING_SIZE: u32 = 256;
+/// Slots in each service's schedule ring. Weights are scaled to fit; as many
+/// as the node has backends, so that any service keeps a slot for each of
+/// its backends.
+pub const RING_SIZE: u32 = MAX_BACKENDS;
+/// Entries of the `rings` map: two halves of `RING_SIZE` per service.
+pub const RING_SLOTS: u32 = MAX_SERVICES * 2 * RING_SIZE;
 /// Default size of each connection-tracking map.
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Redirect targets (interfaces) the program can send to.
@@ -484,11 +488,16 @@ pub enum Reason {
     DropFlowInsert = 17,
     /// Unicast frame to another node's MAC (flooded by a switch): passed.
     PassOtherHost = 18,
+    /// For a VIP, but a length field (IPv4 total length, TCP data offset,
+    /// UDP length) disagrees with the frame or the headers: dropped.
+    DropBadLength = 19,
+    /// Not for a VIP and a length field disagrees: passed for the stack to drop.
+    PassBadLength = 20,
 }
 
 impl Reason {
     /// Number of reasons; the size of the `reasons` map.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
 
     /// Every reason, index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -511,6 +520,8 @@ impl Reason {
         Reason::PassNotReady,
         Reason::DropFlowInsert,
         Reason::PassOtherHost,
+        Reason::DropBadLength,
+        Reason::PassBadLength,
     ];
 
     /// Stable snake_case name for CLI output and metrics labels.
@@ -535,6 +546,8 @@ impl Reason {
             Reason::PassNotReady => "pass_not_ready",
             Reason::DropFlowInsert => "drop_flow_insert",
             Reason::PassOtherHost => "pass_other_host",
+            Reason::DropBadLength => "drop_bad_length",
+            Reason::PassBadLength => "pass_bad_length",
         }
     }
 }

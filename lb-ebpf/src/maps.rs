@@ -7,12 +7,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendValue, Counters, FlowKey, FlowValue, NextHop, PortPool, Reason, ReplyValue, ServiceKey,
-    ServiceValue, Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, RING_SIZE,
+    ServiceValue, Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
 const BACKENDS_MAX: usize = MAX_BACKENDS as usize;
-const RING_SLOTS: usize = (MAX_SERVICES * 2 * RING_SIZE) as usize;
+const RING_SLOTS: usize = lb_common::RING_SLOTS as usize;
 const FLOWS_MAX: usize = DEFAULT_MAX_FLOWS as usize;
 const REASONS_MAX: usize = Reason::COUNT as usize;
 

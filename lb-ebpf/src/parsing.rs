@@ -25,7 +25,8 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
-/// Byte offset of the flags in the TCP header.
+/// Byte offsets of the data offset (high nibble) and the flags in the TCP header.
+const TCP_DATA_OFFSET_OFFSET: usize = 12;
 const TCP_FLAGS_OFFSET: usize = 13;
 
 /// A parsed IPv4 TCP/UDP packet without options or fragmentation.
@@ -42,8 +43,12 @@ pub struct Packet {
     pub dport: u16,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
-    /// IP total length in host order (the L3 packet size).
+    /// IP total length in host order (the L3 packet size), checked
+    /// against the frame and the headers.
     pub ip_len: u16,
+    /// Length of the TCP header including options (8 for UDP), inside
+    /// `ip_len`.
+    pub l4_header_len: u16,
 }
 
 /// What to do with a packet that did not parse into a `Packet`.
@@ -79,6 +84,10 @@ fn is_vip(addr: &[u8; 4]) -> bool {
 /// cannot be balanced safely and is dropped (fragments, IP options, cut-short
 /// L4 headers): forwarding it anywhere would be wrong, and the node's stack
 /// has no listener for the VIP.
+///
+/// Every length field is checked as the kernel's `ip_rcv`, `tcp_v4_rcv` and
+/// `udp_rcv` would: the IPv4 total length against the frame and the headers,
+/// the TCP data offset and the UDP length against the total length.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|()| pass(Reason::PassTruncated))?;
@@ -118,21 +127,49 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
             pass(Reason::PassNotService)
         });
     }
-    let truncated = || {
+    let not_ours = |drop_reason, pass_reason| {
         if is_vip(&dst) {
-            drop(Reason::DropTruncated)
+            drop(drop_reason)
         } else {
-            pass(Reason::PassTruncated)
+            pass(pass_reason)
         }
     };
-    let (l4, tcp_flags) = if proto == PROTO_TCP {
+    let truncated = || not_ours(Reason::DropTruncated, Reason::PassTruncated);
+    let bad_length = || not_ours(Reason::DropBadLength, Reason::PassBadLength);
+    // Bytes past the total length are Ethernet padding: they leave with
+    // the frame but are no part of the packet. A total length past the
+    // frame's end is a cut packet the kernel would drop in `ip_rcv`.
+    let frame_len = ctx.data_end() - ctx.data();
+    if usize::from(tot_len) + IP_OFFSET > frame_len {
+        return Err(bad_length());
+    }
+    let l4_room = tot_len
+        .checked_sub(Ipv4Hdr::LEN as u16)
+        .ok_or_else(bad_length)?;
+    let (l4, tcp_flags, l4_header_len) = if proto == PROTO_TCP {
         let tcp: *mut TcpHdr = ptr_at(ctx, L4_OFFSET).map_err(|()| truncated())?;
-        let flags_ptr = (tcp as *const u8).wrapping_add(TCP_FLAGS_OFFSET);
-        // SAFETY: the flags byte lies inside the bounds-checked TCP header.
-        (tcp as *mut u8, unsafe { *flags_ptr })
+        let tcp_bytes = tcp as *const u8;
+        // SAFETY: both bytes lie inside the bounds-checked TCP header.
+        let (offset_byte, flags) = unsafe {
+            (
+                *tcp_bytes.wrapping_add(TCP_DATA_OFFSET_OFFSET),
+                *tcp_bytes.wrapping_add(TCP_FLAGS_OFFSET),
+            )
+        };
+        let header_len = u16::from(offset_byte >> 4) * 4;
+        if header_len < TcpHdr::LEN as u16 || header_len > l4_room {
+            return Err(bad_length());
+        }
+        (tcp as *mut u8, flags, header_len)
     } else {
         let udp: *mut UdpHdr = ptr_at(ctx, L4_OFFSET).map_err(|()| truncated())?;
-        (udp as *mut u8, 0)
+        // SAFETY: the length field lies inside the bounds-checked UDP
+        // header, at an even offset.
+        let udp_len = unsafe { load_be16(addr_of!((*udp).len)) };
+        if udp_len < UdpHdr::LEN as u16 || udp_len > l4_room {
+            return Err(bad_length());
+        }
+        (udp as *mut u8, 0, UdpHdr::LEN as u16)
     };
     // SAFETY: the first four bytes of TCP and UDP headers are the ports,
     // inside the checked header, which starts at an even offset.
@@ -151,5 +188,6 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
         dport,
         tcp_flags,
         ip_len: tot_len,
+        l4_header_len,
     })
 }

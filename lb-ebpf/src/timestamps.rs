@@ -39,9 +39,7 @@ pub fn find(ctx: &XdpContext, pkt: &Packet) -> Option<Timestamps> {
     if pkt.proto != PROTO_TCP {
         return None;
     }
-    // SAFETY: parse checked the whole fixed TCP header.
-    let data_offset = unsafe { *(pkt.l4.wrapping_add(12)) } >> 4;
-    let header_len = usize::from(data_offset) * 4;
+    let header_len = usize::from(pkt.l4_header_len);
     if header_len <= TCP_HEADER_LEN {
         return None;
     }

@@ -1,6 +1,7 @@
 //! Pinned maps left by an earlier version of the agent: the settings map,
-//! which holds nothing of the earlier run, is replaced when its layout
-//! changed; a connection table of another layout (live flows) is refused
+//! the schedule rings and the reason counters, which hold nothing the agent
+//! does not rewrite, are replaced when their layout or size changed (rings
+//! of 256 slots, 19 reasons before issue #11); a connection table of another layout (live flows) is refused
 //! with a message that says what to do.
 
 use std::{
@@ -54,12 +55,19 @@ fn an_earlier_versions_pins() {
 
     // Settings as an older build laid them out (64 bytes).
     pin_old_map(&dir.0, map_names::SETTINGS, "array", 4, 64);
-    let dataplane = Dataplane::load(&options, &object).expect("old settings pin replaced");
+    // Same layouts as now, other sizes (1024 entries).
+    pin_old_map(&dir.0, map_names::RINGS, "array", 4, 4);
+    pin_old_map(&dir.0, map_names::REASONS, "percpu_array", 4, 8);
+    let dataplane = Dataplane::load(&options, &object).expect("old pins replaced");
     let settings = MapInfo::from_pin(dir.0.join(map_names::SETTINGS)).expect("settings pin");
     assert_eq!(
         settings.value_size() as usize,
         std::mem::size_of::<Settings>()
     );
+    let rings = MapInfo::from_pin(dir.0.join(map_names::RINGS)).expect("rings pin");
+    assert_eq!(rings.max_entries(), lb_common::RING_SLOTS);
+    let reasons = MapInfo::from_pin(dir.0.join(map_names::REASONS)).expect("reasons pin");
+    assert_eq!(reasons.max_entries(), lb_common::Reason::COUNT);
     drop(dataplane);
     std::fs::remove_dir_all(&dir.0).expect("clear pins");
 

@@ -89,12 +89,70 @@ fn stateless_table() {
         .macs(WEB1_MAC, PRIV_MAC)
         .build();
 
+    // Length fields that disagree with the frame or the headers, each as
+    // the kernel's ip_rcv / tcp_v4_rcv / udp_rcv would refuse it.
+    let with_be16 = |frame: &[u8], at: usize, value: u16| {
+        let mut f = frame.to_vec();
+        f[at..at + 2].copy_from_slice(&value.to_be_bytes());
+        f
+    };
+    let with_byte = |frame: &[u8], at: usize, value: u8| {
+        let mut f = frame.to_vec();
+        f[at] = value;
+        f
+    };
+    const TOT_LEN: usize = 14 + 2;
+    const TCP_DATA_OFFSET: usize = 34 + 12;
+    const UDP_LEN: usize = 34 + 4;
+    let syn_len = (syn.len() - 14) as u16;
+    let udp = Frame::udp(CLIENT, 5000, VIP, 5353)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .payload(b"query")
+        .build();
+    let udp_len = (udp.len() - 34) as u16;
+    let udp_header_only = {
+        // Cut right after the UDP header; both lengths still claim the payload.
+        let mut f = udp.clone();
+        f.truncate(42);
+        f
+    };
+    let ssh_len = (ssh.len() - 14) as u16;
+    let ssh_bad_length = with_be16(&ssh, TOT_LEN, ssh_len + 1);
+    let bad_lengths = [
+        (
+            "IPv4 total length past the frame",
+            with_be16(&syn, TOT_LEN, syn_len + 1),
+        ),
+        (
+            "IPv4 total length shorter than IP + TCP headers",
+            with_be16(&syn, TOT_LEN, 39),
+        ),
+        (
+            "IPv4 total length shorter than the IP header",
+            with_be16(&syn, TOT_LEN, 19),
+        ),
+        (
+            "TCP data offset below 5",
+            with_byte(&syn, TCP_DATA_OFFSET, 0x40),
+        ),
+        (
+            "TCP data offset past the packet",
+            with_byte(&syn, TCP_DATA_OFFSET, 0xf0),
+        ),
+        (
+            "UDP length past the datagram",
+            with_be16(&udp, UDP_LEN, udp_len + 1),
+        ),
+        ("UDP length below its header", with_be16(&udp, UDP_LEN, 7)),
+        ("UDP datagram cut after its header", udp_header_only),
+    ];
+
     // The master's MAC, flooded to this (backup) node by a switch.
     let flooded = Frame::tcp(CLIENT, 40002, VIP, 80, TCP_SYN)
         .macs(CLIENT_MAC, [0x02, 0, 0, 0, 0x01, 0x12])
         .build();
 
-    let cases = vec![
+    let mut cases = vec![
         Case {
             name: "a SYN for the VIP to another node's MAC passes untouched",
             input: flooded,
@@ -192,6 +250,24 @@ fn stateless_table() {
             reason: Reason::PassReplyNoFlow,
         },
     ];
+    for (name, input) in bad_lengths {
+        cases.push(Case {
+            name,
+            input,
+            ingress_public: true,
+            action: XDP_DROP,
+            output: None,
+            reason: Reason::DropBadLength,
+        });
+    }
+    cases.push(Case {
+        name: "a bad total length to another address passes untouched",
+        input: ssh_bad_length,
+        ingress_public: true,
+        action: XDP_PASS,
+        output: None,
+        reason: Reason::PassBadLength,
+    });
     for case in cases {
         let before = h.reason_count(case.reason);
         let ingress = if case.ingress_public {
@@ -228,6 +304,32 @@ fn truncated_at_every_offset() {
         assert_eq!(out, cut, "frame cut at {len} bytes must stay untouched");
     }
     assert_eq!(h.flow_count(), 0, "no flow from truncated frames");
+}
+
+#[test]
+fn ethernet_padding_is_not_payload() {
+    let Some(h) = lab_harness() else { return };
+    // A SYN is 54 bytes; Ethernet pads it to 60 on the wire.
+    let syn = client_syn(40000);
+    let mut padded = syn.build();
+    padded.extend_from_slice(&[0xee; 6]);
+    let (action, out) = h.run(h.pub_ifindex, &padded);
+    assert_eq!(action, XDP_REDIRECT, "a padded SYN is a valid SYN");
+    let mut expected = syn
+        .macs(PRIV_MAC, WEB1_MAC)
+        .rewritten(LB_PRIV, NAT_PORT, WEB1, 80)
+        .build();
+    expected.extend_from_slice(&[0xee; 6]);
+    assert_eq!(
+        out, expected,
+        "padding left as padding, outside the IP packet"
+    );
+    assert_checksums_valid(&out);
+    assert_eq!(
+        h.service_counters(0).bytes,
+        54 - 14,
+        "traffic counted by the IP total length"
+    );
 }
 
 #[test]

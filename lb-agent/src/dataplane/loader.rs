@@ -17,8 +17,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, BackendValue, Counters, FlowKey, FlowValue, NextHop, PortPool, ReplyValue,
-    ServiceKey, ServiceValue, Settings,
+    map_names, BackendValue, Counters, FlowKey, FlowValue, NextHop, PortPool, Reason, ReplyValue,
+    ServiceKey, ServiceValue, Settings, RING_SLOTS,
 };
 use tracing::{info, warn};
 
@@ -143,6 +143,21 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// Maps the agent writes whole after every load (settings, the services'
+/// schedules) or whose loss an upgrade may cost (the per-reason packet
+/// counters, which restart like any counter): a pin of another layout or
+/// size is replaced instead of refused.
+const REBUILT_MAPS: [&str; 3] = [map_names::SETTINGS, map_names::RINGS, map_names::REASONS];
+
+/// How many entries this build's program declares for a map of `REBUILT_MAPS`.
+fn program_max_entries(name: &str) -> u32 {
+    match name {
+        map_names::RINGS => RING_SLOTS,
+        map_names::REASONS => Reason::COUNT,
+        _ => 1,
+    }
+}
+
 fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneError> {
     for (name, key, value) in expected_layouts() {
         let path = pins::map_pin(dir, name);
@@ -150,26 +165,29 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
             continue;
         }
         let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name))?;
-        if (info.key_size(), info.value_size()) != (key, value) {
-            if name != map_names::SETTINGS {
-                return Err(DataplaneError::IncompatiblePin {
+        let layout_differs = (info.key_size(), info.value_size()) != (key, value);
+        if REBUILT_MAPS.contains(&name) {
+            if layout_differs || info.max_entries() != program_max_entries(name) {
+                // Nothing in these outlives a restart anyway (see
+                // `REBUILT_MAPS`), so an upgrade that resized them drops the
+                // old pin (a program still running keeps its own reference
+                // until the new one replaces it).
+                std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
+                    action: "removing a map pin of an earlier version",
                     path: path.display().to_string(),
-                    dir: dir.display().to_string(),
-                    found: (info.key_size(), info.value_size()),
-                    expected: (key, value),
-                });
+                    source,
+                })?;
+                info!(path = %path.display(), "replaced a map of an earlier version");
             }
-            // Settings hold nothing of the earlier run's: the agent writes
-            // them whole after every load. An upgrade that changed their
-            // layout drops the old pin (a program still running keeps its
-            // own reference until the new one replaces it).
-            std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
-                action: "removing the earlier version's settings pin",
-                path: path.display().to_string(),
-                source,
-            })?;
-            info!(path = %path.display(), "replaced the settings map of an earlier version");
             continue;
+        }
+        if layout_differs {
+            return Err(DataplaneError::IncompatiblePin {
+                path: path.display().to_string(),
+                dir: dir.display().to_string(),
+                found: (info.key_size(), info.value_size()),
+                expected: (key, value),
+            });
         }
         if (name == map_names::FLOWS || name == map_names::REPLIES)
             && info.max_entries() != max_flows
