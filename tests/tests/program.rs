@@ -580,6 +580,35 @@ fn round_robin_alternates_and_flows_stick() {
 }
 
 #[test]
+fn services_with_more_backends_than_the_old_ring_serve_every_backend() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    // 257 overflowed the 256-slot ring of before (every SYN got a RST);
+    // MAX_BACKENDS is the most one service can have. The backends share
+    // two endpoints (and so two port pools) to keep the set-up short; the
+    // per-backend counters tell them apart.
+    for count in [257u32, lb_common::MAX_BACKENDS] {
+        let mut h = Harness::with_capacity(&object, 20000, 29999, 8192);
+        let backends: Vec<(u32, [u8; 4], u16)> = (0..count)
+            .map(|id| (id, WEB1, 8000 + (id % 2) as u16))
+            .collect();
+        h.add_service(0, VIP, 80, PROTO_TCP, &backends);
+        for i in 0..count {
+            let (action, _) = h.run(h.pub_ifindex, &client_syn(30000 + i as u16).build());
+            assert_eq!(action, XDP_REDIRECT, "{count} backends: SYN {i}");
+        }
+        for id in 0..count {
+            assert_eq!(
+                h.backend_counters(id).new_flows,
+                1,
+                "{count} backends: backend {id} got one connection"
+            );
+        }
+    }
+}
+
+#[test]
 fn port_exhaustion_is_counted_not_misforwarded() {
     let Some(object) = artifacts::lb_object() else {
         return;
