@@ -207,7 +207,10 @@ pub struct FlowKey {
 pub mod flow_state {
     /// TCP: SYN seen, no reply from the backend yet.
     pub const TCP_HANDSHAKE: u8 = 1;
-    /// TCP: the backend has answered.
+    /// TCP: the client completed the handshake (its ACK of the backend's
+    /// SYN-ACK): only now does the long established timeout apply, so a
+    /// spoofed SYN, which the backend answers but no client ever
+    /// acknowledges, lasts only the handshake timeout.
     pub const TCP_ESTABLISHED: u8 = 2;
     /// TCP: FIN seen from both sides, or a RST: only stragglers remain.
     pub const TCP_CLOSING: u8 = 3;
@@ -217,6 +220,8 @@ pub mod flow_state {
     pub const TCP_FIN_FROM_CLIENT: u8 = 5;
     /// TCP: the backend sent FIN; the client may still send (half-close).
     pub const TCP_FIN_FROM_BACKEND: u8 = 6;
+    /// TCP: the backend answered the SYN; the client has not acknowledged it.
+    pub const TCP_SYN_ACKED: u8 = 7;
 }
 
 /// TCP flag bits as in the header's flags byte.
@@ -254,7 +259,11 @@ pub fn next_state(current: u8, flags: u8, from_backend: bool) -> u8 {
             TCP_FIN_FROM_CLIENT
         };
     }
-    if from_backend && current == TCP_HANDSHAKE {
+    if from_backend && current == TCP_HANDSHAKE && flags & tcp_flags::SYN != 0 {
+        return TCP_SYN_ACKED;
+    }
+    let client_ack = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::ACK;
+    if !from_backend && current == TCP_SYN_ACKED && client_ack {
         return TCP_ESTABLISHED;
     }
     current
@@ -568,7 +577,7 @@ pub fn flow_timeout_ns(settings: &Settings, state: u8) -> u64 {
         || state == flow_state::TCP_FIN_FROM_BACKEND
     {
         established
-    } else if state == flow_state::TCP_HANDSHAKE {
+    } else if state == flow_state::TCP_HANDSHAKE || state == flow_state::TCP_SYN_ACKED {
         handshake
     } else if state == flow_state::TCP_CLOSING {
         closing
@@ -684,8 +693,19 @@ mod tests {
     fn tcp_state_machine() {
         use flow_state::*;
         use tcp_flags::*;
-        assert_eq!(next_state(TCP_HANDSHAKE, SYN | ACK, true), TCP_ESTABLISHED);
+        // Established only once the client acknowledged the backend's SYN-ACK.
+        let syn_acked = next_state(TCP_HANDSHAKE, SYN | ACK, true);
+        assert_eq!(syn_acked, TCP_SYN_ACKED);
         assert_eq!(next_state(TCP_HANDSHAKE, ACK, false), TCP_HANDSHAKE);
+        assert_eq!(next_state(TCP_HANDSHAKE, ACK, true), TCP_HANDSHAKE);
+        assert_eq!(
+            next_state(syn_acked, SYN, false),
+            TCP_SYN_ACKED,
+            "SYN again"
+        );
+        assert_eq!(next_state(syn_acked, SYN | ACK, true), TCP_SYN_ACKED);
+        assert_eq!(next_state(syn_acked, ACK, false), TCP_ESTABLISHED);
+        assert_eq!(next_state(syn_acked, RST, false), TCP_CLOSING);
         // Half-close keeps the flow alive in the other direction.
         let half = next_state(TCP_ESTABLISHED, FIN | ACK, false);
         assert_eq!(half, TCP_FIN_FROM_CLIENT);
@@ -727,6 +747,10 @@ mod tests {
         };
         assert!(!flow_expired(&settings, &flow, 11));
         assert!(flow_expired(&settings, &flow, 12));
+        // Answered by the backend, not yet acknowledged by the client:
+        // still the handshake's timeout.
+        flow.state = flow_state::TCP_SYN_ACKED;
+        assert!(flow_expired(&settings, &flow, 11));
         flow.state = flow_state::UDP;
         assert!(!flow_expired(&settings, &flow, 13));
         // A clock that went backwards never expires a flow.

@@ -366,12 +366,11 @@ fn new_flow_established_and_reply_are_full_nated() {
         .build();
     assert_eq!(out, expected);
     assert_checksums_valid(&out);
-    assert_eq!(
-        h.flow(&key).expect("flow").state,
-        flow_state::TCP_ESTABLISHED
-    );
+    // The backend answered; the client has not completed the handshake.
+    assert_eq!(h.flow(&key).expect("flow").state, flow_state::TCP_SYN_ACKED);
 
-    // Established: data with payload sticks to web1 and keeps checksums right.
+    // The client's ACK (with its request): established, sticks to web1 and
+    // keeps checksums right.
     let data = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_ACK | TCP_PSH)
         .macs(CLIENT_MAC, PUB_MAC)
         .payload(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -384,6 +383,10 @@ fn new_flow_established_and_reply_are_full_nated() {
             .build()
     );
     assert_checksums_valid(&out);
+    assert_eq!(
+        h.flow(&key).expect("flow").state,
+        flow_state::TCP_ESTABLISHED
+    );
 
     // The client's FIN half-closes; the backend's FIN closes.
     let fin = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_FIN | TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
