@@ -11,7 +11,9 @@ use lb_common::{
     NextHop, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS, RING_SIZE,
 };
 
-use super::{pins, port_pools::PortPools, DataplaneError};
+use tracing::debug;
+
+use super::{batch, pins, port_pools::PortPools, DataplaneError};
 
 /// The maps of one instance, owned (they stay shared with the kernel program).
 pub struct Tables {
@@ -328,10 +330,23 @@ impl Tables {
             .collect()
     }
 
+    /// Every entry of the flow table: batched (a few system calls for the
+    /// whole table), or key by key on a kernel without batch lookups.
+    fn flow_table(&self) -> Vec<(FlowKey, FlowValue)> {
+        use aya::maps::IterableMap;
+        match batch::read_all(self.flows.map()) {
+            Ok(entries) => entries,
+            Err(error) => {
+                debug!(%error, "walking the flow table key by key");
+                self.flows.iter().filter_map(Result::ok).collect()
+            }
+        }
+    }
+
     /// Counts live flows per backend and per service.
     pub fn flow_census(&self, settings: &Settings, now_ns: u64) -> FlowCensus {
         let mut census = FlowCensus::default();
-        for (_, flow) in self.flows.iter().filter_map(Result::ok) {
+        for (_, flow) in self.flow_table() {
             if flow_expired(settings, &flow, now_ns) {
                 census.expired += 1;
                 continue;
@@ -348,9 +363,8 @@ impl Tables {
     pub fn remove_flows(&mut self, mut select: impl FnMut(&FlowValue) -> bool) -> Vec<FlowKey> {
         let settings = self.settings().unwrap_or_default();
         let doomed: Vec<(FlowKey, FlowValue)> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
+            .flow_table()
+            .into_iter()
             .filter(|(_, flow)| select(flow))
             .collect();
         let mut ended = Vec::with_capacity(doomed.len());
