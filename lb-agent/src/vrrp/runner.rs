@@ -21,6 +21,7 @@ use super::{
 use crate::{
     config::VrrpConfig,
     floating_ip::{Provider, ProviderHandle},
+    limits::{Throttle, LOG_INTERVAL},
 };
 
 /// How often the status shows the provider's latest view.
@@ -139,6 +140,8 @@ pub struct VrrpRunner {
     peer_claimed: Option<Instant>,
     /// Provider calls and errors of the instances this one replaced.
     provider_base: (u64, u64),
+    send_errors: Throttle,
+    receive_errors: Throttle,
 }
 
 impl VrrpRunner {
@@ -203,6 +206,8 @@ impl VrrpRunner {
             check_stale: true,
             peer_claimed: None,
             provider_base: (0, 0),
+            send_errors: Throttle::new(LOG_INTERVAL),
+            receive_errors: Throttle::new(LOG_INTERVAL),
         })
     }
 
@@ -226,7 +231,12 @@ impl VrrpRunner {
                         let bytes = advert.encode(self.src, to);
                         match self.socket.send_to(&bytes, to).await {
                             Ok(()) => update(&self.status, |s| s.adverts_sent += 1),
-                            Err(error) => warn!(%error, %to, "sending a VRRP advertisement"),
+                            Err(error) => {
+                                // Every advert interval (10 ms with VRRPv3) while it lasts.
+                                if let Some(suppressed) = self.send_errors.ready(Instant::now()) {
+                                    warn!(%error, %to, suppressed, "sending a VRRP advertisement");
+                                }
+                            }
                         }
                     }
                 }
@@ -507,7 +517,9 @@ impl VrrpRunner {
                         self.on_packet(&packet).await;
                     }
                     Err(error) => {
-                        warn!(%error, "VRRP receive");
+                        if let Some(suppressed) = self.receive_errors.ready(Instant::now()) {
+                            warn!(%error, suppressed, "VRRP receive");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
