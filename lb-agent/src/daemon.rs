@@ -18,7 +18,7 @@ use crate::{
     config::{Config, XdpMode},
     control::{
         protocol::{NodeStatus, Reply, Request, Response, ServiceBackend, STATUS_SCHEMA},
-        server::{bind, ensure_not_running, serve, ControlHandler},
+        server::{bind, ensure_not_running, serve, ControlHandler, ServeLimits},
         socket_path,
     },
     dataplane::{
@@ -28,6 +28,7 @@ use crate::{
         Dataplane, LoadOptions, XdpAttachMode, LB_OBJECT,
     },
     health::HealthScheduler,
+    limits::{self, ConnectionCaps, Throttle},
     metrics::{self, Snapshot},
     neighbors::NeighborKeeper,
     ports,
@@ -102,6 +103,7 @@ async fn reload(
     context: Option<&VrrpContext>,
 ) -> Result<String, String> {
     let new = Config::load(path).map_err(|error| format!("{error}\nthe running config stays"))?;
+    hide_secrets(&new);
     let running = vrrp.as_ref().map(|v| v.config.clone());
     let prepared = match (&new.vrrp, &running, context) {
         (new_vrrp, running, _) if new_vrrp == running => None,
@@ -236,6 +238,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// Keeps the configured API token variable out of children's
+/// environments, whichever provider is in use: the token may sit in the
+/// agent's environment (packaging's `EnvironmentFile`) all the same.
+fn hide_secrets(config: &Config) {
+    if let Some(vrrp) = &config.vrrp {
+        crate::shell::hide_from_children(&vrrp.floating_ip.token_env);
+    }
+}
+
 pub fn state_file(state_dir: &Path, instance: &str) -> PathBuf {
     state_dir.join(format!("{instance}.json"))
 }
@@ -243,6 +254,15 @@ pub fn state_file(state_dir: &Path, instance: &str) -> PathBuf {
 /// Runs the agent until a shutdown signal.
 pub async fn run(options: RunOptions) -> Result<()> {
     let config = Config::load(&options.config_path)?;
+    let nofile = limits::raise_nofile_limit();
+    let caps = ConnectionCaps::for_limit(nofile);
+    info!(
+        open_files = nofile,
+        control_connections = caps.control,
+        metrics_connections = caps.metrics,
+        "descriptor limit and connection caps"
+    );
+    hide_secrets(&config);
     let node = &config.node;
     let interfaces = vec![
         node.public_interface.clone(),
@@ -387,9 +407,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
                 })
             });
             let mut stop = stop_rx.clone();
-            Some(tokio::spawn(metrics::serve(listener, source, async move {
-                let _ = stop.changed().await;
-            })))
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                source,
+                caps.metrics,
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )))
         }
         None => None,
     };
@@ -404,9 +429,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
             reloads: reload_tx,
         });
         let mut stop = stop_rx.clone();
-        tokio::spawn(serve(listener, handler, async move {
-            let _ = stop.changed().await;
-        }))
+        tokio::spawn(serve(
+            listener,
+            handler,
+            ServeLimits::new(caps.control),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ))
     };
     let (report_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let mut checks = HealthScheduler::new(private_address, MAX_CONCURRENT_CHECKS, report_tx);
@@ -420,6 +450,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
             let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
             let mut neighbor_tick = tokio::time::interval(NEIGHBOR_INTERVAL);
             let mut miss_tick = tokio::time::interval(NEIGH_MISS_INTERVAL);
+            // Netlink trouble repeats on every pass (every 10 ms for misses).
+            let mut miss_errors = Throttle::new(limits::LOG_INTERVAL);
+            let mut upkeep_errors = Throttle::new(limits::LOG_INTERVAL);
             loop {
                 tokio::select! {
                     _ = stop.changed() => break,
@@ -440,7 +473,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
                         let misses = lock(&agent).map(|mut a| a.tables().take_neigh_misses()).unwrap_or_default();
                         if !misses.is_empty() {
                             if let Err(error) = neighbors.ensure(&misses).await {
-                                warn!(%error, "resolving next hops the data path missed");
+                                if let Some(suppressed) = miss_errors.ready(std::time::Instant::now()) {
+                                    warn!(%error, suppressed, "resolving next hops the data path missed");
+                                }
                             }
                         }
                     }
@@ -450,7 +485,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
                         }
                         let addrs: Vec<Ipv4Addr> = lock(&agent).map(|a| a.backend_addresses()).unwrap_or_default();
                         if let Err(error) = neighbors.ensure(&addrs).await {
-                            warn!(%error, "neighbour upkeep");
+                            if let Some(suppressed) = upkeep_errors.ready(std::time::Instant::now()) {
+                                warn!(%error, suppressed, "neighbour upkeep");
+                            }
                         }
                     }
                 }

@@ -3,7 +3,7 @@
 //!
 //! Modules, one job each: `config` (TOML), `check` (check-config), `import` (from haproxy.cfg + keepalived.conf), `state` (persisted run-time
 //! changes), `schedule` (weighted ring), `ports` (NAT range vs kernel),
-//! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution),
+//! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution), `limits` (descriptors, connection caps, backoff, throttled logs),
 //! `agent` (operations), `reload` (what a reload may change), `control` (socket API), `metrics` (Prometheus), `cli` and `output`, and
 //! `daemon` (the `run` loop).
 
@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod floating_ip;
 pub mod health;
 pub mod import;
+pub mod limits;
 pub mod metrics;
 pub mod neighbors;
 pub mod output;

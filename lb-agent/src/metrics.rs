@@ -3,12 +3,16 @@
 //! Names follow Prometheus conventions: an `lb_` prefix, `_total` for
 //! counters, bytes and seconds as base units.
 
-use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
-use tracing::{info, warn};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tracing::{debug, info};
 
-use crate::{control::protocol::StatsReport, vrrp::runner::VrrpStatus};
+use crate::{control::protocol::StatsReport, limits::AcceptGate, vrrp::runner::VrrpStatus};
 
 /// Everything one scrape shows.
 #[derive(Debug, Clone)]
@@ -362,24 +366,72 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
     })
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` completes.
+/// For a request's headers to arrive: an idle or half-sent request gives
+/// its connection back after this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection is kept, keep-alive included; also bounds a
+/// client that stops reading its response.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What a connection beyond the cap gets before it is closed.
+const REFUSED: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/// Serves `GET /metrics` on `listener` until `stop` completes, at most
+/// `max_connections` at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     source: SnapshotSource,
+    max_connections: usize,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     if let Ok(listen) = listener.local_addr() {
-        info!(%listen, "serving Prometheus metrics on /metrics");
+        info!(%listen, max_connections, "serving Prometheus metrics on /metrics");
     }
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(source);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        warn!(%error, "metrics server");
+    let mut gate = AcceptGate::new("metrics", max_connections);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // EMFILE and friends fail again at once: pause.
+                        let delay = gate.failed(&error);
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
+                    }
+                };
+                let Some(permit) = gate.admit() else {
+                    let _ = stream.try_write(REFUSED);
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                connections.spawn(async move {
+                    let _permit = permit;
+                    let served = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    match tokio::time::timeout(CONNECTION_LIFETIME, served).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => debug!(%error, "metrics connection"),
+                        Err(_) => debug!("metrics connection closed after its lifetime"),
+                    }
+                });
+            }
+        }
     }
+    // Scrapes in flight are cut: the agent is stopping.
+    connections.shutdown().await;
 }
 
 #[cfg(test)]
@@ -479,5 +531,69 @@ mod tests {
             assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
         }
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// Sends `request` (if any) and reads until the server closes (bounded).
+    async fn http(addr: SocketAddr, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if !request.is_empty() {
+            stream.write_all(request).await.expect("write");
+        }
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("closed within 5 s")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_refused_and_idle_ones_closed() {
+        use tokio::io::AsyncReadExt;
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let source: SnapshotSource = Arc::new(|| Some(snapshot()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, source, 2, async {
+            let _ = stopped.await;
+        }));
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        // Nothing sent: closing a TCP socket with unread data resets it,
+        // which could beat the 503 to the client.
+        let refused = http(addr, b"").await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once"
+        );
+
+        // Idle connections are closed after the header timeout.
+        for mut stream in idle {
+            let mut rest = Vec::new();
+            tokio::time::timeout(
+                HEADER_TIMEOUT + Duration::from_secs(3),
+                stream.read_to_end(&mut rest),
+            )
+            .await
+            .expect("an idle connection is closed by the server")
+            .ok();
+        }
+        let answer = http(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("lb_vrrp_state{state=\"MASTER\"} 1"));
+        let _ = stop.send(());
+        server.await.expect("the server stops");
     }
 }

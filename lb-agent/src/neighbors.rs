@@ -6,7 +6,7 @@
 //! Resolution is asked of the kernel itself (RTM_NEWNEIGH with NTF_USE, as a
 //! packet would trigger it): the agent sends no traffic of its own.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashMap, net::Ipv4Addr, sync::Mutex};
 
 use futures::TryStreamExt;
 use netlink_packet_route::{
@@ -48,6 +48,38 @@ pub enum Resolution {
 
 pub struct NeighborKeeper {
     handle: Handle,
+    unreachable: Mutex<Unreachable>,
+}
+
+/// Destinations without a next hop, and why: each is logged when it
+/// becomes unreachable (or the reason changes) and when it recovers, not
+/// on every upkeep pass.
+#[derive(Debug, Default)]
+struct Unreachable {
+    why: HashMap<Ipv4Addr, String>,
+}
+
+/// Bounds the record: addresses come from the config, the CLI and the
+/// data path's misses.
+const MAX_UNREACHABLE: usize = 4096;
+
+impl Unreachable {
+    /// Records `addr` as unreachable; `true` when that is news.
+    fn failed(&mut self, addr: Ipv4Addr, why: &str) -> bool {
+        if self.why.get(&addr).is_some_and(|w| w == why) {
+            return false;
+        }
+        if self.why.len() >= MAX_UNREACHABLE && !self.why.contains_key(&addr) {
+            self.why.clear();
+        }
+        self.why.insert(addr, why.to_string());
+        true
+    }
+
+    /// Records `addr` as reachable; `true` when it was not before.
+    fn recovered(&mut self, addr: Ipv4Addr) -> bool {
+        self.why.remove(&addr).is_some()
+    }
 }
 
 fn usable(state: NeighbourState) -> bool {
@@ -67,7 +99,17 @@ impl NeighborKeeper {
     pub fn new() -> Result<Self, NeighborError> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        Ok(Self { handle })
+        Ok(Self {
+            handle,
+            unreachable: Mutex::default(),
+        })
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Unreachable) -> bool) -> bool {
+        match self.unreachable.lock() {
+            Ok(mut unreachable) => f(&mut unreachable),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
     }
 
     /// Next hop (gateway, or the address itself when on-link) and output interface.
@@ -128,9 +170,17 @@ impl NeighborKeeper {
         let mut results = Vec::with_capacity(destinations.len());
         for &addr in destinations {
             let (hop, oif) = match self.next_hop(addr).await {
-                Ok(found) => found,
+                Ok(found) => {
+                    if self.record(|u| u.recovered(addr)) {
+                        info!(%addr, "next hop found again");
+                    }
+                    found
+                }
                 Err(error) => {
-                    warn!(%addr, %error, "cannot find the next hop");
+                    let why = error.to_string();
+                    if self.record(|u| u.failed(addr, &why)) {
+                        warn!(%addr, %error, "cannot find the next hop (logged again when it changes)");
+                    }
                     continue;
                 }
             };
@@ -177,5 +227,37 @@ impl NeighborKeeper {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         warn!("some backend next hops are still unresolved; their first packets may be dropped (counted as drop_fib_no_neigh)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_next_hop_is_logged_on_change_only() {
+        let mut record = Unreachable::default();
+        let addr = Ipv4Addr::new(192, 0, 2, 55);
+        let why = "no route to 192.0.2.55";
+        assert!(record.failed(addr, why), "news the first time");
+        for _ in 0..100 {
+            assert!(!record.failed(addr, why), "not again every second");
+        }
+        assert!(
+            record.failed(addr, "netlink route get failed"),
+            "a new reason"
+        );
+        assert!(record.recovered(addr), "recovery is news");
+        assert!(!record.recovered(addr), "once");
+        assert!(record.failed(addr, why), "and failing again too");
+    }
+
+    #[test]
+    fn the_record_stays_bounded() {
+        let mut record = Unreachable::default();
+        for n in 0..(MAX_UNREACHABLE as u32 * 3) {
+            record.failed(Ipv4Addr::from(n), "no route");
+        }
+        assert!(record.why.len() <= MAX_UNREACHABLE);
     }
 }

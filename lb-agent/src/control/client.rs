@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use crate::control::{
         protocol::{Reply, Response},
-        server::{bind, serve, ControlHandler},
+        server::{bind, serve, ControlHandler, ServeLimits},
     };
 
     struct Echo;
@@ -101,9 +101,14 @@ mod tests {
         let path = dir.join("t.sock");
         let listener = bind(&path).await.expect("bind");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Arc::new(Echo), async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Echo),
+            ServeLimits::new(8),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let answer = call(&path, "t", &Request::Stats).await.expect("call");
         assert_eq!(
             answer,

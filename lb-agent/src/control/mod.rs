@@ -15,5 +15,9 @@ pub fn socket_path(instance: &str) -> PathBuf {
     PathBuf::from(SOCKET_DIR).join(format!("{instance}.sock"))
 }
 
-/// Largest request or response line accepted.
+/// Largest response line the client accepts (a status of many backends).
 pub const MAX_LINE: usize = 4 << 20;
+
+/// Largest request line the agent reads: requests are a few names and
+/// numbers; anything longer is refused unread.
+pub const MAX_REQUEST: usize = 64 << 10;

@@ -34,6 +34,19 @@ pub enum Request {
     Reload,
 }
 
+impl Request {
+    /// The service the request names, if any.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Request::BackendsList { service }
+            | Request::BackendsAdd { service, .. }
+            | Request::BackendsRemove { service, .. }
+            | Request::BackendsDrain { service, .. } => Some(service),
+            Request::ServicesList | Request::Stats | Request::Status | Request::Reload => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Response {

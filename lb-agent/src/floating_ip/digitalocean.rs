@@ -46,6 +46,8 @@ impl Token {
     /// From `token_file` (which must not be readable by group or others)
     /// or else the environment variable `token_env`.
     pub fn from_config(config: &FloatingIpConfig) -> Result<Self, DoError> {
+        // Commands the agent runs (checks, hooks) have no use for it.
+        crate::shell::hide_from_children(&config.token_env);
         if let Some(path) = &config.token_file {
             let shown = path.display().to_string();
             let meta = std::fs::metadata(path).map_err(|error| DoError::Token {

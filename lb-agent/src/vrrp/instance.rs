@@ -14,7 +14,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     runner::{SharedStatus, Stop, VrrpRunner},
-    track::{Tracking, Verdict},
+    track::{agent_services, Tracking, Verdict},
 };
 use crate::{agent::Agent, config::VrrpConfig};
 
@@ -68,8 +68,12 @@ impl PreparedVrrp {
             context.status.clone(),
         )
         .context("starting VRRP")?;
-        let tracking = Tracking::new(vrrp, &context.interfaces, context.agent.clone())
-            .context("starting VRRP tracking")?;
+        let tracking = Tracking::new(
+            vrrp,
+            &context.interfaces,
+            agent_services(context.agent.clone()),
+        )
+        .context("starting VRRP tracking")?;
         Ok(Self {
             config: vrrp.clone(),
             runner,

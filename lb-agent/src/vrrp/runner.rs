@@ -21,6 +21,7 @@ use super::{
 use crate::{
     config::VrrpConfig,
     floating_ip::{Provider, ProviderHandle},
+    limits::{Throttle, LOG_INTERVAL},
 };
 
 /// How often the status shows the provider's latest view.
@@ -58,6 +59,33 @@ pub struct VrrpStatus {
     pub adverts_received: u64,
     /// Ignored advertisements by reason (wrong source, TTL, auth, ...).
     pub adverts_rejected: BTreeMap<String, u64>,
+}
+
+impl VrrpStatus {
+    /// Records entering `state`; `false` (nothing recorded) when already
+    /// in it. A reload's new instance starts in its predecessor's state,
+    /// so resuming that is not a transition.
+    fn enter(&mut self, state: &str, reason: &str, unix: u64) -> bool {
+        if self.state == state {
+            return false;
+        }
+        self.state = state.into();
+        self.last_transition_unix = Some(unix);
+        self.transitions += 1;
+        self.last_transition_reason = reason.into();
+        true
+    }
+
+    /// What a new instance's provider `name` counts on top of: the
+    /// predecessor's counts when it was the same provider, so counters
+    /// survive reloads.
+    fn provider_base(&self, name: &str) -> (u64, u64) {
+        if self.provider == name {
+            (self.provider_calls, self.provider_errors)
+        } else {
+            (0, 0)
+        }
+    }
 }
 
 pub type SharedStatus = Arc<Mutex<VrrpStatus>>;
@@ -110,6 +138,10 @@ pub struct VrrpRunner {
     /// announced once more, so the last announcement neighbours saw is
     /// this node's.
     peer_claimed: Option<Instant>,
+    /// Provider calls and errors of the instances this one replaced.
+    provider_base: (u64, u64),
+    send_errors: Throttle,
+    receive_errors: Throttle,
 }
 
 impl VrrpRunner {
@@ -150,11 +182,14 @@ impl VrrpRunner {
             _ => Auth::None,
         };
         update(&status, |s| {
-            s.state = "INIT".into();
+            // A reload's successor keeps showing its predecessor's state
+            // until it has decided its own.
+            if s.state.is_empty() {
+                s.state = "INIT".into();
+            }
             s.vrid = config.vrid;
             s.priority = config.priority;
             s.version = config.version;
-            s.provider = provider.name().into();
         });
         Ok(Self {
             machine,
@@ -170,6 +205,9 @@ impl VrrpRunner {
             status,
             check_stale: true,
             peer_claimed: None,
+            provider_base: (0, 0),
+            send_errors: Throttle::new(LOG_INTERVAL),
+            receive_errors: Throttle::new(LOG_INTERVAL),
         })
     }
 
@@ -193,22 +231,31 @@ impl VrrpRunner {
                         let bytes = advert.encode(self.src, to);
                         match self.socket.send_to(&bytes, to).await {
                             Ok(()) => update(&self.status, |s| s.adverts_sent += 1),
-                            Err(error) => warn!(%error, %to, "sending a VRRP advertisement"),
+                            Err(error) => {
+                                // Every advert interval (10 ms with VRRPv3) while it lasts.
+                                if let Some(suppressed) = self.send_errors.ready(Instant::now()) {
+                                    warn!(%error, %to, suppressed, "sending a VRRP advertisement");
+                                }
+                            }
                         }
                     }
                 }
                 Action::BecomeMaster => {
-                    self.transition(State::Master, reason);
+                    let entered = self.transition(State::Master, reason);
                     if let Some(provider) = &self.provider {
                         provider.hold();
                     }
-                    let _ = self.run_notify(State::Master);
+                    // Hooks announce transitions, not reloads.
+                    if entered {
+                        let _ = self.run_notify(State::Master);
+                    }
                 }
                 Action::BecomeBackup if reason == "startup" => {
                     // Keep a floating IP found at startup until a master is
                     // heard: it may still carry this node's live flows.
-                    self.transition(State::Backup, reason);
-                    let _ = self.run_notify(State::Backup);
+                    if self.transition(State::Backup, reason) {
+                        let _ = self.run_notify(State::Backup);
+                    }
                 }
                 Action::BecomeBackup | Action::BecomeFault => {
                     let state = if action == Action::BecomeFault {
@@ -216,11 +263,13 @@ impl VrrpRunner {
                     } else {
                         self.machine.state()
                     };
-                    self.transition(state, reason);
+                    let entered = self.transition(state, reason);
                     if let Some(provider) = &self.provider {
                         provider.release();
                     }
-                    let _ = self.run_notify(state);
+                    if entered {
+                        let _ = self.run_notify(state);
+                    }
                 }
             }
         }
@@ -239,25 +288,30 @@ impl VrrpRunner {
             let p = provider.status();
             update(&self.status, |s| {
                 s.holds = p.held;
-                s.provider_calls = p.calls;
-                s.provider_errors = p.errors;
+                s.provider_calls = self.provider_base.0 + p.calls;
+                s.provider_errors = self.provider_base.1 + p.errors;
                 s.provider_last_error = p.last_error;
             });
         }
     }
 
-    fn transition(&self, to: State, reason: &str) {
-        info!(state = state_name(to), reason, "VRRP transition");
+    /// Records entering `to`; `false` when this node was in it already
+    /// (a reloaded instance resuming its predecessor's state).
+    fn transition(&self, to: State, reason: &str) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let mut entered = false;
         update(&self.status, |s| {
-            s.state = state_name(to).into();
-            s.last_transition_unix = Some(now);
-            s.transitions += 1;
-            s.last_transition_reason = reason.into();
+            entered = s.enter(state_name(to), reason, now)
         });
+        if entered {
+            info!(state = state_name(to), reason, "VRRP transition");
+        } else {
+            debug!(state = state_name(to), reason, "VRRP state resumed");
+        }
+        entered
     }
 
     /// Starts the hooks for `state` in the background; the handles let a
@@ -417,6 +471,14 @@ impl VrrpRunner {
             warn!("VRRP runner started twice");
             return;
         };
+        // Counted on from here: a reload's predecessor has stopped by now.
+        let name = provider.name();
+        let mut base = (0, 0);
+        update(&self.status, |s| {
+            base = s.provider_base(name);
+            s.provider = name.into();
+        });
+        self.provider_base = base;
         let held_at_start = provider.held_at_start().await;
         self.provider = Some(ProviderHandle::start(provider, self.reconcile_interval));
         let actions = if held_at_start {
@@ -455,7 +517,9 @@ impl VrrpRunner {
                         self.on_packet(&packet).await;
                     }
                     Err(error) => {
-                        warn!(%error, "VRRP receive");
+                        if let Some(suppressed) = self.receive_errors.ready(Instant::now()) {
+                            warn!(%error, suppressed, "VRRP receive");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -484,5 +548,42 @@ impl VrrpRunner {
             let _ = hook.await;
         }
         update(&self.status, |s| s.state = "STOPPED".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_real_state_changes_count_as_transitions() {
+        let mut status = VrrpStatus {
+            state: "INIT".into(),
+            ..VrrpStatus::default()
+        };
+        assert!(status.enter("BACKUP", "startup", 10));
+        assert!(status.enter("MASTER", "master down interval expired", 12));
+        // A reload replaced the instance; the new one resumes as master.
+        assert!(!status.enter("MASTER", "startup", 20));
+        assert_eq!(status.transitions, 2);
+        assert_eq!(status.last_transition_unix, Some(12));
+        assert_eq!(
+            status.last_transition_reason,
+            "master down interval expired"
+        );
+        assert!(status.enter("FAULT", "service www has no backend up", 30));
+        assert_eq!(status.transitions, 3);
+    }
+
+    #[test]
+    fn provider_counts_carry_over_to_the_same_provider_only() {
+        let status = VrrpStatus {
+            provider: "local".into(),
+            provider_calls: 7,
+            provider_errors: 2,
+            ..VrrpStatus::default()
+        };
+        assert_eq!(status.provider_base("local"), (7, 2));
+        assert_eq!(status.provider_base("exec"), (0, 0));
     }
 }
