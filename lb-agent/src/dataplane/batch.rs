@@ -33,27 +33,50 @@ struct BatchAttr {
 #[error("batch lookup in a BPF map: {0}")]
 pub struct BatchError(#[source] std::io::Error);
 
+/// Where a walk of a hash map stands between calls: the kernel's resume
+/// token (a bucket index for hash maps; a key-sized buffer is what the
+/// interface asks for, so it holds the larger).
+#[derive(Debug, Default, Clone)]
+pub struct Cursor(Option<Vec<u8>>);
+
+impl Cursor {
+    /// Whether a walk is under way (not at the start).
+    pub fn started(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// Every (key, value) of the hash map behind `map`, read in batches.
 /// Entries that the program adds or deletes meanwhile may or may not be
 /// seen, as with any walk of a live table.
 pub fn read_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, V)>, BatchError> {
+    let mut cursor = Cursor::default();
+    let mut entries = Vec::new();
+    loop {
+        let (mut slice, done) = read_some(map, &mut cursor, usize::MAX)?;
+        entries.append(&mut slice);
+        if done {
+            return Ok(entries);
+        }
+    }
+}
+
+/// About `limit` entries (whole batches) from where `cursor` stands, and
+/// whether the walk reached the end (the cursor then starts over).
+pub fn read_some<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    cursor: &mut Cursor,
+    limit: usize,
+) -> Result<(Vec<(K, V)>, bool), BatchError> {
     let fd = map.fd().as_fd().as_raw_fd();
     let mut keys: Vec<K> = Vec::with_capacity(BATCH);
     let mut values: Vec<V> = Vec::with_capacity(BATCH);
     let mut entries = Vec::new();
-    // The kernel's resume token for hash maps is a bucket index (u32); a
-    // key-sized buffer is what the interface asks for, so give the larger.
     let token_len = std::mem::size_of::<K>().max(8);
-    let mut token_in = vec![0u8; token_len];
     let mut token_out = vec![0u8; token_len];
-    let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                token_in.as_mut_ptr() as u64
-            },
+            in_batch: cursor.0.as_mut().map_or(0, |t| t.as_mut_ptr() as u64),
             out_batch: token_out.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -87,9 +110,12 @@ pub fn read_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, V)>, 
         }
         entries.extend(keys.drain(..).zip(values.drain(..)));
         if done {
-            return Ok(entries);
+            cursor.0 = None;
+            return Ok((entries, true));
         }
-        std::mem::swap(&mut token_in, &mut token_out);
-        first = false;
+        cursor.0 = Some(token_out.clone());
+        if entries.len() >= limit {
+            return Ok((entries, false));
+        }
     }
 }

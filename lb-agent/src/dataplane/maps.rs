@@ -31,6 +31,26 @@ pub struct Tables {
     neigh_misses: HashMap<MapData, [u8; 4], u64>,
     backend_hops: PerCpuArray<MapData, NextHop>,
     ports: PortPools,
+    sweep: FlowSweep,
+}
+
+/// Entries the expiry pass reads at most per call: a table of a million
+/// flows is swept in slices over several passes, so that no pass keeps the
+/// agent (or the CPU it shares with the data path) busy for long.
+const SWEEP_SLICE: usize = 131_072;
+
+/// Up to this many entries a census walks the table itself (a few tens of
+/// milliseconds); above it, the census of the last full sweep answers.
+const LIVE_CENSUS_LIMIT: u64 = 100_000;
+
+/// The expiry sweep's place in the flow table and what it counted.
+#[derive(Debug, Default)]
+struct FlowSweep {
+    cursor: batch::Cursor,
+    /// Counted so far in the sweep under way.
+    partial: FlowCensus,
+    /// The last complete sweep.
+    last: Option<FlowCensus>,
 }
 
 /// Active flows per backend id, from one pass over the flow table.
@@ -40,6 +60,18 @@ pub struct FlowCensus {
     pub per_service: StdHashMap<u32, u64>,
     pub active: u64,
     pub expired: u64,
+}
+
+impl FlowCensus {
+    fn count(&mut self, settings: &Settings, flow: &FlowValue, now_ns: u64) {
+        if flow_expired(settings, flow, now_ns) {
+            self.expired += 1;
+            return;
+        }
+        self.active += 1;
+        *self.per_backend.entry(flow.backend_id).or_default() += 1;
+        *self.per_service.entry(flow.service_id).or_default() += 1;
+    }
 }
 
 /// Now on the clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
@@ -171,6 +203,7 @@ impl Tables {
             reasons: typed!(get(REASONS)?, REASONS),
             neigh_misses: typed!(get(NEIGH_MISSES)?, NEIGH_MISSES),
             backend_hops: typed!(get(BACKEND_HOPS)?, BACKEND_HOPS),
+            sweep: FlowSweep::default(),
             ports: PortPools::new(
                 typed!(get(PORT_QUEUES)?, PORT_QUEUES),
                 typed!(get(PORT_POOLS)?, PORT_POOLS),
@@ -343,17 +376,18 @@ impl Tables {
         }
     }
 
-    /// Counts live flows per backend and per service.
+    /// Counts live flows per backend and per service: by a walk of the
+    /// table while it is small, from the last expiry sweep once it is large
+    /// (then at most one sweep old, which is several expiry passes).
     pub fn flow_census(&self, settings: &Settings, now_ns: u64) -> FlowCensus {
+        if let Some(last) = &self.sweep.last {
+            if last.active + last.expired > LIVE_CENSUS_LIMIT {
+                return last.clone();
+            }
+        }
         let mut census = FlowCensus::default();
         for (_, flow) in self.flow_table() {
-            if flow_expired(settings, &flow, now_ns) {
-                census.expired += 1;
-                continue;
-            }
-            census.active += 1;
-            *census.per_backend.entry(flow.backend_id).or_default() += 1;
-            *census.per_service.entry(flow.service_id).or_default() += 1;
+            census.count(settings, &flow, now_ns);
         }
         census
     }
@@ -389,15 +423,57 @@ impl Tables {
         ended
     }
 
+    /// Whether an expiry sweep is part-way through the table.
+    pub fn sweep_in_progress(&self) -> bool {
+        self.sweep.cursor.started()
+    }
+
     /// Deletes flows idle past their timeout, so their NAT ports and the
-    /// ids of drained backends can be reused.
+    /// ids of drained backends can be reused: one slice of the table per
+    /// call (all of it while the table is small), counting as it goes.
     pub fn expire_flows(&mut self, now_ns: u64) -> usize {
         let settings = match self.settings() {
             Ok(s) if s.ready != 0 => s,
             _ => return 0,
         };
-        self.remove_flows(|flow| flow_expired(&settings, flow, now_ns))
-            .len()
+        let (slice, done) = {
+            use aya::maps::IterableMap;
+            match batch::read_some(self.flows.map(), &mut self.sweep.cursor, SWEEP_SLICE) {
+                Ok(read) => read,
+                Err(error) => {
+                    debug!(%error, "walking the flow table key by key");
+                    (self.flows.iter().filter_map(Result::ok).collect(), true)
+                }
+            }
+        };
+        let mut expired = 0;
+        for (key, flow) in slice {
+            self.sweep.partial.count(&settings, &flow, now_ns);
+            if !flow_expired(&settings, &flow, now_ns) {
+                continue;
+            }
+            // As in `remove_flows`: only the same flow, still expired.
+            match self.flows.get(&key, 0) {
+                Ok(current)
+                    if same_flow(&current, &flow) && flow_expired(&settings, &current, now_ns) =>
+                {
+                    end_flow(
+                        &mut self.flows,
+                        &mut self.replies,
+                        &mut self.ports,
+                        &settings,
+                        &key,
+                        &current,
+                    );
+                    expired += 1;
+                }
+                _ => {}
+            }
+        }
+        if done {
+            self.sweep.last = Some(std::mem::take(&mut self.sweep.partial));
+        }
+        expired
     }
 
     /// Takes the destinations the program found no neighbour for.
