@@ -42,9 +42,20 @@ pub enum AgentError {
         addr: Ipv4Addr,
         port: u16,
     },
-    /// The weight is outside the accepted range.
-    #[error("weight {weight} is out of range: use 1..=100")]
-    BadWeight { weight: u32 },
+    /// The backend breaks the rules a config backend follows.
+    #[error("cannot add {addr}:{port} to {service}: {}; nothing was changed", problems.join("; "))]
+    BadBackend {
+        service: String,
+        addr: Ipv4Addr,
+        port: u16,
+        problems: Vec<String>,
+    },
+    /// The new config refuses backends the run-time state adds.
+    #[error(
+        "the new config refuses backends added at run time:\n{}\nremove them (`lb-agent backends remove`) or change the config; nothing was changed",
+        problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    StateConflict { problems: Vec<String> },
     /// A reload changed settings that only a restart can apply.
     #[error(
         "the new config changes {fields}; restart the agent to apply that (nothing was changed)"
@@ -104,6 +115,19 @@ impl Agent {
         tables: Tables,
     ) -> Result<Self, AgentError> {
         let reconciler = Reconciler::adopt(&tables);
+        let mut state = state;
+        if state.prune(&config) {
+            // Entries that no longer differ from the config (e.g. removals
+            // of backends it no longer lists); harmless if the save fails.
+            match state.save(&state_path) {
+                Ok(()) => {
+                    info!(path = %state_path.display(), "state file: dropped changes the config no longer needs")
+                }
+                Err(error) => {
+                    warn!(%error, "state file: dropping changes the config no longer needs")
+                }
+            }
+        }
         let mut agent = Self {
             config,
             state,
@@ -187,6 +211,12 @@ impl Agent {
                 fields: restart.join(", "),
             });
         }
+        let conflicts = self.state.problems(&new);
+        if !conflicts.is_empty() {
+            return Err(AgentError::StateConflict {
+                problems: conflicts,
+            });
+        }
         let summary = ReloadSummary::between(&self.config, &new);
         if summary.timeouts_changed {
             let fresh = new.to_settings();
@@ -208,6 +238,16 @@ impl Agent {
                 warn!(%error, "reload: restoring the old config's maps");
             }
             return Err(error);
+        }
+        // Only now: under the old config the dropped entries still count.
+        let mut pruned = self.state.clone();
+        if pruned.prune(&self.config) {
+            match pruned.save(&self.state_path) {
+                Ok(()) => self.state = pruned,
+                Err(error) => {
+                    warn!(%error, "state file: dropping changes the new config no longer needs")
+                }
+            }
         }
         Ok(summary)
     }
@@ -241,11 +281,18 @@ impl Agent {
             self.configured_backend(service, addr, port)
                 .map_or(1, |b| b.weight)
         });
-        if !(1..=100).contains(&weight) {
-            return Err(AgentError::BadWeight { weight });
+        let problems = self.config.backend_problems(addr, port, weight);
+        if !problems.is_empty() {
+            return Err(AgentError::BadBackend {
+                service: service.to_string(),
+                addr,
+                port,
+                problems,
+            });
         }
         let mut next = self.state.clone();
         next.add_backend(
+            &self.config,
             service,
             BackendSpec {
                 address: addr,
@@ -287,7 +334,7 @@ impl Agent {
         }
         if present {
             let mut next = self.state.clone();
-            next.remove_backend(service, addr, port);
+            next.remove_backend(&self.config, service, addr, port);
             next.save(&self.state_path)?;
             self.state = next;
             self.sync_health(Instant::now());

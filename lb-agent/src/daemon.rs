@@ -291,7 +291,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     }
 
     let state_path = state_file(&node.state_dir, &options.instance);
-    let state = RuntimeState::load(&state_path)?;
+    let state = RuntimeState::load(&state_path, &config)?;
 
     let load = LoadOptions {
         instance: options.instance.clone(),
