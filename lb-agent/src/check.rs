@@ -309,9 +309,7 @@ fn findings_of(error: ConfigError) -> Vec<Finding> {
         ConfigError::Invalid { problems, .. } => problems,
         ConfigError::NotUtf8 { byte, line, .. } => vec![Finding {
             line: Some(line),
-            message: format!(
-                "not UTF-8 at byte {byte}; a config file is UTF-8 text (was another file copied over it?)"
-            ),
+            message: crate::config::not_utf8(byte),
         }],
         ConfigError::Read { source, .. } => vec![Finding {
             line: None,

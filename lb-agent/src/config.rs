@@ -9,9 +9,9 @@ use std::{
 };
 
 use lb_common::{Settings, MAX_BACKENDS, MAX_SERVICES};
+use serde::{Deserialize, Deserializer};
 
 use crate::check::Finding;
-use serde::{Deserialize, Deserializer};
 
 /// A backend's weight, its share of new connections: every way a backend
 /// gets in (config file, `backends add`, the state file) takes 1..=100.
@@ -39,7 +39,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not text (binary garbage, another encoding).
-    #[error("{path}:{line}: not UTF-8 at byte {byte}; a config file is UTF-8 text (was another file copied over it?)")]
+    #[error("{path}:{line}: {}", not_utf8(*byte))]
     NotUtf8 {
         path: String,
         byte: usize,
@@ -59,6 +59,13 @@ pub enum ConfigError {
         path: String,
         problems: Vec<Finding>,
     },
+}
+
+/// What is wrong with a file whose bytes stop being UTF-8 at `byte`.
+pub fn not_utf8(byte: usize) -> String {
+    format!(
+        "not UTF-8 at byte {byte}; a config file is UTF-8 text (was another file copied over it?)"
+    )
 }
 
 /// `FILE:LINE`, or `FILE` when the line is not known.
@@ -734,15 +741,6 @@ pub struct HealthCheckConfig {
 fn default_interval() -> Duration {
     Duration::from_secs(2)
 }
-
-/// `rise`/`fall` of a health check or track script outside 1..=MAX_RISE_FALL.
-fn rise_fall_problems(at: &str, rise: u32, fall: u32) -> Vec<String> {
-    [("rise", rise), ("fall", fall)]
-        .into_iter()
-        .filter(|(_, value)| !(1..=MAX_RISE_FALL).contains(value))
-        .map(|(name, value)| format!("{at}: {name} = {value} is out of range 1..={MAX_RISE_FALL}"))
-        .collect()
-}
 fn default_check_timeout() -> Duration {
     Duration::from_secs(1)
 }
@@ -763,6 +761,15 @@ fn default_path() -> String {
 }
 fn default_expect_status() -> [u16; 2] {
     [200, 399]
+}
+
+/// `rise`/`fall` of a health check or track script outside 1..=MAX_RISE_FALL.
+fn rise_fall_problems(at: &str, rise: u32, fall: u32) -> Vec<String> {
+    [("rise", rise), ("fall", fall)]
+        .into_iter()
+        .filter(|(_, value)| !(1..=MAX_RISE_FALL).contains(value))
+        .map(|(name, value)| format!("{at}: {name} = {value} is out of range 1..={MAX_RISE_FALL}"))
+        .collect()
 }
 
 impl HealthCheckConfig {
