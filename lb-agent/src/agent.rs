@@ -58,15 +58,43 @@ pub enum AgentError {
     StateConflict { problems: Vec<String> },
     /// A reload changed settings that only a restart can apply.
     #[error(
-        "the new config changes {fields}; restart the agent to apply that (nothing was changed)"
+        "the new config changes {}; restart the agent to apply that (nothing was changed)",
+        fields.join(", ")
     )]
-    NeedsRestart { fields: String },
+    NeedsRestart { fields: Vec<String> },
     /// The change could not be written to the maps.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     /// The change could not be persisted; the maps were not changed.
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl AgentError {
+    /// The message, with the changed fields of a refused reload at their
+    /// lines in the new config's `text` from `path`, as check-config shows
+    /// findings.
+    pub fn located(&self, path: &str, text: &str) -> String {
+        match self {
+            Self::NeedsRestart { fields } => {
+                let lines: Vec<String> = fields
+                    .iter()
+                    .map(|field| {
+                        let at = match crate::check::locate(text, field) {
+                            Some(line) => format!("{path}:{line}"),
+                            None => path.to_string(),
+                        };
+                        format!("{at}: changed {field}")
+                    })
+                    .collect();
+                format!(
+                    "{}\nonly a restart of the agent applies that (nothing was changed)",
+                    lines.join("\n")
+                )
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Health of one checked backend.
@@ -207,9 +235,7 @@ impl Agent {
     pub fn reload(&mut self, new: Config) -> Result<ReloadSummary, AgentError> {
         let restart = restart_only_changes(&self.config, &new);
         if !restart.is_empty() {
-            return Err(AgentError::NeedsRestart {
-                fields: restart.join(", "),
-            });
+            return Err(AgentError::NeedsRestart { fields: restart });
         }
         let conflicts = self.state.problems(&new);
         if !conflicts.is_empty() {
@@ -701,4 +727,44 @@ fn run_hook(
             Err(error) => warn!(%service, %backend, %error, "on_change hook"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TEST_CONFIG;
+
+    #[test]
+    fn a_reload_refused_for_a_restart_names_the_lines_of_the_fields() {
+        let old = Config::parse(TEST_CONFIG, "lb.toml").expect("valid");
+        let text = TEST_CONFIG
+            .replacen("max_flows = 65536", "max_flows = 131072", 1)
+            .replacen("\"priv0\"", "\"eth1\"", 1);
+        let new = Config::parse(&text, "lb.toml").expect("valid");
+        let error = AgentError::NeedsRestart {
+            fields: restart_only_changes(&old, &new),
+        };
+        let line = |prefix: &str| {
+            text.lines()
+                .position(|l| l.starts_with(prefix))
+                .expect("line")
+                + 1
+        };
+        let message = error.located("lb.toml", &text);
+        assert!(
+            message.starts_with(&format!(
+                "lb.toml:{}: changed node.private_interface (",
+                line("private_interface")
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!(
+                "\nlb.toml:{}: changed conntrack.max_flows (",
+                line("max_flows")
+            )),
+            "{message}"
+        );
+        assert!(message.ends_with("(nothing was changed)"), "{message}");
+    }
 }

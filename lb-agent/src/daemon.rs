@@ -101,7 +101,11 @@ async fn reload(
     vrrp: &mut Option<VrrpInstance>,
     context: Option<&VrrpContext>,
 ) -> Result<String, String> {
-    let new = Config::load(path).map_err(|error| format!("{error}\nthe running config stays"))?;
+    let shown = path.display().to_string();
+    let text = crate::config::read_text(path)
+        .map_err(|error| format!("{error}\nthe running config stays"))?;
+    let new = Config::parse(&text, &shown)
+        .map_err(|error| format!("{error}\nthe running config stays"))?;
     let running = vrrp.as_ref().map(|v| v.config.clone());
     let prepared = match (&new.vrrp, &running, context) {
         (new_vrrp, running, _) if new_vrrp == running => None,
@@ -121,8 +125,9 @@ async fn reload(
             return Err("agent state is poisoned by an earlier panic; restart the agent".into());
         };
         agent.reload(new).map_err(|error| {
-            warn!(config = %path.display(), %error, "reload refused");
-            error.to_string()
+            let message = error.located(&shown, &text);
+            warn!(config = %shown, error = %message, "reload refused");
+            message
         })?
     };
     if let Some(prepared) = prepared {

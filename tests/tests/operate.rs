@@ -549,6 +549,26 @@ fn careless_operator_input_is_refused_everywhere_it_gets_in() {
         )),
         "{said}"
     );
+    // So does one refused because only a restart can apply it.
+    let text = good.replacen("max_flows = 65536", "max_flows = 131072", 1);
+    let line = text
+        .lines()
+        .position(|l| l == "max_flows = 131072")
+        .expect("max_flows line")
+        + 1;
+    std::fs::write(&path, text).expect("write");
+    let out = lab
+        .agent_cli(Node::Lb1, &["reload"])
+        .expect("lb-agent reload");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{}:{line}: changed conntrack.max_flows",
+            path.display()
+        )),
+        "{said}"
+    );
     std::fs::write(&path, &good).expect("restore");
     agent(&lab, &["reload"]);
 
