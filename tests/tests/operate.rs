@@ -525,50 +525,38 @@ fn careless_operator_input_is_refused_everywhere_it_gets_in() {
         www_backends(&lab)
     );
 
-    // A refused reload says where, as check-config does.
-    let text = good.replacen(
-        "address = \"10.200.0.22\"",
-        "address = \"10.200.0.22\"\n  weight = 500",
-        1,
-    );
-    let line = text
-        .lines()
-        .position(|l| l == "  weight = 500")
-        .expect("weight line")
-        + 1;
-    std::fs::write(&path, text).expect("write");
-    let out = lab
-        .agent_cli(Node::Lb1, &["reload"])
-        .expect("lb-agent reload");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
-    assert!(
-        said.contains(&format!(
-            "{}:{line}: service \"www\" backend 10.200.0.22:80: weight 500",
-            path.display()
-        )),
-        "{said}"
-    );
-    // So does one refused because only a restart can apply it.
-    let text = good.replacen("max_flows = 65536", "max_flows = 131072", 1);
-    let line = text
-        .lines()
-        .position(|l| l == "max_flows = 131072")
-        .expect("max_flows line")
-        + 1;
-    std::fs::write(&path, text).expect("write");
-    let out = lab
-        .agent_cli(Node::Lb1, &["reload"])
-        .expect("lb-agent reload");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
-    assert!(
-        said.contains(&format!(
-            "{}:{line}: changed conntrack.max_flows",
-            path.display()
-        )),
-        "{said}"
-    );
+    // A refused reload says where, as check-config does: an invalid file,
+    // and one that only a restart could apply.
+    for (from, to, says) in [
+        (
+            "address = \"10.200.0.22\"",
+            "address = \"10.200.0.22\"\n  weight = 500",
+            "service \"www\" backend 10.200.0.22:80: weight 500",
+        ),
+        (
+            "max_flows = 65536",
+            "max_flows = 131072",
+            "changed conntrack.max_flows",
+        ),
+    ] {
+        let text = good.replacen(from, to, 1);
+        let changed = to.lines().last().unwrap_or(to);
+        let line = text
+            .lines()
+            .position(|l| l == changed)
+            .expect("the changed line")
+            + 1;
+        std::fs::write(&path, text).expect("write");
+        let out = lab
+            .agent_cli(Node::Lb1, &["reload"])
+            .expect("lb-agent reload");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{said}");
+        assert!(
+            said.contains(&format!("{}:{line}: {says}", path.display())),
+            "{said}"
+        );
+    }
     std::fs::write(&path, &good).expect("restore");
     agent(&lab, &["reload"]);
 
