@@ -42,20 +42,59 @@ pub enum AgentError {
         addr: Ipv4Addr,
         port: u16,
     },
-    /// The weight is outside the accepted range.
-    #[error("weight {weight} is out of range: use 1..=100")]
-    BadWeight { weight: u32 },
+    /// The backend breaks the rules a config backend follows.
+    #[error("cannot add {addr}:{port} to {service}: {}; nothing was changed", problems.join("; "))]
+    BadBackend {
+        service: String,
+        addr: Ipv4Addr,
+        port: u16,
+        problems: Vec<String>,
+    },
+    /// The new config refuses backends the run-time state adds.
+    #[error(
+        "the new config refuses backends added at run time:\n{}\nremove them (`lb-agent backends remove`) or change the config; nothing was changed",
+        problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    StateConflict { problems: Vec<String> },
     /// A reload changed settings that only a restart can apply.
     #[error(
-        "the new config changes {fields}; restart the agent to apply that (nothing was changed)"
+        "the new config changes {}; restart the agent to apply that (nothing was changed)",
+        fields.join(", ")
     )]
-    NeedsRestart { fields: String },
+    NeedsRestart { fields: Vec<String> },
     /// The change could not be written to the maps.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     /// The change could not be persisted; the maps were not changed.
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl AgentError {
+    /// The message, with the changed fields of a refused reload at their
+    /// lines in the new config's `text` from `path`, as check-config shows
+    /// findings.
+    pub fn located(&self, path: &str, text: &str) -> String {
+        match self {
+            Self::NeedsRestart { fields } => {
+                let lines: Vec<String> = fields
+                    .iter()
+                    .map(|field| {
+                        let at = match crate::check::locate(text, field) {
+                            Some(line) => format!("{path}:{line}"),
+                            None => path.to_string(),
+                        };
+                        format!("{at}: changed {field}")
+                    })
+                    .collect();
+                format!(
+                    "{}\nonly a restart of the agent applies that (nothing was changed)",
+                    lines.join("\n")
+                )
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Health of one checked backend.
@@ -104,6 +143,19 @@ impl Agent {
         tables: Tables,
     ) -> Result<Self, AgentError> {
         let reconciler = Reconciler::adopt(&tables);
+        let mut state = state;
+        if state.prune(&config) {
+            // Entries that no longer differ from the config (e.g. removals
+            // of backends it no longer lists); harmless if the save fails.
+            match state.save(&state_path) {
+                Ok(()) => {
+                    info!(path = %state_path.display(), "state file: dropped changes the config no longer needs")
+                }
+                Err(error) => {
+                    warn!(%error, "state file: dropping changes the config no longer needs")
+                }
+            }
+        }
         let mut agent = Self {
             config,
             state,
@@ -183,8 +235,12 @@ impl Agent {
     pub fn reload(&mut self, new: Config) -> Result<ReloadSummary, AgentError> {
         let restart = restart_only_changes(&self.config, &new);
         if !restart.is_empty() {
-            return Err(AgentError::NeedsRestart {
-                fields: restart.join(", "),
+            return Err(AgentError::NeedsRestart { fields: restart });
+        }
+        let conflicts = self.state.problems(&new);
+        if !conflicts.is_empty() {
+            return Err(AgentError::StateConflict {
+                problems: conflicts,
             });
         }
         let summary = ReloadSummary::between(&self.config, &new);
@@ -208,6 +264,16 @@ impl Agent {
                 warn!(%error, "reload: restoring the old config's maps");
             }
             return Err(error);
+        }
+        // Only now: under the old config the dropped entries still count.
+        let mut pruned = self.state.clone();
+        if pruned.prune(&self.config) {
+            match pruned.save(&self.state_path) {
+                Ok(()) => self.state = pruned,
+                Err(error) => {
+                    warn!(%error, "state file: dropping changes the new config no longer needs")
+                }
+            }
         }
         Ok(summary)
     }
@@ -241,11 +307,18 @@ impl Agent {
             self.configured_backend(service, addr, port)
                 .map_or(1, |b| b.weight)
         });
-        if !(1..=100).contains(&weight) {
-            return Err(AgentError::BadWeight { weight });
+        let problems = self.config.backend_problems(addr, port, weight);
+        if !problems.is_empty() {
+            return Err(AgentError::BadBackend {
+                service: service.to_string(),
+                addr,
+                port,
+                problems,
+            });
         }
         let mut next = self.state.clone();
         next.add_backend(
+            &self.config,
             service,
             BackendSpec {
                 address: addr,
@@ -287,7 +360,7 @@ impl Agent {
         }
         if present {
             let mut next = self.state.clone();
-            next.remove_backend(service, addr, port);
+            next.remove_backend(&self.config, service, addr, port);
             next.save(&self.state_path)?;
             self.state = next;
             self.sync_health(Instant::now());
@@ -654,4 +727,44 @@ fn run_hook(
             Err(error) => warn!(%service, %backend, %error, "on_change hook"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TEST_CONFIG;
+
+    #[test]
+    fn a_reload_refused_for_a_restart_names_the_lines_of_the_fields() {
+        let old = Config::parse(TEST_CONFIG, "lb.toml").expect("valid");
+        let text = TEST_CONFIG
+            .replacen("max_flows = 65536", "max_flows = 131072", 1)
+            .replacen("\"priv0\"", "\"eth1\"", 1);
+        let new = Config::parse(&text, "lb.toml").expect("valid");
+        let error = AgentError::NeedsRestart {
+            fields: restart_only_changes(&old, &new),
+        };
+        let line = |prefix: &str| {
+            text.lines()
+                .position(|l| l.starts_with(prefix))
+                .expect("line")
+                + 1
+        };
+        let message = error.located("lb.toml", &text);
+        assert!(
+            message.starts_with(&format!(
+                "lb.toml:{}: changed node.private_interface (",
+                line("private_interface")
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!(
+                "\nlb.toml:{}: changed conntrack.max_flows (",
+                line("max_flows")
+            )),
+            "{message}"
+        );
+        assert!(message.ends_with("(nothing was changed)"), "{message}");
+    }
 }

@@ -11,7 +11,7 @@ use std::{fmt, path::Path};
 use toml_edit::{ImDocument, Item, Table};
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{line_of, Config, ConfigError},
     dataplane::loader::{interface_index, interface_ipv4_addresses},
     ports,
 };
@@ -21,11 +21,22 @@ pub const EX_CONFIG: u8 = 78;
 /// sysexits.h: the command line is wrong.
 pub const EX_USAGE: u8 = 64;
 
-/// One problem, with the line it is about when it can be found.
+/// One problem, with the line it is about when it can be found (the
+/// config's own validation errors carry these too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub line: Option<usize>,
     pub message: String,
+}
+
+impl Finding {
+    /// `message` at the line it is about in `text` (by the field it names).
+    pub fn in_text(text: &str, message: String) -> Self {
+        Self {
+            line: locate(text, &message),
+            message,
+        }
+    }
 }
 
 /// The outcome of checking one file.
@@ -36,16 +47,6 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// What works but will not carry what the config says it must.
     pub warnings: Vec<Finding>,
-}
-
-impl Finding {
-    /// A finding at the line `locate` finds for `message` in `text`.
-    fn located(text: &str, message: String) -> Self {
-        Self {
-            line: locate(text, &message),
-            message,
-        }
-    }
 }
 
 impl Report {
@@ -70,15 +71,6 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
-}
-
-/// 1-based line of byte `offset` in `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// Where a table starts: its header, or its first key for inline/implicit
@@ -192,6 +184,11 @@ fn locate_check_or_key(table: &Table, rest: &str) -> Option<usize> {
             return key_or_table(check, after.trim_start_matches(':'));
         }
     }
+    // `address 10.0.0.1 is ...`: the reason names its field first.
+    let first = rest.split([' ', '=', ':']).next().unwrap_or("");
+    if !first.is_empty() && table.contains_key(first) {
+        return key_start(table, first);
+    }
     let after_colon = rest.split_once(':').map_or(rest, |(_, r)| r);
     key_or_table(table, after_colon)
 }
@@ -200,28 +197,6 @@ fn locate_check_or_key(table: &Table, rest: &str) -> Option<usize> {
 pub fn locate(text: &str, message: &str) -> Option<usize> {
     let doc = ImDocument::parse(text).ok()?;
     locate_offset(doc.as_table(), message).map(|offset| line_of(text, offset))
-}
-
-/// Line and message of a TOML syntax/schema error from the toml crate,
-/// whose text starts "TOML parse error at line L, column C".
-fn syntax_finding(message: &str) -> Finding {
-    let line = message
-        .strip_prefix("TOML parse error at line ")
-        .and_then(|r| r.split(',').next())
-        .and_then(|n| n.trim().parse().ok());
-    // The toml crate's message repeats the line with a caret; keep its
-    // last line, the reason.
-    let reason = message
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('|'))
-        .unwrap_or(message)
-        .trim()
-        .to_string();
-    Finding {
-        line,
-        message: reason,
-    }
 }
 
 /// Interfaces the config names that this node does not have.
@@ -251,7 +226,7 @@ fn missing_interfaces(config: &Config, text: &str) -> Vec<Finding> {
             let message = format!(
                 "{field} = {name:?}: no such interface on this node (see `ip link`); fix the name, or use --offline to check the file elsewhere"
             );
-            Finding::located(text, message)
+            Finding::in_text(text, message)
         })
         .collect()
 }
@@ -271,7 +246,7 @@ fn missing_snat_addresses(config: &Config, text: &str) -> Vec<Finding> {
                 "node.snat_addresses: {addr} is not on {iface} of this node, so backends could not answer it; add it (`ip addr add {addr}/32 dev {iface}`) or take it out, or use --offline to check the file elsewhere",
                 iface = config.node.private_interface
             );
-            Finding::located(text, message)
+            Finding::in_text(text, message)
         })
         .collect()
 }
@@ -301,6 +276,15 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
                     .and_then(|text| ports::parse_port_range(&text))
             };
             let [low, high] = config.node.port_range;
+            if let Some(ephemeral) = ephemeral {
+                // The agent refuses to start on this; say so before.
+                if let Err(error) = ports::nat_ports(low, high, ephemeral) {
+                    report.findings.push(Finding::in_text(
+                        text,
+                        format!("{error}; or use --offline to check the file elsewhere"),
+                    ));
+                }
+            }
             let nat_ports = ports::port_count(&ports::usable_ranges(
                 (low, high),
                 ephemeral.unwrap_or(ports::LINUX_EPHEMERAL_RANGE),
@@ -308,40 +292,41 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
             report.warnings = config
                 .capacity_warnings(nat_ports)
                 .into_iter()
-                .map(|message| Finding::located(text, message))
+                .map(|message| Finding::in_text(text, message))
                 .collect();
             report.config = Some(config);
         }
-        Err(ConfigError::Syntax { message, .. }) => {
-            report.findings.push(syntax_finding(&message));
-        }
-        Err(ConfigError::Invalid { problems, .. }) => {
-            report.findings.extend(
-                problems
-                    .into_iter()
-                    .map(|message| Finding::located(text, message)),
-            );
-        }
-        Err(error @ ConfigError::Read { .. }) => report.findings.push(Finding {
-            line: None,
-            message: error.to_string(),
-        }),
+        Err(error) => report.findings.extend(findings_of(error)),
     }
     report
+}
+
+/// The findings a config error is made of, without the file name (the
+/// report prefixes every one with it).
+fn findings_of(error: ConfigError) -> Vec<Finding> {
+    match error {
+        ConfigError::Syntax { line, message, .. } => vec![Finding { line, message }],
+        ConfigError::Invalid { problems, .. } => problems,
+        ConfigError::NotUtf8 { byte, line, .. } => vec![Finding {
+            line: Some(line),
+            message: crate::config::not_utf8(byte),
+        }],
+        ConfigError::Read { source, .. } => vec![Finding {
+            line: None,
+            message: format!("cannot read it: {source}"),
+        }],
+    }
 }
 
 /// Reads and checks the file at `path`.
 pub fn check_file(path: &Path, offline: bool) -> Report {
     let shown = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match crate::config::read_text(path) {
         Ok(text) => check_text(&text, &shown, offline),
         Err(error) => Report {
             path: shown,
             config: None,
-            findings: vec![Finding {
-                line: None,
-                message: format!("cannot read it: {error}"),
-            }],
+            findings: findings_of(error),
             warnings: Vec::new(),
         },
     }
@@ -444,6 +429,111 @@ protocol = "tcp"
                 "address = \"10.100.0.100\"",
                 17,
                 &["not a VIP"],
+            ),
+            (
+                "backend is private_address",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.11\"",
+                17,
+                &["backend 10.200.0.11:80", "this node's own address"],
+            ),
+            (
+                "backend is multicast",
+                "address = \"10.200.0.22\"",
+                "address = \"239.1.2.3\"",
+                17,
+                &["239.1.2.3", "not a unicast address"],
+            ),
+            (
+                "port_range with a third item",
+                "private_address = \"10.200.0.11\"",
+                "private_address = \"10.200.0.11\"\nport_range = [20000, 29999, 40000]",
+                5,
+                &["node.port_range has 3 items", "exactly two"],
+            ),
+            (
+                "empty state_dir",
+                "private_address = \"10.200.0.11\"",
+                "private_address = \"10.200.0.11\"\nstate_dir = \"\"",
+                5,
+                &["node.state_dir", "absolute"],
+            ),
+            (
+                "relative state_dir",
+                "private_address = \"10.200.0.11\"",
+                "private_address = \"10.200.0.11\"\nstate_dir = \"var/lib/lb-agent\"",
+                5,
+                &["node.state_dir = \"var/lib/lb-agent\"", "absolute"],
+            ),
+            (
+                "CR LF in the health check's path",
+                "path = \"/health\"",
+                "path = \"/health\\r\\nX-Injected: 1\"",
+                13,
+                &["health_check", "control character"],
+            ),
+            (
+                "NUL in the health check's Host",
+                "path = \"/health\"",
+                "path = \"/health\"\n  host = \"www\\u0000\"",
+                14,
+                &["health_check", "host", "control characters"],
+            ),
+            (
+                "metrics on port 0",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"",
+                20,
+                &["metrics.listen", "port 0"],
+            ),
+            (
+                "tracking a service that does not exist",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\ntrack_services = [\"wwww\"]",
+                22,
+                &["vrrp.track_services", "no service named \"wwww\""],
+            ),
+            (
+                "garp_count out of bounds",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\ngarp_count = 100000000",
+                22,
+                &["vrrp.garp_count = 100000000", "0..=100"],
+            ),
+            (
+                "preempt_delay of a million hours",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\npreempt_delay = \"1000000h\"",
+                22,
+                &["vrrp.preempt_delay", "at most 1000s"],
+            ),
+            (
+                "track script rise 0",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nrise = 0",
+                25,
+                &["vrrp.track_script \"t\"", "rise = 0"],
+            ),
+            (
+                "track script fall 0",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nfall = 0",
+                25,
+                &["vrrp.track_script \"t\"", "fall = 0"],
+            ),
+            (
+                "track script interval 0",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"0s\"",
+                25,
+                &["vrrp.track_script \"t\"", "interval must be longer than zero"],
+            ),
+            (
+                "track script timeout of an hour",
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"2h\"\ntimeout = \"1h\"",
+                26,
+                &["vrrp.track_script \"t\"", "timeout = 3600s", "at most 60s"],
             ),
         ];
         for (what, from, to, line, words) in table {
@@ -553,6 +643,52 @@ protocol = "tcp"
             .iter()
             .all(|f| !f.message.contains("snat_addresses")));
         assert!(interface_ipv4_addresses("lo").contains(&std::net::Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn a_port_range_inside_the_ephemeral_range_is_reported_unless_offline() {
+        let Some((low, high)) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| ports::parse_port_range(&text))
+            .filter(|(low, high)| high - low >= 1100)
+        else {
+            eprintln!("skipped: this node's ephemeral port range is too small to overlap");
+            return;
+        };
+        let range = format!("port_range = [{}, {}]", low + 10, low + 1060);
+        let text = GOOD.replacen(
+            "private_address = \"10.200.0.11\"",
+            &format!("private_address = \"10.200.0.11\"\n{range}"),
+            1,
+        );
+        let online = check_text(&text, "lb.toml", false);
+        assert!(
+            online.findings.iter().any(|f| f.line == Some(5)
+                && f.message.contains("leaves only 0 ports")
+                && f.message.contains("ip_local_port_range")),
+            "{high}: {online}"
+        );
+        assert!(check_text(&text, "lb.toml", true).is_valid());
+    }
+
+    #[test]
+    fn binary_garbage_is_reported_at_its_byte_and_line() {
+        let dir = std::env::temp_dir().join(format!("lb-agent-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("garbage.toml");
+        let mut bytes = GOOD.as_bytes()[..40].to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe, 0x00, 0xef, b'\n']);
+        std::fs::write(&path, &bytes).expect("write");
+        let report = check_file(&path, true);
+        assert_eq!(report.findings.len(), 1, "{report}");
+        assert_eq!(report.findings[0].line, Some(3), "{report}");
+        assert!(
+            report
+                .to_string()
+                .starts_with(&format!("{}:3: not UTF-8 at byte 40", path.display())),
+            "{report}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -110,7 +110,9 @@ pub enum BackendsAction {
         #[command(flatten)]
         target: BackendTarget,
         /// Relative share of new connections, 1..=100.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(
+            i64::from(crate::config::MIN_WEIGHT)..=i64::from(crate::config::MAX_WEIGHT)
+        ))]
         weight: Option<u32>,
     },
     /// Remove a backend: drains (existing connections finish) unless --now.

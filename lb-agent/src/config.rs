@@ -11,6 +11,23 @@ use std::{
 use lb_common::{Settings, MAX_BACKENDS, MAX_SERVICES};
 use serde::{Deserialize, Deserializer};
 
+use crate::check::Finding;
+
+/// A backend's weight, its share of new connections: every way a backend
+/// gets in (config file, `backends add`, the state file) takes 1..=100.
+pub const MIN_WEIGHT: u32 = 1;
+pub const MAX_WEIGHT: u32 = 100;
+/// `rise` and `fall` of health checks and track scripts: 1..=100.
+pub const MAX_RISE_FALL: u32 = 100;
+/// More gratuitous ARPs than this only flood the segment; keepalived's
+/// default is 5.
+pub const MAX_GARP_COUNT: u32 = 100;
+/// keepalived's own limit for `preempt_delay` (1,000 s).
+pub const MAX_PREEMPT_DELAY: Duration = Duration::from_secs(1000);
+/// Longest a track script may run: tracking decides failovers, and a script
+/// that needs longer than this tells too late that the node is unfit.
+pub const MAX_TRACK_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Errors of reading and validating a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -21,12 +38,65 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not text (binary garbage, another encoding).
+    #[error("{path}:{line}: {}", not_utf8(*byte))]
+    NotUtf8 {
+        path: String,
+        byte: usize,
+        line: usize,
+    },
     /// The file is not valid TOML or does not match the schema.
-    #[error("config {path}: {message}")]
-    Syntax { path: String, message: String },
-    /// The file parsed but describes something that cannot work.
-    #[error("config {path} is invalid:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: String, problems: Vec<String> },
+    #[error("{}: {message}", at(path, *line))]
+    Syntax {
+        path: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// The file parsed but describes something that cannot work; each
+    /// problem with the line it is about when that can be found.
+    #[error("config {path} is invalid:\n{}", problems.iter().map(|p| format!("  {}: {}", at(path, p.line), p.message)).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: String,
+        problems: Vec<Finding>,
+    },
+}
+
+/// What is wrong with a file whose bytes stop being UTF-8 at `byte`.
+pub fn not_utf8(byte: usize) -> String {
+    format!(
+        "not UTF-8 at byte {byte}; a config file is UTF-8 text (was another file copied over it?)"
+    )
+}
+
+/// `FILE:LINE`, or `FILE` when the line is not known.
+fn at(path: &str, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{path}:{line}"),
+        None => path.to_string(),
+    }
+}
+
+/// The text of a config file; bytes that are not UTF-8 are reported with
+/// their offset and line, which `read_to_string` does not tell.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|error| {
+        let byte = error.utf8_error().valid_up_to();
+        let line = error.as_bytes()[..byte]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        ConfigError::NotUtf8 {
+            path: shown,
+            byte,
+            line,
+        }
+    })
 }
 
 /// The whole configuration file.
@@ -391,6 +461,35 @@ impl VrrpConfig {
                     script.name
                 ));
             }
+            let at = format!("vrrp.track_script {:?}", script.name);
+            problems.extend(rise_fall_problems(&at, script.rise, script.fall));
+            if script.interval.is_zero() {
+                problems.push(format!("{at}: interval must be longer than zero"));
+            }
+            if script.timeout.is_zero()
+                || script.timeout > script.interval
+                || script.timeout > MAX_TRACK_SCRIPT_TIMEOUT
+            {
+                problems.push(format!(
+                    "{at}: timeout = {:?} must be longer than zero, at most the interval ({:?}) and at most {}s",
+                    script.timeout,
+                    script.interval,
+                    MAX_TRACK_SCRIPT_TIMEOUT.as_secs()
+                ));
+            }
+        }
+        if self.garp_count > MAX_GARP_COUNT {
+            problems.push(format!(
+                "vrrp.garp_count = {}: use 0..={MAX_GARP_COUNT} (keepalived sends 5)",
+                self.garp_count
+            ));
+        }
+        if self.preempt_delay > MAX_PREEMPT_DELAY {
+            problems.push(format!(
+                "vrrp.preempt_delay = {:?}: at most {}s, as keepalived allows",
+                self.preempt_delay,
+                MAX_PREEMPT_DELAY.as_secs()
+            ));
         }
         problems.extend(self.floating_ip.problems());
         let src = self.unicast_src.unwrap_or(node.private_address);
@@ -434,7 +533,7 @@ pub struct NodeConfig {
     /// 1024-65535). The part inside the kernel's ephemeral range
     /// (`net.ipv4.ip_local_port_range`, the node's own source ports) is
     /// left out; the rest is reserved in `net.ipv4.ip_local_reserved_ports`.
-    #[serde(default = "default_port_range")]
+    #[serde(default = "default_port_range", deserialize_with = "port_range")]
     pub port_range: [u16; 2],
     /// Source addresses towards backends, spread over new connections
     /// (the SNAT pool). Each address multiplies the connections a backend
@@ -625,7 +724,7 @@ pub struct HealthCheckConfig {
     #[serde(default = "default_path")]
     pub path: String,
     /// http: accepted status codes, inclusive range.
-    #[serde(default = "default_expect_status")]
+    #[serde(default = "default_expect_status", deserialize_with = "status_range")]
     pub expect_status: [u16; 2],
     /// http: Host header (default: the backend address).
     #[serde(default)]
@@ -664,6 +763,15 @@ fn default_expect_status() -> [u16; 2] {
     [200, 399]
 }
 
+/// `rise`/`fall` of a health check or track script outside 1..=MAX_RISE_FALL.
+fn rise_fall_problems(at: &str, rise: u32, fall: u32) -> Vec<String> {
+    [("rise", rise), ("fall", fall)]
+        .into_iter()
+        .filter(|(_, value)| !(1..=MAX_RISE_FALL).contains(value))
+        .map(|(name, value)| format!("{at}: {name} = {value} is out of range 1..={MAX_RISE_FALL}"))
+        .collect()
+}
+
 impl HealthCheckConfig {
     /// Everything wrong with this check, prefixed with `at`.
     pub fn problems(&self, at: &str) -> Vec<String> {
@@ -679,11 +787,7 @@ impl HealthCheckConfig {
                 "{at}: timeout must be longer than zero and at most the interval"
             ));
         }
-        for (name, value) in [("rise", self.rise), ("fall", self.fall)] {
-            if !(1..=100).contains(&value) {
-                problems.push(format!("{at}: {name} = {value} is out of range 1..=100"));
-            }
-        }
+        problems.extend(rise_fall_problems(at, self.rise, self.fall));
         if !(0.0..=0.5).contains(&self.jitter) {
             problems.push(format!(
                 "{at}: jitter = {} is out of range 0.0..=0.5",
@@ -703,6 +807,22 @@ impl HealthCheckConfig {
                 }
                 if !self.path.starts_with('/') {
                     problems.push(format!("{at}: path {:?} must start with '/'", self.path));
+                }
+                // They go into the request as they are: a CR or LF would end
+                // the line and start another header (or request), a space
+                // would split the request line.
+                if self.path.chars().any(|c| c.is_control() || c == ' ') {
+                    problems.push(format!(
+                        "{at}: path {:?} has a space or a control character (CR, LF, NUL, ...); percent-encode it, e.g. %20",
+                        self.path
+                    ));
+                }
+                if let Some(host) = &self.host {
+                    if host.is_empty() || host.chars().any(|c| c.is_control() || c == ' ') {
+                        problems.push(format!(
+                            "{at}: host {host:?} must be a host name (and port), without spaces or control characters (CR, LF, NUL, ...)"
+                        ));
+                    }
                 }
                 let [low, high] = self.expect_status;
                 if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
@@ -781,30 +901,65 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// `[low, high]` and nothing else: a third item is a mistake (a list of
+/// ranges meant?), not something to drop silently.
+fn exactly_two<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    field: &str,
+) -> Result<[u16; 2], D::Error> {
+    let items = Vec::<u16>::deserialize(deserializer)?;
+    match items[..] {
+        [low, high] => Ok([low, high]),
+        _ => Err(serde::de::Error::custom(format!(
+            "{field} has {} items; write exactly two, [first, last]",
+            items.len()
+        ))),
+    }
+}
+
+fn port_range<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u16; 2], D::Error> {
+    exactly_two(deserializer, "node.port_range")
+}
+
+fn status_range<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u16; 2], D::Error> {
+    exactly_two(deserializer, "health_check.expect_status")
+}
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
+/// 1-based line of byte `offset` in `text`.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Addresses no service, node or backend can have: 0.0.0.0/8 ("this
+/// network"), loopback, multicast, the reserved 240.0.0.0/4 and broadcast.
 fn is_unusable(addr: Ipv4Addr) -> bool {
-    addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback()
+    addr.octets()[0] == 0 || addr.is_multicast() || addr.octets()[0] >= 240 || addr.is_loopback()
 }
 
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = read_text(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses and validates `text`; `origin` names it in messages.
+    /// Parses and validates `text`; `origin` names it in messages, and
+    /// every problem carries the line it is about, as check-config shows
+    /// it (so a refused start or reload points at the line too).
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: origin.to_string(),
-            message: e.to_string(),
+            line: e.span().map(|span| line_of(text, span.start)),
+            message: e.message().trim().to_string(),
         })?;
         let problems = config.problems();
         if problems.is_empty() {
@@ -812,7 +967,10 @@ impl Config {
         } else {
             Err(ConfigError::Invalid {
                 path: origin.to_string(),
-                problems,
+                problems: problems
+                    .into_iter()
+                    .map(|message| Finding::in_text(text, message))
+                    .collect(),
             })
         }
     }
@@ -848,6 +1006,20 @@ impl Config {
             } else if node.snat_addresses[..index].contains(addr) {
                 problems.push(format!(
                     "node.snat_addresses[{index}] = {addr} is listed twice; list each address once"
+                ));
+            }
+        }
+        if !node.state_dir.is_absolute() {
+            problems.push(format!(
+                "node.state_dir = {:?}: write an absolute directory, e.g. \"/var/lib/lb-agent\" (a relative one would depend on where the agent was started)",
+                node.state_dir
+            ));
+        }
+        if let Some(metrics) = &self.metrics {
+            if metrics.listen.port() == 0 {
+                problems.push(format!(
+                    "metrics.listen = \"{}\": port 0 would listen on a random port nobody scrapes; give a fixed one, e.g. 9650",
+                    metrics.listen
                 ));
             }
         }
@@ -888,6 +1060,14 @@ impl Config {
 
         if let Some(vrrp) = &self.vrrp {
             problems.extend(vrrp.problems(node));
+            for name in &vrrp.track_services {
+                if !self.services.iter().any(|s| &s.name == name) {
+                    // On both nodes the same typo would keep both in FAULT.
+                    problems.push(format!(
+                        "vrrp.track_services: no service named {name:?}; name one of the [[service]] tables"
+                    ));
+                }
+            }
         }
         if self.services.len() > MAX_SERVICES as usize {
             problems.push(format!(
@@ -903,7 +1083,6 @@ impl Config {
         }
         let mut names = HashSet::new();
         let mut endpoints = HashSet::new();
-        let vips: HashSet<Ipv4Addr> = self.services.iter().map(|s| s.vip).collect();
         for (index, service) in self.services.iter().enumerate() {
             let at = if service.name.is_empty() {
                 format!("service #{}", index + 1)
@@ -959,24 +1138,49 @@ impl Config {
                 if !seen.insert((backend.address, port)) {
                     problems.push(format!("{who}: listed twice"));
                 }
-                if is_unusable(backend.address) || vips.contains(&backend.address) {
-                    problems.push(format!(
-                        "{who}: address must be a backend's unicast address, not a VIP"
-                    ));
-                }
-                if port == 0 {
-                    problems.push(format!("{who}: port 0 is not a backend port"));
+                for reason in self.backend_problems(backend.address, port, backend.weight) {
+                    problems.push(format!("{who}: {reason}"));
                 }
                 if let Some(check) = &backend.health_check {
                     problems.extend(check.problems(&format!("{who} health_check")));
                 }
-                if !(1..=100).contains(&backend.weight) {
-                    problems.push(format!(
-                        "{who}: weight {} is out of range 1..=100",
-                        backend.weight
-                    ));
-                }
             }
+        }
+        problems
+    }
+
+    /// What is wrong with a backend `address:port` of `weight` in this
+    /// config: the one set of rules for every way a backend gets in (the
+    /// config file, `lb-agent backends add`, the state file). Each reason
+    /// starts with the field it is about, for the caller to prefix with
+    /// the backend.
+    pub fn backend_problems(&self, address: Ipv4Addr, port: u16, weight: u32) -> Vec<String> {
+        let mut problems = Vec::new();
+        let node = &self.node;
+        let floating = self
+            .vrrp
+            .as_ref()
+            .is_some_and(|v| v.virtual_addresses.contains(&address));
+        if is_unusable(address) {
+            problems.push(format!(
+                "address {address} is not a unicast address a server can have (0.0.0.0/8, loopback, multicast, 240.0.0.0/4 and broadcast cannot be); use the server's address on the backend network"
+            ));
+        } else if self.services.iter().any(|s| s.vip == address) || floating {
+            problems.push(format!(
+                "address {address} is a VIP of this balancer (a service's vip or a floating address); a backend must be a server's own address, not a VIP"
+            ));
+        } else if address == node.private_address || node.snat_addresses.contains(&address) {
+            problems.push(format!(
+                "address {address} is this node's own address (node.private_address or node.snat_addresses), so the balancer would send connections to itself; use the server's address"
+            ));
+        }
+        if port == 0 {
+            problems.push("port 0 is not a backend port; use 1-65535".into());
+        }
+        if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
+            problems.push(format!(
+                "weight {weight} is out of range {MIN_WEIGHT}..={MAX_WEIGHT}"
+            ));
         }
         problems
     }
@@ -1171,6 +1375,20 @@ mod tests {
             ("jitter = 0.9", "jitter = 0.9"),
             ("type = \"http\"\nmethod = \"DELETE\"", "method \"DELETE\""),
             ("type = \"smtp\"", "unknown variant"),
+            (
+                "type = \"http\"\npath = \"/health\\r\\nX-Injected: 1\"",
+                "control character",
+            ),
+            ("type = \"http\"\npath = \"/a b\"", "percent-encode"),
+            (
+                "type = \"http\"\nhost = \"www\\u0000.example.com\"",
+                "host \"www\\0.example.com\" must be a host name",
+            ),
+            ("type = \"http\"\nhost = \"a\\nb\"", "control characters"),
+            (
+                "type = \"http\"\nexpect_status = [200, 299, 399]",
+                "expect_status has 3 items",
+            ),
         ] {
             let text = LAB.replacen(
                 "protocol = \"tcp\"\n",
@@ -1200,6 +1418,35 @@ mod tests {
             ("advert_int = \"100ms\"", "whole seconds"),
             ("version = 3", "VRRPv3 has no authentication"),
             ("priority = 0", "reserved for resigning"),
+            (
+                "track_services = [\"www\", \"wwww\"]",
+                "vrrp.track_services: no service named \"wwww\"",
+            ),
+            (
+                "garp_count = 100000000",
+                "vrrp.garp_count = 100000000: use 0..=100",
+            ),
+            ("preempt_delay = \"1000000h\"", "vrrp.preempt_delay"),
+            (
+                "[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nrise = 0",
+                "vrrp.track_script \"t\": rise = 0 is out of range",
+            ),
+            (
+                "[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nfall = 0",
+                "vrrp.track_script \"t\": fall = 0 is out of range",
+            ),
+            (
+                "[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"0s\"",
+                "vrrp.track_script \"t\": interval must be longer than zero",
+            ),
+            (
+                "[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"2h\"\ntimeout = \"1h\"",
+                "at most 60s",
+            ),
+            (
+                "[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"2s\"\ntimeout = \"3s\"",
+                "at most the interval",
+            ),
         ] {
             let text = format!(
                 "{LAB}\n[vrrp]\nvrid = 33\npriority = 200\nauth_pass = \"labpass\"\n{extra}\n"
@@ -1324,6 +1571,46 @@ mod tests {
                 "private_address = \"10.100.0.100\"",
                 "is node.private_address",
             ),
+            (
+                "port_range = [20000, 29999]",
+                "port_range = [20000, 29999, 40000]",
+                "node.port_range has 3 items",
+            ),
+            (
+                "state_dir = \"/run/lb-lab/lab/state\"",
+                "state_dir = \"\"",
+                "node.state_dir = \"\": write an absolute directory",
+            ),
+            (
+                "state_dir = \"/run/lb-lab/lab/state\"",
+                "state_dir = \"state\"",
+                "node.state_dir = \"state\": write an absolute directory",
+            ),
+            (
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.11\"",
+                "backend 10.200.0.11:80: address 10.200.0.11 is this node's own address",
+            ),
+            (
+                "address = \"10.200.0.22\"",
+                "address = \"255.255.255.255\"",
+                "not a unicast address",
+            ),
+            (
+                "address = \"10.200.0.22\"",
+                "address = \"127.0.0.1\"",
+                "not a unicast address",
+            ),
+            (
+                "address = \"10.200.0.22\"",
+                "address = \"0.0.0.0\"",
+                "not a unicast address",
+            ),
+            (
+                "max_flows = 65536",
+                "max_flows = 65536\n[metrics]\nlisten = \"127.0.0.1:0\"",
+                "metrics.listen = \"127.0.0.1:0\": port 0",
+            ),
         ];
         for (replace, with, expected) in table {
             let message = broken(replace, with);
@@ -1341,8 +1628,81 @@ mod tests {
     #[test]
     fn syntax_errors_point_at_the_line() {
         let text = LAB.replacen("port = 80", "port = \"eighty\"", 1);
+        let line = text
+            .lines()
+            .position(|l| l == "port = \"eighty\"")
+            .expect("line")
+            + 1;
         let message = Config::parse(&text, "x.toml").unwrap_err().to_string();
-        assert!(message.contains("line"), "{message}");
+        assert!(
+            message.starts_with(&format!("x.toml:{line}: ")),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_carry_their_line_as_check_config_shows_it() {
+        // What `lb-agent run` and a refused reload print.
+        let text = LAB.replacen("weight = 3", "weight = 300", 1);
+        let line = text
+            .lines()
+            .position(|l| l == "  weight = 300")
+            .expect("line")
+            + 1;
+        let message = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(
+            message.contains(&format!(
+                "x.toml:{line}: service \"www\" backend 10.200.0.22:80: weight 300"
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_reported_at_its_byte_and_line() {
+        let dir = std::env::temp_dir().join(format!("lb-agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("binary.toml");
+        let mut bytes = b"[node]\npublic_interface = \"pub0\"\n".to_vec();
+        let byte = bytes.len() + 3;
+        bytes.extend_from_slice(b"pri\xff\xfe\x00garbage\n");
+        std::fs::write(&path, &bytes).expect("write");
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            format!(
+                "{}:3: not UTF-8 at byte {byte}; a config file is UTF-8 text (was another file copied over it?)",
+                path.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_backend_at_one_of_the_nodes_own_or_floating_addresses_is_refused() {
+        let text = LAB
+            .replacen(
+                "private_address = \"10.200.0.11\"",
+                "private_address = \"10.200.0.11\"\nsnat_addresses = [\"10.200.0.11\", \"10.200.0.111\"]",
+                1,
+            )
+            .replacen("address = \"10.200.0.22\"", "address = \"10.200.0.111\"", 1);
+        let message = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            message.contains(
+                "backend 10.200.0.111:80: address 10.200.0.111 is this node's own address"
+            ),
+            "{message}"
+        );
+        let text = format!(
+            "{}\n[vrrp]\nvrid = 1\npriority = 100\nvirtual_addresses = [\"10.100.0.200\"]\n",
+            LAB.replacen("address = \"10.200.0.22\"", "address = \"10.100.0.200\"", 1)
+        );
+        let message = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            message.contains("10.100.0.200 is a VIP of this balancer"),
+            "{message}"
+        );
     }
 
     #[test]

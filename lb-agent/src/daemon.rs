@@ -102,7 +102,11 @@ async fn reload(
     vrrp: &mut Option<VrrpInstance>,
     context: Option<&VrrpContext>,
 ) -> Result<String, String> {
-    let new = Config::load(path).map_err(|error| format!("{error}\nthe running config stays"))?;
+    let shown = path.display().to_string();
+    let text = crate::config::read_text(path)
+        .map_err(|error| format!("{error}\nthe running config stays"))?;
+    let new = Config::parse(&text, &shown)
+        .map_err(|error| format!("{error}\nthe running config stays"))?;
     hide_secrets(&new);
     let running = vrrp.as_ref().map(|v| v.config.clone());
     let prepared = match (&new.vrrp, &running, context) {
@@ -123,8 +127,9 @@ async fn reload(
             return Err("agent state is poisoned by an earlier panic; restart the agent".into());
         };
         agent.reload(new).map_err(|error| {
-            warn!(config = %path.display(), %error, "reload refused");
-            error.to_string()
+            let message = error.located(&shown, &text);
+            warn!(config = %shown, error = %message, "reload refused");
+            message
         })?
     };
     if let Some(prepared) = prepared {
@@ -311,7 +316,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     }
 
     let state_path = state_file(&node.state_dir, &options.instance);
-    let state = RuntimeState::load(&state_path)?;
+    let state = RuntimeState::load(&state_path, &config)?;
 
     let load = LoadOptions {
         instance: options.instance.clone(),

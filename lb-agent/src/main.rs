@@ -11,6 +11,21 @@ use lb_agent::{
     output,
 };
 
+// Every write to stdout/stderr goes through `output`, which ends the
+// command quietly when the reader is gone instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => { output::stdout(&format!($($arg)*)) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { output::stdout(&format!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! err {
+    ($($arg:tt)*) => { output::stderr(&format!($($arg)*)) };
+}
+macro_rules! errln {
+    ($($arg:tt)*) => { output::stderr(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -41,7 +56,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(error) => {
-            eprintln!("lb-agent: cannot start the async runtime: {error}");
+            errln!("lb-agent: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -63,7 +78,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             return match daemon::run(options).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("lb-agent: {error:#}");
+                    errln!("lb-agent: {error:#}");
                     if error
                         .downcast_ref::<lb_agent::config::ConfigError>()
                         .is_some()
@@ -79,9 +94,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             let report = check::check_file(&config, offline);
             return match &report.config {
                 Some(c) if report.is_valid() => {
-                    eprint!("{report}");
+                    err!("{report}");
                     let backends: usize = c.services.iter().map(|s| s.backends.len()).sum();
-                    println!(
+                    outln!(
                         "{}: valid ({} services, {} backends{})",
                         config.display(),
                         c.services.len(),
@@ -91,7 +106,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 _ => {
-                    eprint!("{report}");
+                    err!("{report}");
                     ExitCode::from(check::EX_CONFIG)
                 }
             };
@@ -157,17 +172,24 @@ async fn dispatch(cli: Cli) -> ExitCode {
             )
         }
         Command::Completions { shell } => {
+            // Rendered first: clap_complete panics when stdout fails.
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "lb-agent", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "lb-agent", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             return ExitCode::SUCCESS;
         }
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
             let page = clap_mangen::Man::new(command).section("8");
-            return match page.render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut roff = Vec::new();
+            return match page.render(&mut roff) {
+                Ok(()) => {
+                    out!("{}", String::from_utf8_lossy(&roff));
+                    ExitCode::SUCCESS
+                }
                 Err(error) => {
-                    eprintln!("lb-agent: writing the man page: {error}");
+                    errln!("lb-agent: writing the man page: {error}");
                     ExitCode::FAILURE
                 }
             };
@@ -177,18 +199,18 @@ async fn dispatch(cli: Cli) -> ExitCode {
     match client::call(&path, &cli.instance, &request).await {
         Ok(Response::Ok(reply)) => {
             if json {
-                print!("{}", output::render_json(&reply));
+                out!("{}", output::render_json(&reply));
             } else {
-                print!("{}", output::render(&reply));
+                out!("{}", output::render(&reply));
             }
             ExitCode::SUCCESS
         }
         Ok(Response::Error { message }) => {
-            eprintln!("lb-agent: {message}");
+            errln!("lb-agent: {message}");
             ExitCode::FAILURE
         }
         Err(error) => {
-            eprintln!("lb-agent: {error}");
+            errln!("lb-agent: {error}");
             ExitCode::FAILURE
         }
     }
@@ -209,20 +231,20 @@ async fn watch_stats(
         match client::call(&path, instance, &Request::Stats).await {
             Ok(Response::Ok(reply)) => {
                 if clear {
-                    print!("\x1b[2J\x1b[H");
+                    out!("\x1b[2J\x1b[H");
                 }
                 if json {
-                    print!("{}", output::render_json(&reply));
+                    out!("{}", output::render_json(&reply));
                 } else {
-                    print!("{}", output::render(&reply));
+                    out!("{}", output::render(&reply));
                 }
             }
             Ok(Response::Error { message }) => {
-                eprintln!("lb-agent: {message}");
+                errln!("lb-agent: {message}");
                 return ExitCode::FAILURE;
             }
             Err(error) => {
-                eprintln!("lb-agent: {error}");
+                errln!("lb-agent: {error}");
                 return ExitCode::FAILURE;
             }
         }
@@ -250,7 +272,7 @@ fn import_classic(
 ) -> ExitCode {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path).map_err(|error| {
-            eprintln!("lb-agent: cannot read {}: {error}", path.display());
+            errln!("lb-agent: cannot read {}: {error}", path.display());
         })
     };
     let Ok(haproxy_text) = read(haproxy) else {
@@ -270,25 +292,25 @@ fn import_classic(
     match result {
         Ok(imported) => {
             for note in &imported.notes {
-                eprintln!("{note}");
+                errln!("{note}");
             }
-            eprintln!(
+            errln!(
                 "lb-agent: imported; {} line(s) not carried over (listed above)",
                 imported.notes.len()
             );
             match output {
                 Some(path) => {
                     if let Err(error) = std::fs::write(path, &imported.toml) {
-                        eprintln!("lb-agent: cannot write {}: {error}", path.display());
+                        errln!("lb-agent: cannot write {}: {error}", path.display());
                         return ExitCode::FAILURE;
                     }
                 }
-                None => print!("{}", imported.toml),
+                None => out!("{}", imported.toml),
             }
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("lb-agent: import: {error}");
+            errln!("lb-agent: import: {error}");
             ExitCode::from(check::EX_CONFIG)
         }
     }

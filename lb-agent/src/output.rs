@@ -1,8 +1,44 @@
-//! Renders control API replies for people (aligned tables) or as JSON.
+//! Renders control API replies for people (aligned tables) or as JSON, and
+//! writes the CLI's output.
+
+use std::io::Write;
 
 use crate::control::protocol::{
     BackendState, BackendStatus, Health, Reply, ServiceStatus, StatsReport,
 };
+
+/// The exit status of a command whose reader went away, as a shell shows
+/// a process killed by SIGPIPE (128 + 13).
+pub const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Writes `text` to stdout. When the reader is gone (`lb-agent stats |
+/// head -1`) the rest is not wanted: the command ends at once, quietly,
+/// with `EXIT_BROKEN_PIPE`, as classic tools do (Rust ignores SIGPIPE, so
+/// `print!` would panic instead). Any other failure is told on stderr.
+pub fn stdout(text: &str) {
+    if let Err(error) = write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        stderr(&format!("lb-agent: cannot write the output: {error}\n"));
+        std::process::exit(1);
+    }
+}
+
+/// Writes `text` to stderr; a closed stderr ends the command like a closed
+/// stdout does, and other failures have nowhere to be told.
+pub fn stderr(text: &str) {
+    if let Err(error) = write_all(&mut std::io::stderr().lock(), text.as_bytes()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+    }
+}
+
+fn write_all(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
+}
 
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     debug_assert!(

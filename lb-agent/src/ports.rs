@@ -68,6 +68,25 @@ pub fn port_count(ranges: &[(u16, u16)]) -> u32 {
         .sum()
 }
 
+/// The NAT ports of `min..=max` outside the `ephemeral` range, or the
+/// refusal when fewer than `MIN_NAT_PORTS` remain: the rule the agent
+/// starts by and check-config reports on the node.
+pub fn nat_ports(min: u16, max: u16, ephemeral: (u16, u16)) -> Result<Vec<(u16, u16)>, PortsError> {
+    let usable = usable_ranges((min, max), ephemeral);
+    let count = port_count(&usable);
+    if count < MIN_NAT_PORTS {
+        return Err(PortsError::Overlap {
+            min,
+            max,
+            usable: count,
+            eph_min: ephemeral.0,
+            eph_max: ephemeral.1,
+            suggest_min: u32::from(max) + 1,
+        });
+    }
+    Ok(usable)
+}
+
 /// Parses `ip_local_port_range` ("32768\t60999").
 pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
     let mut parts = text.split_whitespace().map(str::parse::<u16>);
@@ -138,18 +157,7 @@ pub fn reserve_nat_range_at(
         path: range_path.display().to_string(),
         content: text.clone(),
     })?;
-    let usable = usable_ranges((min, max), (eph_min, eph_max));
-    let count = port_count(&usable);
-    if count < MIN_NAT_PORTS {
-        return Err(PortsError::Overlap {
-            min,
-            max,
-            usable: count,
-            eph_min,
-            eph_max,
-            suggest_min: u32::from(max) + 1,
-        });
-    }
+    let usable = nat_ports(min, max, (eph_min, eph_max))?;
     let reserved_path = ipv4_dir.join("ip_local_reserved_ports");
     let text = read(&reserved_path)?;
     let mut reserved = parse_reserved(&text).ok_or_else(|| PortsError::Parse {

@@ -2,6 +2,11 @@
 //! they survive an agent restart. The config file stays as the operator
 //! wrote it; the state file records the difference, and the agent applies
 //! config + state at start.
+//!
+//! The state holds only what still differs from the config: a removal is
+//! recorded (a "tombstone") only for a backend the config lists, and is
+//! forgotten once the config no longer lists it; a backend added at run
+//! time and removed again leaves nothing behind.
 
 use std::{
     collections::BTreeMap,
@@ -27,8 +32,21 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The state file is not valid JSON of the expected shape.
-    #[error("state file {path} is corrupt ({message}); fix it or delete it to start from the config alone")]
+    #[error(
+        "state file {path} is corrupt ({message}); it must be a JSON object such as \
+         {{\"services\": {{\"www\": {{\"added\": [{{\"address\": \"10.200.0.23\", \"port\": 80, \"weight\": 1}}], \"removed\": [], \"drained\": []}}}}}}. \
+         Fix it, or move it away to start from the config alone (losing the run-time changes it holds); \
+         the agent does not start with it and leaves it untouched"
+    )]
     Corrupt { path: String, message: String },
+    /// The state file adds backends the config's rules refuse.
+    #[error(
+        "state file {path} adds backends that check-config would refuse:\n{}\n\
+         Fix or delete those entries, or move the file away to start from the config alone; \
+         the agent does not start with it and leaves it untouched",
+        problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Invalid { path: String, problems: Vec<String> },
     /// Writing the state file failed; the change was not applied.
     #[error("cannot save state file {path}: {source}; the change was not applied")]
     Write {
@@ -40,6 +58,7 @@ pub enum StateError {
 
 /// A backend as the state file and the agent see it (port resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BackendSpec {
     pub address: Ipv4Addr,
     pub port: u16,
@@ -48,11 +67,13 @@ pub struct BackendSpec {
 
 /// Changes to one service relative to the config.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceChanges {
     /// Backends added at run time (or config backends with a new weight).
     #[serde(default)]
     pub added: Vec<BackendSpec>,
-    /// Config backends removed at run time, as (address, port).
+    /// Config backends removed at run time, as (address, port): only
+    /// backends the config lists.
     #[serde(default)]
     pub removed: Vec<(Ipv4Addr, u16)>,
     /// Backends drained by the operator (kept, no new connections) until
@@ -63,28 +84,111 @@ pub struct ServiceChanges {
 
 /// The persisted run-time state of one agent instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuntimeState {
     #[serde(default)]
     pub services: BTreeMap<String, ServiceChanges>,
 }
 
+/// Whether `service` of `config` lists the backend `address:port`.
+fn in_config(config: &Config, service: &str, address: Ipv4Addr, port: u16) -> bool {
+    config.services.iter().any(|s| {
+        s.name == service
+            && s.backends
+                .iter()
+                .any(|b| b.address == address && b.port.unwrap_or(s.port) == port)
+    })
+}
+
 impl RuntimeState {
-    /// Loads the state file; a missing file is an empty state.
-    pub fn load(path: &Path) -> Result<Self, StateError> {
+    /// Loads the state file for `config`; a missing file is an empty
+    /// state. A file that is not what this agent writes, or that adds a
+    /// backend the config's rules refuse, is an error: starting without the
+    /// run-time changes it holds would lose them silently.
+    pub fn load(path: &Path, config: &Config) -> Result<Self, StateError> {
+        let shown = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => {
                 return Err(StateError::Read {
-                    path: path.display().to_string(),
+                    path: shown,
                     source,
                 })
             }
         };
-        serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-            path: path.display().to_string(),
+        // serde reads a struct from a JSON array too: `[]` would be an
+        // empty state.
+        if !text.trim_start().starts_with('{') {
+            return Err(StateError::Corrupt {
+                path: shown,
+                message: "it is not a JSON object".into(),
+            });
+        }
+        let state: Self = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+            path: shown.clone(),
             message: e.to_string(),
-        })
+        })?;
+        let problems = state.problems(config);
+        if !problems.is_empty() {
+            return Err(StateError::Invalid {
+                path: shown,
+                problems,
+            });
+        }
+        Ok(state)
+    }
+
+    /// The backends this state adds that `config`'s rules refuse (for the
+    /// services the config has; the others are not applied).
+    pub fn problems(&self, config: &Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, changes) in &self.services {
+            if !config.services.iter().any(|s| &s.name == name) {
+                continue;
+            }
+            for added in &changes.added {
+                for reason in config.backend_problems(added.address, added.port, added.weight) {
+                    problems.push(format!(
+                        "service {name:?} backend {}:{} (added at run time): {reason}",
+                        added.address, added.port
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Drops what no longer differs from `config`: removals of backends
+    /// the config does not list (so a backend the config lists again later
+    /// appears), additions equal to a config backend, drains of backends
+    /// that are gone. Changes to a service the config lacks are kept
+    /// (without their removals), in case the service comes back. Returns
+    /// whether anything was dropped.
+    pub fn prune(&mut self, config: &Config) -> bool {
+        let before = self.clone();
+        let effective = self.effective_backends(config);
+        for (name, changes) in &mut self.services {
+            changes
+                .removed
+                .retain(|(a, p)| in_config(config, name, *a, *p));
+            let Some(service) = config.services.iter().find(|s| &s.name == name) else {
+                continue;
+            };
+            changes.added.retain(|added| {
+                !service.backends.iter().any(|b| {
+                    b.address == added.address
+                        && b.port.unwrap_or(service.port) == added.port
+                        && b.weight == added.weight
+                })
+            });
+            let present = effective.get(name);
+            changes.drained.retain(|(a, p)| {
+                present.is_some_and(|list| list.iter().any(|b| b.address == *a && b.port == *p))
+            });
+        }
+        self.services.retain(|_, c| *c != ServiceChanges::default());
+        *self != before
     }
 
     /// Writes atomically (temp file, fsync, rename), mode 0600.
@@ -110,7 +214,17 @@ impl RuntimeState {
         std::fs::rename(&tmp, path).map_err(err)
     }
 
-    pub fn add_backend(&mut self, service: &str, backend: BackendSpec) {
+    /// Adds a backend (or sets its weight, or ends its drain or removal).
+    /// A config backend at its config weight needs no entry.
+    pub fn add_backend(&mut self, config: &Config, service: &str, backend: BackendSpec) {
+        let as_configured = config.services.iter().any(|s| {
+            s.name == service
+                && s.backends.iter().any(|b| {
+                    b.address == backend.address
+                        && b.port.unwrap_or(s.port) == backend.port
+                        && b.weight == backend.weight
+                })
+        });
         let changes = self.services.entry(service.to_string()).or_default();
         changes
             .drained
@@ -121,7 +235,10 @@ impl RuntimeState {
         changes
             .added
             .retain(|b| !(b.address == backend.address && b.port == backend.port));
-        changes.added.push(backend);
+        if !as_configured {
+            changes.added.push(backend);
+        }
+        self.services.retain(|_, c| *c != ServiceChanges::default());
     }
 
     /// Marks a backend drained (it must exist; the caller checks).
@@ -138,7 +255,10 @@ impl RuntimeState {
             .is_some_and(|c| c.drained.contains(&(address, port)))
     }
 
-    pub fn remove_backend(&mut self, service: &str, address: Ipv4Addr, port: u16) {
+    /// Removes a backend: a run-time one just loses its entries, a config
+    /// one gets a removal that hides it from the config.
+    pub fn remove_backend(&mut self, config: &Config, service: &str, address: Ipv4Addr, port: u16) {
+        let tombstone = in_config(config, service, address, port);
         let changes = self.services.entry(service.to_string()).or_default();
         changes
             .drained
@@ -146,9 +266,10 @@ impl RuntimeState {
         changes
             .added
             .retain(|b| !(b.address == address && b.port == port));
-        if !changes.removed.contains(&(address, port)) {
+        if tombstone && !changes.removed.contains(&(address, port)) {
             changes.removed.push((address, port));
         }
+        self.services.retain(|_, c| *c != ServiceChanges::default());
     }
 
     /// The backends each configured service has after the run-time changes.
@@ -224,33 +345,31 @@ protocol = "tcp"
         dir
     }
 
+    fn spec(last: u8, weight: u32) -> BackendSpec {
+        BackendSpec {
+            address: addr(last),
+            port: 80,
+            weight,
+        }
+    }
+
+    fn config() -> Config {
+        Config::parse(CONFIG, "t.toml").expect("valid")
+    }
+
     #[test]
     fn changes_apply_on_top_of_config() {
-        let config = Config::parse(CONFIG, "t.toml").expect("valid");
+        let config = config();
         let mut state = RuntimeState::default();
-        state.add_backend(
-            "www",
-            BackendSpec {
-                address: addr(23),
-                port: 80,
-                weight: 2,
-            },
-        );
-        state.remove_backend("www", addr(21), 80);
+        state.add_backend(&config, "www", spec(23, 2));
+        state.remove_backend(&config, "www", addr(21), 80);
         let www = &state.effective_backends(&config)["www"];
         let addrs: Vec<_> = www.iter().map(|b| (b.address, b.weight)).collect();
         assert_eq!(addrs, vec![(addr(22), 1), (addr(23), 2)]);
 
         // Removed then added again: present; config backend with new weight.
-        state.add_backend(
-            "www",
-            BackendSpec {
-                address: addr(21),
-                port: 80,
-                weight: 5,
-            },
-        );
-        state.remove_backend("www", addr(23), 80);
+        state.add_backend(&config, "www", spec(21, 5));
+        state.remove_backend(&config, "www", addr(23), 80);
         let www = &state.effective_backends(&config)["www"];
         let addrs: Vec<_> = www.iter().map(|b| (b.address, b.weight)).collect();
         assert_eq!(addrs, vec![(addr(21), 5), (addr(22), 1)]);
@@ -259,27 +378,155 @@ protocol = "tcp"
         state.drain_backend("www", addr(22), 80);
         assert!(state.is_drained("www", addr(22), 80));
         assert_eq!(state.effective_backends(&config)["www"].len(), 2);
-        state.add_backend(
-            "www",
-            BackendSpec {
-                address: addr(22),
-                port: 80,
-                weight: 1,
-            },
-        );
+        state.add_backend(&config, "www", spec(22, 1));
         assert!(!state.is_drained("www", addr(22), 80));
+    }
+
+    #[test]
+    fn add_remove_cycles_of_a_runtime_backend_leave_nothing_behind() {
+        let config = config();
+        let mut state = RuntimeState::default();
+        for _ in 0..1000 {
+            state.add_backend(&config, "www", spec(23, 1));
+            state.remove_backend(&config, "www", addr(23), 80);
+        }
+        assert_eq!(state, RuntimeState::default(), "{state:?}");
+        // Re-adding a config backend at its config weight needs no entry.
+        state.remove_backend(&config, "www", addr(21), 80);
+        assert_eq!(state.services["www"].removed, [(addr(21), 80)]);
+        state.add_backend(&config, "www", spec(21, 1));
+        assert_eq!(state, RuntimeState::default(), "{state:?}");
+    }
+
+    #[test]
+    fn a_removed_runtime_backend_does_not_hide_a_later_config_backend() {
+        let config = config();
+        let mut state = RuntimeState::default();
+        state.add_backend(&config, "www", spec(23, 1));
+        state.remove_backend(&config, "www", addr(23), 80);
+        // The operator then puts 10.200.0.23 into the config.
+        let later = Config::parse(
+            &CONFIG.replacen(
+                "  [[service.backend]]\n  address = \"10.200.0.22\"",
+                "  [[service.backend]]\n  address = \"10.200.0.22\"\n  [[service.backend]]\n  address = \"10.200.0.23\"",
+                1,
+            ),
+            "t.toml",
+        )
+        .expect("valid");
+        let www = &state.effective_backends(&later)["www"];
+        assert!(www.iter().any(|b| b.address == addr(23)), "{www:?}");
+    }
+
+    #[test]
+    fn removals_last_while_the_config_lists_the_backend() {
+        let config = config();
+        let mut state = RuntimeState::default();
+        state.remove_backend(&config, "www", addr(22), 80);
+        state.add_backend(&config, "www", spec(21, 7));
+        assert!(!state.prune(&config), "nothing to drop yet");
+        assert!(!state.effective_backends(&config)["www"]
+            .iter()
+            .any(|b| b.address == addr(22)));
+        // The config drops web2 and gives web1 weight 7: both entries go.
+        let without = Config::parse(
+            &CONFIG
+                .replacen(
+                    "  [[service.backend]]\n  address = \"10.200.0.22\"\n",
+                    "",
+                    1,
+                )
+                .replacen(
+                    "address = \"10.200.0.21\"",
+                    "address = \"10.200.0.21\"\n  weight = 7",
+                    1,
+                ),
+            "t.toml",
+        )
+        .expect("valid");
+        assert!(state.prune(&without));
+        assert_eq!(state, RuntimeState::default(), "{state:?}");
+        // So web2 listed in the config again is back.
+        let www = &state.effective_backends(&config)["www"];
+        assert!(www.iter().any(|b| b.address == addr(22)), "{www:?}");
+    }
+
+    fn write_and_load(text: &str) -> Result<RuntimeState, StateError> {
+        let dir = temp_dir();
+        let path = dir.join("inst.json");
+        std::fs::write(&path, text).expect("write");
+        let loaded = RuntimeState::load(&path, &config());
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            text,
+            "loading never rewrites the file"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        loaded
+    }
+
+    #[test]
+    fn a_state_file_of_another_shape_is_refused() {
+        for (text, expected) in [
+            ("[]", "not a JSON object"),
+            ("{\"servics\": {}}", "unknown field `servics`"),
+            (
+                "{\"services\": {\"www\": {\"add\": []}}}",
+                "unknown field `add`",
+            ),
+            (
+                "{\"services\": {\"www\": {\"added\": [{\"address\": \"10.200.0.23\", \"port\": 80, \"weight\": 1, \"wieght\": 2}]}}}",
+                "unknown field `wieght`",
+            ),
+        ] {
+            let message = write_and_load(text).unwrap_err().to_string();
+            assert!(
+                message.contains(expected)
+                    && message.contains("inst.json")
+                    && message.contains("move it away"),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_file_adding_what_the_config_refuses_is_refused() {
+        let added = |address: &str, port: u16, weight: u32| {
+            format!(
+                "{{\"services\": {{\"www\": {{\"added\": [{{\"address\": \"{address}\", \"port\": {port}, \"weight\": {weight}}}]}}}}}}"
+            )
+        };
+        for (text, expected) in [
+            (added("10.200.0.23", 80, 1_000_000), "weight 1000000"),
+            (added("10.200.0.23", 0, 1), "port 0"),
+            (added("10.100.0.100", 80, 1), "not a VIP"),
+            (added("10.200.0.11", 80, 1), "this node's own address"),
+            (added("0.0.0.0", 80, 1), "not a unicast address"),
+            (added("224.0.0.5", 80, 1), "not a unicast address"),
+        ] {
+            let message = write_and_load(&text).unwrap_err().to_string();
+            assert!(
+                message.contains(expected)
+                    && message.contains("inst.json")
+                    && message.contains("service \"www\" backend"),
+                "{text}: {message}"
+            );
+        }
+        assert!(write_and_load(&added("10.200.0.23", 8080, 100)).is_ok());
     }
 
     #[test]
     fn save_and_load_round_trip_and_corruption() {
         let dir = temp_dir();
         let path = dir.join("inst.json");
+        let config = config();
         assert_eq!(
-            RuntimeState::load(&path).expect("missing is empty"),
+            RuntimeState::load(&path, &config).expect("missing is empty"),
             RuntimeState::default()
         );
         let mut state = RuntimeState::default();
         state.add_backend(
+            &config,
             "www",
             BackendSpec {
                 address: addr(23),
@@ -288,15 +535,15 @@ protocol = "tcp"
             },
         );
         state.save(&path).expect("save");
-        assert_eq!(RuntimeState::load(&path).expect("load"), state);
+        assert_eq!(RuntimeState::load(&path, &config).expect("load"), state);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
 
         std::fs::write(&path, "{ not json").expect("write");
-        let message = RuntimeState::load(&path).unwrap_err().to_string();
+        let message = RuntimeState::load(&path, &config).unwrap_err().to_string();
         assert!(
-            message.contains("corrupt") && message.contains("delete it"),
+            message.contains("corrupt") && message.contains("move it away"),
             "{message}"
         );
         let _ = std::fs::remove_dir_all(dir);

@@ -418,3 +418,178 @@ fn reload_applies_vrrp_changes_without_a_failover() {
     );
     assert_eq!(vrrp_state(&lab, Node::Lb1), "BACKUP");
 }
+
+/// Runs `command` with stdout a pipe whose reader is already gone, as in
+/// `lb-agent stats | head -1` once head has exited; its status and stderr.
+fn with_closed_stdout(command: &mut std::process::Command) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = command
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run lb-agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_output_to_a_closed_pipe_ends_quietly() {
+    let Some(agent) = integration_tests::artifacts::agent_binary() else {
+        return;
+    };
+    for args in [&["completions", "bash"][..], &["man"]] {
+        let (status, stderr) = with_closed_stdout(std::process::Command::new(&agent).args(args));
+        assert_eq!(status, Some(141), "lb-agent {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "lb-agent {args:?} said: {stderr}");
+    }
+}
+
+/// The state file of lb1's agent.
+fn state_path(lab: &Lab) -> std::path::PathBuf {
+    lab.run_dir()
+        .join("state")
+        .join(format!("{}.json", lab.instance(Node::Lb1)))
+}
+
+/// Entries of the state file (0 when there is none).
+fn state_entries(lab: &Lab) -> usize {
+    let Ok(text) = std::fs::read_to_string(state_path(lab)) else {
+        return 0;
+    };
+    let state: serde_json::Value = serde_json::from_str(&text).expect("state JSON");
+    state["services"]
+        .as_object()
+        .expect("services")
+        .values()
+        .flat_map(|changes| ["added", "removed", "drained"].map(|k| changes[k].clone()))
+        .map(|list| list.as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+#[test]
+fn careless_operator_input_is_refused_everywhere_it_gets_in() {
+    let Some(lab) = lab("hi") else { return };
+    let before = www_backends(&lab);
+
+    // The CLI follows the config's rules: nothing refused is persisted.
+    for (address, why) in [
+        ("10.100.0.100", "not a VIP"),
+        ("10.200.0.11", "this node's own address"),
+        ("10.200.0.113", "this node's own address"),
+        ("0.0.0.0", "not a unicast address"),
+        ("224.0.0.5", "not a unicast address"),
+        ("255.255.255.255", "not a unicast address"),
+        ("127.0.0.1", "not a unicast address"),
+    ] {
+        let out = lab
+            .agent_cli(Node::Lb1, &["backends", "add", "--service", "www", address])
+            .expect("backends add");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{address} was accepted");
+        assert!(
+            said.contains(why) && said.contains("nothing was changed"),
+            "{address}: {said}"
+        );
+    }
+    assert_eq!(www_backends(&lab), before);
+    assert_eq!(state_entries(&lab), 0, "nothing refused was persisted");
+
+    // A run-time backend added and removed again leaves no entry behind...
+    for _ in 0..20 {
+        agent(
+            &lab,
+            &["backends", "add", "--service", "www", "10.200.0.23"],
+        );
+        agent(
+            &lab,
+            &["backends", "remove", "--service", "www", "10.200.0.23"],
+        );
+    }
+    assert_eq!(state_entries(&lab), 0, "add/remove cycles left entries");
+    // ...so the config can bring it in later.
+    let path = lab.agent_config_path(Node::Lb1);
+    let good = std::fs::read_to_string(&path).expect("config");
+    rewrite_config(
+        &lab,
+        "address = \"10.200.0.22\"",
+        "address = \"10.200.0.22\"\n  [[service.backend]]\n  address = \"10.200.0.23\"",
+    );
+    agent(&lab, &["reload"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || www_backends(&lab)
+            .contains(&"10.200.0.23 active".to_string())),
+        "web3 from the config appears: {:?}",
+        www_backends(&lab)
+    );
+
+    // A refused reload says where, as check-config does: an invalid file,
+    // and one that only a restart could apply.
+    for (from, to, says) in [
+        (
+            "address = \"10.200.0.22\"",
+            "address = \"10.200.0.22\"\n  weight = 500",
+            "service \"www\" backend 10.200.0.22:80: weight 500",
+        ),
+        (
+            "max_flows = 65536",
+            "max_flows = 131072",
+            "changed conntrack.max_flows",
+        ),
+    ] {
+        let text = good.replacen(from, to, 1);
+        let changed = to.lines().last().unwrap_or(to);
+        let line = text
+            .lines()
+            .position(|l| l == changed)
+            .expect("the changed line")
+            + 1;
+        std::fs::write(&path, text).expect("write");
+        let out = lab
+            .agent_cli(Node::Lb1, &["reload"])
+            .expect("lb-agent reload");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{said}");
+        assert!(
+            said.contains(&format!("{}:{line}: {says}", path.display())),
+            "{said}"
+        );
+    }
+    std::fs::write(&path, &good).expect("restore");
+    agent(&lab, &["reload"]);
+
+    // Output into a pipe nobody reads any more: no panic, no message.
+    let (status, stderr) = with_closed_stdout(lab.agent_command(Node::Lb1).arg("stats"));
+    assert_eq!(status, Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+
+    // A state file the agent did not write stops it, and stays as it was.
+    lab.stop_agent(Node::Lb1).expect("stop the agent");
+    let state = state_path(&lab);
+    for text in [
+        "[]".to_string(),
+        "{\"servics\": {}}".to_string(),
+        "{\"services\": {\"www\": {\"added\": [{\"address\": \"10.200.0.23\", \"port\": 80, \"weight\": 1000000}]}}}".to_string(),
+        "{\"services\": {\"www\": {\"added\": [{\"address\": \"10.100.0.100\", \"port\": 80, \"weight\": 1}]}}}".to_string(),
+    ] {
+        std::fs::write(&state, &text).expect("write state file");
+        let error = lab
+            .start_agent(Node::Lb1)
+            .map(|pid| format!("started as pid {pid}"))
+            .expect_err("the agent starts with a broken state file");
+        let error = format!("{error:#}");
+        assert!(
+            error.contains(&state.display().to_string()) && error.contains("away"),
+            "{text}: {error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&state).expect("state file"),
+            text,
+            "left untouched"
+        );
+    }
+    std::fs::remove_file(&state).expect("remove the state file");
+    lab.start_agent(Node::Lb1).expect("starts without it");
+}

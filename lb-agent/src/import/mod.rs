@@ -272,13 +272,16 @@ pub fn import(
                     let _ = writeln!(out, "  port = {p}");
                 }
                 if let Some(w) = server.weight {
-                    let scaled = w.clamp(1, 100);
+                    use crate::config::{MAX_WEIGHT, MIN_WEIGHT};
+                    let scaled = w.clamp(MIN_WEIGHT, MAX_WEIGHT);
                     if scaled != w {
                         notes.push(Note::new(
                             haproxy.0,
                             server.line,
                             &format!("server {} weight {w}", server.name),
-                            &format!("weight {w} is outside 1..=100; written as {scaled}"),
+                            &format!(
+                                "weight {w} is outside {MIN_WEIGHT}..={MAX_WEIGHT}; written as {scaled}"
+                            ),
                         ));
                     }
                     let _ = writeln!(out, "  weight = {scaled}");
