@@ -503,7 +503,7 @@ impl Model {
         }
         let key = packet.key;
         if key.dst == self.node.snat && self.node.nat_ports.contains(&key.dport) {
-            return self.from_backend(ingress, input, &packet, action, output, reading);
+            return self.reply_from_backend(ingress, input, &packet, action, output, reading);
         }
         let syn = packet.is_syn();
         if let Some(flow) = self.flows.get_mut(&key) {
@@ -598,7 +598,7 @@ impl Model {
         }
     }
 
-    fn from_backend(
+    fn reply_from_backend(
         &mut self,
         ingress: u32,
         input: &[u8],
