@@ -608,7 +608,7 @@ impl Fuzz {
                 ("bare SYN (new flow)", public, syn.build())
             }
             2..=4 => {
-                let (_, flow) = self.open_tcp(sport)?;
+                self.open_tcp(sport)?;
                 let (name, flags) = match which {
                     2 => ("data on a tracked flow", TCP_ACK | TCP_PSH),
                     3 => ("FIN on a tracked flow", TCP_FIN | TCP_ACK),
@@ -618,7 +618,6 @@ impl Fuzz {
                     .client_tcp(sport, 80, flags)
                     .timestamps(&[1, 1], ts, 0)
                     .payload(&payload);
-                let _ = flow;
                 (name, public, frame.build())
             }
             5 => {

@@ -46,7 +46,7 @@ pub struct Key {
     pub proto: u8,
 }
 
-/// One backend of a service, with the neighbour the node reaches it by.
+/// One backend of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
     pub addr: [u8; 4],
@@ -540,19 +540,11 @@ impl Model {
             });
         };
         if packet.is_tcp() && !syn {
-            return expect_rst(ingress, input, &packet, action, output, reading, "no flow");
+            return expect_rst(&packet, action, output, reading, "no flow");
         }
         if backends.is_empty() {
             if packet.is_tcp() {
-                return expect_rst(
-                    ingress,
-                    input,
-                    &packet,
-                    action,
-                    output,
-                    reading,
-                    "no backend",
-                );
+                return expect_rst(&packet, action, output, reading, "no backend");
             }
             return self.expect_drop(action, reading, "UDP to a service without backends");
         }
@@ -888,8 +880,6 @@ fn show_rewrite(r: &Rewrite) -> String {
 /// ACK, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`; no payload; valid
 /// checksums. A RST is never answered.
 fn expect_rst(
-    _ingress: u32,
-    input: &[u8],
     packet: &Packet,
     action: u32,
     output: &[u8],
@@ -919,7 +909,6 @@ fn expect_rst(
             action_name(action)
         ));
     }
-    let _ = input;
     if output.len() != 54 {
         return fail(format!("a 54-byte RST frame, got {} bytes", output.len()));
     }
