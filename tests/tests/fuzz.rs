@@ -95,7 +95,8 @@ fn monotonic_ms() -> u32 {
 /// Recomputes the IPv4 header checksum and the TCP/UDP checksum over what
 /// the length fields cover (as far as the frame has it), so that mutated
 /// length fields also reach the program with otherwise valid checksums.
-/// A UDP checksum of zero ("none") stays zero.
+/// A UDP checksum of zero ("none") stays zero. (etherparse sums native
+/// words: the result's native bytes are the wire bytes.)
 fn fix_checksums(frame: &mut [u8]) {
     if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
         return;
@@ -104,7 +105,7 @@ fn fix_checksums(frame: &mut [u8]) {
     let ip = Sum16BitWords::new()
         .add_slice(&frame[14..34])
         .ones_complement();
-    frame[24..26].copy_from_slice(&ip.to_be_bytes());
+    frame[24..26].copy_from_slice(&ip.to_ne_bytes());
     let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
     let end = (14 + total).min(frame.len());
     if end <= 34 {
@@ -127,7 +128,7 @@ fn fix_checksums(frame: &mut [u8]) {
         6 if segment.len() >= 18 => {
             segment[16..18].fill(0);
             let check = pseudo(segment.len()).add_slice(segment).ones_complement();
-            segment[16..18].copy_from_slice(&check.to_be_bytes());
+            segment[16..18].copy_from_slice(&check.to_ne_bytes());
         }
         17 if segment.len() >= 8 && segment[6..8] != [0, 0] => {
             let len = usize::from(u16::from_be_bytes([segment[4], segment[5]])).min(segment.len());
@@ -138,10 +139,15 @@ fn fix_checksums(frame: &mut [u8]) {
             let check = pseudo(len)
                 .add_slice(&segment[..len])
                 .to_ones_complement_with_no_zero();
-            segment[6..8].copy_from_slice(&check.to_be_bytes());
+            segment[6..8].copy_from_slice(&check.to_ne_bytes());
         }
         _ => {}
     }
+}
+
+fn checksums_valid(frame: &[u8]) -> bool {
+    matches!(classify(frame), Parsed::Valid(p)
+        if p.ip_checksum_ok && p.l4_checksum != oracle::L4Checksum::Invalid)
 }
 
 /// A frame with `value` written at `at`, as mutated and with its
@@ -365,6 +371,7 @@ struct Fuzz {
     scenario_keys: Vec<Key>,
     next_sport: u16,
     spent_in_kernel: Duration,
+    forwarded_with_valid_checksums: usize,
 }
 
 fn flow_key(key: &Key) -> FlowKey {
@@ -441,6 +448,9 @@ impl Fuzz {
         match self.model.judge(ingress, frame, action, &output, now_ms) {
             Ok(verdict) => {
                 *self.verdicts.entry(verdict).or_default() += 1;
+                if verdict == Verdict::Forwarded && checksums_valid(frame) {
+                    self.forwarded_with_valid_checksums += 1;
+                }
                 Some(verdict)
             }
             Err(mismatch) => {
@@ -765,11 +775,12 @@ impl Fuzz {
     fn report(&self, took: Duration) -> Option<String> {
         let count = |v| self.verdicts.get(&v).copied().unwrap_or(0);
         println!(
-            "fuzz: {} frames (seed {:#x}): {} forwarded, {} rst, {} passed, {} dropped \
-             ({:.1} s, {:.1} s of it in BPF_PROG_TEST_RUN)",
+            "fuzz: {} frames (seed {:#x}): {} forwarded ({} with valid checksums), {} rst, \
+             {} passed, {} dropped ({:.1} s, {:.1} s of it in BPF_PROG_TEST_RUN)",
             self.index,
             self.seed,
             count(Verdict::Forwarded),
+            self.forwarded_with_valid_checksums,
             count(Verdict::Rst),
             count(Verdict::Passed),
             count(Verdict::Dropped),
@@ -866,6 +877,22 @@ fn node(h: &Harness) -> Node {
 }
 
 #[test]
+fn fixed_checksums_are_valid() {
+    let mut tcp = Frame::tcp(CLIENT, 1000, VIP, 80, TCP_ACK)
+        .timestamps(&[1, 1], 5, 6)
+        .payload(b"odd")
+        .build();
+    let mut udp = Frame::udp(CLIENT, 1000, VIP, 53).payload(b"odd").build();
+    for frame in [&mut tcp, &mut udp] {
+        frame[20] ^= 0x40;
+        frame[40] ^= 0x55;
+        assert!(!checksums_valid(frame));
+        fix_checksums(frame);
+        assert!(checksums_valid(frame), "{}", hex(frame));
+    }
+}
+
+#[test]
 fn random_and_mutated_frames_match_the_reference_model() {
     let Some(object) = artifacts::lb_object() else {
         return;
@@ -898,6 +925,7 @@ fn random_and_mutated_frames_match_the_reference_model() {
         scenario_keys: Vec::new(),
         next_sport: 1024,
         spent_in_kernel: Duration::ZERO,
+        forwarded_with_valid_checksums: 0,
     };
     let setup = started.elapsed();
     fuzz.go();

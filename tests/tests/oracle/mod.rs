@@ -540,11 +540,11 @@ impl Model {
             });
         };
         if packet.is_tcp() && !syn {
-            return expect_rst(&packet, action, output, reading, "no flow");
+            return expect_rst(&self.node, &packet, action, output, reading, "no flow");
         }
         if backends.is_empty() {
             if packet.is_tcp() {
-                return expect_rst(&packet, action, output, reading, "no backend");
+                return expect_rst(&self.node, &packet, action, output, reading, "no backend");
             }
             return self.expect_drop(action, reading, "UDP to a service without backends");
         }
@@ -875,11 +875,13 @@ fn show_rewrite(r: &Rewrite) -> String {
 }
 
 /// A RST back to the sender (RFC 9293 section 3.10.7.1): out of the
-/// ingress interface, MACs swapped with a unicast source of the node's,
-/// VIP:port -> client:port, `<SEQ=SEG.ACK><CTL=RST>` for a segment with
-/// ACK, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`; no payload; valid
-/// checksums. A RST is never answered.
+/// ingress interface to the sender's MAC from one of the node's unicast
+/// MACs, VIP:port -> client:port, `<SEQ=SEG.ACK><CTL=RST>` for a segment
+/// with ACK, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`; no payload;
+/// valid checksums. A RST is never answered; a segment sent to a group MAC
+/// may also be dropped.
 fn expect_rst(
+    node: &Node,
     packet: &Packet,
     action: u32,
     output: &[u8],
@@ -893,7 +895,10 @@ fn expect_rst(
             expected,
         })
     };
-    if packet.flags & RST != 0 {
+    // A segment sent to a group MAC: Linux's tcp_v4_rcv discards it
+    // unanswered, which is as good as a RST from a unicast MAC.
+    let group_mac = packet.dst_mac[0] & 1 == 1;
+    if packet.flags & RST != 0 || (group_mac && action == XDP_DROP) {
         return if action == XDP_DROP {
             Ok(Verdict::Dropped)
         } else {
@@ -927,8 +932,11 @@ fn expect_rst(
     if rst.dst_mac != packet.src_mac {
         problems.push("destination MAC is not the sender's");
     }
-    if rst.src_mac != packet.dst_mac || rst.src_mac[0] & 1 == 1 {
-        problems.push("source MAC is not the unicast MAC the segment was sent to");
+    // A group address is never a valid source (IEEE 802.3 3.2.3; Linux
+    // bridges drop such frames), so the RST cannot reuse a broadcast or
+    // multicast destination as its source.
+    if rst.src_mac[0] & 1 == 1 || !node.own_macs.contains(&rst.src_mac) {
+        problems.push("source MAC is not one of the node's unicast MACs");
     }
     let k = &packet.key;
     if rst.key
@@ -1092,6 +1100,40 @@ mod tests {
             Some(8),
             "a timestamp of the wrong size is skipped"
         );
+    }
+
+    #[test]
+    fn a_rst_never_leaves_from_a_group_mac() {
+        let own: Mac = [2, 0, 0, 0, 0, 0x11];
+        let node = Node {
+            services: HashMap::new(),
+            snat: B,
+            nat_ports: 1..=2,
+            own_macs: vec![own],
+            neighbours: HashMap::new(),
+        };
+        let segment = Frame::tcp(A, 1000, B, 80, TCP_ACK)
+            .macs([2, 0, 0, 0, 0, 1], [0xff; 6])
+            .build();
+        let Parsed::Valid(packet) = classify(&segment) else {
+            panic!("valid segment")
+        };
+        let rst = |src_mac: Mac| {
+            let mut rst = Frame::tcp(B, 80, A, 1000, RST)
+                .macs(src_mac, [2, 0, 0, 0, 0, 1])
+                .build();
+            rst[38..42].copy_from_slice(&5000u32.to_be_bytes());
+            crate::fix_checksums(&mut rst);
+            rst
+        };
+        let judge = |action, output: &[u8]| {
+            expect_rst(&node, &packet, action, output, String::new(), "no flow")
+        };
+        let answered = judge(XDP_TX, &rst(own));
+        assert!(matches!(answered, Ok(Verdict::Rst)), "{answered:?}");
+        assert_eq!(judge(XDP_DROP, &[]).ok(), Some(Verdict::Dropped));
+        let broadcast = judge(XDP_TX, &rst([0xff; 6])).expect_err("broadcast source");
+        assert!(broadcast.expected.contains("source MAC"), "{broadcast:?}");
     }
 
     #[test]
