@@ -21,24 +21,28 @@ const RST_FRAME_LEN: usize = L4_OFFSET + TcpHdr::LEN;
 const RST_TTL: u8 = 64;
 
 /// Builds the RST. Returns `None` when the segment must not be answered
-/// (it is itself a RST) or the frame cannot be reshaped.
+/// (it is itself a RST, or it came to a broadcast or multicast MAC, which
+/// no RST may carry as its source and which Linux's `tcp_v4_rcv` discards)
+/// or the frame cannot be reshaped.
 #[inline(always)]
 pub fn reply_rst(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     if pkt.tcp_flags & TCP_RST != 0 {
         return None;
     }
     // SAFETY: `pkt.eth`/`pkt.l4` were bounds-checked for Ethernet and a full TCP header.
-    let (client_mac, our_mac, seq, ack_seq, data_offset) = unsafe {
+    let (client_mac, our_mac, seq, ack_seq) = unsafe {
         let tcp = pkt.l4 as *const TcpHdr;
-        let flags_word = pkt.l4.wrapping_add(12) as *const u8;
         (
             (*pkt.eth).src_addr,
             (*pkt.eth).dst_addr,
             u32::from_be_bytes((*tcp).seq),
             u32::from_be_bytes((*tcp).ack_seq),
-            ((*flags_word >> 4) as u16) * 4,
         )
     };
+    if our_mac[0] & 1 == 1 {
+        return None;
+    }
+    let data_offset = pkt.l4_header_len;
     let payload = pkt
         .ip_len
         .saturating_sub(Ipv4Hdr::LEN as u16)

@@ -250,6 +250,16 @@ fn stateless_table() {
             reason: Reason::PassReplyNoFlow,
         },
     ];
+    cases.push(Case {
+        name: "a segment without a flow sent to the broadcast MAC gets no RST",
+        input: Frame::tcp(CLIENT, 40003, VIP, 80, TCP_ACK)
+            .macs(CLIENT_MAC, [0xff; 6])
+            .build(),
+        ingress_public: true,
+        action: XDP_DROP,
+        output: None,
+        reason: Reason::RstNoFlow,
+    });
     for (name, input) in bad_lengths {
         cases.push(Case {
             name,
