@@ -880,6 +880,10 @@ pub fn ensure_all_lab_programs() -> Result<()> {
     ensure_lab_programs()?;
     classic::ensure_classic_programs()?;
     apt::ensure_programs(
+        &[("wrk", "wrk")],
+        "for the sustained-load tests (tests/tests/connrate.rs)",
+    )?;
+    apt::ensure_programs(
         &[("vagrant", "vagrant")],
         "to validate vagrant/Vagrantfile (no VM is booted)",
     )
