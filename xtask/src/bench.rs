@@ -2,8 +2,8 @@
 //! trivial reference program (BPF_PROG_TEST_RUN, `xdp-bench`), then
 //! end-to-end HTTP throughput with wrk through the balancer against wrk
 //! straight to a backend, the connection rate against HAProxy
-//! (`connrate`) and the failover outage, all in the same run on the same
-//! machine.
+//! (`connrate`), the agent's reads of a large flow table (`table`) and the
+//! failover outage, all in the same run on the same machine.
 
 use std::{
     process::Command,
@@ -208,7 +208,7 @@ pub fn wrk_description(close: bool) -> String {
 }
 
 /// Parts of the benchmark `--only` can pick.
-pub const SECTIONS: [&str; 4] = ["packet", "lab", "connrate", "failover"];
+pub const SECTIONS: [&str; 5] = ["packet", "table", "lab", "connrate", "failover"];
 
 /// `model name` of the first CPU in /proc/cpuinfo.
 pub fn cpu_model() -> String {
@@ -250,7 +250,12 @@ pub fn run(options: &BenchOptions) -> Result<()> {
     println!("  {}", machine());
 
     if wanted("packet") {
-        packet_figures(&artifacts)?;
+        heading("Per packet (BPF_PROG_TEST_RUN)");
+        bench_binary(&artifacts, "xdp-bench")?;
+    }
+    if wanted("table") {
+        heading("Flow table at scale (the agent's expiry pass and census)");
+        bench_binary(&artifacts, "flow-table-bench")?;
     }
     if wanted("lab") {
         for (i, mode) in options.xdp_modes().into_iter().enumerate() {
@@ -266,7 +271,8 @@ pub fn run(options: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-fn packet_figures(artifacts: &build::Artifacts) -> Result<()> {
+/// Builds and runs one of the tests crate's benchmark binaries.
+fn bench_binary(artifacts: &build::Artifacts, name: &str) -> Result<()> {
     cmd::run(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
@@ -277,22 +283,19 @@ fn packet_figures(artifacts: &build::Artifacts) -> Result<()> {
                 "-p",
                 "integration-tests",
                 "--bin",
-                "xdp-bench",
+                name,
             ])
             .env(ENV_EBPF_OBJECT, &artifacts.lb_object),
     )?;
-
-    heading("Per packet (BPF_PROG_TEST_RUN)");
-    let bench = build::target_dir().join("release/xdp-bench");
+    let bench = build::target_dir().join("release").join(name);
     let status = Command::new(&bench)
         .env(ENV_EBPF_OBJECT, &artifacts.lb_object)
         .env(ENV_TRIVIAL_OBJECT, &artifacts.trivial_object)
         .status()
         .with_context(|| format!("running {}", bench.display()))?;
     if !status.success() {
-        bail!("xdp-bench failed ({status})");
+        bail!("{name} failed ({status})");
     }
-
     Ok(())
 }
 
