@@ -403,24 +403,37 @@ impl Tables {
             .collect();
         let mut ended = Vec::with_capacity(doomed.len());
         for (key, flow) in doomed {
-            // The program may have started a new flow in this entry since
-            // the walk (a client reusing its ports writes over it): only
-            // the same flow, still selected, is ended.
-            let current = match self.flows.get(&key, 0) {
-                Ok(current) if same_flow(&current, &flow) && select(&current) => current,
-                _ => continue,
-            };
-            end_flow(
-                &mut self.flows,
-                &mut self.replies,
-                &mut self.ports,
-                &settings,
-                &key,
-                &current,
-            );
-            ended.push(key);
+            if self.end_if_still(&settings, &key, &flow, &mut select) {
+                ended.push(key);
+            }
         }
         ended
+    }
+
+    /// Ends the flow `walked` saw at `key` if that entry still holds it and
+    /// `select` still picks it: the program may have started a new flow in
+    /// the entry since the walk (a client reusing its ports writes over it).
+    fn end_if_still(
+        &mut self,
+        settings: &Settings,
+        key: &FlowKey,
+        walked: &FlowValue,
+        select: &mut impl FnMut(&FlowValue) -> bool,
+    ) -> bool {
+        match self.flows.get(key, 0) {
+            Ok(current) if same_flow(&current, walked) && select(&current) => {
+                end_flow(
+                    &mut self.flows,
+                    &mut self.replies,
+                    &mut self.ports,
+                    settings,
+                    key,
+                    &current,
+                );
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether an expiry sweep is part-way through the table.
@@ -452,22 +465,9 @@ impl Tables {
             if !flow_expired(&settings, &flow, now_ns) {
                 continue;
             }
-            // As in `remove_flows`: only the same flow, still expired.
-            match self.flows.get(&key, 0) {
-                Ok(current)
-                    if same_flow(&current, &flow) && flow_expired(&settings, &current, now_ns) =>
-                {
-                    end_flow(
-                        &mut self.flows,
-                        &mut self.replies,
-                        &mut self.ports,
-                        &settings,
-                        &key,
-                        &current,
-                    );
-                    expired += 1;
-                }
-                _ => {}
+            let mut still_expired = |current: &FlowValue| flow_expired(&settings, current, now_ns);
+            if self.end_if_still(&settings, &key, &flow, &mut still_expired) {
+                expired += 1;
             }
         }
         if done {
