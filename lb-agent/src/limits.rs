@@ -179,6 +179,20 @@ impl AcceptGate {
         delay
     }
 
+    /// Accepting failed: pauses before the next try (EMFILE and friends
+    /// fail again at once, so a loop would spin). False when `stop`
+    /// completed during the pause: the server is to stop.
+    pub async fn back_off<F>(&mut self, error: &std::io::Error, stop: &mut F) -> bool
+    where
+        F: std::future::Future + Unpin,
+    {
+        let delay = self.failed(error);
+        tokio::select! {
+            _ = stop => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
     /// Connections being served now.
     pub fn in_use(&self) -> usize {
         self.cap - self.permits.available_permits()

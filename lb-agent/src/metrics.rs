@@ -401,14 +401,8 @@ pub async fn serve(
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // EMFILE and friends fail again at once: pause.
-                        let delay = gate.failed(&error);
-                        tokio::select! {
-                            _ = &mut stop => break,
-                            _ = tokio::time::sleep(delay) => continue,
-                        }
-                    }
+                    Err(error) if gate.back_off(&error, &mut stop).await => continue,
+                    Err(_) => break,
                 };
                 let Some(permit) = gate.admit() else {
                     let _ = stream.try_write(REFUSED);

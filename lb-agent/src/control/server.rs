@@ -133,15 +133,8 @@ pub async fn serve(
             accepted = listener.accept() => {
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // EMFILE and friends: accept() would fail again at
-                        // once, so pause instead of spinning.
-                        let delay = gate.failed(&error);
-                        tokio::select! {
-                            _ = &mut shutdown => break,
-                            _ = tokio::time::sleep(delay) => continue,
-                        }
-                    }
+                    Err(error) if gate.back_off(&error, &mut shutdown).await => continue,
+                    Err(_) => break,
                 };
                 let Some(permit) = gate.admit() else {
                     // Never waits: a client that does not read misses it.
