@@ -9,3 +9,4 @@ pub mod e2e;
 pub mod netns;
 pub mod packet;
 pub mod program;
+pub mod table;

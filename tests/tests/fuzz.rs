@@ -509,6 +509,17 @@ impl Fuzz {
         self.run("setup", ingress, &frame.build()).is_some()
     }
 
+    /// Notes that the scenario may open the client's flow from `sport`.
+    fn track_client(&mut self, sport: u16, dport: u16, proto: u8) {
+        self.scenario_keys.push(Key {
+            src: CLIENT,
+            dst: VIP,
+            sport,
+            dport,
+            proto,
+        });
+    }
+
     fn client_tcp(&mut self, sport: u16, dport: u16, flags: u8) -> Frame {
         let mut frame = Frame::tcp(CLIENT, sport, VIP, dport, flags).macs(CLIENT_MAC, PUB_MAC);
         let seq = self.rng.next() as u32;
@@ -597,24 +608,12 @@ impl Fuzz {
                 let syn = self
                     .client_tcp(sport, 80, TCP_SYN)
                     .timestamps(LINUX_SYN_OPTIONS, ts, 0);
-                self.scenario_keys.push(Key {
-                    src: CLIENT,
-                    dst: VIP,
-                    sport,
-                    dport: 80,
-                    proto: PROTO_TCP,
-                });
+                self.track_client(sport, 80, PROTO_TCP);
                 ("SYN with timestamps (new flow)", public, syn.build())
             }
             1 => {
                 let syn = self.client_tcp(sport, 80, TCP_SYN).payload(&payload);
-                self.scenario_keys.push(Key {
-                    src: CLIENT,
-                    dst: VIP,
-                    sport,
-                    dport: 80,
-                    proto: PROTO_TCP,
-                });
+                self.track_client(sport, 80, PROTO_TCP);
                 ("bare SYN (new flow)", public, syn.build())
             }
             2..=4 => {
@@ -653,13 +652,7 @@ impl Fuzz {
                     dport: 5353,
                     zero_checksum: which == 8,
                 };
-                self.scenario_keys.push(Key {
-                    src: CLIENT,
-                    dst: VIP,
-                    sport,
-                    dport: 5353,
-                    proto: PROTO_UDP,
-                });
+                self.track_client(sport, 5353, PROTO_UDP);
                 let name = if which == 8 {
                     "UDP without checksum"
                 } else {

@@ -46,23 +46,10 @@ impl Cursor {
     }
 }
 
-/// Every (key, value) of the hash map behind `map`, read in batches.
-/// Entries that the program adds or deletes meanwhile may or may not be
-/// seen, as with any walk of a live table.
-pub fn read_all<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, V)>, BatchError> {
-    let mut cursor = Cursor::default();
-    let mut entries = Vec::new();
-    loop {
-        let (mut slice, done) = read_some(map, &mut cursor, usize::MAX)?;
-        entries.append(&mut slice);
-        if done {
-            return Ok(entries);
-        }
-    }
-}
-
 /// About `limit` entries (whole batches) from where `cursor` stands, and
-/// whether the walk reached the end (the cursor then starts over).
+/// whether the walk reached the end (the cursor then starts over); all of
+/// them with `usize::MAX`. Entries that the program adds or deletes
+/// meanwhile may or may not be seen, as with any walk of a live table.
 pub fn read_some<K: aya::Pod, V: aya::Pod>(
     map: &MapData,
     cursor: &mut Cursor,

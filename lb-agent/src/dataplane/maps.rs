@@ -366,12 +366,33 @@ impl Tables {
     /// Every entry of the flow table: batched (a few system calls for the
     /// whole table), or key by key on a kernel without batch lookups.
     fn flow_table(&self) -> Vec<(FlowKey, FlowValue)> {
+        let mut whole = batch::Cursor::default();
+        self.read_flows(&mut whole, usize::MAX).0
+    }
+
+    /// The next slice of at least `limit` entries of the expiry sweep, and
+    /// whether it ends the sweep.
+    fn flow_table_slice(&mut self, limit: usize) -> (Vec<(FlowKey, FlowValue)>, bool) {
+        let mut cursor = std::mem::take(&mut self.sweep.cursor);
+        let read = self.read_flows(&mut cursor, limit);
+        self.sweep.cursor = cursor;
+        read
+    }
+
+    /// Reads from `cursor` on, batched; without batch lookups (older
+    /// kernels) the whole table key by key.
+    fn read_flows(
+        &self,
+        cursor: &mut batch::Cursor,
+        limit: usize,
+    ) -> (Vec<(FlowKey, FlowValue)>, bool) {
         use aya::maps::IterableMap;
-        match batch::read_all(self.flows.map()) {
-            Ok(entries) => entries,
+        match batch::read_some(self.flows.map(), cursor, limit) {
+            Ok(read) => read,
             Err(error) => {
                 debug!(%error, "walking the flow table key by key");
-                self.flows.iter().filter_map(Result::ok).collect()
+                *cursor = batch::Cursor::default();
+                (self.flows.iter().filter_map(Result::ok).collect(), true)
             }
         }
     }
@@ -449,16 +470,7 @@ impl Tables {
             Ok(s) if s.ready != 0 => s,
             _ => return 0,
         };
-        let (slice, done) = {
-            use aya::maps::IterableMap;
-            match batch::read_some(self.flows.map(), &mut self.sweep.cursor, SWEEP_SLICE) {
-                Ok(read) => read,
-                Err(error) => {
-                    debug!(%error, "walking the flow table key by key");
-                    (self.flows.iter().filter_map(Result::ok).collect(), true)
-                }
-            }
-        };
+        let (slice, done) = self.flow_table_slice(SWEEP_SLICE);
         let mut expired = 0;
         for (key, flow) in slice {
             self.sweep.partial.count(&settings, &flow, now_ns);
