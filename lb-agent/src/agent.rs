@@ -539,6 +539,7 @@ impl Agent {
                 .collect(),
             flows: census.active,
             max_flows: u64::from(self.config.conntrack.max_flows),
+            half_open_evicted: self.tables.half_open_evicted(),
         }
     }
 

@@ -1250,7 +1250,8 @@ impl Config {
             tcp_closing_ns: ns(self.conntrack.tcp_closing_timeout),
             udp_ns: ns(self.conntrack.udp_timeout),
             ready: 1,
-            _pad: 0,
+            // Follows from the table's size and the CPUs (daemon).
+            half_open_per_cpu: 0,
             // Filled in from the interfaces once they are known (daemon).
             public_mac: [0; 6],
             private_mac: [0; 6],

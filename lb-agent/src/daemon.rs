@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use lb_common::half_open_per_cpu;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -330,6 +331,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let mut settings = config.to_settings();
     settings.public_mac = interface_mac(&node.public_interface).unwrap_or_default();
     settings.private_mac = interface_mac(&node.private_interface).unwrap_or_default();
+    settings.half_open_per_cpu = half_open_per_cpu(
+        config.conntrack.max_flows,
+        snat_layout.capacity(),
+        aya::util::nr_cpus().map_or(1, |n| n as u32),
+    );
     match tokio::task::spawn_blocking(clock::calibrate)
         .await
         .context("calibrating the XDP clock")?

@@ -245,6 +245,16 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Size of the connection table (conntrack.max_flows).",
     );
     w.sample("lb_conntrack_capacity", &[], stats.max_flows);
+    w.family(
+        "lb_conntrack_half_open_evicted_total",
+        "counter",
+        "Half-open flows ended to make room for new ones (the table's half-open share was full).",
+    );
+    w.sample(
+        "lb_conntrack_half_open_evicted_total",
+        &[],
+        stats.half_open_evicted,
+    );
 
     if let Some(vrrp) = &snapshot.vrrp {
         render_vrrp(&mut w, vrrp);
@@ -476,6 +486,7 @@ mod tests {
                 }],
                 flows: 4,
                 max_flows: 65536,
+                half_open_evicted: 3,
             },
             vrrp: Some(VrrpStatus {
                 state: "MASTER".into(),
@@ -514,6 +525,7 @@ mod tests {
         assert!(text.contains("lb_vrrp_adverts_rejected_total{reason=\"ttl\"} 2\n"));
         assert!(text.contains("lb_xdp_packets_total{reason=\"forwarded_to_backend\"} 60\n"));
         assert!(text.contains("lb_floating_ip_provider_calls_total{provider=\"local\"} 3\n"));
+        assert!(text.contains("lb_conntrack_half_open_evicted_total 3\n"));
     }
 
     #[test]

@@ -178,6 +178,12 @@ fn stats(report: &StatsReport) -> String {
         report.flows,
         report.max_flows,
     ));
+    if report.half_open_evicted > 0 {
+        out.push_str(&format!(
+            "half-open flows that gave way to new ones: {}\n",
+            report.half_open_evicted
+        ));
+    }
     out
 }
 

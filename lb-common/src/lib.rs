@@ -51,9 +51,14 @@ pub mod map_names {
     /// Per-CPU `NextHop` towards each backend id: new flows start from it
     /// instead of a route lookup.
     pub const BACKEND_HOPS: &str = "backend_hops";
+    /// Per-CPU ring of `HalfOpenEntry`: the flows each CPU opened, oldest
+    /// at the cursor, so that half-open ones give way to new flows.
+    pub const HALF_OPEN: &str = "half_open";
+    /// Per-CPU `HalfOpenCursor` at index 0: where each CPU's ring goes on.
+    pub const HALF_OPEN_CURSORS: &str = "half_open_cursors";
 
     /// Every map the program declares, in a stable order.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         SERVICES,
         BACKENDS,
         RINGS,
@@ -71,6 +76,8 @@ pub mod map_names {
         PORT_POOLS,
         PORT_TAKEN,
         BACKEND_HOPS,
+        HALF_OPEN,
+        HALF_OPEN_CURSORS,
     ];
 }
 
@@ -95,6 +102,46 @@ pub const MAX_TX_PORTS: u32 = 64;
 pub const PORT_CLAIM_TRIES: u32 = 3;
 /// Most source addresses in the SNAT pool (`Settings::snat_addrs`).
 pub const MAX_SNAT_ADDRESSES: usize = 16;
+/// Slots of each CPU's half-open ring: the most half-open flows one CPU
+/// keeps (`Settings::half_open_per_cpu` may ask for fewer).
+pub const HALF_OPEN_SLOTS: u32 = 16384;
+
+/// The share of the flow table that half-open flows may take, as a divisor.
+pub const HALF_OPEN_SHARE: u32 = 8;
+
+/// Ring slots per CPU: half-open flows may take an eighth of a flow table
+/// of `max_flows` and half of one backend's `pool_capacity` NAT sources
+/// (so that they never leave a backend without ports for real clients),
+/// split over `cpus`, within the ring's size.
+pub fn half_open_per_cpu(max_flows: u32, pool_capacity: u32, cpus: u32) -> u32 {
+    let total = (max_flows / HALF_OPEN_SHARE).min(pool_capacity / 2);
+    (total / cpus.max(1)).clamp(1, HALF_OPEN_SLOTS)
+}
+
+/// One slot of a CPU's half-open ring: a flow that CPU opened, named by its
+/// client key and its NAT source (which tell it from a later flow of the
+/// same client ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HalfOpenEntry {
+    pub client: FlowKey,
+    pub lb_port: u16,
+    pub snat_index: u8,
+    pub _pad: u8,
+    pub port_pool: u32,
+}
+
+/// A CPU's position in its half-open ring, and how many half-open flows
+/// gave way there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HalfOpenCursor {
+    /// Opened flows so far; the next slot is this modulo the ring length.
+    pub next: u32,
+    pub _pad: u32,
+    /// Half-open flows ended to make room for new ones.
+    pub evicted: u64,
+}
 
 /// A NAT source (address, port) as the port queues hold it, independent of
 /// the address family: the index of the address in the SNAT pool and the
@@ -222,6 +269,17 @@ pub mod flow_state {
     pub const TCP_FIN_FROM_BACKEND: u8 = 6;
     /// TCP: the backend answered the SYN; the client has not acknowledged it.
     pub const TCP_SYN_ACKED: u8 = 7;
+    /// UDP: the backend has answered.
+    pub const UDP_REPLIED: u8 = 8;
+
+    /// Whether a flow in `state` has not been answered (UDP) or its
+    /// handshake not completed (TCP): such flows give way to new ones when
+    /// the half-open share of the table is used up, so that a flood of
+    /// spoofed sources never displaces connections that are real.
+    #[inline(always)]
+    pub fn is_half_open(state: u8) -> bool {
+        state == TCP_HANDSHAKE || state == TCP_SYN_ACKED || state == UDP
+    }
 }
 
 /// TCP flag bits as in the header's flags byte.
@@ -239,7 +297,10 @@ pub mod tcp_flags {
 #[inline(always)]
 pub fn next_state(current: u8, flags: u8, from_backend: bool) -> u8 {
     use flow_state::*;
-    if current == UDP || current == TCP_CLOSING {
+    if current == UDP {
+        return if from_backend { UDP_REPLIED } else { UDP };
+    }
+    if current == UDP_REPLIED || current == TCP_CLOSING {
         return current;
     }
     if flags & tcp_flags::RST != 0 {
@@ -378,7 +439,9 @@ pub struct Settings {
     pub udp_ns: u64,
     /// 1 once the agent has written the settings; until then the program passes everything.
     pub ready: u32,
-    pub _pad: u32,
+    /// Length of each CPU's half-open ring (`half_open_per_cpu`); 0 or
+    /// more than `HALF_OPEN_SLOTS`: the whole ring.
+    pub half_open_per_cpu: u32,
     /// MAC addresses of the interfaces the program is attached to. Frames
     /// to any other unicast MAC are not ours (a switch floods them when it
     /// has forgotten where a MAC lives): passed, so that a backup node never
@@ -607,6 +670,8 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::PortPool {}
+    unsafe impl aya::Pod for super::HalfOpenEntry {}
+    unsafe impl aya::Pod for super::HalfOpenCursor {}
 }
 
 #[cfg(test)]
@@ -626,6 +691,21 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 144);
         assert_eq!(size_of::<PortPool>(), 32);
         assert_eq!(size_of::<Counters>(), 32);
+        assert_eq!(size_of::<HalfOpenEntry>(), 24);
+        assert_eq!(size_of::<HalfOpenCursor>(), 16);
+    }
+
+    #[test]
+    fn half_open_share_is_split_over_cpus_within_the_ring() {
+        assert_eq!(half_open_per_cpu(65536, 113_840, 2), 4096);
+        assert_eq!(half_open_per_cpu(1 << 20, 1 << 22, 2), HALF_OPEN_SLOTS);
+        assert_eq!(
+            half_open_per_cpu(1 << 20, 32_000, 2),
+            8000,
+            "half of one backend's NAT sources"
+        );
+        assert_eq!(half_open_per_cpu(1024, 1 << 20, 256), 1, "never zero");
+        assert_eq!(half_open_per_cpu(65536, 1 << 20, 0), 8192);
     }
 
     #[test]
@@ -722,6 +802,10 @@ mod tests {
         assert_eq!(next_state(TCP_ESTABLISHED, RST, true), TCP_CLOSING);
         assert_eq!(next_state(TCP_CLOSING, SYN, false), TCP_CLOSING);
         assert_eq!(next_state(UDP, FIN, false), UDP);
+        assert_eq!(next_state(UDP, 0, true), UDP_REPLIED, "answered");
+        assert_eq!(next_state(UDP_REPLIED, 0, false), UDP_REPLIED);
+        assert!(is_half_open(TCP_SYN_ACKED) && is_half_open(UDP));
+        assert!(!is_half_open(TCP_ESTABLISHED) && !is_half_open(UDP_REPLIED));
         let settings = Settings {
             tcp_established_ns: 900,
             tcp_closing_ns: 10,
@@ -753,6 +837,9 @@ mod tests {
         assert!(flow_expired(&settings, &flow, 11));
         flow.state = flow_state::UDP;
         assert!(!flow_expired(&settings, &flow, 13));
+        flow.state = flow_state::UDP_REPLIED;
+        assert!(!flow_expired(&settings, &flow, 13));
+        assert!(flow_expired(&settings, &flow, 14));
         // A clock that went backwards never expires a flow.
         assert!(!flow_expired(&settings, &flow, 0));
     }

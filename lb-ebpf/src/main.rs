@@ -2,14 +2,15 @@
 //!
 //! Layout (after Katran's data path): `parsing` (headers), `lookup` (services,
 //! scheduling, ports, conntrack), `nat` (rewrite and checksums), `forward`
-//! (route lookup and transmit), `rst` (fast-fail resets), `counters`, `clock`,
-//! `maps`.
+//! (route lookup and transmit), `rst` (fast-fail resets), `half_open` (the
+//! cap on half-open flows), `counters`, `clock`, `maps`.
 #![no_std]
 #![no_main]
 
 mod clock;
 mod counters;
 mod forward;
+mod half_open;
 mod lookup;
 mod maps;
 mod nat;
@@ -274,6 +275,7 @@ fn new_flow(
         give_back(&source);
         return (DROP, Reason::DropFlowInsert);
     }
+    half_open::record(settings, new.client, &flow);
     count_taken(source.pool);
     count_traffic(service.id, backend_id, bytes, true);
     (action, Reason::ForwardedToBackend)

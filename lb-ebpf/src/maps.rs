@@ -6,8 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendValue, Counters, FlowKey, FlowValue, NextHop, PortPool, Reason, ReplyValue, ServiceKey,
-    ServiceValue, Settings, DEFAULT_MAX_FLOWS, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS,
+    BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop, PortPool,
+    Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS, HALF_OPEN_SLOTS,
+    MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
@@ -15,6 +16,7 @@ const BACKENDS_MAX: usize = MAX_BACKENDS as usize;
 const RING_SLOTS: usize = lb_common::RING_SLOTS as usize;
 const FLOWS_MAX: usize = DEFAULT_MAX_FLOWS as usize;
 const REASONS_MAX: usize = Reason::COUNT as usize;
+const HALF_OPEN_MAX: usize = HALF_OPEN_SLOTS as usize;
 
 /// Configured services: (VIP, port, protocol) -> id and schedule length.
 #[btf_map(name = "services")]
@@ -36,13 +38,17 @@ pub static RINGS: Array<u32, RING_SLOTS> = Array::new();
 #[btf_map(name = "rr_cursors")]
 pub static RR_CURSORS: PerCpuArray<u32, SERVICES_MAX> = PerCpuArray::new();
 
-/// Forward connection tracking, keyed by the client's 5-tuple.
+/// Forward connection tracking, keyed by the client's 5-tuple. Not an LRU
+/// map: the kernel would evict the least recently used entries, idle
+/// established connections first, and never give their NAT ports back.
+/// Entries end when the agent expires them or, while half-open, when the
+/// half-open ring comes round (`half_open`).
 #[btf_map(name = "flows")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue, FLOWS_MAX> = LruHashMap::new();
+pub static FLOWS: HashMap<FlowKey, FlowValue, FLOWS_MAX> = HashMap::new();
 
 /// Reverse connection tracking, keyed by the backend reply's 5-tuple.
 #[btf_map(name = "replies")]
-pub static REPLIES: LruHashMap<FlowKey, ReplyValue, FLOWS_MAX> = LruHashMap::new();
+pub static REPLIES: HashMap<FlowKey, ReplyValue, FLOWS_MAX> = HashMap::new();
 
 /// Node-wide settings at index 0.
 #[btf_map(name = "settings")]
@@ -84,6 +90,14 @@ pub static PORT_POOLS: Array<PortPool, BACKENDS_MAX> = Array::new();
 /// Per-CPU slots taken from each pool's queue and kept by a flow.
 #[btf_map(name = "port_taken")]
 pub static PORT_TAKEN: PerCpuArray<u64, BACKENDS_MAX> = PerCpuArray::new();
+
+/// Per-CPU ring of the flows each CPU opened (see `half_open`).
+#[btf_map(name = "half_open")]
+pub static HALF_OPEN: PerCpuArray<HalfOpenEntry, HALF_OPEN_MAX> = PerCpuArray::new();
+
+/// Per-CPU position in `HALF_OPEN` and its eviction count.
+#[btf_map(name = "half_open_cursors")]
+pub static HALF_OPEN_CURSORS: PerCpuArray<HalfOpenCursor, 1> = PerCpuArray::new();
 
 /// Per-CPU route lookup result towards each backend id, reused by new flows
 /// while fresh (`NEXT_HOP_TTL_NS`), like each flow's own cache.

@@ -157,7 +157,7 @@ impl Harness {
             tcp_closing_ns: 10_000_000_000,
             udp_ns: 60_000_000_000,
             ready: 1,
-            _pad: 0,
+            half_open_per_cpu: 0,
             public_mac: PUB_MAC,
             private_mac: PRIV_MAC,
             _pad_mac: [0; 4],
@@ -470,4 +470,44 @@ impl Harness {
 
 pub fn addr(a: [u8; 4]) -> Ipv4Addr {
     Ipv4Addr::from(a)
+}
+
+/// Keeps the calling thread on the CPU it runs on, so that every run of
+/// the program sees the same per-CPU maps (the half-open ring, counters).
+pub fn stay_on_this_cpu() {
+    // SAFETY: plain libc calls on the calling thread with a zeroed set.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Harness {
+    /// Half-open flows the program ended to make room, over all CPUs.
+    pub fn half_open_evicted(&self) -> u64 {
+        let map: PerCpuArray<_, lb_common::HalfOpenCursor> = self
+            .ebpf
+            .map(map_names::HALF_OPEN_CURSORS)
+            .expect("half_open_cursors")
+            .try_into()
+            .expect("percpu array");
+        map.get(&0, 0)
+            .expect("read the half-open cursors")
+            .iter()
+            .map(|c| c.evicted)
+            .sum()
+    }
 }

@@ -10,7 +10,7 @@ use integration_tests::{
     },
     program::*,
 };
-use lb_common::{flow_state, FlowKey, Reason, PROTO_TCP, PROTO_UDP};
+use lb_common::{flow_state, FlowKey, Reason, Settings, PROTO_TCP, PROTO_UDP};
 
 const NAT_PORT: u16 = 20000;
 
@@ -890,4 +890,130 @@ fn a_timestamp_option_past_the_header_is_left_alone() {
         &[0, 0, 0, 1, 0, 0, 0, 0],
         "payload untouched"
     );
+}
+
+/// Runs a client's whole handshake (SYN, the backend's SYN-ACK, the
+/// client's ACK) from `client:sport`; returns the flow's NAT port and
+/// backend.
+fn handshake(h: &Harness, client: [u8; 4], sport: u16) -> (u16, [u8; 4]) {
+    let syn = Frame::tcp(client, sport, VIP, 80, TCP_SYN).macs(CLIENT_MAC, PUB_MAC);
+    let (action, out) = h.run(h.pub_ifindex, &syn.build());
+    assert_eq!(action, XDP_REDIRECT, "SYN from {sport} forwarded");
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    let backend = [out[30], out[31], out[32], out[33]];
+    let backend_mac = if backend == WEB1 { WEB1_MAC } else { WEB2_MAC };
+    let synack =
+        Frame::tcp(backend, 80, LB_PRIV, port, TCP_SYN | TCP_ACK).macs(backend_mac, PRIV_MAC);
+    h.run(h.priv_ifindex, &synack.build());
+    let ack = Frame::tcp(client, sport, VIP, 80, TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
+    assert_eq!(h.run(h.pub_ifindex, &ack.build()).0, XDP_REDIRECT);
+    (port, backend)
+}
+
+#[test]
+fn a_syn_flood_of_ten_tables_displaces_only_half_open_flows() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    stay_on_this_cpu();
+    const TABLE: u32 = 512;
+    const RING: u32 = 16;
+    const ESTABLISHED: u16 = 100;
+    // 2 x 1000 NAT sources: fewer than the flood's SYNs, so sources that
+    // half-open flows do not give back run out.
+    let mut h = Harness::with_capacity(&object, 20000, 20999, TABLE);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80), (1, WEB2, 80)]);
+    h.set_settings(Settings {
+        half_open_per_cpu: RING,
+        ..h.ebpf_settings()
+    });
+    let established: Vec<_> = (0..ESTABLISHED)
+        .map(|n| (40000 + n, handshake(&h, CLIENT, 40000 + n)))
+        .collect();
+
+    // Spoofed sources all over the public net, each SYN never followed up.
+    let flood = 10 * TABLE;
+    let mut forwarded = 0;
+    for n in 0..flood {
+        let source = [10, 100, 0, 128 + (n % 120) as u8];
+        let syn =
+            Frame::tcp(source, 1024 + (n / 120) as u16, VIP, 80, TCP_SYN).macs(CLIENT_MAC, PUB_MAC);
+        if h.run(h.pub_ifindex, &syn.build()).0 == XDP_REDIRECT {
+            forwarded += 1;
+        }
+    }
+    assert_eq!(forwarded, flood, "every SYN of the flood is served");
+    assert_eq!(h.reason_count(Reason::DropPortExhausted), 0);
+    assert_eq!(h.reason_count(Reason::DropFlowInsert), 0);
+    assert_eq!(
+        h.half_open_evicted(),
+        u64::from(flood - RING),
+        "each SYN past the ring's length displaced one half-open flow"
+    );
+    let live = ESTABLISHED as usize + RING as usize;
+    assert_eq!((h.flow_count(), h.reply_count()), (live, live));
+
+    // Every established connection is still tracked, with its NAT source.
+    for (sport, (port, backend)) in &established {
+        let data = Frame::tcp(CLIENT, *sport, VIP, 80, TCP_ACK | TCP_PSH)
+            .macs(CLIENT_MAC, PUB_MAC)
+            .payload(b"more");
+        let (action, out) = h.run(h.pub_ifindex, &data.build());
+        assert_eq!(action, XDP_REDIRECT, "established flow from {sport}");
+        assert_eq!(u16::from_be_bytes([out[34], out[35]]), *port);
+        assert_eq!(&out[30..34], backend);
+    }
+    assert_eq!(h.reason_count(Reason::RstNoFlow), 0);
+    // A real client completes its handshake right after the flood.
+    handshake(&h, CLIENT, 50000);
+    assert_eq!(
+        h.flow(&client_key(50000)).expect("flow").state,
+        flow_state::TCP_ESTABLISHED
+    );
+}
+
+#[test]
+fn unanswered_udp_flows_give_way_and_answered_ones_stay() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    stay_on_this_cpu();
+    let mut h = Harness::new(&object, 20000, 20009);
+    h.add_service(1, VIP, 5353, PROTO_UDP, &[(2, WEB1, 5353)]);
+    h.set_settings(Settings {
+        half_open_per_cpu: 4,
+        ..h.ebpf_settings()
+    });
+    let datagram = |source: [u8; 4], sport| {
+        Frame::udp(source, sport, VIP, 5353)
+            .macs(CLIENT_MAC, PUB_MAC)
+            .payload(b"q")
+            .build()
+    };
+    let (action, out) = h.run(h.pub_ifindex, &datagram(CLIENT, 41000));
+    assert_eq!(action, XDP_REDIRECT);
+    let answer = Frame::udp(WEB1, 5353, LB_PRIV, u16::from_be_bytes([out[34], out[35]]))
+        .macs(WEB1_MAC, PRIV_MAC)
+        .payload(b"web1")
+        .build();
+    assert_eq!(h.run(h.priv_ifindex, &answer).0, XDP_REDIRECT);
+    let answered = FlowKey {
+        src_port: 41000,
+        dst_port: 5353,
+        proto: PROTO_UDP,
+        ..client_key(0)
+    };
+    assert_eq!(
+        h.flow(&answered).expect("flow").state,
+        flow_state::UDP_REPLIED
+    );
+    // Ten NAT ports for 40 spoofed sources: each is served because the
+    // unanswered flows before it give their ports back.
+    for n in 0..40u8 {
+        let action = h.run(h.pub_ifindex, &datagram([10, 100, 0, 128 + n], 53)).0;
+        assert_eq!(action, XDP_REDIRECT, "spoofed datagram {n}");
+    }
+    assert!(h.flow(&answered).is_some(), "the answered flow stays");
+    assert_eq!(h.flow_count(), 1 + 4, "the answered flow and the ring's 4");
+    assert_eq!(h.half_open_evicted(), 36);
 }

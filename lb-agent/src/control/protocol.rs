@@ -182,6 +182,10 @@ pub struct StatsReport {
     /// Live flows in the connection table.
     pub flows: u64,
     pub max_flows: u64,
+    /// Half-open flows that gave way to new ones (the table's half-open
+    /// share was full: a SYN flood, or clients that never answer).
+    #[serde(default)]
+    pub half_open_evicted: u64,
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, BackendValue, Counters, FlowKey, FlowValue, NextHop, PortPool, Reason, ReplyValue,
-    ServiceKey, ServiceValue, Settings, RING_SLOTS,
+    map_names, BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop,
+    PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, HALF_OPEN_SLOTS, RING_SLOTS,
 };
 use tracing::{info, warn};
 
@@ -61,7 +61,7 @@ pub struct Dataplane {
 const PROGRAM: &str = "lb";
 
 /// (name, key size, value size) of every map, as this build lays them out.
-fn expected_layouts() -> [(&'static str, u32, u32); 17] {
+fn expected_layouts() -> [(&'static str, u32, u32); 19] {
     use core::mem::size_of;
     let s = |n: usize| n as u32;
     [
@@ -94,6 +94,12 @@ fn expected_layouts() -> [(&'static str, u32, u32); 17] {
         (map_names::PORT_POOLS, 4, s(size_of::<PortPool>())),
         (map_names::PORT_TAKEN, 4, 8),
         (map_names::BACKEND_HOPS, 4, s(size_of::<NextHop>())),
+        (map_names::HALF_OPEN, 4, s(size_of::<HalfOpenEntry>())),
+        (
+            map_names::HALF_OPEN_CURSORS,
+            4,
+            s(size_of::<HalfOpenCursor>()),
+        ),
     ]
 }
 
@@ -147,13 +153,22 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
 /// schedules) or whose loss an upgrade may cost (the per-reason packet
 /// counters, which restart like any counter): a pin of another layout or
 /// size is replaced instead of refused.
-const REBUILT_MAPS: [&str; 3] = [map_names::SETTINGS, map_names::RINGS, map_names::REASONS];
+/// The half-open ring goes too: the flows it names still expire through the
+/// agent, they only lose their place in the queue to give way.
+const REBUILT_MAPS: [&str; 5] = [
+    map_names::SETTINGS,
+    map_names::RINGS,
+    map_names::REASONS,
+    map_names::HALF_OPEN,
+    map_names::HALF_OPEN_CURSORS,
+];
 
 /// How many entries this build's program declares for a map of `REBUILT_MAPS`.
 fn program_max_entries(name: &str) -> u32 {
     match name {
         map_names::RINGS => RING_SLOTS,
         map_names::REASONS => Reason::COUNT,
+        map_names::HALF_OPEN => HALF_OPEN_SLOTS,
         _ => 1,
     }
 }
@@ -189,9 +204,16 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
                 expected: (key, value),
             });
         }
-        if (name == map_names::FLOWS || name == map_names::REPLIES)
-            && info.max_entries() != max_flows
-        {
+        let is_flow_table = name == map_names::FLOWS || name == map_names::REPLIES;
+        if is_flow_table && matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)) {
+            warn!(
+                map = name,
+                "keeping the pinned connection table of an earlier version so live flows \
+                 survive; it evicts idle connections when full, so a SYN flood can still \
+                 displace them: stop the agent (without --keep-forwarding) to replace it"
+            );
+        }
+        if is_flow_table && info.max_entries() != max_flows {
             warn!(
                 map = name,
                 pinned = info.max_entries(),

@@ -8,7 +8,8 @@ use aya::{
 };
 use lb_common::{
     flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowKey, FlowValue,
-    NextHop, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS, RING_SIZE,
+    HalfOpenCursor, NextHop, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS,
+    RING_SIZE,
 };
 
 use tracing::debug;
@@ -30,6 +31,7 @@ pub struct Tables {
     reasons: PerCpuArray<MapData, u64>,
     neigh_misses: HashMap<MapData, [u8; 4], u64>,
     backend_hops: PerCpuArray<MapData, NextHop>,
+    half_open_cursors: PerCpuArray<MapData, HalfOpenCursor>,
     ports: PortPools,
     sweep: FlowSweep,
 }
@@ -203,6 +205,7 @@ impl Tables {
             reasons: typed!(get(REASONS)?, REASONS),
             neigh_misses: typed!(get(NEIGH_MISSES)?, NEIGH_MISSES),
             backend_hops: typed!(get(BACKEND_HOPS)?, BACKEND_HOPS),
+            half_open_cursors: typed!(get(HALF_OPEN_CURSORS)?, HALF_OPEN_CURSORS),
             sweep: FlowSweep::default(),
             ports: PortPools::new(
                 typed!(get(PORT_QUEUES)?, PORT_QUEUES),
@@ -361,6 +364,15 @@ impl Tables {
                 (*r, count)
             })
             .collect()
+    }
+
+    /// Half-open flows the program ended to make room for new ones (see
+    /// the program's `half_open`), over all CPUs.
+    pub fn half_open_evicted(&self) -> u64 {
+        self.half_open_cursors
+            .get(&0, 0)
+            .map(|cpus| cpus.iter().fold(0u64, |sum, c| sum.wrapping_add(c.evicted)))
+            .unwrap_or(0)
     }
 
     /// Every entry of the flow table: batched (a few system calls for the

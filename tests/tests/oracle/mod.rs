@@ -324,7 +324,7 @@ impl State {
             TCP_FIN_FROM_CLIENT => Self::FinFromClient,
             TCP_FIN_FROM_BACKEND => Self::FinFromBackend,
             TCP_CLOSING => Self::Closing,
-            UDP => Self::Udp,
+            UDP | UDP_REPLIED => Self::Udp,
             _ => return None,
         })
     }
