@@ -202,6 +202,7 @@ impl ControlHandler for Handler {
                     reasons: stats.reasons,
                     flows: stats.flows,
                     max_flows: stats.max_flows,
+                    half_open_evicted: stats.half_open_evicted,
                 })))
             }
         };

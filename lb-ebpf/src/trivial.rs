@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::LruHashMap,
+    btf_maps::HashMap,
     helpers::generated::bpf_get_prandom_u32,
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -44,12 +44,12 @@ pub fn trivial(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Same names as the balancer's maps, so the benchmark sizes them alike.
+/// Same names and kinds as the balancer's maps, so the benchmark sizes them alike.
 #[btf_map(name = "flows")]
-static FLOWS: LruHashMap<FlowKey, FlowValue, FLOWS_MAX> = LruHashMap::new();
+static FLOWS: HashMap<FlowKey, FlowValue, FLOWS_MAX> = HashMap::new();
 
 #[btf_map(name = "replies")]
-static REPLIES: LruHashMap<FlowKey, ReplyValue, FLOWS_MAX> = LruHashMap::new();
+static REPLIES: HashMap<FlowKey, ReplyValue, FLOWS_MAX> = HashMap::new();
 
 #[xdp]
 pub fn conntrack_floor(_ctx: XdpContext) -> u32 {

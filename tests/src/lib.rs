@@ -6,6 +6,7 @@ pub mod arp;
 pub mod artifacts;
 pub mod do_api;
 pub mod e2e;
+pub mod flood;
 pub mod netns;
 pub mod packet;
 pub mod program;

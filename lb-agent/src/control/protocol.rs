@@ -88,6 +88,9 @@ pub struct NodeStatus {
     pub flows: u64,
     #[serde(default)]
     pub max_flows: u64,
+    /// Half-open flows that gave way to new ones.
+    #[serde(default)]
+    pub half_open_evicted: u64,
 }
 
 /// The schema of `NodeStatus` this agent writes.
