@@ -4,7 +4,7 @@
 
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -114,25 +114,7 @@ fn send_only_packet_socket() -> OwnedFd {
 /// Sends one frame; a full device queue (ENOBUFS) drops it, as a real
 /// link would.
 fn send(socket: &OwnedFd, ifindex: u32, frame: &[u8]) {
-    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-    // SAFETY: valid fd, buffer and sockaddr_ll.
-    let rc = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        let error = std::io::Error::last_os_error();
+    if let Err(error) = lb_agent::floating_ip::send_frame(socket, ifindex, frame) {
         assert_eq!(error.raw_os_error(), Some(libc::ENOBUFS), "send: {error}");
     }
 }
