@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod checksum;
+pub mod maps;
 
 /// Names of the maps, as the XDP program declares them and as they are pinned
 /// under `/sys/fs/bpf/<instance>/`.
@@ -56,29 +57,6 @@ pub mod map_names {
     pub const HALF_OPEN: &str = "half_open";
     /// Per-CPU `HalfOpenCursor` at index 0: where each CPU's ring goes on.
     pub const HALF_OPEN_CURSORS: &str = "half_open_cursors";
-
-    /// Every map the program declares, in a stable order.
-    pub const ALL: [&str; 19] = [
-        SERVICES,
-        BACKENDS,
-        RINGS,
-        RR_CURSORS,
-        FLOWS,
-        REPLIES,
-        SETTINGS,
-        TX_PORTS,
-        SERVICE_STATS,
-        BACKEND_STATS,
-        REASONS,
-        VIPS,
-        NEIGH_MISSES,
-        PORT_QUEUES,
-        PORT_POOLS,
-        PORT_TAKEN,
-        BACKEND_HOPS,
-        HALF_OPEN,
-        HALF_OPEN_CURSORS,
-    ];
 }
 
 /// Most services one node can hold (service ids are `0..MAX_SERVICES`).
@@ -95,6 +73,8 @@ pub const RING_SLOTS: u32 = MAX_SERVICES * 2 * RING_SIZE;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 /// Redirect targets (interfaces) the program can send to.
 pub const MAX_TX_PORTS: u32 = 64;
+/// Next hops without a neighbour the program remembers for the agent.
+pub const MAX_NEIGH_MISSES: u32 = 1024;
 /// How many slots the program takes from a pool's queue for one new flow
 /// before it counts port exhaustion. A slot is only skipped when a live
 /// flow already holds it, which happens only after the agent rebuilt a

@@ -1,5 +1,7 @@
-//! Every map of the program. Key/value layouts live in `lb_common`; names are
-//! `lb_common::map_names` (the agent pins them under /sys/fs/bpf/<instance>/).
+//! Every map of the program. Key/value layouts live in `lb_common`; names,
+//! kinds and sizes are listed in `lb_common::maps::MAPS` (the agent pins by
+//! it under /sys/fs/bpf/<instance>/; the program tests check this object
+//! against it).
 
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, Queue},
@@ -8,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop, PortPool,
     Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS, HALF_OPEN_SLOTS,
-    MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS,
+    MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
@@ -72,7 +74,8 @@ pub static REASONS: PerCpuArray<u64, REASONS_MAX> = PerCpuArray::new();
 
 /// Destinations whose route lookup found no neighbour, for the agent to resolve.
 #[btf_map(name = "neigh_misses")]
-pub static NEIGH_MISSES: LruHashMap<[u8; 4], u64, 1024> = LruHashMap::new();
+pub static NEIGH_MISSES: LruHashMap<[u8; 4], u64, { MAX_NEIGH_MISSES as usize }> =
+    LruHashMap::new();
 
 /// The template of each pool's queue. The agent makes every real queue with
 /// the pool's capacity: the kernel lets inner queues differ in size.

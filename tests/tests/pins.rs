@@ -1,18 +1,25 @@
-//! Pinned maps left by an earlier version of the agent: the settings map,
-//! the schedule rings and the reason counters, which hold nothing the agent
-//! does not rewrite, are replaced when their layout or size changed (rings
-//! of 256 slots, 19 reasons before issue #11); a connection table of another layout (live flows) is refused
-//! with a message that says what to do.
+//! The maps as the loader pins them match the one list of maps
+//! (`lb_common::maps::MAPS`: kind, layout, size). Pinned maps left by an
+//! earlier version of the agent: the settings map, the schedule rings and
+//! the reason counters, which hold nothing the agent does not rewrite, are
+//! replaced when their layout or size changed (rings of 256 slots, 19
+//! reasons before issue #11); a connection table of another layout (live
+//! flows) is refused with a message that says what to do; one of today's
+//! layout in an LRU map (before issue #11) is kept.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use aya::maps::MapInfo;
+use aya::maps::{MapInfo, MapType};
 use integration_tests::artifacts;
 use lb_agent::dataplane::{Dataplane, LoadOptions, XdpAttachMode};
-use lb_common::{map_names, Settings};
+use lb_common::{
+    map_names,
+    maps::{MapKind, MAPS},
+    Settings,
+};
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -53,6 +60,34 @@ fn an_earlier_versions_pins() {
         bpffs: BPFFS.into(),
     };
 
+    // A fresh load pins every map as the list says.
+    let dataplane = Dataplane::load(&options, &object).expect("fresh load");
+    for map in &MAPS {
+        let info = MapInfo::from_pin(dir.0.join(map.name)).expect("pinned map");
+        let kind = match info.map_type().expect("map type") {
+            MapType::Hash => MapKind::Hash,
+            MapType::LruHash => MapKind::LruHash,
+            MapType::Array => MapKind::Array,
+            MapType::PerCpuArray => MapKind::PerCpuArray,
+            MapType::DevMapHash => MapKind::DevMapHash,
+            MapType::ArrayOfMaps => MapKind::ArrayOfMaps,
+            other => panic!("{}: unexpected kind {other:?}", map.name),
+        };
+        let entries = if map.resized_at_load {
+            options.max_flows
+        } else {
+            map.max_entries
+        };
+        assert_eq!(
+            (kind, info.key_size(), info.value_size(), info.max_entries()),
+            (map.kind, map.key_size, map.value_size, entries),
+            "{} as the object declares it vs lb_common::maps::MAPS",
+            map.name
+        );
+    }
+    drop(dataplane);
+    std::fs::remove_dir_all(&dir.0).expect("clear pins");
+
     // Settings as an older build laid them out (64 bytes).
     pin_old_map(&dir.0, map_names::SETTINGS, "array", 4, 64);
     // Same layouts as now, other sizes (1024 entries).
@@ -92,4 +127,13 @@ fn an_earlier_versions_pins() {
             );
         }
     }
+    std::fs::remove_dir_all(&dir.0).expect("clear pins");
+
+    // Today's layout in the LRU maps of before issue #11: live flows, kept.
+    let flow_value = std::mem::size_of::<lb_common::FlowValue>() as u32;
+    pin_old_map(&dir.0, map_names::FLOWS, "lru_hash", 16, flow_value);
+    let dataplane = Dataplane::load(&options, &object).expect("LRU flow table kept");
+    let flows = MapInfo::from_pin(dir.0.join(map_names::FLOWS)).expect("flows pin");
+    assert_eq!(flows.map_type().expect("kind"), MapType::LruHash);
+    drop(dataplane);
 }

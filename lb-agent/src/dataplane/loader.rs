@@ -12,13 +12,13 @@ use std::{
 };
 
 use aya::{
-    maps::MapInfo,
+    maps::{MapInfo, MapType},
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop,
-    PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, HALF_OPEN_SLOTS, RING_SLOTS,
+    map_names,
+    maps::{MapKind, OnMismatch, MAPS},
 };
 use tracing::{info, warn};
 
@@ -59,49 +59,6 @@ pub struct Dataplane {
 }
 
 const PROGRAM: &str = "lb";
-
-/// (name, key size, value size) of every map, as this build lays them out.
-fn expected_layouts() -> [(&'static str, u32, u32); 19] {
-    use core::mem::size_of;
-    let s = |n: usize| n as u32;
-    [
-        (
-            map_names::SERVICES,
-            s(size_of::<ServiceKey>()),
-            s(size_of::<ServiceValue>()),
-        ),
-        (map_names::BACKENDS, 4, s(size_of::<BackendValue>())),
-        (map_names::RINGS, 4, 4),
-        (map_names::RR_CURSORS, 4, 4),
-        (
-            map_names::FLOWS,
-            s(size_of::<FlowKey>()),
-            s(size_of::<FlowValue>()),
-        ),
-        (
-            map_names::REPLIES,
-            s(size_of::<FlowKey>()),
-            s(size_of::<ReplyValue>()),
-        ),
-        (map_names::SETTINGS, 4, s(size_of::<Settings>())),
-        (map_names::TX_PORTS, 4, 8),
-        (map_names::SERVICE_STATS, 4, s(size_of::<Counters>())),
-        (map_names::BACKEND_STATS, 4, s(size_of::<Counters>())),
-        (map_names::REASONS, 4, 8),
-        (map_names::VIPS, 4, 4),
-        (map_names::NEIGH_MISSES, 4, 8),
-        (map_names::PORT_QUEUES, 4, 4),
-        (map_names::PORT_POOLS, 4, s(size_of::<PortPool>())),
-        (map_names::PORT_TAKEN, 4, 8),
-        (map_names::BACKEND_HOPS, 4, s(size_of::<NextHop>())),
-        (map_names::HALF_OPEN, 4, s(size_of::<HalfOpenEntry>())),
-        (
-            map_names::HALF_OPEN_CURSORS,
-            4,
-            s(size_of::<HalfOpenCursor>()),
-        ),
-    ]
-}
 
 /// The balancer program of a loaded object.
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
@@ -149,44 +106,46 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Maps the agent writes whole after every load (settings, the services'
-/// schedules) or whose loss an upgrade may cost (the per-reason packet
-/// counters, which restart like any counter): a pin of another layout or
-/// size is replaced instead of refused.
-/// The half-open ring goes too: the flows it names still expire through the
-/// agent, they only lose their place in the queue to give way.
-const REBUILT_MAPS: [&str; 5] = [
-    map_names::SETTINGS,
-    map_names::RINGS,
-    map_names::REASONS,
-    map_names::HALF_OPEN,
-    map_names::HALF_OPEN_CURSORS,
-];
+/// The `MapKind` of a kernel map type, if the program declares that kind.
+fn kind_of(map_type: MapType) -> Option<MapKind> {
+    Some(match map_type {
+        MapType::Hash => MapKind::Hash,
+        MapType::LruHash => MapKind::LruHash,
+        MapType::Array => MapKind::Array,
+        MapType::PerCpuArray => MapKind::PerCpuArray,
+        MapType::DevMapHash => MapKind::DevMapHash,
+        MapType::ArrayOfMaps => MapKind::ArrayOfMaps,
+        _ => return None,
+    })
+}
 
-/// How many entries this build's program declares for a map of `REBUILT_MAPS`.
-fn program_max_entries(name: &str) -> u32 {
-    match name {
-        map_names::RINGS => RING_SLOTS,
-        map_names::REASONS => Reason::COUNT,
-        map_names::HALF_OPEN => HALF_OPEN_SLOTS,
-        _ => 1,
+fn describe(kind: Option<MapKind>, key: u32, value: u32) -> String {
+    match kind {
+        Some(kind) => format!("a {kind:?} map of {key}/{value}-byte keys/values"),
+        None => format!("a map of another kind with {key}/{value}-byte keys/values"),
     }
 }
 
+/// Checks the pins of an earlier run against this build's `MAPS`:
+/// replaces those an upgrade may replace, refuses the others when their
+/// layout differs, and keeps flow tables of another size or of the LRU
+/// kind of earlier versions (with a warning) so live flows survive.
 fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneError> {
-    for (name, key, value) in expected_layouts() {
-        let path = pins::map_pin(dir, name);
+    for map in &MAPS {
+        let path = pins::map_pin(dir, map.name);
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(name))?;
-        let layout_differs = (info.key_size(), info.value_size()) != (key, value);
-        if REBUILT_MAPS.contains(&name) {
-            if layout_differs || info.max_entries() != program_max_entries(name) {
+        let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(map.name))?;
+        let found = (info.key_size(), info.value_size());
+        let kind = info.map_type().ok().and_then(kind_of);
+        let layout_differs = found != (map.key_size, map.value_size);
+        if map.on_mismatch == OnMismatch::Replace {
+            if layout_differs || kind != Some(map.kind) || info.max_entries() != map.max_entries {
                 // Nothing in these outlives a restart anyway (see
-                // `REBUILT_MAPS`), so an upgrade that resized them drops the
-                // old pin (a program still running keeps its own reference
-                // until the new one replaces it).
+                // `OnMismatch::Replace`), so an upgrade that reshaped them
+                // drops the old pin (a program still running keeps its own
+                // reference until the new one replaces it).
                 std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
                     action: "removing a map pin of an earlier version",
                     path: path.display().to_string(),
@@ -196,26 +155,26 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
             }
             continue;
         }
-        if layout_differs {
+        let legacy_lru_table = map.resized_at_load && kind == Some(MapKind::LruHash);
+        if layout_differs || (kind != Some(map.kind) && !legacy_lru_table) {
             return Err(DataplaneError::IncompatiblePin {
                 path: path.display().to_string(),
                 dir: dir.display().to_string(),
-                found: (info.key_size(), info.value_size()),
-                expected: (key, value),
+                found: describe(kind, found.0, found.1),
+                expected: describe(Some(map.kind), map.key_size, map.value_size),
             });
         }
-        let is_flow_table = name == map_names::FLOWS || name == map_names::REPLIES;
-        if is_flow_table && matches!(info.map_type(), Ok(aya::maps::MapType::LruHash)) {
+        if legacy_lru_table {
             warn!(
-                map = name,
+                map = map.name,
                 "keeping the pinned connection table of an earlier version so live flows \
                  survive; it evicts idle connections when full, so a SYN flood can still \
                  displace them: stop the agent (without --keep-forwarding) to replace it"
             );
         }
-        if is_flow_table && info.max_entries() != max_flows {
+        if map.resized_at_load && info.max_entries() != max_flows {
             warn!(
-                map = name,
+                map = map.name,
                 pinned = info.max_entries(),
                 configured = max_flows,
                 "keeping the pinned connection table and its size so live flows survive; \
@@ -248,16 +207,16 @@ impl Dataplane {
         let adopted = pins::map_pin(&dir, map_names::FLOWS).exists();
 
         let mut loader = EbpfLoader::new();
-        let pin_paths: Vec<(&str, PathBuf)> = map_names::ALL
+        let pin_paths: Vec<(&str, PathBuf)> = MAPS
             .iter()
-            .map(|name| (*name, pins::map_pin(&dir, name)))
+            .map(|map| (map.name, pins::map_pin(&dir, map.name)))
             .collect();
         for (name, path) in &pin_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        loader
-            .map_max_entries(map_names::FLOWS, opts.max_flows)
-            .map_max_entries(map_names::REPLIES, opts.max_flows);
+        for map in MAPS.iter().filter(|m| m.resized_at_load) {
+            loader.map_max_entries(map.name, opts.max_flows);
+        }
         let mut ebpf = loader.load(object)?;
         xdp_program(&mut ebpf)?
             .load()
@@ -408,8 +367,8 @@ pub fn remove_instance(dir: &Path, interfaces: &[String]) -> Result<(), Dataplan
             info!(interface, "detached XDP program");
         }
     }
-    for name in map_names::ALL {
-        let _ = std::fs::remove_file(pins::map_pin(dir, name));
+    for map in &MAPS {
+        let _ = std::fs::remove_file(pins::map_pin(dir, map.name));
     }
     std::fs::remove_dir(dir).or_else(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Ok(()),

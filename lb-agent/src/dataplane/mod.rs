@@ -38,14 +38,15 @@ pub enum DataplaneError {
     },
     /// A map pinned by an earlier run has another layout than this build expects.
     #[error(
-        "pinned map {path} has key/value size {found:?}, this build needs {expected:?}; \
+        "pinned map {path} is {found}, this build needs {expected}; \
          it was left by an incompatible version: stop the old agent and remove {dir}"
     )]
     IncompatiblePin {
         path: String,
         dir: String,
-        found: (u32, u32),
-        expected: (u32, u32),
+        /// Kind and key/value sizes, e.g. `a Hash map of 16/64-byte entries`.
+        found: String,
+        expected: String,
     },
     /// Loading the object or its maps failed.
     #[error("loading the XDP program: {0}")]
