@@ -136,7 +136,11 @@ async fn reload(
         if let Some(old) = vrrp.take() {
             old.handover().await;
         }
-        *vrrp = Some(prepared.start());
+        let started = prepared.start().await.map_err(|error| {
+            error!(%error, "the reloaded VRRP instance did not start; VRRP is stopped until the agent restarts");
+            format!("[vrrp]: {error:#}; the config was applied but VRRP is stopped: restart the agent")
+        })?;
+        *vrrp = Some(started);
         info!("VRRP instance restarted with the new settings");
     }
     info!(config = %path.display(), changes = %summary, "config reloaded");
@@ -188,10 +192,7 @@ impl ControlHandler for Handler {
                     schema: STATUS_SCHEMA,
                     instance: self.instance.clone(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
-                    vrrp: self
-                        .vrrp
-                        .as_ref()
-                        .and_then(|s| s.lock().ok().map(|s| s.clone())),
+                    vrrp: self.vrrp.as_ref().map(SharedStatus::snapshot),
                     services: stats.services,
                     backends: stats
                         .backends
@@ -250,10 +251,6 @@ fn hide_secrets(config: &Config) {
     if let Some(vrrp) = &config.vrrp {
         crate::shell::hide_from_children(&vrrp.floating_ip.token_env);
     }
-}
-
-pub fn state_file(state_dir: &Path, instance: &str) -> PathBuf {
-    state_dir.join(format!("{instance}.json"))
 }
 
 /// Runs the agent until a shutdown signal.
@@ -315,7 +312,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         enable_forwarding(interface)?;
     }
 
-    let state_path = state_file(&node.state_dir, &options.instance);
+    let state_path = RuntimeState::path(&node.state_dir, &options.instance);
     let state = RuntimeState::load(&state_path, &config)?;
 
     let load = LoadOptions {
@@ -394,7 +391,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     });
     let vrrp_status = vrrp_context.as_ref().map(|c| c.status.clone());
     let mut vrrp_instance = match (&vrrp_config, &vrrp_context) {
-        (Some(vrrp), Some(context)) => Some(PreparedVrrp::new(context, vrrp)?.start()),
+        (Some(vrrp), Some(context)) => Some(PreparedVrrp::new(context, vrrp)?.start().await?),
         _ => None,
     };
 
@@ -404,7 +401,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             let vrrp = vrrp_status.clone();
             let source: metrics::SnapshotSource = Arc::new(move || {
                 let stats = lock(&agent)?.stats();
-                let vrrp = vrrp.as_ref().and_then(|s| s.lock().ok().map(|s| s.clone()));
+                let vrrp = vrrp.as_ref().map(SharedStatus::snapshot);
                 Some(Snapshot {
                     instance: instance.clone(),
                     stats,
