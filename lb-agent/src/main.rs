@@ -91,7 +91,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
         }
         Command::CheckConfig { config, offline } => {
-            let report = check::check_file(&config, offline);
+            let mut report = check::check_file(&config, offline);
+            if !offline {
+                report.check_state_file(&cli.instance);
+            }
             return match &report.config {
                 Some(c) if report.is_valid() => {
                     err!("{report}");
