@@ -9,4 +9,5 @@ pub mod e2e;
 pub mod netns;
 pub mod packet;
 pub mod program;
+pub mod scale;
 pub mod table;
