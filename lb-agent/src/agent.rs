@@ -431,8 +431,16 @@ impl Agent {
     }
 
     pub fn list_backends(&self, service: &str) -> Result<Vec<BackendStatus>, AgentError> {
+        self.backends_counted(service, &self.census())
+    }
+
+    /// `list_backends` with flow counts from `census`.
+    fn backends_counted(
+        &self,
+        service: &str,
+        census: &crate::dataplane::maps::FlowCensus,
+    ) -> Result<Vec<BackendStatus>, AgentError> {
         self.service_config(service)?;
-        let census = self.census();
         let Some(slot) = self.reconciler.service_by_name(service) else {
             return Ok(Vec::new());
         };
@@ -490,7 +498,11 @@ impl Agent {
     }
 
     pub fn list_services(&self) -> Vec<ServiceStatus> {
-        let census = self.census();
+        self.services_counted(&self.census())
+    }
+
+    /// `list_services` with flow counts from `census`.
+    fn services_counted(&self, census: &crate::dataplane::maps::FlowCensus) -> Vec<ServiceStatus> {
         self.reconciler
             .services()
             .map(|slot| {
@@ -517,11 +529,13 @@ impl Agent {
     }
 
     pub fn stats(&self) -> StatsReport {
+        // One census for the whole report: each may walk the whole flow
+        // table (a small one, or a large one before its first full sweep).
         let census = self.census();
-        let services = self.list_services();
+        let services = self.services_counted(&census);
         let mut backends = Vec::new();
         for service in &services {
-            if let Ok(list) = self.list_backends(&service.name) {
+            if let Ok(list) = self.backends_counted(&service.name, &census) {
                 backends.extend(list.into_iter().map(|b| (service.name.clone(), b)));
             }
         }

@@ -14,6 +14,7 @@ use crate::{
     config::{line_of, Config, ConfigError},
     dataplane::loader::{interface_index, interface_ipv4_addresses},
     ports,
+    state::{RuntimeState, StateError},
 };
 
 /// sysexits.h: the configuration is wrong.
@@ -47,11 +48,41 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// What works but will not carry what the config says it must.
     pub warnings: Vec<Finding>,
+    /// Problems of the other files the agent reads at start (the state
+    /// file), each line naming its file.
+    pub elsewhere: Vec<String>,
 }
 
 impl Report {
     pub fn is_valid(&self) -> bool {
-        self.findings.is_empty()
+        self.findings.is_empty() && self.elsewhere.is_empty()
+    }
+
+    /// Checks the state file of `instance` as the agent does at start
+    /// (the state directory is the config's), so that a file the agent
+    /// would refuse is found before a restart fails on it.
+    pub fn check_state_file(&mut self, instance: &str) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let path = RuntimeState::path(&config.node.state_dir, instance);
+        self.elsewhere.extend(state_file_problems(&path, config));
+    }
+}
+
+/// Why the agent would refuse the state file at `path` at start, one line
+/// per problem, each starting with the file's path.
+fn state_file_problems(path: &Path, config: &Config) -> Vec<String> {
+    match RuntimeState::load(path, config) {
+        Ok(_) => Vec::new(),
+        Err(StateError::Invalid { path, problems }) => problems
+            .into_iter()
+            .map(|problem| {
+                format!("{path}: {problem}; the agent does not start with this state file")
+            })
+            .collect(),
+        // These name the file themselves.
+        Err(error) => vec![error.to_string()],
     }
 }
 
@@ -68,6 +99,9 @@ impl fmt::Display for Report {
                 Some(line) => writeln!(f, "{}:{line}: warning: {}", self.path, warning.message)?,
                 None => writeln!(f, "{}: warning: {}", self.path, warning.message)?,
             }
+        }
+        for problem in &self.elsewhere {
+            writeln!(f, "{problem}")?;
         }
         Ok(())
     }
@@ -259,6 +293,7 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
         config: None,
         findings: Vec::new(),
         warnings: Vec::new(),
+        elsewhere: Vec::new(),
     };
     match Config::parse(text, path) {
         Ok(config) => {
@@ -328,6 +363,7 @@ pub fn check_file(path: &Path, offline: bool) -> Report {
             config: None,
             findings: findings_of(error),
             warnings: Vec::new(),
+            elsewhere: Vec::new(),
         },
     }
 }
@@ -696,5 +732,55 @@ protocol = "tcp"
         let report = check_file(Path::new("/nonexistent/lb.toml"), true);
         assert!(!report.is_valid());
         assert!(report.to_string().contains("cannot read it"), "{report}");
+    }
+
+    #[test]
+    fn the_state_file_is_checked_as_the_agent_checks_it_at_start() {
+        let dir = std::env::temp_dir().join(format!("lb-check-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let text = GOOD.replacen(
+            "private_address = \"10.200.0.11\"",
+            &format!(
+                "private_address = \"10.200.0.11\"\nstate_dir = \"{}\"",
+                dir.display()
+            ),
+            1,
+        );
+        let state = dir.join("t.json");
+        let shown = state.display().to_string();
+        let check = |contents: Option<&str>| {
+            let _ = std::fs::remove_file(&state);
+            if let Some(contents) = contents {
+                std::fs::write(&state, contents).expect("state file");
+            }
+            let mut report = check_text(&text, "lb.toml", true);
+            report.check_state_file("t");
+            report
+        };
+        assert!(check(None).is_valid(), "no state file is an empty state");
+        assert!(check(Some("{\"services\": {}}")).is_valid());
+        let report = check(Some("[]"));
+        assert!(!report.is_valid());
+        let said = report.to_string();
+        assert!(
+            said.starts_with(&format!("state file {shown} is corrupt")),
+            "{said}"
+        );
+        let report = check(Some(
+            "{\"services\": {\"www\": {\"added\": [{\"address\": \"10.100.0.100\", \"port\": 80, \"weight\": 1}]}}}",
+        ));
+        let said = report.to_string();
+        assert!(
+            said.starts_with(&format!(
+                "{shown}: service \"www\" backend 10.100.0.100:80 (added at run time): "
+            )) && said.contains("not a VIP"),
+            "{said}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("dir").count(),
+            1,
+            "nothing written"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

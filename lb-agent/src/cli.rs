@@ -19,6 +19,10 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "lb_agent=debug".
     #[arg(long, global = true, default_value = "info", env = "LB_AGENT_LOG")]
     pub log_level: String,
+    /// How long a command that talks to the agent waits for its answer
+    /// (connecting included) before giving up, e.g. "10s" or "500ms".
+    #[arg(long, global = true, default_value = "10s", env = "LB_AGENT_TIMEOUT", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -173,6 +177,14 @@ pub fn parse_backend(text: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
         },
     };
     Ok((addr, port))
+}
+
+/// A duration longer than zero: a zero timeout would fail every call.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match crate::config::parse_duration(text)? {
+        d if d.is_zero() => Err("the timeout must be longer than zero".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_instance(text: &str) -> Result<String, String> {

@@ -137,7 +137,11 @@ async fn reload(
         if let Some(old) = vrrp.take() {
             old.handover().await;
         }
-        *vrrp = Some(prepared.start());
+        let started = prepared.start().await.map_err(|error| {
+            error!(%error, "the reloaded VRRP instance did not start; VRRP is stopped until the agent restarts");
+            format!("[vrrp]: {error:#}; the config was applied but VRRP is stopped: restart the agent")
+        })?;
+        *vrrp = Some(started);
         info!("VRRP instance restarted with the new settings");
     }
     info!(config = %path.display(), changes = %summary, "config reloaded");
@@ -189,10 +193,7 @@ impl ControlHandler for Handler {
                     schema: STATUS_SCHEMA,
                     instance: self.instance.clone(),
                     version: env!("CARGO_PKG_VERSION").to_string(),
-                    vrrp: self
-                        .vrrp
-                        .as_ref()
-                        .and_then(|s| s.lock().ok().map(|s| s.clone())),
+                    vrrp: self.vrrp.as_ref().map(SharedStatus::snapshot),
                     services: stats.services,
                     backends: stats
                         .backends
@@ -254,10 +255,6 @@ fn hide_secrets(config: &Config) {
     }
 }
 
-pub fn state_file(state_dir: &Path, instance: &str) -> PathBuf {
-    state_dir.join(format!("{instance}.json"))
-}
-
 /// Runs the agent until a shutdown signal.
 pub async fn run(options: RunOptions) -> Result<()> {
     let config = Config::load(&options.config_path)?;
@@ -317,7 +314,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         enable_forwarding(interface)?;
     }
 
-    let state_path = state_file(&node.state_dir, &options.instance);
+    let state_path = RuntimeState::path(&node.state_dir, &options.instance);
     let state = RuntimeState::load(&state_path, &config)?;
 
     let load = LoadOptions {
@@ -401,7 +398,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     });
     let vrrp_status = vrrp_context.as_ref().map(|c| c.status.clone());
     let mut vrrp_instance = match (&vrrp_config, &vrrp_context) {
-        (Some(vrrp), Some(context)) => Some(PreparedVrrp::new(context, vrrp)?.start()),
+        (Some(vrrp), Some(context)) => Some(PreparedVrrp::new(context, vrrp)?.start().await?),
         _ => None,
     };
 
@@ -411,7 +408,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             let vrrp = vrrp_status.clone();
             let source: metrics::SnapshotSource = Arc::new(move || {
                 let stats = lock(&agent)?.stats();
-                let vrrp = vrrp.as_ref().and_then(|s| s.lock().ok().map(|s| s.clone()));
+                let vrrp = vrrp.as_ref().map(SharedStatus::snapshot);
                 Some(Snapshot {
                     instance: instance.clone(),
                     stats,

@@ -91,7 +91,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
         }
         Command::CheckConfig { config, offline } => {
-            let report = check::check_file(&config, offline);
+            let mut report = check::check_file(&config, offline);
+            if !offline {
+                report.check_state_file(&cli.instance);
+            }
             return match &report.config {
                 Some(c) if report.is_valid() => {
                     err!("{report}");
@@ -148,7 +151,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             watch: true,
             interval,
             count,
-        } => return watch_stats(&cli.instance, json, interval, count).await,
+        } => return watch_stats(&cli.instance, cli.timeout, json, interval, count).await,
         Command::Stats { json, .. } => (Request::Stats, json),
         Command::Status { json } => (Request::Status, json),
         Command::Reload => (Request::Reload, false),
@@ -196,7 +199,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
     };
     let path = socket_path(&cli.instance);
-    match client::call(&path, &cli.instance, &request).await {
+    match client::call(&path, &cli.instance, &request, cli.timeout).await {
         Ok(Response::Ok(reply)) => {
             if json {
                 out!("{}", output::render_json(&reply));
@@ -220,6 +223,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
 /// `interval`, until interrupted or `count` refreshes.
 async fn watch_stats(
     instance: &str,
+    timeout: std::time::Duration,
     json: bool,
     interval: std::time::Duration,
     count: Option<u64>,
@@ -228,7 +232,7 @@ async fn watch_stats(
     let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !json;
     let mut shown = 0u64;
     loop {
-        match client::call(&path, instance, &Request::Stats).await {
+        match client::call(&path, instance, &Request::Stats, timeout).await {
             Ok(Response::Ok(reply)) => {
                 if clear {
                     out!("\x1b[2J\x1b[H");

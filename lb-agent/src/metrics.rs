@@ -349,7 +349,13 @@ fn render_vrrp(w: &mut Writer, vrrp: &VrrpStatus) {
 pub type SnapshotSource = Arc<dyn Fn() -> Option<Snapshot> + Send + Sync>;
 
 async fn scrape(State(source): State<SnapshotSource>) -> impl IntoResponse {
-    match source() {
+    // Taking a snapshot waits for the agent's lock and may walk the flow
+    // table: on a blocking thread, so the runtime's workers stay free.
+    let snapshot = tokio::task::spawn_blocking(move || source())
+        .await
+        .ok()
+        .flatten();
+    match snapshot {
         Some(snapshot) => (
             axum::http::StatusCode::OK,
             [(

@@ -101,6 +101,11 @@ fn in_config(config: &Config, service: &str, address: Ipv4Addr, port: u16) -> bo
 }
 
 impl RuntimeState {
+    /// The state file of `instance` in `state_dir`.
+    pub fn path(state_dir: &Path, instance: &str) -> PathBuf {
+        state_dir.join(format!("{instance}.json"))
+    }
+
     /// Loads the state file for `config`; a missing file is an empty
     /// state. A file that is not what this agent writes, or that adds a
     /// backend the config's rules refuse, is an error: starting without the

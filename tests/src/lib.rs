@@ -10,4 +10,5 @@ pub mod flood;
 pub mod netns;
 pub mod packet;
 pub mod program;
+pub mod scale;
 pub mod table;

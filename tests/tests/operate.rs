@@ -568,6 +568,7 @@ fn careless_operator_input_is_refused_everywhere_it_gets_in() {
     // A state file the agent did not write stops it, and stays as it was.
     lab.stop_agent(Node::Lb1).expect("stop the agent");
     let state = state_path(&lab);
+    let config_path = path.to_string_lossy().into_owned();
     for text in [
         "[]".to_string(),
         "{\"servics\": {}}".to_string(),
@@ -589,7 +590,58 @@ fn careless_operator_input_is_refused_everywhere_it_gets_in() {
             text,
             "left untouched"
         );
+        // check-config on the node says so before a restart would.
+        let out = lab
+            .agent_cli(Node::Lb1, &["check-config", "--config", &config_path])
+            .expect("check-config");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{text}: {said}");
+        assert!(said.contains(&state.display().to_string()), "{text}: {said}");
+        let out = lab
+            .agent_cli(
+                Node::Lb1,
+                &["check-config", "--offline", "--config", &config_path],
+            )
+            .expect("check-config --offline");
+        assert!(out.status.success(), "--offline reads no state file");
     }
     std::fs::remove_file(&state).expect("remove the state file");
     lab.start_agent(Node::Lb1).expect("starts without it");
+}
+
+/// Removes a file when dropped (also when the test fails).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_cli_gives_up_on_an_agent_that_does_not_answer() {
+    let Some(agent) = integration_tests::artifacts::agent_binary() else {
+        return;
+    };
+    // A socket that takes connections (into its backlog) and never
+    // answers, as a hung agent's does.
+    let instance = format!("vt-mute-{}", std::process::id());
+    let socket = lb_agent::control::socket_path(&instance);
+    std::fs::create_dir_all(lb_agent::control::SOCKET_DIR).expect("socket dir");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let _remove = RemoveOnDrop(socket);
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(&agent)
+        .args(["--instance", &instance, "--timeout", "1s", "stats"])
+        .output()
+        .expect("lb-agent stats");
+    let took = started.elapsed();
+    drop(listener);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("did not answer within 1 s") && said.contains("is it running"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
 }

@@ -2,8 +2,9 @@
 //! trivial reference program (BPF_PROG_TEST_RUN, `xdp-bench`), then
 //! end-to-end HTTP throughput with wrk through the balancer against wrk
 //! straight to a backend, the connection rate against HAProxy
-//! (`connrate`), the agent's reads of a large flow table (`table`) and the
-//! failover outage, all in the same run on the same machine.
+//! (`connrate`), the agent's reads of a large flow table (`table`), the
+//! agent of an HA pair at 10k-1M live flows (`scale`) and the failover
+//! outage, all in the same run on the same machine.
 
 use std::{
     process::Command,
@@ -14,7 +15,10 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     apt,
-    build::{self, BuildOptions, ENV_AGENT_BIN, ENV_EBPF_OBJECT, ENV_TRIVIAL_OBJECT},
+    build::{
+        self, BuildOptions, ENV_AGENT_BIN, ENV_EBPF_OBJECT, ENV_PASS_OBJECT, ENV_TRIVIAL_OBJECT,
+        ENV_XTASK_BIN,
+    },
     cmd,
     lab::{Lab, LabOptions, Node, XdpMode},
     workspace_root,
@@ -208,7 +212,7 @@ pub fn wrk_description(close: bool) -> String {
 }
 
 /// Parts of the benchmark `--only` can pick.
-pub const SECTIONS: [&str; 5] = ["packet", "table", "lab", "connrate", "failover"];
+pub const SECTIONS: [&str; 6] = ["packet", "table", "scale", "lab", "connrate", "failover"];
 
 /// `model name` of the first CPU in /proc/cpuinfo.
 pub fn cpu_model() -> String {
@@ -251,11 +255,16 @@ pub fn run(options: &BenchOptions) -> Result<()> {
 
     if wanted("packet") {
         heading("Per packet (BPF_PROG_TEST_RUN)");
-        bench_binary(&artifacts, "xdp-bench")?;
+        bench_binary(&artifacts, "xdp-bench", &[])?;
     }
     if wanted("table") {
         heading("Flow table at scale (the agent's expiry pass and census)");
-        bench_binary(&artifacts, "flow-table-bench")?;
+        bench_binary(&artifacts, "flow-table-bench", &[])?;
+    }
+    if wanted("scale") {
+        heading("The agent of the HA pair at 10k, 100k and 1M live flows (VRRP, reads, CPU)");
+        cmd::catch_interrupts();
+        bench_binary(&artifacts, "scale-bench", &[&options.prefix])?;
     }
     if wanted("lab") {
         for (i, mode) in options.xdp_modes().into_iter().enumerate() {
@@ -271,8 +280,9 @@ pub fn run(options: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-/// Builds and runs one of the tests crate's benchmark binaries.
-fn bench_binary(artifacts: &build::Artifacts, name: &str) -> Result<()> {
+/// Builds and runs one of the tests crate's benchmark binaries with
+/// `args`.
+fn bench_binary(artifacts: &build::Artifacts, name: &str, args: &[&str]) -> Result<()> {
     cmd::run(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
@@ -289,8 +299,12 @@ fn bench_binary(artifacts: &build::Artifacts, name: &str) -> Result<()> {
     )?;
     let bench = build::target_dir().join("release").join(name);
     let status = Command::new(&bench)
+        .args(args)
         .env(ENV_EBPF_OBJECT, &artifacts.lb_object)
         .env(ENV_TRIVIAL_OBJECT, &artifacts.trivial_object)
+        .env(ENV_PASS_OBJECT, &artifacts.pass_object)
+        .env(ENV_AGENT_BIN, &artifacts.agent)
+        .env(ENV_XTASK_BIN, std::env::current_exe()?)
         .status()
         .with_context(|| format!("running {}", bench.display()))?;
     if !status.success() {

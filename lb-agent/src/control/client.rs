@@ -1,6 +1,6 @@
 //! Calls a running agent's control API.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -38,10 +38,51 @@ pub enum ClientError {
     /// The agent answered something unreadable.
     #[error("unreadable answer from the agent: {0}")]
     BadReply(String),
+    /// No complete answer in time: a hung or overloaded agent, or
+    /// something else holding the socket.
+    #[error(
+        "the agent did not answer within {} s on {path}; is it running (`systemctl status lb-agent`, or `lb-agent --instance {instance} run`)? \
+         Its log says why it is stuck; give a busy agent longer with --timeout",
+        seconds(*.after)
+    )]
+    TimedOut {
+        path: String,
+        instance: String,
+        after: Duration,
+    },
 }
 
-/// Sends `request` to the agent at `path` and returns its response.
-pub async fn call(path: &Path, instance: &str, request: &Request) -> Result<Response, ClientError> {
+/// How long a client command waits for the agent by default: connecting,
+/// sending the request and reading the whole reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `10`, `1.5`: seconds as people write them.
+fn seconds(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
+/// Sends `request` to the agent at `path` and returns its response, or
+/// `TimedOut` when connecting, sending and reading the reply took longer
+/// than `timeout` together.
+pub async fn call(
+    path: &Path,
+    instance: &str,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    tokio::time::timeout(timeout, exchange(path, instance, request))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::TimedOut {
+                path: path.display().to_string(),
+                instance: instance.to_string(),
+                after: timeout,
+            })
+        })
+}
+
+/// One request and its response, however long it takes.
+async fn exchange(path: &Path, instance: &str, request: &Request) -> Result<Response, ClientError> {
     let shown = path.display().to_string();
     let mut stream = UnixStream::connect(path)
         .await
@@ -109,7 +150,9 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        let answer = call(&path, "t", &Request::Stats).await.expect("call");
+        let answer = call(&path, "t", &Request::Stats, DEFAULT_TIMEOUT)
+            .await
+            .expect("call");
         assert_eq!(
             answer,
             Response::Ok(Reply::Changed {
@@ -122,6 +165,7 @@ mod tests {
             &Request::BackendsList {
                 service: "x".into(),
             },
+            DEFAULT_TIMEOUT,
         )
         .await
         .expect("call");
@@ -152,10 +196,33 @@ mod tests {
         server.await.expect("server stops");
         let _ = std::fs::remove_dir_all(dir);
 
-        let missing = call(&path, "gone", &Request::Stats)
+        let missing = call(&path, "gone", &Request::Stats, DEFAULT_TIMEOUT)
             .await
             .unwrap_err()
             .to_string();
         assert!(missing.contains("--instance gone run"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_never_answers_times_out_with_a_clear_message() {
+        let dir = std::env::temp_dir().join(format!("lb-ctl-mute-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("mute.sock");
+        // Accepts (the kernel does, into the backlog) and never reads.
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let started = std::time::Instant::now();
+        let error = call(&path, "mute", &Request::Stats, Duration::from_millis(300))
+            .await
+            .expect_err("no answer");
+        let took = started.elapsed();
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(error, ClientError::TimedOut { .. }), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("did not answer within 0.3 s") && message.contains("--timeout"),
+            "{message}"
+        );
+        assert!(took < Duration::from_secs(2), "gave up after {took:?}");
     }
 }

@@ -16,14 +16,11 @@ mod digitalocean;
 mod exec;
 mod local;
 
-use std::{
-    net::Ipv4Addr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::{runtime::Handle, sync::watch};
 use tracing::{info, warn};
 
 pub use digitalocean::{DigitalOcean, DoError, Token};
@@ -195,23 +192,27 @@ impl Provider {
     }
 }
 
+/// The provider's status as its worker last published it: the runner
+/// loads snapshots and never waits for a worker in the middle of a call.
+type SharedProviderStatus = Arc<ArcSwap<ProviderStatus>>;
+
 /// The runner's handle on the provider worker.
 pub struct ProviderHandle {
     desired: watch::Sender<Desired>,
-    status: Arc<Mutex<ProviderStatus>>,
+    status: SharedProviderStatus,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ProviderHandle {
-    /// Starts the worker for `provider`; it reconciles every `interval`
-    /// while this node should hold the addresses.
-    pub fn start(provider: Provider, interval: Duration) -> Self {
+    /// Starts the worker for `provider` on `runtime`; it reconciles every
+    /// `interval` while this node should hold the addresses.
+    pub fn start(runtime: &Handle, provider: Provider, interval: Duration) -> Self {
         let (desired, wish) = watch::channel(Desired::default());
-        let status = Arc::new(Mutex::new(ProviderStatus {
+        let status = Arc::new(ArcSwap::from_pointee(ProviderStatus {
             name: provider.name().into(),
             ..ProviderStatus::default()
         }));
-        let task = tokio::spawn(work(provider, wish, status.clone(), interval));
+        let task = runtime.spawn(work(provider, wish, status.clone(), interval));
         Self {
             desired,
             status,
@@ -235,7 +236,7 @@ impl ProviderHandle {
     }
 
     pub fn status(&self) -> ProviderStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        ProviderStatus::clone(&self.status.load())
     }
 
     /// Stops the worker without releasing anything (a reload hands the
@@ -253,26 +254,17 @@ impl ProviderHandle {
         if tokio::time::timeout(limit, self.task).await.is_err() {
             warn!("the floating IP provider did not finish releasing in time");
         }
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        ProviderStatus::clone(&self.status.load())
     }
 }
 
-fn record(
-    status: &Arc<Mutex<ProviderStatus>>,
-    provider: &Provider,
-    result: Result<(), FloatingIpError>,
-) {
-    let (calls, errors) = provider.counts();
-    if let Ok(mut s) = status.lock() {
-        s.calls = calls;
-        s.errors = errors;
-        match result {
-            Ok(()) => {}
-            Err(FloatingIpError::Cancelled) => {}
-            Err(error) => {
-                warn!(provider = provider.name(), %error, "floating IP provider");
-                s.last_error = Some(error.to_string());
-            }
+fn record(status: &mut ProviderStatus, provider: &Provider, result: Result<(), FloatingIpError>) {
+    (status.calls, status.errors) = provider.counts();
+    match result {
+        Ok(()) | Err(FloatingIpError::Cancelled) => {}
+        Err(error) => {
+            warn!(provider = provider.name(), %error, "floating IP provider");
+            status.last_error = Some(error.to_string());
         }
     }
 }
@@ -280,9 +272,10 @@ fn record(
 async fn work(
     mut provider: Provider,
     mut wish: Wish,
-    status: Arc<Mutex<ProviderStatus>>,
+    shared: SharedProviderStatus,
     interval: Duration,
 ) {
+    let mut status = ProviderStatus::clone(&shared.load());
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = Desired::default();
@@ -305,23 +298,21 @@ async fn work(
                     info!(provider = provider.name(), "taking the floating IP");
                 }
                 let result = provider.acquire(&mut wish).await;
-                record(&status, &provider, result);
+                record(&mut status, &provider, result);
             }
             Some(true) if !changed => {
                 let result = provider.reconcile(&mut wish).await;
-                record(&status, &provider, result);
+                record(&mut status, &provider, result);
             }
             Some(false) if seen.hold != Some(false) => {
                 let result = provider.release().await;
-                record(&status, &provider, result);
+                record(&mut status, &provider, result);
             }
             _ => {}
         }
         seen = now;
-        let held = provider.held().await;
-        if let Ok(mut s) = status.lock() {
-            s.held = held;
-        }
+        status.held = provider.held().await;
+        shared.store(Arc::new(status.clone()));
     }
     // The runner dropped its handle: a final release it asked for has been
     // carried out above; nothing else to do.

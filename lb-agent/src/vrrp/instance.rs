@@ -3,20 +3,37 @@
 //! (`shutdown`: resign, release) or to be replaced by one with reloaded
 //! settings (`handover`: silent, the floating IP stays, the successor
 //! resumes).
+//!
+//! The runner has an OS thread and a single-threaded runtime of its own:
+//! whatever keeps the agent's main runtime busy (flow-table sweeps of a
+//! million entries, health checks, control requests, metrics scrapes)
+//! cannot delay an advert or the master-down timer. It talks to the rest
+//! of the agent only through channels (stop, tracking verdicts, provider
+//! wishes) and published snapshots (its status, the provider's), none of
+//! which makes it wait. Tracking reads the agent's state under its lock, so
+//! it stays on the main runtime and only sends verdicts.
 
 use std::{
     net::Ipv4Addr,
     sync::{Arc, Mutex},
 };
 
-use anyhow::{Context as _, Result};
-use tokio::{sync::watch, task::JoinHandle};
+use anyhow::{anyhow, Context as _, Result};
+use tokio::{
+    runtime::Handle,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tracing::error;
 
 use super::{
-    runner::{SharedStatus, Stop, VrrpRunner},
+    runner::{PreparedRunner, SharedStatus, Stop},
     track::{agent_services, Tracking, Verdict},
 };
 use crate::{agent::Agent, config::VrrpConfig};
+
+/// The name of the runner's thread (`top -H`, `perf`).
+pub const THREAD_NAME: &str = "lb-vrrp";
 
 /// What an instance needs from the node, besides its `[vrrp]` settings.
 #[derive(Clone)]
@@ -33,11 +50,12 @@ pub struct VrrpContext {
     pub status: SharedStatus,
 }
 
-/// Built (sockets open, settings checked) but not running yet.
+/// Built (socket open, settings checked) but not running yet.
 pub struct PreparedVrrp {
     config: VrrpConfig,
-    runner: VrrpRunner,
+    runner: PreparedRunner,
     tracking: Tracking,
+    status: SharedStatus,
 }
 
 /// A running instance.
@@ -45,7 +63,9 @@ pub struct VrrpInstance {
     pub config: VrrpConfig,
     stop: watch::Sender<Stop>,
     tracking_stop: watch::Sender<bool>,
-    runner: JoinHandle<()>,
+    /// Resolves when the runner's thread has finished (its runtime and
+    /// socket are gone by then).
+    runner_done: oneshot::Receiver<()>,
     tracking: JoinHandle<()>,
 }
 
@@ -56,7 +76,7 @@ impl PreparedVrrp {
         if addresses.is_empty() {
             addresses = context.vips.clone();
         }
-        let runner = VrrpRunner::new(
+        let runner = PreparedRunner::new(
             vrrp,
             &context.instance,
             vrrp.unicast_src.unwrap_or(context.private_address),
@@ -65,7 +85,6 @@ impl PreparedVrrp {
                 .unwrap_or(&context.private_interface),
             &context.public_interface,
             addresses,
-            context.status.clone(),
         )
         .context("starting VRRP")?;
         let tracking = Tracking::new(
@@ -78,25 +97,79 @@ impl PreparedVrrp {
             config: vrrp.clone(),
             runner,
             tracking,
+            status: context.status.clone(),
         })
     }
 
-    pub fn start(self) -> VrrpInstance {
+    /// Starts the runner on its thread, then tracking on the main runtime
+    /// (the caller's).
+    pub async fn start(self) -> Result<VrrpInstance> {
         let (verdict_tx, verdict_rx) = watch::channel(Verdict {
             fault: None,
             priority: self.config.priority,
         });
-        let (tracking_stop, tracking_stop_rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(Stop::Run);
+        let runner_done = spawn_runner(self.runner, self.status, stop_rx, verdict_rx).await?;
+        let (tracking_stop, tracking_stop_rx) = watch::channel(false);
         let tracking = tokio::spawn(self.tracking.run(verdict_tx, tracking_stop_rx));
-        let runner = tokio::spawn(self.runner.run(stop_rx, verdict_rx));
-        VrrpInstance {
+        Ok(VrrpInstance {
             config: self.config,
             stop,
             tracking_stop,
-            runner,
+            runner_done,
             tracking,
-        }
+        })
+    }
+}
+
+/// Starts `runner` on a thread of its own with a current-thread runtime,
+/// registers its socket there, and returns once it runs (or why it could
+/// not); the receiver resolves when the thread is done.
+async fn spawn_runner(
+    runner: PreparedRunner,
+    status: SharedStatus,
+    stop: watch::Receiver<Stop>,
+    verdicts: watch::Receiver<Verdict>,
+) -> Result<oneshot::Receiver<()>> {
+    let main = Handle::current();
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready_tx.send(Err(format!("building its runtime: {error}")));
+                    return;
+                }
+            };
+            let registered = {
+                let _inside = runtime.enter();
+                runner.register(main, status)
+            };
+            match registered {
+                Ok(runner) => {
+                    let _ = ready_tx.send(Ok(()));
+                    runtime.block_on(runner.run(stop, verdicts));
+                }
+                Err(error) => {
+                    let _ = ready_tx.send(Err(format!("registering its socket: {error}")));
+                }
+            }
+            // The socket goes with the runtime, before the successor of a
+            // reload is told it may start.
+            drop(runtime);
+            let _ = done_tx.send(());
+        })
+        .context("starting the VRRP thread")?;
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(done_rx),
+        Ok(Err(why)) => Err(anyhow!("starting the VRRP thread: {why}")),
+        Err(_) => Err(anyhow!("the VRRP thread ended while starting")),
     }
 }
 
@@ -104,7 +177,9 @@ impl VrrpInstance {
     async fn stop(self, how: Stop) {
         let _ = self.tracking_stop.send(true);
         let _ = self.stop.send(how);
-        let _ = self.runner.await;
+        if self.runner_done.await.is_err() {
+            error!("the VRRP thread ended abnormally (a panic; see above)");
+        }
         let _ = self.tracking.await;
     }
 

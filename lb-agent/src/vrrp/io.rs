@@ -1,6 +1,12 @@
 //! VRRP socket I/O: a raw IPv4 socket for protocol 112 that sends with
 //! TTL 255 and TOS 0xc0 (as keepalived does) to the unicast peers or the
 //! multicast group, and receives whole IP packets for the decoder.
+//!
+//! The socket is opened on the agent's side (so that a missing capability
+//! or interface is reported before anything changes) and registered with
+//! the VRRP thread's own runtime there (`RawVrrpSocket::register`): its
+//! readiness must be driven by the thread that times the adverts, not by
+//! the agent's main runtime.
 
 use std::{
     io,
@@ -15,9 +21,16 @@ use super::packet::{MULTICAST_GROUP, PROTO_VRRP, TTL};
 /// IPTOS_PREC_INTERNETCONTROL, what keepalived sets.
 const TOS_INTERNETCONTROL: i32 = 0xc0;
 
+/// An open, configured socket not yet registered with a runtime.
+pub struct RawVrrpSocket {
+    fd: OwnedFd,
+    /// Where adverts go: the unicast peers, or the multicast group.
+    destinations: Vec<Ipv4Addr>,
+}
+
+/// The socket registered with the runtime of the thread that uses it.
 pub struct VrrpSocket {
     fd: AsyncFd<OwnedFd>,
-    /// Where adverts go: the unicast peers, or the multicast group.
     destinations: Vec<Ipv4Addr>,
 }
 
@@ -54,7 +67,7 @@ fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr_in {
     }
 }
 
-impl VrrpSocket {
+impl RawVrrpSocket {
     /// Opens the socket on `interface` with source `src`; unicast to
     /// `peers`, or multicast when `peers` is empty.
     pub fn open(src: Ipv4Addr, interface: &str, peers: &[Ipv4Addr]) -> io::Result<Self> {
@@ -151,8 +164,6 @@ impl VrrpSocket {
             };
             check(rc, &format!("binding the VRRP socket to {src}"))?;
         }
-        // SAFETY: `fd` is an open socket owned by the AsyncFd from here on.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
         Ok(Self {
             fd,
             destinations: if peers.is_empty() {
@@ -163,6 +174,19 @@ impl VrrpSocket {
         })
     }
 
+    /// Registers the socket with the runtime of the calling thread (it
+    /// must run inside that runtime).
+    pub fn register(self) -> io::Result<VrrpSocket> {
+        // SAFETY: `self.fd` is an open socket owned by the AsyncFd from here on.
+        let fd = unsafe { AsyncFd::register(self.fd) }.map_err(io::Error::from)?;
+        Ok(VrrpSocket {
+            fd,
+            destinations: self.destinations,
+        })
+    }
+}
+
+impl VrrpSocket {
     /// Where adverts are sent (the checksum of v3 covers the destination).
     pub fn destinations(&self) -> &[Ipv4Addr] {
         &self.destinations

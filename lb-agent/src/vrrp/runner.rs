@@ -1,20 +1,27 @@
 //! Runs one VRRP instance: feeds the state machine with the socket's
 //! advertisements and its own timers, carries out its actions (send
 //! adverts, move the floating IP, run notify hooks) and publishes status.
+//!
+//! The runner lives on its own thread with its own runtime (see
+//! `instance`); everything that may take long runs on the agent's main
+//! runtime instead (`main`): provider calls in the provider's worker,
+//! notify hooks as tasks there. The runner only sends wishes and reads
+//! published snapshots, so neither can hold up an advert.
 
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::{runtime::Handle, sync::watch};
 use tracing::{debug, info, warn};
 
 use super::{
-    io::VrrpSocket,
+    io::{RawVrrpSocket, VrrpSocket},
     machine::{Action, Machine, Params, State},
     packet::{split_ipv4, Advert, Auth, Version},
 };
@@ -88,7 +95,22 @@ impl VrrpStatus {
     }
 }
 
-pub type SharedStatus = Arc<Mutex<VrrpStatus>>;
+/// The VRRP status as the runner last published it. The runner swaps in
+/// whole snapshots and readers (`status`, metrics) load one: neither ever
+/// waits for the other, so no request or scrape can hold up the runner.
+#[derive(Clone, Default)]
+pub struct SharedStatus(Arc<ArcSwap<VrrpStatus>>);
+
+impl SharedStatus {
+    /// The latest published status.
+    pub fn snapshot(&self) -> VrrpStatus {
+        VrrpStatus::clone(&self.0.load())
+    }
+
+    fn publish(&self, status: &VrrpStatus) {
+        self.0.store(Arc::new(status.clone()));
+    }
+}
 
 /// How a running instance is told to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +124,6 @@ pub enum Stop {
     Handover,
 }
 
-fn update(status: &SharedStatus, f: impl FnOnce(&mut VrrpStatus)) {
-    if let Ok(mut s) = status.lock() {
-        f(&mut s);
-    }
-}
-
 fn state_name(state: State) -> &'static str {
     match state {
         State::Initialize => "INIT",
@@ -115,6 +131,20 @@ fn state_name(state: State) -> &'static str {
         State::Master => "MASTER",
         State::Fault => "FAULT",
     }
+}
+
+/// A runner built on the agent's side (settings checked, socket and
+/// provider open, so errors surface before anything changes), to be
+/// registered with the VRRP thread's runtime there.
+pub struct PreparedRunner {
+    machine: Machine,
+    socket: RawVrrpSocket,
+    provider: Provider,
+    config: VrrpConfig,
+    instance: String,
+    src: Ipv4Addr,
+    addresses: Vec<Ipv4Addr>,
+    auth: Auth,
 }
 
 pub struct VrrpRunner {
@@ -129,7 +159,11 @@ pub struct VrrpRunner {
     src: Ipv4Addr,
     addresses: Vec<Ipv4Addr>,
     auth: Auth,
-    status: SharedStatus,
+    /// The runner's own status, published to `shared` after each event.
+    status: VrrpStatus,
+    shared: SharedStatus,
+    /// The agent's main runtime: provider calls and hooks run there.
+    main: Handle,
     /// The floating IP may be left from a crashed run: drop it once a
     /// legitimate master is heard.
     check_stale: bool,
@@ -144,7 +178,7 @@ pub struct VrrpRunner {
     receive_errors: Throttle,
 }
 
-impl VrrpRunner {
+impl PreparedRunner {
     pub fn new(
         config: &VrrpConfig,
         instance: &str,
@@ -152,7 +186,6 @@ impl VrrpRunner {
         interface: &str,
         public_interface: &str,
         addresses: Vec<Ipv4Addr>,
-        status: SharedStatus,
     ) -> anyhow::Result<Self> {
         let version = if config.version == 3 {
             Version::V3
@@ -168,7 +201,7 @@ impl VrrpRunner {
             preempt_delay: config.preempt_delay,
             address: src,
         });
-        let socket = VrrpSocket::open(src, interface, &config.unicast_peers)?;
+        let socket = RawVrrpSocket::open(src, interface, &config.unicast_peers)?;
         let provider = Provider::from_config(
             &config.floating_ip,
             public_interface,
@@ -181,28 +214,35 @@ impl VrrpRunner {
             Some(pass) if version == Version::V2 => Auth::simple(pass),
             _ => Auth::None,
         };
-        update(&status, |s| {
-            // A reload's successor keeps showing its predecessor's state
-            // until it has decided its own.
-            if s.state.is_empty() {
-                s.state = "INIT".into();
-            }
-            s.vrid = config.vrid;
-            s.priority = config.priority;
-            s.version = config.version;
-        });
         Ok(Self {
             machine,
             socket,
-            pending_provider: Some(provider),
-            provider: None,
-            reconcile_interval: config.floating_ip.reconcile_interval,
+            provider,
             config: config.clone(),
             instance: instance.to_string(),
             src,
             addresses,
             auth,
-            status,
+        })
+    }
+
+    /// Registers the socket with the runtime the caller runs inside (the
+    /// VRRP thread's); provider calls and hooks will run on `main`.
+    pub fn register(self, main: Handle, shared: SharedStatus) -> std::io::Result<VrrpRunner> {
+        Ok(VrrpRunner {
+            machine: self.machine,
+            socket: self.socket.register()?,
+            pending_provider: Some(self.provider),
+            provider: None,
+            reconcile_interval: self.config.floating_ip.reconcile_interval,
+            config: self.config,
+            instance: self.instance,
+            src: self.src,
+            addresses: self.addresses,
+            auth: self.auth,
+            status: VrrpStatus::default(),
+            shared,
+            main,
             check_stale: true,
             peer_claimed: None,
             provider_base: (0, 0),
@@ -210,7 +250,9 @@ impl VrrpRunner {
             receive_errors: Throttle::new(LOG_INTERVAL),
         })
     }
+}
 
+impl VrrpRunner {
     fn advert(&self, priority: u8) -> Advert {
         Advert {
             version: self.machine.params().version,
@@ -230,7 +272,7 @@ impl VrrpRunner {
                     for to in self.socket.destinations().to_vec() {
                         let bytes = advert.encode(self.src, to);
                         match self.socket.send_to(&bytes, to).await {
-                            Ok(()) => update(&self.status, |s| s.adverts_sent += 1),
+                            Ok(()) => self.status.adverts_sent += 1,
                             Err(error) => {
                                 // Every advert interval (10 ms with VRRPv3) while it lasts.
                                 if let Some(suppressed) = self.send_errors.ready(Instant::now()) {
@@ -273,39 +315,37 @@ impl VrrpRunner {
                 }
             }
         }
-        let master = self.machine.master;
-        let state = state_name(self.machine.state());
-        update(&self.status, |s| {
-            s.master = master;
-            s.state = state.into();
-        });
+        self.status.master = self.machine.master;
+        self.status.state = state_name(self.machine.state()).into();
         self.show_provider();
+        self.publish();
+    }
+
+    /// Makes the status visible to `status` and the metrics.
+    fn publish(&self) {
+        self.shared.publish(&self.status);
     }
 
     /// Copies the provider's latest view into the status.
-    fn show_provider(&self) {
+    fn show_provider(&mut self) {
         if let Some(provider) = &self.provider {
             let p = provider.status();
-            update(&self.status, |s| {
-                s.holds = p.held;
-                s.provider_calls = self.provider_base.0 + p.calls;
-                s.provider_errors = self.provider_base.1 + p.errors;
-                s.provider_last_error = p.last_error;
-            });
+            let s = &mut self.status;
+            s.holds = p.held.clone();
+            s.provider_calls = self.provider_base.0 + p.calls;
+            s.provider_errors = self.provider_base.1 + p.errors;
+            s.provider_last_error = p.last_error.clone();
         }
     }
 
     /// Records entering `to`; `false` when this node was in it already
     /// (a reloaded instance resuming its predecessor's state).
-    fn transition(&self, to: State, reason: &str) -> bool {
+    fn transition(&mut self, to: State, reason: &str) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut entered = false;
-        update(&self.status, |s| {
-            entered = s.enter(state_name(to), reason, now)
-        });
+        let entered = self.status.enter(state_name(to), reason, now);
         if entered {
             info!(state = state_name(to), reason, "VRRP transition");
         } else {
@@ -334,7 +374,9 @@ impl VrrpRunner {
         let mut hooks = Vec::new();
         for command in [specific, generic].into_iter().flatten() {
             let timeout = self.config.notify_timeout;
-            hooks.push(tokio::spawn(async move {
+            // On the main runtime: starting a process (fork, exec, its
+            // pipes) must not take the VRRP thread's time.
+            hooks.push(self.main.spawn(async move {
                 match crate::shell::run(&command, "notify", &[], &[], Some(timeout)).await {
                     Ok(done) if done.success() => {}
                     Ok(done) => {
@@ -350,11 +392,13 @@ impl VrrpRunner {
         hooks
     }
 
-    fn reject(&self, reason: &str) {
+    fn reject(&mut self, reason: &str) {
         debug!(reason, "VRRP advertisement ignored");
-        update(&self.status, |s| {
-            *s.adverts_rejected.entry(reason.to_string()).or_default() += 1
-        });
+        *self
+            .status
+            .adverts_rejected
+            .entry(reason.to_string())
+            .or_default() += 1;
     }
 
     /// Handles one received IP packet.
@@ -387,7 +431,7 @@ impl VrrpRunner {
         if advert.vrid != self.config.vrid {
             return self.reject("vrid");
         }
-        update(&self.status, |s| s.adverts_received += 1);
+        self.status.adverts_received += 1;
         let was = self.machine.state();
         if self.check_stale
             && was == State::Backup
@@ -445,7 +489,7 @@ impl VrrpRunner {
         if verdict.priority != self.machine.params().priority {
             info!(priority = verdict.priority, "tracking changed the priority");
             self.machine.set_priority(verdict.priority);
-            update(&self.status, |s| s.priority = verdict.priority);
+            self.status.priority = verdict.priority;
         }
         let now = Instant::now();
         match verdict.fault {
@@ -461,26 +505,62 @@ impl VrrpRunner {
         }
     }
 
+    /// Takes over the published status (a reload's predecessor has
+    /// stopped by now, and its successor keeps showing its state until it
+    /// has decided its own) with this instance's settings and provider.
+    fn resume_status(&mut self, provider: &str) {
+        let mut status = self.shared.snapshot();
+        if status.state.is_empty() {
+            status.state = "INIT".into();
+        }
+        status.vrid = self.config.vrid;
+        status.priority = self.config.priority;
+        status.version = self.config.version;
+        self.provider_base = status.provider_base(provider);
+        status.provider = provider.into();
+        self.status = status;
+        self.publish();
+    }
+
+    /// Asks the provider whether this node still holds the floating IP,
+    /// then starts its worker, both on the main runtime (the provider's
+    /// netlink connection and HTTP client live there); `None` when the
+    /// main runtime is going away.
+    async fn start_provider(&mut self, mut provider: Provider) -> Option<bool> {
+        let check = self.main.spawn(async move {
+            let held = provider.held_at_start().await;
+            (provider, held)
+        });
+        match check.await {
+            Ok((provider, held)) => {
+                self.provider = Some(ProviderHandle::start(
+                    &self.main,
+                    provider,
+                    self.reconcile_interval,
+                ));
+                Some(held)
+            }
+            Err(error) => {
+                warn!(%error, "the floating IP provider's start-up check did not finish");
+                None
+            }
+        }
+    }
+
     /// Runs until `stop` flips; then resigns (priority 0) and releases.
     pub async fn run(
         mut self,
         mut stop: watch::Receiver<Stop>,
         mut verdicts: watch::Receiver<super::track::Verdict>,
     ) {
-        let Some(mut provider) = self.pending_provider.take() else {
+        let Some(provider) = self.pending_provider.take() else {
             warn!("VRRP runner started twice");
             return;
         };
-        // Counted on from here: a reload's predecessor has stopped by now.
-        let name = provider.name();
-        let mut base = (0, 0);
-        update(&self.status, |s| {
-            base = s.provider_base(name);
-            s.provider = name.into();
-        });
-        self.provider_base = base;
-        let held_at_start = provider.held_at_start().await;
-        self.provider = Some(ProviderHandle::start(provider, self.reconcile_interval));
+        self.resume_status(provider.name());
+        let Some(held_at_start) = self.start_provider(provider).await else {
+            return;
+        };
         let actions = if held_at_start {
             info!("the floating IP is still here: resuming as master");
             self.check_stale = false;
@@ -489,6 +569,17 @@ impl VrrpRunner {
             self.machine.start(Instant::now())
         };
         self.perform(actions, "startup").await;
+        self.serve(&mut stop, &mut verdicts).await;
+        let how = *stop.borrow();
+        self.finish(how).await;
+    }
+
+    /// The event loop: adverts in, timers, verdicts; until told to stop.
+    async fn serve(
+        &mut self,
+        stop: &mut watch::Receiver<Stop>,
+        verdicts: &mut watch::Receiver<super::track::Verdict>,
+    ) {
         let mut buf = vec![0u8; 2048];
         let mut provider_tick = tokio::time::interval(PROVIDER_STATUS_INTERVAL);
         loop {
@@ -500,7 +591,7 @@ impl VrrpRunner {
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() != Stop::Run {
-                        break;
+                        return;
                     }
                 }
                 _ = provider_tick.tick() => {
@@ -530,8 +621,14 @@ impl VrrpRunner {
                     self.perform(actions, reason).await;
                 }
             }
+            self.publish();
         }
-        if *stop.borrow() == Stop::Handover {
+    }
+
+    /// Hands over silently (a reload), or resigns, releases the floating
+    /// IP and runs `notify_stop` (the agent stops).
+    async fn finish(mut self, how: Stop) {
+        if how == Stop::Handover {
             info!("VRRP settings reloaded: handing over to the new instance");
             if let Some(provider) = self.provider.take() {
                 provider.abandon().await;
@@ -542,12 +639,14 @@ impl VrrpRunner {
         self.perform(actions, "agent stopping").await;
         if let Some(provider) = self.provider.take() {
             let last = provider.shutdown(PROVIDER_SHUTDOWN_LIMIT).await;
-            update(&self.status, |s| s.holds = last.held);
+            self.status.holds = last.held;
+            self.publish();
         }
         for hook in self.run_notify(State::Initialize) {
             let _ = hook.await;
         }
-        update(&self.status, |s| s.state = "STOPPED".into());
+        self.status.state = "STOPPED".into();
+        self.publish();
     }
 }
 

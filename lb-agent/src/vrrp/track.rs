@@ -184,6 +184,20 @@ impl Tracking {
         Some((up, xdp))
     }
 
+    /// The first tracked service with no backend up. Asked on a blocking
+    /// thread: the answer waits for the agent's lock, which a read of a
+    /// large flow table may hold for a while, and a runtime worker must
+    /// not wait with it.
+    async fn service_without_backend(&self) -> Option<String> {
+        if self.services.is_empty() {
+            return None;
+        }
+        let (services, state) = (self.services.clone(), self.service_state.clone());
+        tokio::task::spawn_blocking(move || services.into_iter().find(|s| !state(s)))
+            .await
+            .unwrap_or_default()
+    }
+
     async fn evaluate(&self) -> Verdict {
         let mut fault = None;
         for name in &self.interfaces {
@@ -198,10 +212,8 @@ impl Tracking {
                 fault = fault.or(Some(format!("no XDP program attached to {name}")));
             }
         }
-        for service in &self.services {
-            if !(self.service_state)(service) {
-                fault = fault.or(Some(format!("service {service} has no backend up")));
-            }
+        if let Some(service) = self.service_without_backend().await {
+            fault = fault.or(Some(format!("service {service} has no backend up")));
         }
         let mut priority = i32::from(self.base_priority);
         for script in &self.scripts {
