@@ -43,7 +43,7 @@ const SWEEP_SLICE: usize = 131_072;
 
 /// Up to this many entries a census walks the table itself (a few tens of
 /// milliseconds); above it, the census of the last full sweep answers.
-const LIVE_CENSUS_LIMIT: u64 = 100_000;
+const LIVE_CENSUS_LIMIT: u64 = 25_000;
 
 /// The expiry sweep's place in the flow table and what it counted.
 #[derive(Debug, Default)]
@@ -53,6 +53,10 @@ struct FlowSweep {
     partial: FlowCensus,
     /// The last complete sweep.
     last: Option<FlowCensus>,
+    /// A census walk that found the table past the live-walk limit before
+    /// a sweep had seen it so large: it answers until the next complete
+    /// sweep, so that a table that grew is walked once, not on every read.
+    stand_in: std::cell::RefCell<Option<FlowCensus>>,
 }
 
 /// Active flows per backend id, from one pass over the flow table.
@@ -65,6 +69,11 @@ pub struct FlowCensus {
 }
 
 impl FlowCensus {
+    /// Entries counted, live or expired.
+    fn size(&self) -> u64 {
+        self.active + self.expired
+    }
+
     fn count(&mut self, settings: &Settings, flow: &FlowValue, now_ns: u64) {
         if flow_expired(settings, flow, now_ns) {
             self.expired += 1;
@@ -414,13 +423,19 @@ impl Tables {
     /// (then at most one sweep old, which is several expiry passes).
     pub fn flow_census(&self, settings: &Settings, now_ns: u64) -> FlowCensus {
         if let Some(last) = &self.sweep.last {
-            if last.active + last.expired > LIVE_CENSUS_LIMIT {
+            if last.size() > LIVE_CENSUS_LIMIT {
                 return last.clone();
             }
+        }
+        if let Some(stand_in) = self.sweep.stand_in.borrow().as_ref() {
+            return stand_in.clone();
         }
         let mut census = FlowCensus::default();
         for (_, flow) in self.flow_table() {
             census.count(settings, &flow, now_ns);
+        }
+        if census.size() > LIVE_CENSUS_LIMIT {
+            *self.sweep.stand_in.borrow_mut() = Some(census.clone());
         }
         census
     }
@@ -496,6 +511,7 @@ impl Tables {
         }
         if done {
             self.sweep.last = Some(std::mem::take(&mut self.sweep.partial));
+            self.sweep.stand_in.take();
         }
         expired
     }
