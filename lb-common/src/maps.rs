@@ -21,6 +21,23 @@ pub enum MapKind {
     ArrayOfMaps,
 }
 
+#[cfg(feature = "user")]
+impl MapKind {
+    /// The kind of a kernel map type, if the program declares that kind.
+    pub fn of(map_type: aya::maps::MapType) -> Option<Self> {
+        use aya::maps::MapType;
+        Some(match map_type {
+            MapType::Hash => Self::Hash,
+            MapType::LruHash => Self::LruHash,
+            MapType::Array => Self::Array,
+            MapType::PerCpuArray => Self::PerCpuArray,
+            MapType::DevMapHash => Self::DevMapHash,
+            MapType::ArrayOfMaps => Self::ArrayOfMaps,
+            _ => return None,
+        })
+    }
+}
+
 /// What the agent does at start with a pinned map of another kind, layout
 /// or size than this build's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

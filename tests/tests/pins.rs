@@ -64,15 +64,7 @@ fn an_earlier_versions_pins() {
     let dataplane = Dataplane::load(&options, &object).expect("fresh load");
     for map in &MAPS {
         let info = MapInfo::from_pin(dir.0.join(map.name)).expect("pinned map");
-        let kind = match info.map_type().expect("map type") {
-            MapType::Hash => MapKind::Hash,
-            MapType::LruHash => MapKind::LruHash,
-            MapType::Array => MapKind::Array,
-            MapType::PerCpuArray => MapKind::PerCpuArray,
-            MapType::DevMapHash => MapKind::DevMapHash,
-            MapType::ArrayOfMaps => MapKind::ArrayOfMaps,
-            other => panic!("{}: unexpected kind {other:?}", map.name),
-        };
+        let kind = MapKind::of(info.map_type().expect("map type"));
         let entries = if map.resized_at_load {
             options.max_flows
         } else {
@@ -80,7 +72,7 @@ fn an_earlier_versions_pins() {
         };
         assert_eq!(
             (kind, info.key_size(), info.value_size(), info.max_entries()),
-            (map.kind, map.key_size, map.value_size, entries),
+            (Some(map.kind), map.key_size, map.value_size, entries),
             "{} as the object declares it vs lb_common::maps::MAPS",
             map.name
         );

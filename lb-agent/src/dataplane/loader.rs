@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapInfo, MapType},
+    maps::MapInfo,
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -106,19 +106,6 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// The `MapKind` of a kernel map type, if the program declares that kind.
-fn kind_of(map_type: MapType) -> Option<MapKind> {
-    Some(match map_type {
-        MapType::Hash => MapKind::Hash,
-        MapType::LruHash => MapKind::LruHash,
-        MapType::Array => MapKind::Array,
-        MapType::PerCpuArray => MapKind::PerCpuArray,
-        MapType::DevMapHash => MapKind::DevMapHash,
-        MapType::ArrayOfMaps => MapKind::ArrayOfMaps,
-        _ => return None,
-    })
-}
-
 fn describe(kind: Option<MapKind>, key: u32, value: u32) -> String {
     match kind {
         Some(kind) => format!("a {kind:?} map of {key}/{value}-byte keys/values"),
@@ -138,7 +125,7 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
         }
         let info = MapInfo::from_pin(&path).map_err(DataplaneError::map(map.name))?;
         let found = (info.key_size(), info.value_size());
-        let kind = info.map_type().ok().and_then(kind_of);
+        let kind = info.map_type().ok().and_then(MapKind::of);
         let layout_differs = found != (map.key_size, map.value_size);
         if map.on_mismatch == OnMismatch::Replace {
             if layout_differs || kind != Some(map.kind) || info.max_entries() != map.max_entries {
