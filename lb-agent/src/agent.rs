@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     net::Ipv4Addr,
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,6 +28,7 @@ use crate::{
     health::{CheckOutcome, CheckReport, CheckTarget, HealthTracker},
     reload::{restart_only_changes, ReloadSummary},
     state::{BackendSpec, RuntimeState, StateError},
+    vrrp::track::ServiceState,
 };
 
 /// Errors of run-time operations; their text goes back to the CLI user.
@@ -688,6 +690,19 @@ impl Agent {
             self.health.iter().any(|(key, h)| {
                 key.0 == service.name && h.tracker.in_slow_start(service.slow_start, now)
             })
+        })
+    }
+
+    /// VRRP tracking's view of the services: whether one has a backend up,
+    /// asked of the shared agent. A poisoned agent state cannot tell; it
+    /// then faults nothing.
+    pub fn service_state(agent: &Arc<Mutex<Agent>>) -> ServiceState {
+        let agent = agent.clone();
+        Arc::new(move |name| {
+            agent
+                .lock()
+                .map(|a| a.service_has_backend_up(name))
+                .unwrap_or(true)
         })
     }
 

@@ -393,7 +393,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         public_interface: public_interface.clone(),
         interfaces: interfaces.clone(),
         vips: vips.clone(),
-        agent: agent.clone(),
+        services: Agent::service_state(&agent),
         status: SharedStatus::default(),
     });
     let vrrp_status = vrrp_context.as_ref().map(|c| c.status.clone());

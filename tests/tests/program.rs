@@ -1017,3 +1017,26 @@ fn unanswered_udp_flows_give_way_and_answered_ones_stay() {
     assert_eq!(h.flow_count(), 1 + 4, "the answered flow and the ring's 4");
     assert_eq!(h.half_open_evicted(), 36);
 }
+
+#[test]
+fn a_client_reusing_its_ports_holds_one_entry_each_way() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 29999);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80), (1, WEB2, 80)]);
+    // Zero timeouts: every SYN finds the flow before it expired and
+    // replaces it, as the benchmark's new-flow path does.
+    h.set_settings(Settings {
+        tcp_handshake_ns: 0,
+        tcp_established_ns: 0,
+        tcp_closing_ns: 0,
+        ..h.ebpf_settings()
+    });
+    let syn = client_syn(40000).build();
+    for _ in 0..2_000 {
+        assert_eq!(h.run(h.pub_ifindex, &syn).0, XDP_REDIRECT);
+    }
+    assert_eq!(h.service_counters(0).new_flows, 2_000);
+    assert_eq!((h.flow_count(), h.reply_count()), (1, 1));
+}

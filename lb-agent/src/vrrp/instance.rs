@@ -13,10 +13,7 @@
 //! which makes it wait. Tracking reads the agent's state under its lock, so
 //! it stays on the main runtime and only sends verdicts.
 
-use std::{
-    net::Ipv4Addr,
-    sync::{Arc, Mutex},
-};
+use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, Context as _, Result};
 use tokio::{
@@ -28,9 +25,9 @@ use tracing::error;
 
 use super::{
     runner::{PreparedRunner, SharedStatus, Stop},
-    track::{agent_services, Tracking, Verdict},
+    track::{ServiceState, Tracking, Verdict},
 };
-use crate::{agent::Agent, config::VrrpConfig};
+use crate::config::VrrpConfig;
 
 /// The name of the runner's thread (`top -H`, `perf`).
 pub const THREAD_NAME: &str = "lb-vrrp";
@@ -46,7 +43,8 @@ pub struct VrrpContext {
     pub interfaces: Vec<String>,
     /// Service VIPs: the floating addresses unless `virtual_addresses`.
     pub vips: Vec<Ipv4Addr>,
-    pub agent: Arc<Mutex<Agent>>,
+    /// Whether a tracked service has a backend up.
+    pub services: ServiceState,
     pub status: SharedStatus,
 }
 
@@ -87,12 +85,8 @@ impl PreparedVrrp {
             addresses,
         )
         .context("starting VRRP")?;
-        let tracking = Tracking::new(
-            vrrp,
-            &context.interfaces,
-            agent_services(context.agent.clone()),
-        )
-        .context("starting VRRP tracking")?;
+        let tracking = Tracking::new(vrrp, &context.interfaces, context.services.clone())
+            .context("starting VRRP tracking")?;
         Ok(Self {
             config: vrrp.clone(),
             runner,

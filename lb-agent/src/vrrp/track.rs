@@ -5,7 +5,7 @@
 
 use std::{
     net::Ipv4Addr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +18,6 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    agent::Agent,
     config::{TrackScript, VrrpConfig},
     health::{HealthTracker, Probe},
 };
@@ -69,17 +68,6 @@ pub struct Tracking {
     scripts: Vec<Script>,
     base_priority: u8,
     service_state: ServiceState,
-}
-
-/// The agent's view of its services, for tracking.
-pub fn agent_services(agent: Arc<Mutex<Agent>>) -> ServiceState {
-    // A poisoned agent state cannot tell; it then faults nothing.
-    Arc::new(move |name| {
-        agent
-            .lock()
-            .map(|a| a.service_has_backend_up(name))
-            .unwrap_or(true)
-    })
 }
 
 /// Runs one track script every `interval`, each run bounded by its

@@ -67,6 +67,13 @@ fn main() {
     // those are "ours": the MAC check runs and accepts them.
     settings.public_mac = VIP_MAC;
     settings.private_mac = CLIENT_MAC;
+    // XDP_BENCH_RING=N: N half-open ring slots per CPU (default: the whole ring).
+    if let Some(ring) = std::env::var("XDP_BENCH_RING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.half_open_per_cpu = ring;
+    }
     h.set_settings(settings);
     h.add_service(0, VIP, 80, PROTO_TCP, &[(0, VIP, 80)]);
     let trivial_h = Harness::with_program(&trivial, "trivial", MAX_FLOWS);
