@@ -862,43 +862,22 @@ fn default_weight() -> u32 {
     1
 }
 
-/// Parses "500ms", "30s", "15m", "1h" (also combined: "1m30s").
+/// Parses a duration with a unit: "500ms", "30s", "15m", "1h", combined
+/// "1m30s" (humantime's units; xtask reads durations by the same rule). A
+/// bare number is refused: seconds or milliseconds, nobody can tell.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration; write e.g. \"30s\"".into());
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration; write e.g. \"500ms\", \"30s\", \"15m\", \"1h\""
-            ));
-        }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value.saturating_mul(60)),
-            "h" => Duration::from_secs(value.saturating_mul(3600)),
-            "" => return Err(format!("{text:?} has no unit; write e.g. \"{value}s\"")),
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?}; use ms, s, m or h"
-                ))
-            }
-        };
-        total = total.saturating_add(part);
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} has no unit; write e.g. \"{text}s\""));
     }
-    Ok(total)
+    humantime::parse_duration(text).map_err(|error| {
+        format!(
+            "{text:?} is not a duration ({error}); write e.g. \"500ms\", \"30s\", \"15m\", \"1h\""
+        )
+    })
 }
 
 /// `[low, high]` and nothing else: a third item is a mistake (a list of
@@ -1473,9 +1452,13 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
-        assert!(parse_duration("3 days").is_err());
+        assert_eq!(
+            parse_duration("2 days"),
+            Ok(Duration::from_secs(2 * 86_400))
+        );
         assert!(parse_duration("").is_err());
-        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5q").unwrap_err().contains("not a duration"));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 
     fn broken(replace: &str, with: &str) -> String {

@@ -129,8 +129,9 @@ pub fn count_taken(pool: u32) {
     }
 }
 
-/// The NAT source of a flow entry that a new flow of the same client ports
-/// replaces (the old one ended, or expired before the agent collected it).
+/// The NAT source of a flow the program itself ends: one a new flow of the
+/// same client ports replaces (the old one ended, or expired before the
+/// agent collected it), or a half-open one that gives way (`half_open`).
 #[derive(Default)]
 pub struct ReplacedSource {
     /// 0: nothing is replaced.
@@ -156,8 +157,8 @@ impl ReplacedSource {
     }
 }
 
-/// Frees a replaced flow's reply entry and gives its slot back; without
-/// this both would be lost, since the agent only sees the new entry.
+/// Frees an ended flow's reply entry and gives its slot back; without this
+/// both would be lost, since the agent never sees that flow again.
 #[inline(always)]
 pub fn release_replaced(old: &ReplacedSource, proto: u8, settings: &Settings) {
     if old.present == 0 {

@@ -90,23 +90,14 @@ pub fn query_many(to: SocketAddr, count: u32, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Parses `1s`, `500ms`, `2m` or a bare number of seconds.
+/// Parses a duration with a unit (`1s`, `500ms`, `2m`, `1m30s`), by the
+/// agent's rule: humantime's units, and a bare number is refused.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: f64 = number
-        .parse()
-        .with_context(|| format!("bad duration `{text}`"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => bail!("bad duration unit in `{text}` (ms, s, m, h)"),
-    };
-    Duration::try_from_secs_f64(seconds).with_context(|| format!("bad duration `{text}`"))
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("duration `{text}` has no unit; write e.g. `{text}s`");
+    }
+    humantime::parse_duration(text).with_context(|| format!("bad duration `{text}`"))
 }
 
 #[cfg(test)]
@@ -117,8 +108,11 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(
+            parse_duration("2").is_err(),
+            "as the agent: no unit, no duration"
+        );
         assert!(parse_duration("1x").is_err());
         assert!(parse_duration("").is_err());
     }
