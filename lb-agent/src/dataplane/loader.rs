@@ -229,10 +229,6 @@ impl Dataplane {
         })
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Takes the maps out of the loaded object for typed access.
     pub fn tables(&mut self) -> Result<Tables, DataplaneError> {
         Tables::take(&mut self.ebpf)

@@ -1,6 +1,6 @@
 //! Typed access to every map of the program (layouts from `lb_common`).
 
-use std::{collections::HashMap as StdHashMap, path::Path};
+use std::collections::HashMap as StdHashMap;
 
 use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
@@ -14,7 +14,7 @@ use lb_common::{
 
 use tracing::debug;
 
-use super::{batch, pins, port_pools::PortPools, DataplaneError};
+use super::{batch, port_pools::PortPools, DataplaneError};
 
 /// The maps of one instance, owned (they stay shared with the kernel program).
 pub struct Tables {
@@ -183,17 +183,6 @@ impl Tables {
                 .ok_or_else(|| DataplaneError::Missing(format!("map {name}")))
         };
         Self::from_maps(&mut take)
-    }
-
-    /// Opens the maps an instance pinned under `dir` (read-only use by
-    /// tools and tests; the agent itself uses `take`).
-    pub fn from_pins(dir: &Path) -> Result<Self, DataplaneError> {
-        let mut open = |name: &'static str| {
-            let data =
-                MapData::from_pin(pins::map_pin(dir, name)).map_err(DataplaneError::map(name))?;
-            Map::from_map_data(data).map_err(DataplaneError::map(name))
-        };
-        Self::from_maps(&mut open)
     }
 
     fn from_maps(
@@ -523,10 +512,5 @@ impl Tables {
             let _ = self.neigh_misses.remove(key);
         }
         keys.into_iter().map(std::net::Ipv4Addr::from).collect()
-    }
-
-    /// Number of entries in the flow table (live or not yet collected).
-    pub fn flow_entries(&self) -> usize {
-        self.flows.keys().count()
     }
 }
