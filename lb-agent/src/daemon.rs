@@ -41,7 +41,7 @@ use crate::{
 };
 
 /// How often expired flows are collected and drained backends released.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 /// How often backend next hops are checked in the neighbour table (and
 /// the set of health-checked backends is brought up to date).
 const NEIGHBOR_INTERVAL: Duration = Duration::from_secs(1);

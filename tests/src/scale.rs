@@ -21,10 +21,10 @@ use crate::{
 };
 
 /// lb1's flow table: the default capacity the issue measured at.
-pub const MAX_FLOWS: u32 = 1 << 20;
+pub const MAX_FLOWS: u32 = lb_common::DEFAULT_MAX_FLOWS;
 /// The agent's expiry pass: its interval and the entries it reads.
-const EXPIRY_INTERVAL: Duration = Duration::from_secs(2);
-const SWEEP_SLICE: u32 = 131_072;
+const EXPIRY_INTERVAL: Duration = lb_agent::daemon::HOUSEKEEPING_INTERVAL;
+const SWEEP_SLICE: u32 = lb_agent::dataplane::maps::SWEEP_SLICE as u32;
 /// How long one read may take before it counts as unanswered.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 

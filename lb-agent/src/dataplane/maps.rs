@@ -39,7 +39,7 @@ pub struct Tables {
 /// Entries the expiry pass reads at most per call: a table of a million
 /// flows is swept in slices over several passes, so that no pass keeps the
 /// agent (or the CPU it shares with the data path) busy for long.
-const SWEEP_SLICE: usize = 131_072;
+pub const SWEEP_SLICE: usize = 131_072;
 
 /// Up to this many entries a census walks the table itself (a few tens of
 /// milliseconds); above it, the census of the last full sweep answers.
