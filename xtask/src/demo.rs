@@ -109,8 +109,15 @@ fn tour(lab: &Lab) -> Result<Findings> {
         .collect();
     for node in [Node::Web1, Node::Web2] {
         let log = lab.access_log_path(node);
-        eprintln!("  $ tail -n 3 {}", log.display());
-        let tail = cmd::tail(&log, 3);
+        // Client requests only: both nodes' health checks (`/health`, from
+        // each node's own address, lb2's outside lb1's pool) interleave.
+        eprintln!("  $ grep 'GET / ' {} | tail -n 3", log.display());
+        let requests: Vec<String> = cmd::tail(&log, 200)
+            .lines()
+            .filter(|l| l.contains("\"GET / "))
+            .map(str::to_owned)
+            .collect();
+        let tail = requests[requests.len().saturating_sub(3)..].join("\n");
         indent(&tail);
         findings.expect(
             !tail.is_empty()
