@@ -1,0 +1,97 @@
+//! What the config means for the XDP program: its node-wide settings, and
+//! whether the SNAT pool carries the rates the services state.
+
+use std::time::Duration;
+
+use lb_common::Settings;
+
+use crate::{problem::Problem, Config};
+
+/// How long a backend that closed a connection first keeps its (source
+/// address, source port) pair in TIME_WAIT: fixed at 60 s on Linux.
+pub const BACKEND_TIME_WAIT: Duration = Duration::from_secs(60);
+
+impl Config {
+    /// The SNAT pool: `node.snat_addresses`, or the private address alone.
+    pub fn snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        self.node.snat_pool()
+    }
+
+    /// The node-wide settings the XDP program reads, as far as the config
+    /// decides them (interfaces' MACs, the clock and the half-open share
+    /// are the agent's to fill in).
+    pub fn to_settings(&self) -> Settings {
+        let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let pool = self.snat_addresses();
+        let mut snat_addrs = [[0u8; 4]; lb_common::MAX_SNAT_ADDRESSES];
+        for (slot, addr) in snat_addrs.iter_mut().zip(&pool) {
+            *slot = addr.octets();
+        }
+        Settings {
+            snat_addrs,
+            snat_count: pool.len().min(lb_common::MAX_SNAT_ADDRESSES) as u32,
+            port_min: self.node.port_range.first(),
+            port_max: self.node.port_range.last(),
+            tcp_handshake_ns: ns(self.conntrack.tcp_handshake_timeout),
+            tcp_established_ns: ns(self.conntrack.tcp_established_timeout),
+            tcp_closing_ns: ns(self.conntrack.tcp_closing_timeout),
+            udp_ns: ns(self.conntrack.udp_timeout),
+            ready: 1,
+            half_open_per_cpu: 0,
+            public_mac: [0; 6],
+            private_mac: [0; 6],
+            _pad_mac: [0; 4],
+            tick_ns: 0,
+            tick_offset_ns: 0,
+        }
+    }
+
+    /// Services whose `expected_rate` the SNAT pool cannot carry with
+    /// `nat_ports` usable ports: a NAT source towards a backend can be
+    /// reused only after the backend's TIME_WAIT, so one backend takes at
+    /// most `addresses x ports / 60 s` new connections per second.
+    pub fn capacity_warnings(&self, nat_ports: u32) -> Vec<Problem> {
+        let addresses = self.snat_addresses().len() as u64;
+        let sources = addresses * u64::from(nat_ports);
+        let per_backend = sources / BACKEND_TIME_WAIT.as_secs();
+        let mut warnings = Vec::new();
+        for (index, service) in self.services.iter().enumerate() {
+            let Some(rate) = service.expected_rate else {
+                continue;
+            };
+            let total_weight: u64 = service
+                .backends
+                .iter()
+                .map(|b| u64::from(b.weight.get()))
+                .sum();
+            let Some(busiest) = service.backends.iter().max_by_key(|b| b.weight) else {
+                continue;
+            };
+            if total_weight == 0 {
+                continue;
+            }
+            let share = u64::from(rate) * u64::from(busiest.weight.get()) / total_weight;
+            if share > per_backend {
+                warnings.push(
+                    Problem::new(
+                        service.path(index).key("expected_rate"),
+                        format!(
+                            "{rate} new connections/s gives backend {}:{} (weight {} of {total_weight}) {share}/s, \
+                             but {addresses} SNAT address(es) x {nat_ports} NAT ports = {sources} sources carry {per_backend}/s per backend \
+                             against its {} s TIME_WAIT",
+                            busiest.address,
+                            busiest.port_or(service.port),
+                            busiest.weight,
+                            BACKEND_TIME_WAIT.as_secs(),
+                        ),
+                    )
+                    .with_hint(format!(
+                        "add addresses to node.snat_addresses (each adds {}/s) or widen node.port_range",
+                        u64::from(nat_ports) / BACKEND_TIME_WAIT.as_secs()
+                    )),
+                );
+            }
+        }
+        warnings
+    }
+}

@@ -1,0 +1,69 @@
+//! Fields a reload cannot apply: each section declares its own, next to
+//! its fields, with why.
+
+use serde::Serialize;
+
+use crate::Config;
+
+/// A section with fields that are fixed while the program is loaded.
+pub trait RestartOnly {
+    /// `(field, why a restart is needed)`.
+    const RESTART_ONLY: &'static [(&'static str, &'static str)];
+}
+
+/// The restart-only fields that differ between `old` and `new`, each as
+/// `section.field (why)`, in declaration order.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    changed_fields("node", &old.node, &new.node, &mut changed);
+    changed_fields("conntrack", &old.conntrack, &new.conntrack, &mut changed);
+    changed
+}
+
+fn changed_fields<T: Serialize + RestartOnly>(
+    section: &str,
+    old: &T,
+    new: &T,
+    changed: &mut Vec<String>,
+) {
+    let (old, new) = (
+        toml::Table::try_from(old).ok(),
+        toml::Table::try_from(new).ok(),
+    );
+    for (field, why) in T::RESTART_ONLY {
+        let value =
+            |table: &Option<toml::Table>| table.as_ref().and_then(|t| t.get(*field)).cloned();
+        if value(&old) != value(&new) {
+            changed.push(format!("{section}.{field} ({why})"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{ConntrackConfig, NodeConfig, PortRange};
+
+    #[test]
+    fn every_declared_field_exists_and_is_compared() {
+        let node = NodeConfig::new("a", "b", Ipv4Addr::new(10, 0, 0, 1));
+        let fields = toml::Table::try_from(&node).expect("node serializes");
+        for (field, _) in NodeConfig::RESTART_ONLY {
+            assert!(fields.contains_key(*field), "node.{field}");
+        }
+        let fields = toml::Table::try_from(ConntrackConfig::default()).expect("serializes");
+        for (field, _) in ConntrackConfig::RESTART_ONLY {
+            assert!(fields.contains_key(*field), "conntrack.{field}");
+        }
+        let old = Config::new(node.clone());
+        let mut new = old.clone();
+        new.node.port_range = PortRange::new(20000, 29999).expect("range");
+        new.node.keep_forwarding_on_exit = true;
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            ["node.port_range (live flows hold ports of it)"]
+        );
+    }
+}
