@@ -82,7 +82,7 @@ fn table_mut<'t>(table: &'t mut Table, key: &str) -> Option<&'t mut Table> {
 
 /// Drops the keys of `table` that equal `defaults`, except `keep`.
 fn prune(table: &mut Table, defaults: &Table, keep: &[&str]) {
-    table.retain(|key, value| keep.iter().any(|k| *k == key) || defaults.get(key) != Some(value));
+    table.retain(|key, value| keep.contains(&key) || defaults.get(key) != Some(value));
 }
 
 /// Prunes the sub-table `key` and drops it when nothing is left: a
