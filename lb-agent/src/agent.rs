@@ -15,7 +15,7 @@ use lb_common::{ServiceKey, PROTO_TCP, PROTO_UDP};
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, OnDown, Protocol, StartAs},
+    config::{locate::Document, Config, OnDown, Problem, Protocol, RestartChange, StartAs},
     control::protocol::{
         BackendState, BackendStatus, Health, ReasonCount, ServiceStatus, StatsReport,
     },
@@ -45,12 +45,12 @@ pub enum AgentError {
         port: u16,
     },
     /// The backend breaks the rules a config backend follows.
-    #[error("cannot add {addr}:{port} to {service}: {}; nothing was changed", problems.join("; "))]
+    #[error("cannot add {addr}:{port} to {service}: {}; nothing was changed", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     BadBackend {
         service: String,
         addr: Ipv4Addr,
         port: u16,
-        problems: Vec<String>,
+        problems: Vec<Problem>,
     },
     /// The new config refuses backends the run-time state adds.
     #[error(
@@ -61,9 +61,9 @@ pub enum AgentError {
     /// A reload changed settings that only a restart can apply.
     #[error(
         "the new config changes {}; restart the agent to apply that (nothing was changed)",
-        fields.join(", ")
+        fields.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     )]
-    NeedsRestart { fields: Vec<String> },
+    NeedsRestart { fields: Vec<RestartChange> },
     /// The change could not be written to the maps.
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
@@ -79,10 +79,11 @@ impl AgentError {
     pub fn located(&self, path: &str, text: &str) -> String {
         match self {
             Self::NeedsRestart { fields } => {
+                let document = Document::parse(text);
                 let lines: Vec<String> = fields
                     .iter()
                     .map(|field| {
-                        let at = match crate::check::locate(text, field) {
+                        let at = match document.line(&field.path) {
                             Some(line) => format!("{path}:{line}"),
                             None => path.to_string(),
                         };
@@ -554,7 +555,7 @@ impl Agent {
                 })
                 .collect(),
             flows: census.active,
-            max_flows: u64::from(self.config.conntrack.max_flows),
+            max_flows: u64::from(self.config.conntrack.max_flows.get()),
             half_open_evicted: self.tables.half_open_evicted(),
         }
     }
@@ -611,12 +612,16 @@ impl Agent {
         for t in targets {
             self.health
                 .entry((t.service.clone(), t.addr, t.port))
-                .and_modify(|entry| entry.tracker.set_thresholds(t.config.rise, t.config.fall))
+                .and_modify(|entry| {
+                    entry
+                        .tracker
+                        .set_thresholds(t.config.rise.get(), t.config.fall.get())
+                })
                 .or_insert_with(|| HealthEntry {
                     tracker: HealthTracker::new(
                         t.config.start_as == StartAs::Up,
-                        t.config.rise,
-                        t.config.fall,
+                        t.config.rise.get(),
+                        t.config.fall.get(),
                         now,
                     ),
                     last: None,

@@ -1,17 +1,13 @@
 //! `lb-agent check-config`: everything `Config` validates, plus what only
-//! this node can tell (its interfaces), each problem reported as
-//! `FILE:LINE: what, and how to fix it`, like `haproxy -c`.
-//!
-//! Validation messages name the field they are about (`node.port_range`,
-//! `service "www" backend 10.200.0.21:80`, `vrrp.track_script "x"`); the
-//! locator finds that field in the document with toml_edit's spans.
+//! this node can tell (its interfaces, addresses and ephemeral ports), each
+//! problem reported as `FILE:LINE: field: what; how to fix it`, like
+//! `haproxy -c`. Lines come from the field paths of the problems, located
+//! in the document by the parser's spans.
 
 use std::{fmt, path::Path};
 
-use toml_edit::{ImDocument, Item, Table};
-
 use crate::{
-    config::{line_of, Config, ConfigError},
+    config::{locate::Document, Config, ConfigError, FieldPath, Located, Problem},
     dataplane::loader::{interface_index, interface_ipv4_addresses},
     ports,
     state::{RuntimeState, StateError},
@@ -22,32 +18,14 @@ pub const EX_CONFIG: u8 = 78;
 /// sysexits.h: the command line is wrong.
 pub const EX_USAGE: u8 = 64;
 
-/// One problem, with the line it is about when it can be found (the
-/// config's own validation errors carry these too).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl Finding {
-    /// `message` at the line it is about in `text` (by the field it names).
-    pub fn in_text(text: &str, message: String) -> Self {
-        Self {
-            line: locate(text, &message),
-            message,
-        }
-    }
-}
-
 /// The outcome of checking one file.
 #[derive(Debug)]
 pub struct Report {
     pub path: String,
     pub config: Option<Config>,
-    pub findings: Vec<Finding>,
+    pub findings: Vec<Located>,
     /// What works but will not carry what the config says it must.
-    pub warnings: Vec<Finding>,
+    pub warnings: Vec<Located>,
     /// Problems of the other files the agent reads at start (the state
     /// file), each line naming its file.
     pub elsewhere: Vec<String>,
@@ -88,17 +66,15 @@ fn state_file_problems(path: &Path, config: &Config) -> Vec<String> {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = |line: Option<usize>| match line {
+            Some(line) => format!("{}:{line}", self.path),
+            None => self.path.clone(),
+        };
         for finding in &self.findings {
-            match finding.line {
-                Some(line) => writeln!(f, "{}:{line}: {}", self.path, finding.message)?,
-                None => writeln!(f, "{}: {}", self.path, finding.message)?,
-            }
+            writeln!(f, "{}: {}", at(finding.line), finding.problem)?;
         }
         for warning in &self.warnings {
-            match warning.line {
-                Some(line) => writeln!(f, "{}:{line}: warning: {}", self.path, warning.message)?,
-                None => writeln!(f, "{}: warning: {}", self.path, warning.message)?,
-            }
+            writeln!(f, "{}: warning: {}", at(warning.line), warning.problem)?;
         }
         for problem in &self.elsewhere {
             writeln!(f, "{problem}")?;
@@ -107,182 +83,81 @@ impl fmt::Display for Report {
     }
 }
 
-/// Where a table starts: its header, or its first key for inline/implicit
-/// tables.
-fn table_start(table: &Table) -> Option<usize> {
-    table
-        .span()
-        .map(|s| s.start)
-        .or_else(|| table.iter().next().and_then(|(k, _)| key_start(table, k)))
-}
-
-fn key_start(table: &Table, key: &str) -> Option<usize> {
-    table
-        .key(key)
-        .and_then(|k| k.span())
-        .map(|s| s.start)
-        .or_else(|| table.get(key).and_then(Item::span).map(|s| s.start))
-}
-
-/// The tables of an array of tables `key` in `table`.
-fn array_tables<'a>(table: &'a Table, key: &str) -> Vec<&'a Table> {
-    table
-        .get(key)
-        .and_then(Item::as_array_of_tables)
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn str_field<'a>(table: &'a Table, key: &str) -> Option<&'a str> {
-    table.get(key).and_then(Item::as_str)
-}
-
-/// A key of `table` named in `rest` (the message after the subject), e.g.
-/// `port 0 is ...` or `jitter = 0.9 ...`; else the table itself.
-fn key_or_table(table: &Table, rest: &str) -> Option<usize> {
-    let word = rest
-        .trim_start_matches([':', ' ', '.'])
-        .split([' ', '=', ':'])
-        .next()
-        .unwrap_or("");
-    if !word.is_empty() && table.contains_key(word) {
-        return key_start(table, word);
-    }
-    table_start(table)
-}
-
-/// The offset a message is about, from the subject it starts with.
-fn locate_offset(doc: &Table, message: &str) -> Option<usize> {
-    if let Some(rest) = message.strip_prefix("service ") {
-        return locate_service(doc, rest);
-    }
-    let (subject, rest) = message
-        .split_once([' ', ':'])
-        .map_or((message, ""), |(s, r)| (s, r));
-    let mut parts = subject.splitn(2, '.');
-    let section = parts.next().unwrap_or("");
-    let key = parts.next();
-    let table = doc.get(section).and_then(Item::as_table)?;
-    if key == Some("track_script") {
-        let name = rest.split('"').nth(1).unwrap_or("");
-        let scripts = array_tables(table, "track_script");
-        let script = scripts.iter().find(|t| str_field(t, "name") == Some(name));
-        return script
-            .and_then(|t| key_or_table(t, rest.split_once(':').map_or("", |(_, r)| r)))
-            .or_else(|| key_start(table, "track_script"));
-    }
-    match key {
-        Some(key) if table.contains_key(key) => key_start(table, key),
-        _ => table_start(table),
-    }
-}
-
-/// `"www" backend 10.200.0.21:80 health_check: ...`, `#2: ...`.
-fn locate_service(doc: &Table, rest: &str) -> Option<usize> {
-    let services = array_tables(doc, "service");
-    let (service, rest) = if let Some(after) = rest.strip_prefix('#') {
-        let (n, rest) = after.split_once(':').unwrap_or((after, ""));
-        let index: usize = n.trim().parse().ok()?;
-        (*services.get(index.checked_sub(1)?)?, rest)
-    } else {
-        let name = rest.split('"').nth(1)?;
-        let rest = rest.splitn(3, '"').nth(2).unwrap_or("");
-        let found = services
-            .iter()
-            .find(|t| str_field(t, "name") == Some(name))?;
-        (*found, rest)
-    };
-    let rest = rest.trim_start();
-    if let Some(after) = rest.strip_prefix("backend ") {
-        let endpoint = after.split([' ', ':']).next().unwrap_or("");
-        let backends = array_tables(service, "backend");
-        let matches = |t: &&&Table| str_field(t, "address") == Some(endpoint);
-        // A duplicate is reported at its second appearance.
-        let backend = if after.contains("listed twice") {
-            backends.iter().rev().find(matches)
-        } else {
-            backends.iter().find(matches)
-        };
-        let after = after.split_once(' ').map_or("", |(_, r)| r);
-        return match backend {
-            Some(b) => locate_check_or_key(b, after),
-            None => key_start(service, "backend"),
-        };
-    }
-    locate_check_or_key(service, rest)
-}
-
-fn locate_check_or_key(table: &Table, rest: &str) -> Option<usize> {
-    if let Some(after) = rest.strip_prefix("health_check") {
-        if let Some(check) = table.get("health_check").and_then(Item::as_table) {
-            return key_or_table(check, after.trim_start_matches(':'));
-        }
-    }
-    // `address 10.0.0.1 is ...`: the reason names its field first.
-    let first = rest.split([' ', '=', ':']).next().unwrap_or("");
-    if !first.is_empty() && table.contains_key(first) {
-        return key_start(table, first);
-    }
-    let after_colon = rest.split_once(':').map_or(rest, |(_, r)| r);
-    key_or_table(table, after_colon)
-}
-
-/// The 1-based line `message` is about in `text`, if it can be found.
-pub fn locate(text: &str, message: &str) -> Option<usize> {
-    let doc = ImDocument::parse(text).ok()?;
-    locate_offset(doc.as_table(), message).map(|offset| line_of(text, offset))
-}
+/// The hint of every problem only this node can tell.
+const ELSEWHERE: &str = "or use --offline to check the file elsewhere";
 
 /// Interfaces the config names that this node does not have.
-fn missing_interfaces(config: &Config, text: &str) -> Vec<Finding> {
+fn missing_interfaces(config: &Config) -> Vec<Problem> {
+    let node = FieldPath::root().key("node");
     let mut named = vec![
+        (node.key("public_interface"), &config.node.public_interface),
         (
-            "node.public_interface",
-            config.node.public_interface.clone(),
-        ),
-        (
-            "node.private_interface",
-            config.node.private_interface.clone(),
+            node.key("private_interface"),
+            &config.node.private_interface,
         ),
     ];
     if let Some(vrrp) = &config.vrrp {
+        let at = FieldPath::root().key("vrrp");
         if let Some(interface) = &vrrp.interface {
-            named.push(("vrrp.interface", interface.clone()));
+            named.push((at.key("interface"), interface));
         }
-        for interface in vrrp.track_interfaces.iter().flatten() {
-            named.push(("vrrp.track_interfaces", interface.clone()));
+        for (index, interface) in vrrp.track_interfaces.iter().flatten().enumerate() {
+            named.push((at.key("track_interfaces").index(index, None), interface));
         }
     }
     named
         .into_iter()
         .filter(|(_, name)| !name.is_empty() && interface_index(name).is_none())
-        .map(|(field, name)| {
-            let message = format!(
-                "{field} = {name:?}: no such interface on this node (see `ip link`); fix the name, or use --offline to check the file elsewhere"
-            );
-            Finding::in_text(text, message)
+        .map(|(path, name)| {
+            Problem::new(
+                path,
+                format!("{name:?}: no such interface on this node (see `ip link`)"),
+            )
+            .with_hint(format!("fix the name, {ELSEWHERE}"))
         })
         .collect()
 }
 
 /// SNAT addresses that are not on the private interface of this node.
-fn missing_snat_addresses(config: &Config, text: &str) -> Vec<Finding> {
-    let held = interface_ipv4_addresses(&config.node.private_interface);
-    if interface_index(&config.node.private_interface).is_none() {
+fn missing_snat_addresses(config: &Config) -> Vec<Problem> {
+    let iface = &config.node.private_interface;
+    if interface_index(iface).is_none() {
         return Vec::new();
     }
+    let held = interface_ipv4_addresses(iface);
+    let pool = FieldPath::root().key("node");
+    let path = |index: usize| {
+        if config.node.snat_addresses.is_empty() {
+            pool.key("private_address")
+        } else {
+            pool.key("snat_addresses").index(index, None)
+        }
+    };
     config
         .snat_addresses()
         .into_iter()
-        .filter(|addr| !held.contains(addr))
-        .map(|addr| {
-            let message = format!(
-                "node.snat_addresses: {addr} is not on {iface} of this node, so backends could not answer it; add it (`ip addr add {addr}/32 dev {iface}`) or take it out, or use --offline to check the file elsewhere",
-                iface = config.node.private_interface
-            );
-            Finding::in_text(text, message)
+        .enumerate()
+        .filter(|(_, addr)| !held.contains(addr))
+        .map(|(index, addr)| {
+            Problem::new(
+                path(index),
+                format!("{addr} is not on {iface} of this node, so backends could not answer it"),
+            )
+            .with_hint(format!(
+                "add it (`ip addr add {addr}/32 dev {iface}`) or take it out, {ELSEWHERE}"
+            ))
         })
         .collect()
+}
+
+/// The node's ephemeral port range, unless checking `offline`.
+fn ephemeral_range(offline: bool) -> Option<(u16, u16)> {
+    if offline {
+        return None;
+    }
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| ports::parse_port_range(&text))
 }
 
 /// Checks `text` (from `path`); `offline` skips what only the node itself
@@ -295,61 +170,63 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
         warnings: Vec::new(),
         elsewhere: Vec::new(),
     };
-    match Config::parse(text, path) {
-        Ok(config) => {
-            if !offline {
-                report.findings.extend(missing_interfaces(&config, text));
-                report
-                    .findings
-                    .extend(missing_snat_addresses(&config, text));
-            }
-            let ephemeral = if offline {
-                None
-            } else {
-                std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-                    .ok()
-                    .and_then(|text| ports::parse_port_range(&text))
-            };
-            let [low, high] = config.node.port_range;
-            if let Some(ephemeral) = ephemeral {
-                // The agent refuses to start on this; say so before.
-                if let Err(error) = ports::nat_ports(low, high, ephemeral) {
-                    report.findings.push(Finding::in_text(
-                        text,
-                        format!("{error}; or use --offline to check the file elsewhere"),
-                    ));
-                }
-            }
-            let nat_ports = ports::port_count(&ports::usable_ranges(
-                (low, high),
-                ephemeral.unwrap_or(ports::LINUX_EPHEMERAL_RANGE),
-            ));
-            report.warnings = config
-                .capacity_warnings(nat_ports)
-                .into_iter()
-                .map(|message| Finding::in_text(text, message))
-                .collect();
-            report.config = Some(config);
+    let config = match Config::parse(text, path) {
+        Ok(config) => config,
+        Err(error) => {
+            report.findings.extend(findings_of(error));
+            return report;
         }
-        Err(error) => report.findings.extend(findings_of(error)),
+    };
+    let document = Document::parse(text);
+    let mut findings = Vec::new();
+    if !offline {
+        findings.extend(missing_interfaces(&config));
+        findings.extend(missing_snat_addresses(&config));
     }
+    let range = config.node.port_range;
+    let ephemeral = ephemeral_range(offline);
+    if let Some(ephemeral) = ephemeral {
+        // The agent refuses to start on this; say so before.
+        if let Err(error) = ports::nat_ports(range.first(), range.last(), ephemeral) {
+            findings.push(
+                Problem::new(
+                    FieldPath::root().key("node").key("port_range"),
+                    error.to_string(),
+                )
+                .with_hint(ELSEWHERE),
+            );
+        }
+    }
+    let nat_ports = ports::port_count(&ports::usable_ranges(
+        (range.first(), range.last()),
+        ephemeral.unwrap_or(ports::LINUX_EPHEMERAL_RANGE),
+    ));
+    report.findings = findings.into_iter().map(|p| document.locate(p)).collect();
+    report.warnings = config
+        .capacity_warnings(nat_ports)
+        .into_iter()
+        .map(|p| document.locate(p))
+        .collect();
+    report.config = Some(config);
     report
 }
 
 /// The findings a config error is made of, without the file name (the
 /// report prefixes every one with it).
-fn findings_of(error: ConfigError) -> Vec<Finding> {
+fn findings_of(error: ConfigError) -> Vec<Located> {
+    let unplaced = |line, message: String| Located {
+        line,
+        problem: Problem::new(FieldPath::root(), message),
+    };
     match error {
-        ConfigError::Syntax { line, message, .. } => vec![Finding { line, message }],
+        ConfigError::Syntax { line, message, .. } => vec![unplaced(line, message)],
         ConfigError::Invalid { problems, .. } => problems,
-        ConfigError::NotUtf8 { byte, line, .. } => vec![Finding {
-            line: Some(line),
-            message: crate::config::not_utf8(byte),
-        }],
-        ConfigError::Read { source, .. } => vec![Finding {
-            line: None,
-            message: format!("cannot read it: {source}"),
-        }],
+        ConfigError::NotUtf8 { byte, line, .. } => {
+            vec![unplaced(Some(line), crate::config::not_utf8(byte))]
+        }
+        ConfigError::Read { source, .. } => {
+            vec![unplaced(None, format!("cannot read it: {source}"))]
+        }
     }
 }
 
@@ -393,7 +270,7 @@ protocol = "tcp"
 
     /// Replaces the first `from` with `to` in the good config, checks it
     /// offline, and returns its findings.
-    fn broken(from: &str, to: &str) -> Vec<Finding> {
+    fn broken(from: &str, to: &str) -> Vec<Located> {
         assert!(GOOD.contains(from), "{from:?}");
         check_text(&GOOD.replacen(from, to, 1), "lb.toml", true).findings
     }
@@ -405,184 +282,55 @@ protocol = "tcp"
         assert!(report.config.is_some());
     }
 
+    /// (what is broken, replace this, with this, field, line, words the
+    /// message has).
+    type BrokenCase = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        usize,
+        &'static [&'static str],
+    );
+
     #[test]
     fn each_broken_config_names_its_line_and_field() {
-        // (what is broken, replace this, with this, line, words the message has)
-        let table: &[(&str, &str, &str, usize, &[&str])] = &[
-            ("syntax", "port = 80", "port = = 80", 9, &["expected"]),
-            (
-                "unknown field",
-                "protocol = \"tcp\"",
-                "protocol = \"tcp\"\nprotcol = 1",
-                11,
-                &["unknown field", "protcol"],
-            ),
-            (
-                "bad address",
-                "private_address = \"10.200.0.11\"",
-                "private_address = \"10.200.0.300\"",
-                4,
-                &["invalid"],
-            ),
-            (
-                "port range",
-                "private_address = \"10.200.0.11\"",
-                "private_address = \"10.200.0.11\"\nport_range = [3000, 2000]",
-                5,
-                &["node.port_range", "first <= last"],
-            ),
-            (
-                "service port 0",
-                "port = 80",
-                "port = 0",
-                9,
-                &["service \"www\"", "port 0"],
-            ),
-            (
-                "backend weight",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n  weight = 500",
-                18,
-                &["backend 10.200.0.22:80", "weight 500", "1..=100"],
-            ),
-            (
-                "backend listed twice",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.21\"",
-                16,
-                &["listed twice"],
-            ),
-            (
-                "health check path",
-                "path = \"/health\"",
-                "path = \"health\"",
-                13,
-                &["health_check", "must start with '/'"],
-            ),
-            (
-                "backend is the VIP",
-                "address = \"10.200.0.22\"",
-                "address = \"10.100.0.100\"",
-                17,
-                &["not a VIP"],
-            ),
-            (
-                "backend is private_address",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.11\"",
-                17,
-                &["backend 10.200.0.11:80", "this node's own address"],
-            ),
-            (
-                "backend is multicast",
-                "address = \"10.200.0.22\"",
-                "address = \"239.1.2.3\"",
-                17,
-                &["239.1.2.3", "not a unicast address"],
-            ),
-            (
-                "port_range with a third item",
-                "private_address = \"10.200.0.11\"",
-                "private_address = \"10.200.0.11\"\nport_range = [20000, 29999, 40000]",
-                5,
-                &["node.port_range has 3 items", "exactly two"],
-            ),
-            (
-                "empty state_dir",
-                "private_address = \"10.200.0.11\"",
-                "private_address = \"10.200.0.11\"\nstate_dir = \"\"",
-                5,
-                &["node.state_dir", "absolute"],
-            ),
-            (
-                "relative state_dir",
-                "private_address = \"10.200.0.11\"",
-                "private_address = \"10.200.0.11\"\nstate_dir = \"var/lib/lb-agent\"",
-                5,
-                &["node.state_dir = \"var/lib/lb-agent\"", "absolute"],
-            ),
-            (
-                "CR LF in the health check's path",
-                "path = \"/health\"",
-                "path = \"/health\\r\\nX-Injected: 1\"",
-                13,
-                &["health_check", "control character"],
-            ),
-            (
-                "NUL in the health check's Host",
-                "path = \"/health\"",
-                "path = \"/health\"\n  host = \"www\\u0000\"",
-                14,
-                &["health_check", "host", "control characters"],
-            ),
-            (
-                "metrics on port 0",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"",
-                20,
-                &["metrics.listen", "port 0"],
-            ),
-            (
-                "tracking a service that does not exist",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\ntrack_services = [\"wwww\"]",
-                22,
-                &["vrrp.track_services", "no service named \"wwww\""],
-            ),
-            (
-                "garp_count out of bounds",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\ngarp_count = 100000000",
-                22,
-                &["vrrp.garp_count = 100000000", "0..=100"],
-            ),
-            (
-                "preempt_delay of a million hours",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\npreempt_delay = \"1000000h\"",
-                22,
-                &["vrrp.preempt_delay", "at most 1000s"],
-            ),
-            (
-                "track script rise 0",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nrise = 0",
-                25,
-                &["vrrp.track_script \"t\"", "rise = 0"],
-            ),
-            (
-                "track script fall 0",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nfall = 0",
-                25,
-                &["vrrp.track_script \"t\"", "fall = 0"],
-            ),
-            (
-                "track script interval 0",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"0s\"",
-                25,
-                &["vrrp.track_script \"t\"", "interval must be longer than zero"],
-            ),
-            (
-                "track script timeout of an hour",
-                "address = \"10.200.0.22\"",
-                "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"2h\"\ntimeout = \"1h\"",
-                26,
-                &["vrrp.track_script \"t\"", "timeout = 3600s", "at most 60s"],
-            ),
+        let table: &[BrokenCase] = &[
+            ("syntax", "port = 80", "port = = 80", "", 9, &["expected"]),
+            ("unknown field", "protocol = \"tcp\"", "protocol = \"tcp\"\nprotcol = 1", "service[0].protcol", 11, &["unknown field", "protcol"]),
+            ("bad address", "private_address = \"10.200.0.11\"", "private_address = \"10.200.0.300\"", "node.private_address", 4, &["invalid"]),
+            ("port range", "private_address = \"10.200.0.11\"", "private_address = \"10.200.0.11\"\nport_range = [3000, 2000]", "node.port_range", 5, &["node.port_range", "first <= last"]),
+            ("service port 0", "port = 80", "port = 0", "service[0].port", 9, &["service \"www\" port: 0 is not a service port"]),
+            ("backend weight", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n  weight = 500", "service[0].backend[1].weight", 18, &["backend 10.200.0.22:80 weight", "500", "1..=100"]),
+            ("backend listed twice", "address = \"10.200.0.22\"", "address = \"10.200.0.21\"", "service[0].backend[1].address", 17, &["listed twice"]),
+            ("health check path", "path = \"/health\"", "path = \"health\"", "service[0].health_check.path", 13, &["health_check.path", "must start with '/'"]),
+            ("backend is the VIP", "address = \"10.200.0.22\"", "address = \"10.100.0.100\"", "service[0].backend[1].address", 17, &["not a VIP"]),
+            ("backend is private_address", "address = \"10.200.0.22\"", "address = \"10.200.0.11\"", "service[0].backend[1].address", 17, &["backend 10.200.0.11:80 address", "this node's own address"]),
+            ("backend is multicast", "address = \"10.200.0.22\"", "address = \"239.1.2.3\"", "service[0].backend[1].address", 17, &["239.1.2.3", "not a unicast address"]),
+            ("port_range with a third item", "private_address = \"10.200.0.11\"", "private_address = \"10.200.0.11\"\nport_range = [20000, 29999, 40000]", "node.port_range", 5, &["node.port_range: has 3 items", "exactly two"]),
+            ("empty state_dir", "private_address = \"10.200.0.11\"", "private_address = \"10.200.0.11\"\nstate_dir = \"\"", "node.state_dir", 5, &["node.state_dir", "absolute"]),
+            ("relative state_dir", "private_address = \"10.200.0.11\"", "private_address = \"10.200.0.11\"\nstate_dir = \"var/lib/lb-agent\"", "node.state_dir", 5, &["node.state_dir: \"var/lib/lb-agent\"", "absolute"]),
+            ("CR LF in the health check's path", "path = \"/health\"", "path = \"/health\\r\\nX-Injected: 1\"", "service[0].health_check.path", 13, &["health_check", "control character"]),
+            ("NUL in the health check's Host", "path = \"/health\"", "path = \"/health\"\n  host = \"www\\u0000\"", "service[0].health_check.host", 14, &["health_check.host", "control characters"]),
+            ("metrics on port 0", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"", "metrics.listen", 20, &["metrics.listen", "port 0"]),
+            ("tracking a service that does not exist", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\ntrack_services = [\"wwww\"]", "vrrp.track_services[0]", 22, &["vrrp.track_services[0]", "no service named \"wwww\""]),
+            ("garp_count out of bounds", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\ngarp_count = 100000000", "vrrp.garp_count", 22, &["vrrp.garp_count: 100000000", "0..=100"]),
+            ("preempt_delay of a million hours", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\npreempt_delay = \"1000000h\"", "vrrp.preempt_delay", 22, &["vrrp.preempt_delay", "at most 1000s"]),
+            ("track script rise 0", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nrise = 0", "vrrp.track_script[0].rise", 25, &["vrrp.track_script \"t\" rise: 0"]),
+            ("track script fall 0", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\nfall = 0", "vrrp.track_script[0].fall", 25, &["vrrp.track_script \"t\" fall: 0"]),
+            ("track script interval 0", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"0s\"", "vrrp.track_script[0].interval", 25, &["vrrp.track_script \"t\" interval", "must be longer than zero"]),
+            ("track script timeout of an hour", "address = \"10.200.0.22\"", "address = \"10.200.0.22\"\n\n[vrrp]\nvrid = 33\npriority = 200\n[[vrrp.track_script]]\nname = \"t\"\ncommand = \"true\"\ninterval = \"2h\"\ntimeout = \"1h\"", "vrrp.track_script[0].timeout", 26, &["vrrp.track_script \"t\" timeout: 1h", "at most 60s"]),
         ];
-        for (what, from, to, line, words) in table {
+        for (what, from, to, path, line, words) in table {
             let findings = broken(from, to);
             let Some(finding) = findings.first() else {
                 panic!("{what}: not found");
             };
-            assert_eq!(finding.line, Some(*line), "{what}: {finding:?}");
+            let shown = finding.problem.to_string();
+            assert_eq!(finding.problem.path.to_string(), *path, "{what}: {shown}");
+            assert_eq!(finding.line, Some(*line), "{what}: {shown}");
             for word in *words {
-                assert!(
-                    finding.message.contains(word),
-                    "{what}: {word:?} in {finding:?}"
-                );
+                assert!(shown.contains(word), "{what}: {word:?} in {shown}");
             }
         }
     }
@@ -594,11 +342,11 @@ protocol = "tcp"
         );
         let report = check_text(&text, "lb.toml", true);
         assert_eq!(report.findings.len(), 1, "{report}");
-        assert_eq!(report.findings[0].line, Some(19), "{report}");
+        assert_eq!(report.findings[0].line, Some(22), "{report}");
         assert!(
             report
                 .to_string()
-                .starts_with("lb.toml:19: service \"www2\": 10.100.0.100:80/tcp is already"),
+                .starts_with("lb.toml:22: service \"www2\" port: 10.100.0.100:80/tcp is already"),
             "{report}"
         );
     }
@@ -618,7 +366,9 @@ protocol = "tcp"
         assert_eq!(report.warnings[0].line, Some(11), "{report}");
         let shown = report.to_string();
         assert!(
-            shown.starts_with("lb.toml:11: warning: service \"www\""),
+            shown.starts_with(
+                "lb.toml:11: warning: service \"www\" expected_rate: 2000 new connections/s"
+            ),
             "{shown}"
         );
         assert!(shown.contains("604/s per backend"), "{shown}");
@@ -638,7 +388,7 @@ protocol = "tcp"
         assert_eq!(report.findings.len(), 1, "{report}");
         assert_eq!(report.findings[0].line, Some(23), "{report}");
         assert!(
-            report.findings[0].message.contains("whole seconds"),
+            report.findings[0].problem.message.contains("whole seconds"),
             "{report}"
         );
     }
@@ -649,14 +399,14 @@ protocol = "tcp"
         let online = check_text(&text, "lb.toml", false);
         assert!(
             online.findings.iter().any(|f| f.line == Some(3)
-                && f.message.contains("node.private_interface")
-                && f.message.contains("no such interface")),
+                && f.problem.path.to_string() == "node.private_interface"
+                && f.problem.message.contains("no such interface")),
             "{online}"
         );
         assert!(check_text(&text, "lb.toml", true)
             .findings
             .iter()
-            .all(|f| !f.message.contains("no such interface")));
+            .all(|f| !f.problem.message.contains("no such interface")));
     }
 
     #[test]
@@ -668,16 +418,15 @@ protocol = "tcp"
         );
         let online = check_text(&text, "lb.toml", false);
         assert!(
-            online
-                .findings
-                .iter()
-                .any(|f| f.message.contains("10.200.0.11 is not on lo")),
+            online.findings.iter().any(
+                |f| f.problem.message.contains("10.200.0.11 is not on lo") && f.line == Some(4)
+            ),
             "{online}"
         );
         assert!(check_text(&text, "lb.toml", true)
             .findings
             .iter()
-            .all(|f| !f.message.contains("snat_addresses")));
+            .all(|f| !f.problem.message.contains("is not on lo")));
         assert!(interface_ipv4_addresses("lo").contains(&std::net::Ipv4Addr::LOCALHOST));
     }
 
@@ -700,8 +449,8 @@ protocol = "tcp"
         let online = check_text(&text, "lb.toml", false);
         assert!(
             online.findings.iter().any(|f| f.line == Some(5)
-                && f.message.contains("leaves only 0 ports")
-                && f.message.contains("ip_local_port_range")),
+                && f.problem.message.contains("leaves only 0 ports")
+                && f.problem.message.contains("ip_local_port_range")),
             "{high}: {online}"
         );
         assert!(check_text(&text, "lb.toml", true).is_valid());

@@ -115,7 +115,7 @@ pub enum BackendsAction {
         target: BackendTarget,
         /// Relative share of new connections, 1..=100.
         #[arg(long, value_parser = clap::value_parser!(u32).range(
-            i64::from(crate::config::MIN_WEIGHT)..=i64::from(crate::config::MAX_WEIGHT)
+            i64::from(crate::config::Weight::MIN)..=i64::from(crate::config::Weight::MAX)
         ))]
         weight: Option<u32>,
     },

@@ -301,7 +301,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             node.private_interface
         );
     }
-    let nat_ports = ports::reserve_nat_range(node.port_range[0], node.port_range[1])
+    let nat_ports = ports::reserve_nat_range(node.port_range.first(), node.port_range.last())
         .context("preparing the NAT source port range")?;
     let snat_layout = SlotLayout::new(config.snat_addresses(), nat_ports);
     info!(
@@ -321,7 +321,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         instance: options.instance.clone(),
         interfaces: interfaces.clone(),
         mode: attach_mode(node.xdp_mode),
-        max_flows: config.conntrack.max_flows,
+        max_flows: config.conntrack.max_flows.get(),
         bpffs: options.bpffs.clone(),
     };
     let mut dataplane = Dataplane::load(&load, LB_OBJECT)?;
@@ -330,7 +330,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     settings.public_mac = interface_mac(&node.public_interface).unwrap_or_default();
     settings.private_mac = interface_mac(&node.private_interface).unwrap_or_default();
     settings.half_open_per_cpu = half_open_per_cpu(
-        config.conntrack.max_flows,
+        config.conntrack.max_flows.get(),
         snat_layout.capacity(),
         aya::util::nr_cpus().map_or(1, |n| n as u32),
     );

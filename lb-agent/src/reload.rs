@@ -2,58 +2,14 @@
 //! it changed. Services, backends, health checks and conntrack timeouts are
 //! applied to the running data path; what is fixed when the program is
 //! loaded and attached (interfaces, addresses, table sizes, the NAT port
-//! range) needs a restart, and a reload that touches it is refused whole.
+//! range) needs a restart, and a reload that touches it is refused whole;
+//! the config's sections declare those fields themselves.
 
 use std::fmt;
 
 use crate::config::{Config, ServiceConfig};
 
-/// Fields a reload cannot apply, with why, in the order they were found.
-pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let (a, b) = (&old.node, &new.node);
-    let mut changed = Vec::new();
-    let mut check = |field: &str, differs: bool, why: &str| {
-        if differs {
-            changed.push(format!("{field} ({why})"));
-        }
-    };
-    check(
-        "node.public_interface",
-        a.public_interface != b.public_interface,
-        "the program is attached to it",
-    );
-    check(
-        "node.private_interface",
-        a.private_interface != b.private_interface,
-        "the program is attached to it",
-    );
-    check(
-        "node.private_address",
-        a.private_address != b.private_address,
-        "live flows are NATed to it",
-    );
-    check(
-        "node.xdp_mode",
-        a.xdp_mode != b.xdp_mode,
-        "chosen when attaching",
-    );
-    check(
-        "node.port_range",
-        a.port_range != b.port_range,
-        "live flows hold ports of it",
-    );
-    check(
-        "node.state_dir",
-        a.state_dir != b.state_dir,
-        "run-time changes are kept there",
-    );
-    check(
-        "conntrack.max_flows",
-        old.conntrack.max_flows != new.conntrack.max_flows,
-        "the flow tables are sized when loading",
-    );
-    changed
-}
+pub use crate::config::restart_only_changes;
 
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,8 +120,8 @@ mod tests {
         );
         let changes = restart_only_changes(&old, &new);
         assert_eq!(changes.len(), 2, "{changes:?}");
-        assert!(changes[0].starts_with("node.private_interface"));
-        assert!(changes[1].starts_with("conntrack.max_flows"));
+        assert_eq!(changes[0].path.to_string(), "node.private_interface");
+        assert_eq!(changes[1].path.to_string(), "conntrack.max_flows");
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl RuntimeState {
                 !service.backends.iter().any(|b| {
                     b.address == added.address
                         && b.port.unwrap_or(service.port) == added.port
-                        && b.weight == added.weight
+                        && b.weight.get() == added.weight
                 })
             });
             let present = effective.get(name);
@@ -227,7 +227,7 @@ impl RuntimeState {
                 && s.backends.iter().any(|b| {
                     b.address == backend.address
                         && b.port.unwrap_or(s.port) == backend.port
-                        && b.weight == backend.weight
+                        && b.weight.get() == backend.weight
                 })
         });
         let changes = self.services.entry(service.to_string()).or_default();
@@ -295,7 +295,7 @@ impl RuntimeState {
                     .map(|b| BackendSpec {
                         address: b.address,
                         port: b.port.unwrap_or(service.port),
-                        weight: b.weight,
+                        weight: b.weight.get(),
                     })
                     .filter(|b| !changes.is_some_and(|c| c.removed.contains(&(b.address, b.port))))
                     .collect();
@@ -502,8 +502,11 @@ protocol = "tcp"
             )
         };
         for (text, expected) in [
-            (added("10.200.0.23", 80, 1_000_000), "weight 1000000"),
-            (added("10.200.0.23", 0, 1), "port 0"),
+            (
+                added("10.200.0.23", 80, 1_000_000),
+                "weight: 1000000 is out of range",
+            ),
+            (added("10.200.0.23", 0, 1), "port: 0 is not a backend port"),
             (added("10.100.0.100", 80, 1), "not a VIP"),
             (added("10.200.0.11", 80, 1), "this node's own address"),
             (added("0.0.0.0", 80, 1), "not a unicast address"),

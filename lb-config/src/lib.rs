@@ -40,7 +40,7 @@ pub use health::{CheckKind, HealthCheckConfig, StartAs, CHECK_METHODS};
 pub use kernel::BACKEND_TIME_WAIT;
 pub use node::{ConntrackConfig, MetricsConfig, NodeConfig, XdpMode};
 pub use problem::{FieldPath, Problem, Segment};
-pub use restart::{restart_only_changes, RestartOnly};
+pub use restart::{restart_only_changes, RestartChange, RestartOnly};
 pub use service::{BackendConfig, OnDown, Protocol, ServiceConfig, MAX_SERVICE_NAME};
 pub use vrrp::{TrackScript, VrrpConfig, MAX_PREEMPT_DELAY, MAX_TRACK_SCRIPT_TIMEOUT};
 

@@ -1,9 +1,11 @@
 //! Fields a reload cannot apply: each section declares its own, next to
 //! its fields, with why.
 
+use std::fmt;
+
 use serde::Serialize;
 
-use crate::Config;
+use crate::{Config, FieldPath};
 
 /// A section with fields that are fixed while the program is loaded.
 pub trait RestartOnly {
@@ -11,9 +13,23 @@ pub trait RestartOnly {
     const RESTART_ONLY: &'static [(&'static str, &'static str)];
 }
 
-/// The restart-only fields that differ between `old` and `new`, each as
-/// `section.field (why)`, in declaration order.
-pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+/// A restart-only field a new config changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartChange {
+    pub path: FieldPath,
+    pub why: &'static str,
+}
+
+/// `section.field (why)`.
+impl fmt::Display for RestartChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.path, self.why)
+    }
+}
+
+/// The restart-only fields that differ between `old` and `new`, in
+/// declaration order.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     let mut changed = Vec::new();
     changed_fields("node", &old.node, &new.node, &mut changed);
     changed_fields("conntrack", &old.conntrack, &new.conntrack, &mut changed);
@@ -24,7 +40,7 @@ fn changed_fields<T: Serialize + RestartOnly>(
     section: &str,
     old: &T,
     new: &T,
-    changed: &mut Vec<String>,
+    changed: &mut Vec<RestartChange>,
 ) {
     let (old, new) = (
         toml::Table::try_from(old).ok(),
@@ -34,7 +50,10 @@ fn changed_fields<T: Serialize + RestartOnly>(
         let value =
             |table: &Option<toml::Table>| table.as_ref().and_then(|t| t.get(*field)).cloned();
         if value(&old) != value(&new) {
-            changed.push(format!("{section}.{field} ({why})"));
+            changed.push(RestartChange {
+                path: FieldPath::root().key(section).key(field),
+                why,
+            });
         }
     }
 }
@@ -61,9 +80,10 @@ mod tests {
         let mut new = old.clone();
         new.node.port_range = PortRange::new(20000, 29999).expect("range");
         new.node.keep_forwarding_on_exit = true;
-        assert_eq!(
-            restart_only_changes(&old, &new),
-            ["node.port_range (live flows hold ports of it)"]
-        );
+        let changes: Vec<String> = restart_only_changes(&old, &new)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(changes, ["node.port_range (live flows hold ports of it)"]);
     }
 }

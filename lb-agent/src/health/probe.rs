@@ -96,7 +96,7 @@ impl Probe {
                     client,
                     method,
                     path: config.path.clone(),
-                    expect: config.expect_status,
+                    expect: config.expect_status.into(),
                     host: config.host.clone(),
                     body_contains: config.body_contains.clone(),
                 })

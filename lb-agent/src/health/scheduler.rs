@@ -150,7 +150,7 @@ async fn check_loop(
         if reports.send(report).is_err() {
             return;
         }
-        tokio::time::sleep(jittered(config.interval, config.jitter)).await;
+        tokio::time::sleep(jittered(config.interval, config.jitter.get())).await;
     }
 }
 

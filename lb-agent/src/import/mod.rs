@@ -20,7 +20,13 @@
 pub mod haproxy;
 pub mod keepalived;
 
-use std::{fmt, fmt::Write as _, net::Ipv4Addr, time::Duration};
+use std::{fmt, net::Ipv4Addr, time::Duration};
+
+use crate::config::{
+    BackendConfig, CheckKind, Config, HealthCheckConfig, NodeConfig, OutOfBounds, Priority,
+    Protocol, RiseFall, ServiceConfig, StatusRange, TrackScript, TrackWeight, Vrid, VrrpConfig,
+    VrrpVersion, Weight,
+};
 
 /// A line that was not carried over, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,14 +81,6 @@ pub fn parse_haproxy_time(value: &str) -> Option<Duration> {
     }
 }
 
-fn duration_text(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 /// What only the node can say (the classic files do not carry it).
 #[derive(Debug, Clone, Default)]
 pub struct NodeFacts {
@@ -118,10 +116,6 @@ fn service_name(name: &str) -> String {
     out
 }
 
-fn quoted(text: &str) -> String {
-    format!("{text:?}")
-}
-
 /// Whether a keepalived script checks HAProxy (which the agent replaces).
 fn checks_haproxy(script: &str) -> bool {
     let s = script.to_ascii_lowercase();
@@ -130,6 +124,17 @@ fn checks_haproxy(script: &str) -> bool {
             || s.contains("killall -0")
             || s.contains("pgrep")
             || s.contains("systemctl"))
+}
+
+/// A value of the classic files that the model bounds, or why it does
+/// not fit (`FILE:LINE: what: reason`).
+fn bounded<T>(
+    made: Result<T, OutOfBounds>,
+    file: &str,
+    line: usize,
+    what: &str,
+) -> Result<T, ImportError> {
+    made.map_err(|error| ImportError::Invalid(format!("{file}:{line}: {what}: {error}")))
 }
 
 /// Imports the classic pair's files. `haproxy` and `keepalived` are
@@ -142,103 +147,93 @@ pub fn import(
     let mut notes = Vec::new();
     let ha = haproxy::parse(haproxy.1, haproxy.0, &mut notes);
     let ka = keepalived.map(|(file, text)| (file, keepalived::parse(text, file, &mut notes)));
-    let instance = match &ka {
-        Some((file, config)) => {
-            if config.instances.len() > 1 {
-                for extra in &config.instances[1..] {
-                    notes.push(Note::new(file, extra.line, &format!("vrrp_instance {}", extra.name), "only the first vrrp_instance is carried over (the agent runs one virtual router)"));
-                }
-            }
-            config.instances.first().cloned()
+    let instance = ka.as_ref().and_then(|(file, config)| {
+        for extra in config.instances.iter().skip(1) {
+            notes.push(Note::new(
+                file,
+                extra.line,
+                &format!("vrrp_instance {}", extra.name),
+                "only the first vrrp_instance is carried over (the agent runs one virtual router)",
+            ));
         }
-        None => None,
-    };
+        config.instances.first().cloned()
+    });
+    let mut config = Config::new(node_of(facts, instance.as_ref())?);
     let vip_default = instance
         .as_ref()
         .and_then(|i| i.virtual_addresses.first().copied());
-
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Imported by `lb-agent import` from {}{}.",
-        haproxy.0,
-        ka.as_ref()
-            .map(|(f, _)| format!(" and {f}"))
-            .unwrap_or_default()
+    config.services = services_of(&ha, haproxy.0, vip_default, &mut notes)?;
+    if config.services.is_empty() {
+        return Err(ImportError::Unusable(format!(
+            "{}: no TCP-mode frontend or listen section with a bind address and servers was found",
+            haproxy.0
+        )));
+    }
+    if let (Some(instance), Some((file, keepalived))) = (&instance, &ka) {
+        config.vrrp = Some(vrrp_of(instance, keepalived, file, &mut notes)?);
+    }
+    let problems = config.problems();
+    if !problems.is_empty() {
+        let listed: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        return Err(ImportError::Invalid(listed.join("\n")));
+    }
+    let body = config
+        .to_toml()
+        .map_err(|error| ImportError::Invalid(format!("cannot be written as TOML: {error}")))?;
+    let sources = match &ka {
+        Some((file, _)) => format!("{} and {file}", haproxy.0),
+        None => haproxy.0.to_string(),
+    };
+    let toml = format!(
+        "# Imported by `lb-agent import` from {sources}.\n# Review it, then: lb-agent check-config --config FILE\n\n{body}"
     );
-    let _ = writeln!(
-        out,
-        "# Review it, then: lb-agent check-config --config FILE\n"
-    );
+    Ok(Imported { toml, notes })
+}
 
+/// `[node]` from the facts given, else from keepalived's interface and
+/// unicast source.
+fn node_of(
+    facts: &NodeFacts,
+    instance: Option<&keepalived::Instance>,
+) -> Result<NodeConfig, ImportError> {
     let private_interface = facts
         .private_interface
         .clone()
-        .or_else(|| instance.as_ref().and_then(|i| i.interface.clone()));
+        .or_else(|| instance.and_then(|i| i.interface.clone()));
     let private_address = facts
         .private_address
-        .or_else(|| instance.as_ref().and_then(|i| i.unicast_src));
-    let (Some(public_interface), Some(private_interface), Some(private_address)) = (
-        facts.public_interface.clone(),
-        private_interface,
-        private_address,
-    ) else {
-        return Err(ImportError::Unusable(
+        .or_else(|| instance.and_then(|i| i.unicast_src));
+    match (&facts.public_interface, private_interface, private_address) {
+        (Some(public), Some(private), Some(address)) => {
+            Ok(NodeConfig::new(public, &private, address))
+        }
+        _ => Err(ImportError::Unusable(
             "the node's interfaces and private address are not in the classic files: pass --public-interface, and --private-interface / --private-address unless keepalived's `interface` / `unicast_src_ip` give them".into(),
-        ));
-    };
-    let _ = writeln!(out, "[node]");
-    let _ = writeln!(out, "public_interface = {}", quoted(&public_interface));
-    let _ = writeln!(out, "private_interface = {}", quoted(&private_interface));
-    let _ = writeln!(out, "private_address = \"{private_address}\"\n");
+        )),
+    }
+}
 
-    let mut services = 0;
+/// One `[[service]]` per bind of every TCP-mode frontend and listen.
+fn services_of(
+    ha: &haproxy::HaproxyConfig,
+    file: &str,
+    vip_default: Option<Ipv4Addr>,
+    notes: &mut Vec<Note>,
+) -> Result<Vec<ServiceConfig>, ImportError> {
+    let mut services = Vec::new();
     let mut names = std::collections::HashSet::new();
     for proxy in ha
         .proxies
         .iter()
         .filter(|p| p.kind == "frontend" || p.kind == "listen")
     {
-        let mode = proxy
-            .mode
-            .clone()
-            .or_else(|| ha.defaults.mode.clone())
-            .map(|m| m.0)
-            .unwrap_or_else(|| "http".into());
-        if mode != "tcp" {
-            notes.push(Note::new(haproxy.0, proxy.line, &format!("{} {}", proxy.kind, proxy.name), &format!("mode {mode}: an L7 proxy is needed; lb-agent balances TCP and UDP connections (mode tcp) only")));
+        let Some(backend) = backend_of(ha, proxy, file, notes) else {
             continue;
-        }
-        let backend = if proxy.kind == "listen" {
-            Some(proxy)
-        } else {
-            match proxy.default_backend.as_deref().and_then(|b| ha.backend(b)) {
-                Some(b) => Some(b),
-                None => {
-                    notes.push(Note::new(
-                        haproxy.0,
-                        proxy.line,
-                        &format!("frontend {}", proxy.name),
-                        "no default_backend found; skipped",
-                    ));
-                    None
-                }
-            }
         };
-        let Some(backend) = backend else { continue };
-        if let Some((algorithm, line)) = backend
-            .balance
-            .clone()
-            .or_else(|| ha.defaults.balance.clone())
-        {
-            if !matches!(algorithm.as_str(), "roundrobin" | "static-rr") {
-                notes.push(Note::new(haproxy.0, line, &format!("balance {algorithm}"), "mapped to weighted round robin per connection (the XDP path keeps no per-backend connection counts or hashes; each connection still sticks to its backend)"));
-            }
-        }
         for (index, (addr, port, line)) in proxy.binds.iter().enumerate() {
             let Some(vip) = addr.or(vip_default) else {
                 notes.push(Note::new(
-                    haproxy.0,
+                    file,
                     *line,
                     &format!("bind *:{port}"),
                     "no address to balance: bind the VIP, or give keepalived a virtual_ipaddress",
@@ -250,72 +245,109 @@ pub fn import(
                 name = service_name(&format!("{}-{port}", proxy.name));
                 names.insert(name.clone());
             }
-            services += 1;
-            let _ = writeln!(
-                out,
-                "[[service]]\nname = {}\nvip = \"{vip}\"\nport = {port}\nprotocol = \"tcp\"",
-                quoted(&name)
-            );
-            write_check(&mut out, backend, &ha.defaults);
-            for server in &backend.servers {
-                if server.backup || server.disabled {
-                    let what = if server.backup { "backup" } else { "disabled" };
-                    notes.push(Note::new(haproxy.0, server.line, &format!("server {} {}", server.name, server.address), &format!("{what} server left out (the agent has no backup servers; add it later with `lb-agent backends add`)")));
-                    continue;
-                }
-                let _ = writeln!(
-                    out,
-                    "  [[service.backend]]\n  address = \"{}\"",
-                    server.address
-                );
-                if let Some(p) = server.port.filter(|p| *p != *port) {
-                    let _ = writeln!(out, "  port = {p}");
-                }
-                if let Some(w) = server.weight {
-                    use crate::config::{MAX_WEIGHT, MIN_WEIGHT};
-                    let scaled = w.clamp(MIN_WEIGHT, MAX_WEIGHT);
-                    if scaled != w {
-                        notes.push(Note::new(
-                            haproxy.0,
-                            server.line,
-                            &format!("server {} weight {w}", server.name),
-                            &format!(
-                                "weight {w} is outside {MIN_WEIGHT}..={MAX_WEIGHT}; written as {scaled}"
-                            ),
-                        ));
-                    }
-                    let _ = writeln!(out, "  weight = {scaled}");
-                }
-                if !server.check && backend.servers.iter().any(|s| s.check) {
-                    let _ = writeln!(
-                        out,
-                        "    [service.backend.health_check]\n    type = \"none\""
-                    );
-                }
-            }
-            out.push('\n');
+            let mut service = ServiceConfig::new(&name, vip, *port, Protocol::Tcp);
+            service.health_check = check_of(backend, &ha.defaults, file)?;
+            service.backends = servers_of(backend, *port, file, notes);
+            services.push(service);
         }
     }
-    if services == 0 {
-        return Err(ImportError::Unusable(format!(
-            "{}: no TCP-mode frontend or listen section with a bind address and servers was found",
-            haproxy.0
-        )));
-    }
-
-    if let (Some(instance), Some((file, config))) = (&instance, &ka) {
-        write_vrrp(&mut out, instance, config, file, &mut notes);
-    }
-    let imported = Imported { toml: out, notes };
-    if let Err(error) = crate::config::Config::parse(&imported.toml, "the imported config") {
-        return Err(ImportError::Invalid(error.to_string()));
-    }
-    Ok(imported)
+    Ok(services)
 }
 
-fn write_check(out: &mut String, backend: &haproxy::Proxy, defaults: &haproxy::Proxy) {
+/// The section whose servers a TCP-mode `proxy` balances over (a `listen`
+/// is its own), noting what is left out and how balancing maps.
+fn backend_of<'h>(
+    ha: &'h haproxy::HaproxyConfig,
+    proxy: &'h haproxy::Proxy,
+    file: &str,
+    notes: &mut Vec<Note>,
+) -> Option<&'h haproxy::Proxy> {
+    let mode = proxy
+        .mode
+        .clone()
+        .or_else(|| ha.defaults.mode.clone())
+        .map(|m| m.0)
+        .unwrap_or_else(|| "http".into());
+    if mode != "tcp" {
+        notes.push(Note::new(file, proxy.line, &format!("{} {}", proxy.kind, proxy.name), &format!("mode {mode}: an L7 proxy is needed; lb-agent balances TCP and UDP connections (mode tcp) only")));
+        return None;
+    }
+    let backend = if proxy.kind == "listen" {
+        proxy
+    } else if let Some(backend) = proxy.default_backend.as_deref().and_then(|b| ha.backend(b)) {
+        backend
+    } else {
+        notes.push(Note::new(
+            file,
+            proxy.line,
+            &format!("frontend {}", proxy.name),
+            "no default_backend found; skipped",
+        ));
+        return None;
+    };
+    if let Some((algorithm, line)) = backend
+        .balance
+        .clone()
+        .or_else(|| ha.defaults.balance.clone())
+    {
+        if !matches!(algorithm.as_str(), "roundrobin" | "static-rr") {
+            notes.push(Note::new(file, line, &format!("balance {algorithm}"), "mapped to weighted round robin per connection (the XDP path keeps no per-backend connection counts or hashes; each connection still sticks to its backend)"));
+        }
+    }
+    Some(backend)
+}
+
+/// The servers that carry traffic (not `backup`, not `disabled`), weights
+/// fitted into the agent's bounds.
+fn servers_of(
+    backend: &haproxy::Proxy,
+    service_port: u16,
+    file: &str,
+    notes: &mut Vec<Note>,
+) -> Vec<BackendConfig> {
+    let any_checked = backend.servers.iter().any(|s| s.check);
+    let mut backends = Vec::new();
+    for server in &backend.servers {
+        if server.backup || server.disabled {
+            let what = if server.backup { "backup" } else { "disabled" };
+            notes.push(Note::new(file, server.line, &format!("server {} {}", server.name, server.address), &format!("{what} server left out (the agent has no backup servers; add it later with `lb-agent backends add`)")));
+            continue;
+        }
+        let mut imported = BackendConfig::new(server.address);
+        imported.port = server.port.filter(|p| *p != service_port);
+        if let Some(w) = server.weight {
+            let scaled = w.clamp(Weight::MIN, Weight::MAX);
+            if scaled != w {
+                notes.push(Note::new(
+                    file,
+                    server.line,
+                    &format!("server {} weight {w}", server.name),
+                    &format!(
+                        "weight {w} is outside {}..={}; written as {scaled}",
+                        Weight::MIN,
+                        Weight::MAX
+                    ),
+                ));
+            }
+            imported.weight = Weight::new(scaled).unwrap_or_default();
+        }
+        if !server.check && any_checked {
+            imported.health_check = Some(HealthCheckConfig::of_kind(CheckKind::None));
+        }
+        backends.push(imported);
+    }
+    backends
+}
+
+/// The service's health check from its first checked server (HAProxy
+/// checks per server; the agent per service).
+fn check_of(
+    backend: &haproxy::Proxy,
+    defaults: &haproxy::Proxy,
+    file: &str,
+) -> Result<Option<HealthCheckConfig>, ImportError> {
     let Some(first) = backend.servers.iter().find(|s| s.check) else {
-        return;
+        return Ok(None);
     };
     let inter = first
         .inter
@@ -325,110 +357,93 @@ fn write_check(out: &mut String, backend: &haproxy::Proxy, defaults: &haproxy::P
     let rise = first
         .rise
         .or(backend.default_rise)
-        .or(defaults.default_rise)
-        .unwrap_or(2);
+        .or(defaults.default_rise);
     let fall = first
         .fall
         .or(backend.default_fall)
-        .or(defaults.default_fall)
-        .unwrap_or(3);
-    // HAProxy's check timeout defaults to `inter`; keep it under it.
-    let timeout = (inter / 2).max(Duration::from_millis(100));
-    let _ = writeln!(out, "  [service.health_check]");
-    match &backend.httpchk {
-        Some((method, uri)) => {
-            let _ = writeln!(
-                out,
-                "  type = \"http\"\n  method = {}\n  path = {}",
-                quoted(method),
-                quoted(uri)
-            );
-            if let Some(code) = backend.expect_status {
-                let _ = writeln!(out, "  expect_status = [{code}, {code}]");
-            }
-        }
-        None => {
-            let _ = writeln!(out, "  type = \"tcp\"");
+        .or(defaults.default_fall);
+    let mut check = HealthCheckConfig {
+        interval: inter,
+        // HAProxy's check timeout defaults to `inter`; keep it under it.
+        timeout: (inter / 2).max(Duration::from_millis(100)),
+        port: first.check_port,
+        ..HealthCheckConfig::default()
+    };
+    if let Some(rise) = rise {
+        check.rise = bounded(RiseFall::new(rise), file, first.line, "rise")?;
+    }
+    if let Some(fall) = fall {
+        check.fall = bounded(RiseFall::new(fall), file, first.line, "fall")?;
+    }
+    if let Some((method, uri)) = &backend.httpchk {
+        check.kind = CheckKind::Http;
+        check.method = method.clone();
+        check.path = uri.clone();
+        if let Some(code) = backend.expect_status {
+            check.expect_status = bounded(
+                StatusRange::new(code, code),
+                file,
+                backend.line,
+                "http-check expect status",
+            )?;
         }
     }
-    let _ = writeln!(
-        out,
-        "  interval = \"{}\"\n  timeout = \"{}\"\n  rise = {rise}\n  fall = {fall}",
-        duration_text(inter),
-        duration_text(timeout)
-    );
-    if let Some(port) = first.check_port {
-        let _ = writeln!(out, "  port = {port}");
-    }
+    Ok(Some(check))
 }
 
-fn write_vrrp(
-    out: &mut String,
+/// `[vrrp]` from the first `vrrp_instance`; a script checking HAProxy
+/// becomes `track_program`, other scripts track scripts.
+fn vrrp_of(
     instance: &keepalived::Instance,
     config: &keepalived::KeepalivedConfig,
     file: &str,
     notes: &mut Vec<Note>,
-) {
+) -> Result<VrrpConfig, ImportError> {
+    let line = instance.line;
+    let Some(vrid) = instance.vrid else {
+        return Err(ImportError::Invalid(format!(
+            "{file}:{line}: vrrp_instance {} has no virtual_router_id",
+            instance.name
+        )));
+    };
+    let vrid = bounded(Vrid::new(vrid), file, line, "virtual_router_id")?;
+    let priority = bounded(
+        Priority::new(instance.priority.unwrap_or(100)),
+        file,
+        line,
+        "priority",
+    )?;
+    let mut vrrp = VrrpConfig::new(vrid, priority);
     let version = instance.version.or(config.version).unwrap_or(2);
-    let _ = writeln!(out, "[vrrp]\nversion = {version}");
-    if let Some(vrid) = instance.vrid {
-        let _ = writeln!(out, "vrid = {vrid}");
-    }
-    let _ = writeln!(out, "priority = {}", instance.priority.unwrap_or(100));
+    vrrp.version = bounded(
+        VrrpVersion::try_from(i64::from(version)),
+        file,
+        line,
+        "vrrp_version",
+    )?;
     if let Some(advert) = instance.advert_int {
-        let _ = writeln!(out, "advert_int = \"{}\"", duration_text(advert));
+        vrrp.advert_int = advert;
     }
-    if let Some(src) = instance.unicast_src {
-        let _ = writeln!(out, "unicast_src = \"{src}\"");
-    }
-    let peers: Vec<String> = instance
-        .unicast_peers
-        .iter()
-        .map(|p| format!("\"{p}\""))
-        .collect();
-    let _ = writeln!(out, "unicast_peers = [{}]", peers.join(", "));
-    if let Some(pass) = &instance.auth_pass {
-        let _ = writeln!(out, "auth_pass = {}", quoted(pass));
-    }
-    if instance.nopreempt {
-        let _ = writeln!(out, "preempt = false");
-    }
-    if let Some(delay) = instance.preempt_delay {
-        let _ = writeln!(out, "preempt_delay = \"{}\"", duration_text(delay));
-    }
-    if !instance.virtual_addresses.is_empty() {
-        let vips: Vec<String> = instance
-            .virtual_addresses
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        let _ = writeln!(out, "virtual_addresses = [{}]", vips.join(", "));
-    }
-    for (key, value) in [
-        ("notify_master", &instance.notify_master),
-        ("notify_backup", &instance.notify_backup),
-        ("notify_fault", &instance.notify_fault),
-        ("notify_stop", &instance.notify_stop),
-        ("notify", &instance.notify),
-    ] {
-        if let Some(command) = value {
-            let _ = writeln!(out, "{key} = {}", quoted(command));
-        }
-    }
+    vrrp.unicast_src = instance.unicast_src;
+    vrrp.unicast_peers = instance.unicast_peers.clone();
+    vrrp.auth_pass = instance.auth_pass.clone();
+    vrrp.preempt = !instance.nopreempt;
+    vrrp.preempt_delay = instance.preempt_delay.unwrap_or_default();
+    vrrp.virtual_addresses = instance.virtual_addresses.clone();
+    vrrp.notify_master = instance.notify_master.clone();
+    vrrp.notify_backup = instance.notify_backup.clone();
+    vrrp.notify_fault = instance.notify_fault.clone();
+    vrrp.notify_stop = instance.notify_stop.clone();
+    vrrp.notify = instance.notify.clone();
     if !instance.track_interfaces.is_empty() {
-        let names: Vec<String> = instance
-            .track_interfaces
-            .iter()
-            .map(|i| quoted(i))
-            .collect();
-        let _ = writeln!(out, "track_interfaces = [{}]", names.join(", "));
+        vrrp.track_interfaces = Some(instance.track_interfaces.clone());
     }
-    let mut scripts = String::new();
+    vrrp.track_program = true;
     for name in &instance.track_scripts {
         let Some(script) = config.scripts.iter().find(|s| &s.name == name) else {
             notes.push(Note::new(
                 file,
-                instance.line,
+                line,
                 &format!("track_script {name}"),
                 "no vrrp_script of that name",
             ));
@@ -438,30 +453,30 @@ fn write_vrrp(
             notes.push(Note::new(file, script.line, &format!("vrrp_script {} ({})", script.name, script.script), "it checked HAProxy, which the agent replaces: tracked as `track_program = true` (FAULT while the XDP program is not attached)"));
             continue;
         }
-        let _ = writeln!(
-            scripts,
-            "\n[[vrrp.track_script]]\nname = {}\ncommand = {}",
-            quoted(&script.name),
-            quoted(&script.script)
-        );
-        if let Some(i) = script.interval {
-            let _ = writeln!(scripts, "interval = \"{}\"", duration_text(i));
-        }
-        if let Some(t) = script.timeout {
-            let _ = writeln!(scripts, "timeout = \"{}\"", duration_text(t));
-        }
-        if let Some(w) = script.weight {
-            let _ = writeln!(scripts, "weight = {w}");
-        }
-        if let Some(r) = script.rise {
-            let _ = writeln!(scripts, "rise = {r}");
-        }
-        if let Some(f) = script.fall {
-            let _ = writeln!(scripts, "fall = {f}");
-        }
+        vrrp.track_script.push(track_script_of(script, file)?);
     }
-    let _ = writeln!(out, "track_program = true");
-    out.push_str(&scripts);
+    Ok(vrrp)
+}
+
+fn track_script_of(script: &keepalived::Script, file: &str) -> Result<TrackScript, ImportError> {
+    let line = script.line;
+    let mut tracked = TrackScript::new(&script.name, &script.script);
+    if let Some(interval) = script.interval {
+        tracked.interval = interval;
+    }
+    if let Some(timeout) = script.timeout {
+        tracked.timeout = timeout;
+    }
+    if let Some(weight) = script.weight {
+        tracked.weight = bounded(TrackWeight::new(weight), file, line, "weight")?;
+    }
+    if let Some(rise) = script.rise {
+        tracked.rise = bounded(RiseFall::new(rise), file, line, "rise")?;
+    }
+    if let Some(fall) = script.fall {
+        tracked.fall = bounded(RiseFall::new(fall), file, line, "fall")?;
+    }
+    Ok(tracked)
 }
 
 #[cfg(test)]

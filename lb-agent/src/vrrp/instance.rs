@@ -100,7 +100,7 @@ impl PreparedVrrp {
     pub async fn start(self) -> Result<VrrpInstance> {
         let (verdict_tx, verdict_rx) = watch::channel(Verdict {
             fault: None,
-            priority: self.config.priority,
+            priority: self.config.priority.get(),
         });
         let (stop, stop_rx) = watch::channel(Stop::Run);
         let runner_done = spawn_runner(self.runner, self.status, stop_rx, verdict_rx).await?;

@@ -27,6 +27,7 @@ use super::{
 };
 use crate::{
     config::VrrpConfig,
+    config::VrrpVersion,
     floating_ip::{Provider, ProviderHandle},
     limits::{Throttle, LOG_INTERVAL},
 };
@@ -187,15 +188,14 @@ impl PreparedRunner {
         public_interface: &str,
         addresses: Vec<Ipv4Addr>,
     ) -> anyhow::Result<Self> {
-        let version = if config.version == 3 {
-            Version::V3
-        } else {
-            Version::V2
+        let version = match config.version {
+            VrrpVersion::V2 => Version::V2,
+            VrrpVersion::V3 => Version::V3,
         };
         let machine = Machine::new(Params {
             version,
-            vrid: config.vrid,
-            priority: config.priority,
+            vrid: config.vrid.get(),
+            priority: config.priority.get(),
             advert_interval: config.advert_int,
             preempt: config.preempt,
             preempt_delay: config.preempt_delay,
@@ -206,7 +206,7 @@ impl PreparedRunner {
             &config.floating_ip,
             public_interface,
             addresses.clone(),
-            config.garp_count,
+            config.garp_count.get(),
             config.garp_interval,
             instance,
         )?;
@@ -256,7 +256,7 @@ impl VrrpRunner {
     fn advert(&self, priority: u8) -> Advert {
         Advert {
             version: self.machine.params().version,
-            vrid: self.config.vrid,
+            vrid: self.config.vrid.get(),
             priority,
             interval_cs: (self.config.advert_int.as_millis() / 10) as u16,
             addresses: self.addresses.clone(),
@@ -428,14 +428,14 @@ impl VrrpRunner {
                 return self.reject(reason);
             }
         };
-        if advert.vrid != self.config.vrid {
+        if advert.vrid != self.config.vrid.get() {
             return self.reject("vrid");
         }
         self.status.adverts_received += 1;
         let was = self.machine.state();
         if self.check_stale
             && was == State::Backup
-            && (advert.priority >= self.config.priority || !self.config.preempt)
+            && (advert.priority >= self.config.priority.get() || !self.config.preempt)
             && advert.priority != 0
         {
             self.check_stale = false;
@@ -457,7 +457,7 @@ impl VrrpRunner {
             state_name(was)
         );
         self.perform(actions, &reason).await;
-        if self.machine.state() == State::Master && advert.priority < self.config.priority {
+        if self.machine.state() == State::Master && advert.priority < self.config.priority.get() {
             // A peer that thinks it is master (a healed partition): make
             // sure the floating IP and the neighbours' caches are ours.
             if let Some(provider) = &self.provider {
@@ -513,9 +513,9 @@ impl VrrpRunner {
         if status.state.is_empty() {
             status.state = "INIT".into();
         }
-        status.vrid = self.config.vrid;
-        status.priority = self.config.priority;
-        status.version = self.config.version;
+        status.vrid = self.config.vrid.get();
+        status.priority = self.config.priority.get();
+        status.version = self.config.version.number();
         self.provider_base = status.provider_base(provider);
         status.provider = provider.into();
         self.status = status;

@@ -80,7 +80,8 @@ async fn script_loop(
     changed: Arc<Notify>,
 ) {
     // A script counts as passing until it has failed `fall` times.
-    let mut tracker = HealthTracker::new(true, config.rise, config.fall, Instant::now());
+    let mut tracker =
+        HealthTracker::new(true, config.rise.get(), config.fall.get(), Instant::now());
     let timeout = config.timeout.min(MAX_SCRIPT_TIMEOUT);
     loop {
         let outcome = probe
@@ -145,7 +146,7 @@ impl Tracking {
             },
             services: config.track_services.clone(),
             scripts,
-            base_priority: config.priority,
+            base_priority: config.priority.get(),
             service_state,
         })
     }
@@ -206,7 +207,7 @@ impl Tracking {
         let mut priority = i32::from(self.base_priority);
         for script in &self.scripts {
             let passing = *script.passing.borrow();
-            match script.config.weight {
+            match script.config.weight.get() {
                 0 if !passing => {
                     fault = fault.or(Some(format!("track script {} fails", script.config.name)))
                 }
