@@ -369,6 +369,30 @@ fn a_written_config_leaves_out_defaults_and_reads_back() {
     );
 }
 
+#[test]
+fn sections_written_alone_append_to_a_config() {
+    let base = Config::parse(LAB, "lab.toml").expect("valid");
+    let mut vrrp = VrrpConfig::new(
+        Vrid::new(33).expect("vrid"),
+        Priority::new(200).expect("priority"),
+    );
+    vrrp.track_script.push(TrackScript::new("flag", "true"));
+    let floating_ip = FloatingIpConfig {
+        provider: ProviderKind::Exec,
+        assign: Some("assign-ip".into()),
+        ..FloatingIpConfig::default()
+    };
+    let text = format!(
+        "{}\n{}\n{}",
+        base.to_toml().expect("base"),
+        vrrp.to_toml_section().expect("vrrp"),
+        floating_ip.to_toml_section().expect("floating_ip")
+    );
+    let config = Config::parse(&text, "t.toml").expect("valid");
+    vrrp.floating_ip = floating_ip;
+    assert_eq!(config.vrrp, Some(vrrp), "{text}");
+}
+
 fn duration() -> impl Strategy<Value = Duration> {
     prop_oneof![
         (1u64..=3600).prop_map(Duration::from_secs),

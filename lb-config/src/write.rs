@@ -50,26 +50,61 @@ impl Config {
             }
         }
         if let Some(vrrp) = table_mut(&mut doc, "vrrp") {
-            let default = VrrpConfig::new(Vrid::default(), Priority::default());
-            prune(
-                vrrp,
-                &defaults(&default)?,
-                &["vrid", "priority", "floating_ip"],
-            );
-            prune_section(
-                vrrp,
-                "floating_ip",
-                &defaults(&FloatingIpConfig::default())?,
-            );
-            if let Some(Value::Array(scripts)) = vrrp.get_mut("track_script") {
-                let default = defaults(&TrackScript::new("", ""))?;
-                for script in scripts.iter_mut().filter_map(Value::as_table_mut) {
-                    prune(script, &default, &["name", "command"]);
-                }
-            }
+            prune_vrrp(vrrp)?;
         }
         toml::to_string(&doc)
     }
+}
+
+impl VrrpConfig {
+    /// `[vrrp]` alone, without the fields at their defaults, for appending
+    /// to a config that has none.
+    pub fn to_toml_section(&self) -> Result<String, toml::ser::Error> {
+        let mut vrrp = Table::try_from(self)?;
+        prune_vrrp(&mut vrrp)?;
+        let mut doc = Table::new();
+        doc.insert("vrrp".into(), Value::Table(vrrp));
+        toml::to_string(&doc)
+    }
+}
+
+impl FloatingIpConfig {
+    /// `[vrrp.floating_ip]` alone, without the fields at their defaults,
+    /// for appending to a `[vrrp]` section that has none.
+    pub fn to_toml_section(&self) -> Result<String, toml::ser::Error> {
+        let mut floating_ip = Table::try_from(self)?;
+        prune(
+            &mut floating_ip,
+            &defaults(&FloatingIpConfig::default())?,
+            &[],
+        );
+        let mut vrrp = Table::new();
+        vrrp.insert("floating_ip".into(), Value::Table(floating_ip));
+        let mut doc = Table::new();
+        doc.insert("vrrp".into(), Value::Table(vrrp));
+        toml::to_string(&doc)
+    }
+}
+
+fn prune_vrrp(vrrp: &mut Table) -> Result<(), toml::ser::Error> {
+    let default = VrrpConfig::new(Vrid::default(), Priority::default());
+    prune(
+        vrrp,
+        &defaults(&default)?,
+        &["vrid", "priority", "floating_ip"],
+    );
+    prune_section(
+        vrrp,
+        "floating_ip",
+        &defaults(&FloatingIpConfig::default())?,
+    );
+    if let Some(Value::Array(scripts)) = vrrp.get_mut("track_script") {
+        let default = defaults(&TrackScript::new("", ""))?;
+        for script in scripts.iter_mut().filter_map(Value::as_table_mut) {
+            prune(script, &default, &["name", "command"]);
+        }
+    }
+    Ok(())
 }
 
 fn defaults<T: Serialize>(value: &T) -> Result<Table, toml::ser::Error> {

@@ -48,9 +48,59 @@ fn lab_configs_pass_check_config() {
             let report = check_text(&ha, &format!("lab {node} VRRPv{version}"), true);
             assert!(report.is_valid(), "{report}");
             let vrrp = report.config.and_then(|c| c.vrrp).expect("[vrrp]");
-            assert_eq!((vrrp.vrid, vrrp.version), (33, version));
+            assert_eq!((vrrp.vrid.get(), vrrp.version.number()), (33, version));
         }
     }
+}
+
+/// Every shipped config, by name: the packaged example, the README's
+/// whole configs and the lab's (each LB node, without and with VRRP).
+fn shipped_configs() -> Vec<(String, String)> {
+    let mut configs = vec![("packaging-example".to_string(), example())];
+    for (index, text) in readme_configs().into_iter().enumerate() {
+        configs.push((format!("readme-{index}"), text));
+    }
+    let xtask = Path::new("/usr/local/bin/xtask");
+    for node in Node::LBS {
+        let plain = agent_config("lab", node, xtask).expect("lab config");
+        let vrrp = vrrp_section(node, 2, "1s", Path::new("/run/flag")).expect("vrrp");
+        configs.push((format!("lab-{node}-ha"), format!("{plain}{vrrp}")));
+        configs.push((format!("lab-{node}"), plain));
+    }
+    configs
+}
+
+/// Each shipped config parses to the model recorded in
+/// `tests/golden/NAME.toml` (written out with every default), so a change
+/// of parsing or of a default shows as a diff here; and writing it then
+/// reading it back gives the same model. `LB_UPDATE_GOLDEN=1` rewrites
+/// the recorded models after a deliberate change.
+#[test]
+fn shipped_configs_parse_to_their_recorded_models_and_read_back() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    let update = std::env::var_os("LB_UPDATE_GOLDEN").is_some();
+    let mut differ = Vec::new();
+    for (name, text) in shipped_configs() {
+        let config = lb_config::Config::parse(&text, &name).unwrap_or_else(|e| panic!("{e}"));
+        let full = config.to_toml_full().expect("serializes");
+        let path = golden.join(format!("{name}.toml"));
+        if update {
+            std::fs::create_dir_all(&golden).expect("golden dir");
+            std::fs::write(&path, &full).expect("write golden");
+        }
+        let recorded = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (LB_UPDATE_GOLDEN=1 writes it)", path.display()));
+        if recorded != full {
+            differ.push(name.clone());
+        }
+        let written = config.to_toml().expect("serializes");
+        let back = lb_config::Config::parse(&written, &name).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, config, "{name} written:\n{written}");
+    }
+    assert!(
+        differ.is_empty(),
+        "parse differently from tests/golden: {differ:?}"
+    );
 }
 
 fn example() -> String {
@@ -65,7 +115,15 @@ fn the_packaged_example_is_valid_and_names_every_field() {
     assert!(report.is_valid(), "{report}");
     // Every field of the config structs (their serde names) is shown, set
     // or commented, so the example cannot fall behind the code.
-    let source = include_str!("../../lb-agent/src/config.rs");
+    let source = [
+        include_str!("../../lb-config/src/lib.rs"),
+        include_str!("../../lb-config/src/node.rs"),
+        include_str!("../../lb-config/src/service.rs"),
+        include_str!("../../lb-config/src/health.rs"),
+        include_str!("../../lb-config/src/vrrp.rs"),
+        include_str!("../../lb-config/src/floating_ip.rs"),
+    ]
+    .concat();
     fn renamed(field: &str) -> &str {
         match field {
             "services" => "service",
@@ -93,7 +151,7 @@ fn the_packaged_example_is_valid_and_names_every_field() {
             missing.push(name.to_string());
         }
     }
-    assert!(fields > 60, "found {fields} fields in config.rs");
+    assert!(fields > 60, "found {fields} fields in lb-config's sections");
     assert!(
         missing.is_empty(),
         "fields missing from the example: {missing:?}"

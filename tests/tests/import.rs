@@ -84,9 +84,13 @@ fn the_digitalocean_guides_configs_import() {
             .health_check
             .as_ref()
             .expect("`check` became a health check");
-        assert_eq!((check.rise, check.fall), (2, 3), "HAProxy's defaults");
+        assert_eq!(
+            (check.rise.get(), check.fall.get()),
+            (2, 3),
+            "HAProxy's defaults"
+        );
         let vrrp = config.vrrp.expect("[vrrp]");
-        assert_eq!((vrrp.vrid, vrrp.priority), (33, priority));
+        assert_eq!((vrrp.vrid.get(), vrrp.priority.get()), (33, priority));
         assert_eq!(vrrp.unicast_peers, [Ipv4Addr::from(peer)]);
         assert_eq!(vrrp.auth_pass.as_deref(), Some("labpass"));
         assert_eq!(
@@ -121,12 +125,15 @@ fn the_labs_classic_configs_import_to_the_labs_settings() {
     for (node, priority) in [(Node::Lb1, 200), (Node::Lb2, 100)] {
         let config = parsed(&import_lab_classic(node, "/n.sh"));
         let vrrp = config.vrrp.expect("[vrrp]");
-        assert_eq!((vrrp.vrid, vrrp.priority, vrrp.version), (33, priority, 2));
+        assert_eq!(
+            (vrrp.vrid.get(), vrrp.priority.get(), vrrp.version.number()),
+            (33, priority, 2)
+        );
         assert_eq!(vrrp.virtual_addresses, [Ipv4Addr::new(10, 100, 0, 100)]);
         assert_eq!(vrrp.notify.as_deref(), Some("/n.sh"));
         let check = config.services[0].health_check.as_ref().expect("check");
         assert_eq!(
-            (check.interval, check.rise, check.fall),
+            (check.interval, check.rise.get(), check.fall.get()),
             (Duration::from_secs(1), 2, 2)
         );
     }

@@ -316,7 +316,9 @@ fn check_config_reports_file_line_and_exit_codes() {
     assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.starts_with(&format!("{broken_path}:{line}: service \"www\": port 0")),
+        said.starts_with(&format!(
+            "{broken_path}:{line}: service \"www\" port: 0 is not a service port"
+        )),
         "{said}"
     );
 
@@ -531,7 +533,7 @@ fn careless_operator_input_is_refused_everywhere_it_gets_in() {
         (
             "address = \"10.200.0.22\"",
             "address = \"10.200.0.22\"\n  weight = 500",
-            "service \"www\" backend 10.200.0.22:80: weight 500",
+            "service \"www\" backend 10.200.0.22:80 weight: 500 is out of range 1..=100",
         ),
         (
             "max_flows = 65536",

@@ -2,12 +2,18 @@
 //! namespace only), signals, and the CLI against their control sockets.
 
 use std::{
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
+use lb_config::{
+    self as config, BackendConfig, CheckKind, Config, HealthCheckConfig, MaxFlows, MetricsConfig,
+    NodeConfig, PortRange, Priority, Protocol, RiseFall, ServiceConfig, TrackScript, Vrid,
+    VrrpConfig, VrrpVersion,
+};
 
 use super::{
     process, run_dir, Lab, Node, XdpMode, AGENT_SOCKET_DIR, AGENT_START_TIMEOUT, BPFFS, HTTP_PORT,
@@ -21,83 +27,89 @@ pub fn agent_config(prefix: &str, node: Node, xtask_bin: &Path) -> Result<String
     agent_config_with(prefix, node, xtask_bin, XdpMode::Generic)
 }
 
-/// The lab's agent config for `node` (lb1 or lb2): its SNAT pool, `xdp`
-/// mode, services `www` (TCP 80, HTTP check of /health) and `dns` (UDP
-/// 5353, checked by a query sent with `xtask udp-query` from `xtask_bin`),
-/// both to web1 and web2.
+/// The lab's agent config for `node` (lb1 or lb2) as TOML: see
+/// `agent_model`.
 pub fn agent_config_with(
     prefix: &str,
     node: Node,
     xtask_bin: &Path,
     xdp: XdpMode,
 ) -> Result<String> {
+    let model = agent_model(prefix, node, xtask_bin, xdp)?;
+    let body = model.to_toml().context("writing the lab config")?;
+    Ok(format!(
+        "# Agent of lab node {prefix}-{node}, written by `cargo xtask lab up`.\n{body}"
+    ))
+}
+
+/// The lab's agent config for `node` (lb1 or lb2): its SNAT pool, `xdp`
+/// mode, services `www` (TCP 80, HTTP check of /health) and `dns` (UDP
+/// 5353, checked by a query sent with `xtask udp-query` from `xtask_bin`),
+/// both to web1 and web2.
+pub fn agent_model(prefix: &str, node: Node, xtask_bin: &Path, xdp: XdpMode) -> Result<Config> {
     let Some(private) = node.private_address().filter(|_| node.is_lb()) else {
         bail!("{node} is not an LB node");
     };
-    let state_dir = match node {
-        Node::Lb1 => run_dir(prefix).join("state"),
-        _ => run_dir(prefix).join(format!("state-{node}")),
+    let mut model = Config::new(NodeConfig {
+        snat_addresses: node.snat_pool(),
+        xdp_mode: match xdp {
+            XdpMode::Generic => config::XdpMode::Generic,
+            XdpMode::Native => config::XdpMode::Native,
+        },
+        port_range: PortRange::new(PORT_RANGE.0, PORT_RANGE.1)?,
+        state_dir: match node {
+            Node::Lb1 => run_dir(prefix).join("state"),
+            _ => run_dir(prefix).join(format!("state-{node}")),
+        },
+        ..NodeConfig::new("pub0", "priv0", private)
+    });
+    model.conntrack.max_flows = MaxFlows::new(LAB_MAX_FLOWS)?;
+    model.metrics = Some(MetricsConfig {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT)),
+    });
+    let www = HealthCheckConfig {
+        kind: CheckKind::Http,
+        path: "/health".into(),
+        ..lab_check(Duration::from_millis(500))?
     };
-    let snat: Vec<String> = node
-        .snat_pool()
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect();
-    let backends: String = [Node::Web1, Node::Web2]
-        .iter()
-        .filter_map(|n| n.private_address())
-        .map(|a| format!("  [[service.backend]]\n  address = \"{a}\"\n"))
-        .collect();
-    Ok(format!(
-        r#"# Agent of lab node {prefix}-{node}, written by `cargo xtask lab up`.
-[node]
-public_interface = "pub0"
-private_interface = "priv0"
-private_address = "{private}"
-snat_addresses = [{snat}]
-xdp_mode = "{xdp}"
-port_range = [{}, {}]
-state_dir = "{}"
+    let dns = HealthCheckConfig {
+        kind: CheckKind::Exec,
+        command: Some(format!(
+            "{} udp-query --to $LB_BACKEND_ADDR:$LB_BACKEND_PORT --timeout 400ms | grep -q '^web'",
+            xtask_bin.display()
+        )),
+        ..lab_check(Duration::from_millis(900))?
+    };
+    for (name, port, protocol, check) in [
+        ("www", HTTP_PORT, Protocol::Tcp, www),
+        ("dns", UDP_PORT, Protocol::Udp, dns),
+    ] {
+        model.services.push(ServiceConfig {
+            health_check: Some(check),
+            backends: [Node::Web1, Node::Web2]
+                .iter()
+                .filter_map(|n| n.private_address())
+                .map(BackendConfig::new)
+                .collect(),
+            ..ServiceConfig::new(name, VIP, port, protocol)
+        });
+    }
+    Ok(model)
+}
 
-[conntrack]
-max_flows = 65536
+/// Entries of each flow table on the lab's nodes.
+const LAB_MAX_FLOWS: u32 = 65_536;
 
-[metrics]
-listen = "127.0.0.1:{METRICS_PORT}"
-
-[[service]]
-name = "www"
-vip = "{VIP}"
-port = {HTTP_PORT}
-protocol = "tcp"
-  [service.health_check]
-  type = "http"
-  path = "/health"
-  interval = "1s"
-  timeout = "500ms"
-  rise = 2
-  fall = 2
-{backends}
-[[service]]
-name = "dns"
-vip = "{VIP}"
-port = {UDP_PORT}
-protocol = "udp"
-  [service.health_check]
-  type = "exec"
-  command = "{xtask} udp-query --to $LB_BACKEND_ADDR:$LB_BACKEND_PORT --timeout 400ms | grep -q '^web'"
-  interval = "1s"
-  timeout = "900ms"
-  rise = 2
-  fall = 2
-{backends}"#,
-        PORT_RANGE.0,
-        PORT_RANGE.1,
-        state_dir.display(),
-        snat = snat.join(", "),
-        xdp = xdp.config_value(),
-        xtask = xtask_bin.display(),
-    ))
+/// The lab checks every second and decides after two results, so that
+/// tests see a backend's change within about two seconds.
+fn lab_check(timeout: Duration) -> Result<HealthCheckConfig> {
+    Ok(HealthCheckConfig {
+        interval: Duration::from_secs(1),
+        timeout,
+        rise: RiseFall::new(2)?,
+        fall: RiseFall::new(2)?,
+        ..HealthCheckConfig::default()
+    })
 }
 
 /// The lab's VRRP settings for `node` (see docs/lab.md): VRID
@@ -110,36 +122,39 @@ pub fn vrrp_section(
     advert_int: &str,
     track_flag: &Path,
 ) -> Result<String> {
+    let model = vrrp_model(node, version, advert_int, track_flag)?;
+    let text = model
+        .to_toml_section()
+        .context("writing the lab's [vrrp]")?;
+    Ok(format!("\n{text}"))
+}
+
+/// See `vrrp_section`.
+pub fn vrrp_model(
+    node: Node,
+    version: u8,
+    advert_int: &str,
+    track_flag: &Path,
+) -> Result<VrrpConfig> {
     let (priority, peer) = match node {
         Node::Lb1 => (200, Node::Lb2),
         Node::Lb2 => (100, Node::Lb1),
         other => bail!("{other} is not an LB node"),
     };
-    let peer = peer.private_address().context("LB private address")?;
-    let auth = if version == 2 {
-        "auth_pass = \"labpass\"\n"
-    } else {
-        ""
-    };
-    Ok(format!(
-        r#"
-[vrrp]
-version = {version}
-vrid = 33
-priority = {priority}
-advert_int = "{advert_int}"
-unicast_peers = ["{peer}"]
-track_services = ["www"]
-{auth}
-[[vrrp.track_script]]
-name = "lab-flag"
-command = "test ! -e {flag}"
-interval = "500ms"
-timeout = "400ms"
-weight = 0
-"#,
-        flag = track_flag.display()
-    ))
+    let mut vrrp = VrrpConfig::new(Vrid::new(33)?, Priority::new(priority)?);
+    vrrp.version = VrrpVersion::try_from(i64::from(version))?;
+    vrrp.advert_int = config::parse_duration(advert_int).map_err(anyhow::Error::msg)?;
+    vrrp.unicast_peers = vec![peer.private_address().context("LB private address")?];
+    vrrp.track_services = vec!["www".into()];
+    if vrrp.version == VrrpVersion::V2 {
+        vrrp.auth_pass = Some("labpass".into());
+    }
+    vrrp.track_script.push(TrackScript {
+        interval: Duration::from_millis(500),
+        timeout: Duration::from_millis(400),
+        ..TrackScript::new("lab-flag", &format!("test ! -e {}", track_flag.display()))
+    });
+    Ok(vrrp)
 }
 
 impl Lab {
@@ -347,7 +362,11 @@ mod tests {
         let text = agent_config("t1", Node::Lb1, Path::new("/x/xtask")).unwrap();
         assert!(text.contains("private_address = \"10.200.0.11\""));
         assert!(text.contains("state_dir = \"/run/lb-lab/t1/state\""));
-        assert!(text.contains("port_range = [1024, 65535]"));
+        let model = lb_config::Config::parse(&text, "lb1.toml").expect("valid");
+        assert_eq!(
+            model.node.port_range,
+            PortRange::new(1024, 65535).expect("range")
+        );
         assert!(text.contains("xdp_mode = \"generic\""));
         assert!(text.contains(
             "snat_addresses = [\"10.200.0.11\", \"10.200.0.111\", \"10.200.0.112\", \"10.200.0.113\", \"10.200.0.114\"]\n"

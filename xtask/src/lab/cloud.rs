@@ -55,20 +55,23 @@ fn api_url() -> Result<String> {
 /// digitalocean lab.
 pub fn floating_ip_section(token_file: &std::path::Path) -> Result<String> {
     let url = api_url()?;
-    Ok(format!(
-        r#"
-[vrrp.floating_ip]
-provider = "digitalocean"
-api_url = "{url}"
-metadata_url = "{url}"
-token_file = "{}"
-tries = 10
-retry_interval = "500ms"
-request_timeout = "2s"
-reconcile_interval = "1s"
-"#,
-        token_file.display()
-    ))
+    let provider = lb_config::FloatingIpConfig {
+        provider: lb_config::ProviderKind::Digitalocean,
+        api_url: url.clone(),
+        metadata_url: url,
+        token_file: Some(token_file.to_path_buf()),
+        tries: 10,
+        // The stand-in API answers at once: retry and re-check often, so
+        // failovers in the tests take a second, not the defaults' minutes.
+        retry_interval: std::time::Duration::from_millis(500),
+        request_timeout: std::time::Duration::from_secs(2),
+        reconcile_interval: std::time::Duration::from_secs(1),
+        ..lb_config::FloatingIpConfig::default()
+    };
+    let text = provider
+        .to_toml_section()
+        .context("writing the lab's [vrrp.floating_ip]")?;
+    Ok(format!("\n{text}"))
 }
 
 impl Lab {
