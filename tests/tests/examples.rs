@@ -54,7 +54,8 @@ fn lab_configs_pass_check_config() {
 }
 
 /// Every shipped config, by name: the packaged example, the README's
-/// whole configs and the lab's (each LB node, without and with VRRP).
+/// whole configs, the lab's (each LB node, without and with VRRP) and the
+/// Vagrant lab's.
 fn shipped_configs() -> Vec<(String, String)> {
     let mut configs = vec![("packaging-example".to_string(), example())];
     for (index, text) in readme_configs().into_iter().enumerate() {
@@ -67,6 +68,22 @@ fn shipped_configs() -> Vec<(String, String)> {
         configs.push((format!("lab-{node}-ha"), format!("{plain}{vrrp}")));
         configs.push((format!("lab-{node}"), plain));
     }
+    let vagrant = xtask::vagrant::VagrantNode {
+        public_interface: "eth1".into(),
+        private_interface: "eth2".into(),
+        private_address: std::net::Ipv4Addr::new(10, 200, 0, 11),
+        priority: 200,
+        peer: std::net::Ipv4Addr::new(10, 200, 0, 12),
+        vip: std::net::Ipv4Addr::new(10, 100, 0, 100),
+        backends: vec![
+            std::net::Ipv4Addr::new(10, 200, 0, 21),
+            std::net::Ipv4Addr::new(10, 200, 0, 22),
+        ],
+        xdp_mode: lb_config::XdpMode::Auto,
+        state_dir: "/var/lib/lb-agent".into(),
+    };
+    let text = xtask::vagrant::config(&vagrant, "the golden test").expect("vagrant config");
+    configs.push(("vagrant-lb1".to_string(), text));
     configs
 }
 

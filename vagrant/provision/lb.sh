@@ -46,46 +46,19 @@ say "installing lb-agent, its unit and the example config (cargo xtask install)"
 (cd "$source_dir" && cargo xtask install --destdir "${destdir:-/}" $agent_arg)
 
 config="$destdir/etc/lb-agent/lb-agent.toml"
-backend_lines=""
+backend_args=""
 for b in $backends; do
-    backend_lines="$backend_lines  [[service.backend]]
-  address = \"$b\"
-"
+    backend_args="$backend_args --backend $b"
 done
-cat > "$config" <<CONF
-# lb-agent on lab node $node, written by vagrant/provision/lb.sh.
-[node]
-public_interface = "$public_if"
-private_interface = "$private_if"
-private_address = "$private_address"
-xdp_mode = "${LB_XDP_MODE:-auto}"
-state_dir = "$destdir/var/lib/lb-agent"
-
-[metrics]
-listen = "127.0.0.1:9650"
-
-[[service]]
-name = "www"
-vip = "$vip"
-port = 80
-protocol = "tcp"
-  [service.health_check]
-  type = "http"
-  path = "/health"
-  interval = "1s"
-  timeout = "500ms"
-  rise = 2
-  fall = 2
-$backend_lines
-[vrrp]
-version = 2
-vrid = 33
-priority = $priority
-advert_int = "1s"
-unicast_peers = ["$peer"]
-auth_pass = "labpass"
-track_services = ["www"]
-CONF
+# The config is built from the agent's configuration model (xtask), not
+# written by hand here, so it cannot fall behind the schema.
+# shellcheck disable=SC2086
+(cd "$source_dir" && cargo xtask vagrant-config \
+    --public-interface "$public_if" --private-interface "$private_if" \
+    --private-address "$private_address" --priority "$priority" --peer "$peer" \
+    --vip "$vip" $backend_args --xdp-mode "${LB_XDP_MODE:-auto}" \
+    --state-dir "$destdir/var/lib/lb-agent") > "$config.new"
+mv "$config.new" "$config"
 chmod 600 "$config"
 say "config written to $config"
 

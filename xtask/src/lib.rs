@@ -18,6 +18,7 @@ pub mod lab;
 pub mod probe;
 pub mod toolchain;
 pub mod udp;
+pub mod vagrant;
 
 use std::path::{Path, PathBuf};
 

@@ -75,6 +75,12 @@ enum Task {
         #[arg(long, default_value = xtask::bench::DEFAULT_PREFIX)]
         prefix: String,
     },
+    /// Print the agent config of a Vagrant LB node (vagrant/provision/lb.sh).
+    #[command(hide = true)]
+    VagrantConfig {
+        #[command(flatten)]
+        node: xtask::vagrant::VagrantNode,
+    },
     /// The lab's UDP responder: answers every datagram with `<name>\n`.
     #[command(hide = true)]
     UdpResponder {
@@ -199,6 +205,13 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Lab { action } => lab_task(action),
         Task::Demo => xtask::demo::run(),
+        Task::VagrantConfig { node } => {
+            print!(
+                "{}",
+                xtask::vagrant::config(&node, "vagrant/provision/lb.sh")?
+            );
+            Ok(())
+        }
         Task::Test => xtask::ci::run(),
         Task::Install {
             prefix,

@@ -90,14 +90,10 @@ pub fn query_many(to: SocketAddr, count: u32, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Parses a duration with a unit (`1s`, `500ms`, `2m`, `1m30s`), by the
-/// agent's rule: humantime's units, and a bare number is refused.
+/// Parses a duration with a unit (`1s`, `500ms`, `2m`, `1m30s`) by the
+/// agent's own rule (lb-config's): a bare number is refused.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let text = text.trim();
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        bail!("duration `{text}` has no unit; write e.g. `{text}s`");
-    }
-    humantime::parse_duration(text).with_context(|| format!("bad duration `{text}`"))
+    lb_config::parse_duration(text).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

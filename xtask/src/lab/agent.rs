@@ -67,11 +67,7 @@ pub fn agent_model(prefix: &str, node: Node, xtask_bin: &Path, xdp: XdpMode) -> 
     model.metrics = Some(MetricsConfig {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, METRICS_PORT)),
     });
-    let www = HealthCheckConfig {
-        kind: CheckKind::Http,
-        path: "/health".into(),
-        ..lab_check(Duration::from_millis(500))?
-    };
+    let www = www_check()?;
     let dns = HealthCheckConfig {
         kind: CheckKind::Exec,
         command: Some(format!(
@@ -95,6 +91,15 @@ pub fn agent_model(prefix: &str, node: Node, xtask_bin: &Path, xdp: XdpMode) -> 
         });
     }
     Ok(model)
+}
+
+/// The lab's check of `www`: GET /health every second.
+pub fn www_check() -> Result<HealthCheckConfig> {
+    Ok(HealthCheckConfig {
+        kind: CheckKind::Http,
+        path: "/health".into(),
+        ..lab_check(Duration::from_millis(500))?
+    })
 }
 
 /// Entries of each flow table on the lab's nodes.

@@ -28,7 +28,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-pub use agent::{agent_config, agent_config_with, vrrp_section};
+pub use agent::{
+    agent_config, agent_config_with, agent_model, vrrp_model, vrrp_section, www_check,
+};
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
 pub use cloud::{do_mock_binary, floating_ip_section, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
 pub use topology::{Link, LINKS};
