@@ -116,7 +116,7 @@ impl Tracking {
                     kind: crate::config::CheckKind::Exec,
                     command: Some(s.command.clone()),
                     timeout: s.timeout,
-                    ..toml::from_str("").map_err(|e| anyhow::anyhow!("check defaults: {e}"))?
+                    ..crate::config::HealthCheckConfig::default()
                 };
                 let probe = Probe::new(&check, &s.name, Ipv4Addr::UNSPECIFIED)
                     .map_err(|e| anyhow::anyhow!(e))?
