@@ -54,8 +54,8 @@ fn lab_configs_pass_check_config() {
 }
 
 /// Every shipped config, by name: the packaged example, the README's
-/// whole configs, the lab's (each LB node, without and with VRRP) and the
-/// Vagrant lab's.
+/// whole configs, the lab's (each LB node, without and with VRRP), the
+/// Vagrant lab's and the importer's output for the lab's classic pair.
 fn shipped_configs() -> Vec<(String, String)> {
     let mut configs = vec![("packaging-example".to_string(), example())];
     for (index, text) in readme_configs().into_iter().enumerate() {
@@ -84,6 +84,27 @@ fn shipped_configs() -> Vec<(String, String)> {
     };
     let text = xtask::vagrant::config(&vagrant, "the golden test").expect("vagrant config");
     configs.push(("vagrant-lb1".to_string(), text));
+    // What `lb-agent import` makes of the lab's classic pair.
+    for node in Node::LBS {
+        let keepalived = xtask::lab::keepalived_config(
+            node,
+            2,
+            "1s",
+            Path::new("/bin/true"),
+            Path::new("/bin/true"),
+        )
+        .expect("keepalived config");
+        let imported = lb_agent::import::import(
+            ("haproxy.cfg", &xtask::lab::haproxy_config()),
+            Some(("keepalived.conf", &keepalived)),
+            &lb_agent::import::NodeFacts {
+                public_interface: Some("pub0".into()),
+                ..lb_agent::import::NodeFacts::default()
+            },
+        )
+        .expect("imports");
+        configs.push((format!("import-lab-{node}"), imported.toml));
+    }
     configs
 }
 
