@@ -93,10 +93,9 @@ mod tests {
     #[test]
     fn services_added_removed_and_changed_are_told_apart() {
         let old = config(BASE);
-        let new = config(&BASE.replace("name = \"dns\"", "name = \"dns2\"").replace(
-            "protocol = \"tcp\"\n  [[service.backend]]\n  address = \"10.200.0.21\"",
-            "protocol = \"tcp\"\n  [[service.backend]]\n  address = \"10.200.0.23\"",
-        ));
+        let mut new = old.clone();
+        new.services[1].name = "dns2".into();
+        new.services[0].backends[0].address = std::net::Ipv4Addr::new(10, 200, 0, 23);
         let summary = ReloadSummary::between(&old, &new);
         assert_eq!(summary.services_added, ["dns2"]);
         assert_eq!(summary.services_removed, ["dns"]);
@@ -113,11 +112,9 @@ mod tests {
     #[test]
     fn node_changes_need_a_restart() {
         let old = config(BASE);
-        let new = config(
-            &BASE
-                .replace("\"priv0\"", "\"eth1\"")
-                .replace("max_flows = 65536", "max_flows = 4096"),
-        );
+        let mut new = old.clone();
+        new.node.private_interface = "eth1".into();
+        new.conntrack.max_flows = crate::config::MaxFlows::new(4096).expect("in range");
         let changes = restart_only_changes(&old, &new);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert_eq!(changes[0].path.to_string(), "node.private_interface");
@@ -127,10 +124,8 @@ mod tests {
     #[test]
     fn timeouts_apply_in_place() {
         let old = config(BASE);
-        let new = config(&BASE.replace(
-            "max_flows = 65536",
-            "max_flows = 65536\ntcp_established_timeout = \"5m\"",
-        ));
+        let mut new = old.clone();
+        new.conntrack.tcp_established_timeout = std::time::Duration::from_secs(300);
         let summary = ReloadSummary::between(&old, &new);
         assert!(summary.timeouts_changed);
         assert!(restart_only_changes(&old, &new).is_empty());
