@@ -4,33 +4,7 @@
 
 pub use lb_config::*;
 
-/// A whole config like the lab's, for tests across the crate.
+/// A whole config like the lab's, for tests across the crate (lb-config's
+/// own tests read the same file).
 #[cfg(test)]
-pub(crate) const TEST_CONFIG: &str = r#"
-[node]
-public_interface = "pub0"
-private_interface = "priv0"
-private_address = "10.200.0.11"
-xdp_mode = "generic"
-port_range = [20000, 29999]
-state_dir = "/run/lb-lab/lab/state"
-[conntrack]
-max_flows = 65536
-[[service]]
-name = "www"
-vip = "10.100.0.100"
-port = 80
-protocol = "tcp"
-  [[service.backend]]
-  address = "10.200.0.21"
-  [[service.backend]]
-  address = "10.200.0.22"
-  weight = 3
-[[service]]
-name = "dns"
-vip = "10.100.0.100"
-port = 5353
-protocol = "udp"
-  [[service.backend]]
-  address = "10.200.0.21"
-"#;
+pub(crate) const TEST_CONFIG: &str = include_str!("../../lb-config/testdata/lab.toml");

@@ -7,36 +7,8 @@ use proptest::prelude::*;
 
 use crate::*;
 
-const LAB: &str = r#"[node]
-public_interface = "pub0"
-private_interface = "priv0"
-private_address = "10.200.0.11"
-xdp_mode = "generic"
-port_range = [20000, 29999]
-state_dir = "/run/lb-lab/lab/state"
-[conntrack]
-max_flows = 65536
-[[service]]
-name = "www"
-vip = "10.100.0.100"
-port = 80
-protocol = "tcp"
-  [service.health_check]
-  type = "http"
-  path = "/health"
-  [[service.backend]]
-  address = "10.200.0.21"
-  [[service.backend]]
-  address = "10.200.0.22"
-  weight = 3
-[[service]]
-name = "dns"
-vip = "10.100.0.100"
-port = 5353
-protocol = "udp"
-  [[service.backend]]
-  address = "10.200.0.21"
-"#;
+/// A config like the lab's lb1, also the agent's tests' base.
+const LAB: &str = include_str!("../testdata/lab.toml");
 
 #[test]
 fn the_lab_config_parses_with_defaults() {
