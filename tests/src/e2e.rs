@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xtask::lab::{Lab, LabGuard, LabOptions, Node, XdpMode};
+use xtask::lab::{Lab, LabGuard, LabOptions, LbSetup, Node, Provider, VrrpVersion, XdpMode};
 
 use crate::artifacts;
 
@@ -21,14 +21,14 @@ pub const VIP_URL: &str = "http://10.100.0.100/";
 
 /// A lab with one LB (lb1 holds the VIP statically, no VRRP).
 pub fn lab(prefix: &str) -> Option<LabGuard> {
-    lab_with(prefix, |o| o.ha = false)
+    lab_with(prefix, |o| o.lbs = LbSetup::SingleAgent)
 }
 
 /// A lab with one LB whose agent attaches XDP in native (driver) mode.
 pub fn lab_native(prefix: &str) -> Option<LabGuard> {
     let pass = artifacts::pass_object()?;
     lab_with(prefix, |o| {
-        o.ha = false;
+        o.lbs = LbSetup::SingleAgent;
         o.xdp = XdpMode::Native;
         o.pass_object = Some(pass);
     })
@@ -40,10 +40,10 @@ pub fn lab_ha(prefix: &str) -> Option<LabGuard> {
 }
 
 /// The HA lab with VRRPv3 at `advert_int`.
-pub fn lab_ha_v3(prefix: &str, advert_int: &str) -> Option<LabGuard> {
+pub fn lab_ha_v3(prefix: &str, advert_int: Duration) -> Option<LabGuard> {
     lab_with(prefix, |o| {
-        o.vrrp_version = 3;
-        o.advert_int = advert_int.to_string();
+        o.vrrp = VrrpVersion::V3;
+        o.advert_int = advert_int;
     })
 }
 
@@ -52,12 +52,12 @@ pub fn lab_ha_v3(prefix: &str, advert_int: &str) -> Option<LabGuard> {
 pub fn lab_mixed(
     prefix: &str,
     classic: &[Node],
-    version: u8,
-    advert_int: &str,
+    version: VrrpVersion,
+    advert_int: Duration,
 ) -> Option<LabGuard> {
     lab_with(prefix, |o| {
-        o.vrrp_version = version;
-        o.advert_int = advert_int.to_string();
+        o.vrrp = version;
+        o.advert_int = advert_int;
         o.classic = classic.to_vec();
     })
 }
@@ -67,7 +67,7 @@ pub fn lab_mixed(
 /// from cargo) moves the reserved IP's route.
 pub fn lab_digitalocean(prefix: &str, do_mock: &str) -> Option<LabGuard> {
     lab_with(prefix, |o| {
-        o.provider = "digitalocean".into();
+        o.provider = Provider::Digitalocean;
         o.do_mock_bin = Some(do_mock.into());
     })
 }
@@ -78,7 +78,7 @@ fn lab_with(prefix: &str, adjust: impl FnOnce(&mut LabOptions)) -> Option<LabGua
     let mut options = LabOptions {
         agent_bin: Some(artifacts::agent_binary()?),
         xtask_bin: Some(artifacts::xtask_binary()?),
-        ha: true,
+        lbs: LbSetup::HaPair,
         ..LabOptions::with_prefix(prefix)
     };
     adjust(&mut options);

@@ -88,8 +88,8 @@ fn shipped_configs() -> Vec<(String, String)> {
     for node in Node::LBS {
         let keepalived = xtask::lab::keepalived_config(
             node,
-            2,
-            "1s",
+            xtask::lab::VrrpVersion::V2,
+            std::time::Duration::from_secs(1),
             Path::new("/bin/true"),
             Path::new("/bin/true"),
         )

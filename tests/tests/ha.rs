@@ -244,7 +244,7 @@ fn forged_adverts_change_nothing_and_are_counted() {
 
 #[test]
 fn vrrp_v3_at_100ms_fails_over_in_under_a_second() {
-    let Some(lab) = lab_ha_v3("hav3", "100ms") else {
+    let Some(lab) = lab_ha_v3("hav3", Duration::from_millis(100)) else {
         return;
     };
     assert_eq!(vrrp_field(&lab, Node::Lb1, "version"), 3);

@@ -13,7 +13,7 @@ use lb_agent::{
     config::Config,
     import::{import, Imported, NodeFacts},
 };
-use xtask::lab::{haproxy_config, keepalived_config, Lab, Node};
+use xtask::lab::{haproxy_config, keepalived_config, Lab, Node, VrrpVersion};
 
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -172,8 +172,14 @@ fn the_binary_reports_lines_and_refuses_unusable_input() {
 
 /// The lab's classic keepalived + HAProxy configs of `node`, imported.
 fn import_lab_classic(node: Node, notify: &str) -> Imported {
-    let keepalived = keepalived_config(node, 2, "1s", Path::new("/bin/true"), Path::new(notify))
-        .expect("keepalived config");
+    let keepalived = keepalived_config(
+        node,
+        VrrpVersion::V2,
+        Duration::from_secs(1),
+        Path::new("/bin/true"),
+        Path::new(notify),
+    )
+    .expect("keepalived config");
     import(
         ("haproxy.cfg", &haproxy_config()),
         Some(("keepalived.conf", &keepalived)),

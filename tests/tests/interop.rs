@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use integration_tests::e2e::*;
-use xtask::lab::{Lab, Node};
+use xtask::lab::{Lab, Node, VrrpVersion};
 
 /// lb2's master-down interval at 1 s adverts (3 s + skew) plus slack for
 /// polling on a loaded machine; a bound, not a speed target.
@@ -33,7 +33,12 @@ fn rejected_adverts(lab: &Lab, node: Node) -> serde_json::Value {
 
 #[test]
 fn agent_master_with_keepalived_backup_fails_over_both_ways() {
-    let Some(lab) = lab_mixed("kamix1", &[Node::Lb2], 2, "1s") else {
+    let Some(lab) = lab_mixed(
+        "kamix1",
+        &[Node::Lb2],
+        VrrpVersion::V2,
+        Duration::from_secs(1),
+    ) else {
         return;
     };
     assert_eq!(lab.vip_holder(), Some(Node::Lb1));
@@ -93,7 +98,12 @@ fn agent_master_with_keepalived_backup_fails_over_both_ways() {
 
 #[test]
 fn keepalived_master_with_agent_backup_fails_over_both_ways() {
-    let Some(lab) = lab_mixed("kamix2", &[Node::Lb1], 2, "1s") else {
+    let Some(lab) = lab_mixed(
+        "kamix2",
+        &[Node::Lb1],
+        VrrpVersion::V2,
+        Duration::from_secs(1),
+    ) else {
         return;
     };
     assert_eq!(lab.vip_holder(), Some(Node::Lb1));
@@ -140,7 +150,12 @@ fn keepalived_master_with_agent_backup_fails_over_both_ways() {
 
 #[test]
 fn vrrp_v3_mixed_pair_fails_over_in_under_a_second() {
-    let Some(lab) = lab_mixed("kamix3", &[Node::Lb1], 3, "100ms") else {
+    let Some(lab) = lab_mixed(
+        "kamix3",
+        &[Node::Lb1],
+        VrrpVersion::V3,
+        Duration::from_millis(100),
+    ) else {
         return;
     };
     assert_eq!(lab.classic_state(Node::Lb1), "MASTER");

@@ -15,7 +15,7 @@ use std::{
 };
 
 use integration_tests::{artifacts, e2e::*, netns::NetNs};
-use xtask::lab::{Lab, LabOptions, Node};
+use xtask::lab::{Lab, LabOptions, LbSetup, Node};
 
 /// The agents' open file limit (soft and hard): half of systemd's default.
 const NOFILE: usize = 512;
@@ -215,7 +215,7 @@ fn the_agent_stands_idle_floods_reloads_and_unreachable_backends() {
     let options = LabOptions {
         agent_bin: Some(limited_agent(&dir.0, &agent_bin)),
         xtask_bin: Some(xtask_bin),
-        ha: true,
+        lbs: LbSetup::HaPair,
         ..LabOptions::with_prefix("hc")
     };
     let lab = Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab hc up: {e:#}"));

@@ -20,7 +20,7 @@ use crate::{
         ENV_XTASK_BIN,
     },
     cmd,
-    lab::{Lab, LabOptions, Node, XdpMode},
+    lab::{Lab, LabOptions, LbSetup, Node, XdpMode},
     workspace_root,
 };
 
@@ -318,7 +318,7 @@ fn bench_binary(artifacts: &build::Artifacts, name: &str, args: &[&str]) -> Resu
 pub fn bench_lab_options(artifacts: &build::Artifacts, prefix: &str, mode: XdpMode) -> LabOptions {
     LabOptions {
         agent_bin: Some(artifacts.agent.clone()),
-        ha: false,
+        lbs: LbSetup::SingleAgent,
         xdp: mode,
         pass_object: Some(artifacts.pass_object.clone()),
         ..LabOptions::with_prefix(prefix)

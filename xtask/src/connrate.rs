@@ -26,7 +26,7 @@ use crate::{
     bench::{self, WrkResult, VIP_URL},
     build::Artifacts,
     cmd,
-    lab::{Lab, LabOptions, Node, XdpMode},
+    lab::{Lab, LabOptions, LbSetup, Node, XdpMode},
 };
 
 /// Close-mode rounds per balancer, run back to back.
@@ -320,8 +320,7 @@ fn xdp_phase(artifacts: &Artifacts, prefix: &str, mode: XdpMode) -> Result<Phase
 
 fn haproxy_phase(prefix: &str) -> Result<Phase> {
     let options = LabOptions {
-        agent: false,
-        ha: false,
+        lbs: LbSetup::NoAgent,
         ..LabOptions::with_prefix(prefix)
     };
     let lab = Lab::up_guarded(&options)?;

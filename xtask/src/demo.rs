@@ -15,10 +15,11 @@ use anyhow::{Context as _, Result};
 use crate::{
     build::{self, BuildOptions},
     cmd,
-    lab::{Lab, LabOptions, Node, BPFFS, HTTP_PORT, UDP_PORT, VIP},
+    lab::{Lab, LabOptions, Node, HTTP_PORT, UDP_PORT, VIP},
 };
 
 const PREFIX: &str = "demo";
+/// Build, lab up, then the tour's nine.
 const STEPS: u32 = 11;
 const REQUESTS: u32 = 20;
 const UDP_QUERIES: u32 = 6;
@@ -77,150 +78,221 @@ pub fn run() -> Result<()> {
 }
 
 fn tour(lab: &Lab) -> Result<Findings> {
-    let mut findings = Findings::default();
-    let url = format!("http://{VIP}/");
-    let client = lab.ns(Node::Client);
-    let lb1 = lab.instance(Node::Lb1);
+    let mut tour = Tour {
+        lab,
+        findings: Findings::default(),
+        step: 2,
+    };
+    tour.http_spread()?;
+    tour.snat_sources();
+    tour.udp_spread()?;
+    let web3 = tour.add_web3()?;
+    tour.drain(&web3)?;
+    tour.agent_stats()?;
+    tour.pinned_services()?;
+    tour.failover()?;
+    tour.heading("Status");
+    indent(&lab.status());
+    Ok(tour.findings)
+}
 
-    heading(
-        3,
-        &format!("{REQUESTS} HTTP requests to {url} from {client}"),
-    );
-    eprintln!("  $ ip netns exec {client} curl -s --max-time 2 {url}   (x{REQUESTS})");
-    let counts = http_round(lab, &url)?;
-    show_counts(&counts);
-    findings.expect(
-        counts.get("web1") > Some(&0) && counts.get("web2") > Some(&0),
-        "both web1 and web2 answered",
-    );
-    findings.expect(
-        counts.keys().all(|k| k == "web1" || k == "web2"),
-        "only web1 and web2 answered",
-    );
+/// The demo's steps after the lab is up, numbered as they run.
+struct Tour<'a> {
+    lab: &'a Lab,
+    findings: Findings,
+    step: u32,
+}
 
-    heading(
-        4,
-        "Web servers see the load balancer's SNAT addresses (access logs)",
-    );
-    let pool: Vec<String> = Node::Lb1
-        .snat_pool()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    for node in [Node::Web1, Node::Web2] {
-        let log = lab.access_log_path(node);
-        // Client requests only: both nodes' health checks (`/health`, from
-        // each node's own address, lb2's outside lb1's pool) interleave.
-        eprintln!("  $ grep 'GET / ' {} | tail -n 3", log.display());
-        let requests: Vec<String> = cmd::tail(&log, 200)
-            .lines()
-            .filter(|l| l.contains("\"GET / "))
-            .map(str::to_owned)
-            .collect();
-        let tail = requests[requests.len().saturating_sub(3)..].join("\n");
-        indent(&tail);
-        findings.expect(
-            !tail.is_empty()
-                && tail
-                    .lines()
-                    .all(|l| pool.iter().any(|a| l.starts_with(&format!("{a} ")))),
-            &format!(
-                "{node}'s requests came from lb1's SNAT pool ({})",
-                pool.join(", ")
-            ),
+impl Tour<'_> {
+    fn heading(&mut self, title: &str) {
+        self.step += 1;
+        heading(self.step, title);
+    }
+
+    fn http_spread(&mut self) -> Result<()> {
+        let client = self.lab.ns(Node::Client);
+        self.heading(&format!(
+            "{REQUESTS} HTTP requests to {} from {client}",
+            url("/")
+        ));
+        eprintln!(
+            "  $ ip netns exec {client} curl -s --max-time 2 {}   (x{REQUESTS})",
+            url("/")
         );
+        let counts = http_round(self.lab)?;
+        show_counts(&counts);
+        self.findings.expect(
+            counts.get("web1") > Some(&0) && counts.get("web2") > Some(&0),
+            "both web1 and web2 answered",
+        );
+        self.findings.expect(
+            counts.keys().all(|k| k == "web1" || k == "web2"),
+            "only web1 and web2 answered",
+        );
+        Ok(())
     }
 
-    heading(5, &format!("{UDP_QUERIES} UDP queries to {VIP}:{UDP_PORT}"));
-    eprintln!(
-        "  $ ip netns exec {client} xtask udp-query --to {VIP}:{UDP_PORT} --timeout 1s --count {UDP_QUERIES}"
-    );
-    let replies = lab.udp_query(
-        Node::Client,
-        SocketAddrV4::new(VIP, UDP_PORT),
-        UDP_QUERIES,
-        Duration::from_secs(1),
-    )?;
-    for (i, reply) in replies.iter().enumerate() {
-        eprintln!("    query {i}: {}", reply.as_deref().unwrap_or("no reply"));
-    }
-    let answered = |name: &str| replies.iter().any(|r| r.as_deref() == Some(name));
-    findings.expect(
-        answered("web1") && answered("web2"),
-        "web1 and web2 both answered UDP",
-    );
-    cmd::check_interrupted()?;
-
-    heading(6, "Add web3 to www, then another round");
-    let web3 = format!(
-        "{}:{HTTP_PORT}",
-        Node::Web3
-            .private_address()
+    fn snat_sources(&mut self) {
+        self.heading("Web servers see the load balancer's SNAT addresses (access logs)");
+        let pool: Vec<String> = Node::Lb1
+            .snat_pool()
+            .iter()
             .map(|a| a.to_string())
-            .unwrap_or_default()
-    );
-    let added = agent(lab, &["backends", "add", "--service", "www", &web3])?;
-    findings.expect(added, "`backends add` succeeded");
-    let counts = http_round(lab, &url)?;
-    show_counts(&counts);
-    findings.expect(counts.get("web3") > Some(&0), "web3 got requests");
+            .collect();
+        for node in [Node::Web1, Node::Web2] {
+            let log = self.lab.access_log_path(node);
+            // Client requests only: both nodes' health checks (`/health`, from
+            // each node's own address, lb2's outside lb1's pool) interleave.
+            eprintln!("  $ grep 'GET / ' {} | tail -n 3", log.display());
+            let requests: Vec<String> = cmd::tail(&log, 200)
+                .lines()
+                .filter(|l| l.contains("\"GET / "))
+                .map(str::to_owned)
+                .collect();
+            let tail = requests[requests.len().saturating_sub(3)..].join("\n");
+            indent(&tail);
+            let from_pool = |l: &str| pool.iter().any(|a| l.starts_with(&format!("{a} ")));
+            self.findings.expect(
+                !tail.is_empty() && tail.lines().all(from_pool),
+                &format!(
+                    "{node}'s requests came from lb1's SNAT pool ({})",
+                    pool.join(", ")
+                ),
+            );
+        }
+    }
 
-    heading(
-        7,
-        "Drain web3: a long download keeps going, new requests skip web3",
-    );
-    let download = start_download_on_web3(lab)?;
-    findings.expect(download.is_some(), "a download of /slow landed on web3");
-    let removed = agent(lab, &["backends", "remove", "--service", "www", &web3])?;
-    findings.expect(removed, "`backends remove` succeeded");
-    if let Some(mut download) = download {
+    fn udp_spread(&mut self) -> Result<()> {
+        let client = self.lab.ns(Node::Client);
+        self.heading(&format!("{UDP_QUERIES} UDP queries to {VIP}:{UDP_PORT}"));
+        eprintln!(
+            "  $ ip netns exec {client} xtask udp-query --to {VIP}:{UDP_PORT} --timeout 1s --count {UDP_QUERIES}"
+        );
+        let replies = self.lab.udp_query(
+            Node::Client,
+            SocketAddrV4::new(VIP, UDP_PORT),
+            UDP_QUERIES,
+            Duration::from_secs(1),
+        )?;
+        for (i, reply) in replies.iter().enumerate() {
+            eprintln!("    query {i}: {}", reply.as_deref().unwrap_or("no reply"));
+        }
+        let answered = |name: &str| replies.iter().any(|r| r.as_deref() == Some(name));
+        self.findings.expect(
+            answered("web1") && answered("web2"),
+            "web1 and web2 both answered UDP",
+        );
+        cmd::check_interrupted()
+    }
+
+    /// Adds web3 to `www`; returns its backend address.
+    fn add_web3(&mut self) -> Result<String> {
+        self.heading("Add web3 to www, then another round");
+        let web3 = Node::Web3
+            .private_address()
+            .map(|a| format!("{a}:{HTTP_PORT}"))
+            .context("web3's address")?;
+        let added = agent(self.lab, &["backends", "add", "--service", "www", &web3])?;
+        self.findings.expect(added, "`backends add` succeeded");
+        let counts = http_round(self.lab)?;
+        show_counts(&counts);
+        self.findings
+            .expect(counts.get("web3") > Some(&0), "web3 got requests");
+        Ok(web3)
+    }
+
+    /// Removes `web3` while a long download from it runs: the download
+    /// goes on, new requests skip web3.
+    fn drain(&mut self, web3: &str) -> Result<()> {
+        self.heading("Drain web3: a long download keeps going, new requests skip web3");
+        let download = start_download_on_web3(self.lab)?;
+        self.findings
+            .expect(download.is_some(), "a download of /slow landed on web3");
+        let removed = agent(self.lab, &["backends", "remove", "--service", "www", web3])?;
+        self.findings.expect(removed, "`backends remove` succeeded");
+        let Some(mut download) = download else {
+            return Ok(());
+        };
         let before = download.received();
         sleep_checked(Duration::from_secs(3))?;
         let after = download.received();
         eprintln!("  download from web3 after removal: {before} -> {after} bytes in 3 s");
-        findings.expect(
+        self.findings.expect(
             after > before && download.running(),
             "the download continued",
         );
-        let counts = http_round(lab, &url)?;
+        let counts = http_round(self.lab)?;
         show_counts(&counts);
-        findings.expect(!counts.contains_key("web3"), "new requests skipped web3");
+        self.findings
+            .expect(!counts.contains_key("web3"), "new requests skipped web3");
         // nginx's rate limit sends in bursts: give the next one time to land.
         sleep_checked(Duration::from_secs(2))?;
         let later = download.received();
         eprintln!("  download still receiving: {later} bytes (stopping it now)");
-        findings.expect(later > after, "the download was still receiving");
+        self.findings
+            .expect(later > after, "the download was still receiving");
+        Ok(())
     }
 
-    heading(8, &format!("lb-agent --instance {lb1} stats"));
-    agent(lab, &["stats"])?;
+    fn agent_stats(&mut self) -> Result<()> {
+        self.heading(&format!(
+            "lb-agent --instance {} stats",
+            self.lab.instance(Node::Lb1)
+        ));
+        agent(self.lab, &["stats"]).map(drop)
+    }
 
-    heading(
-        9,
-        &format!("bpftool map dump pinned {BPFFS}/{lb1}/services"),
-    );
-    let pinned = lab.pin_dir(Node::Lb1).join("services");
-    let out = cmd::output(
-        Command::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(&pinned),
-    )?;
-    indent(&String::from_utf8_lossy(&out.stdout));
-    indent(&String::from_utf8_lossy(&out.stderr));
-    findings.expect(
-        out.status.success(),
-        "the services map is pinned and readable",
-    );
+    fn pinned_services(&mut self) -> Result<()> {
+        let pinned = self.lab.pin_dir(Node::Lb1).join("services");
+        self.heading(&format!("bpftool map dump pinned {}", pinned.display()));
+        let out = cmd::output(
+            Command::new("bpftool")
+                .args(["map", "dump", "pinned"])
+                .arg(&pinned),
+        )?;
+        indent(&String::from_utf8_lossy(&out.stdout));
+        indent(&String::from_utf8_lossy(&out.stderr));
+        self.findings.expect(
+            out.status.success(),
+            "the services map is pinned and readable",
+        );
+        Ok(())
+    }
 
-    heading(
-        10,
-        "Failover: kill -9 the master's agent, traffic goes on through lb2",
-    );
-    failover(lab, &mut findings)?;
+    /// kill -9 of the master's agent: lb2 takes over without a failed
+    /// request; lb1's restarted agent takes the VIP back.
+    fn failover(&mut self) -> Result<()> {
+        self.heading("Failover: kill -9 the master's agent, traffic goes on through lb2");
+        let lab = self.lab;
+        show_status(lab, Node::Lb1)?;
+        show_status(lab, Node::Lb2)?;
+        eprintln!("  $ kill -9 <agent of lb1>   (its XDP program keeps forwarding meanwhile)");
+        lab.kill_agent(Node::Lb1, libc::SIGKILL)?;
+        let (took_over, failed) = requests_during_takeover(lab)?;
+        self.findings.expect(took_over, "lb2 took over");
+        self.findings
+            .expect(failed == 0, "no request failed during the failover");
+        show_status(lab, Node::Lb2)?;
+        eprintln!(
+            "  restarting lb1's agent: it still has the VIP, resumes as master, lb2 steps back"
+        );
+        lab.start_agent(Node::Lb1)?;
+        let back = cmd::wait_until(Duration::from_secs(10), || {
+            lab.vip_holder() == Some(Node::Lb1)
+        });
+        self.findings
+            .expect(back, "lb1 is master again and the only VIP holder");
+        show_status(lab, Node::Lb1)?;
+        let answered = lab.http_get(Node::Client, &url("/")).is_ok();
+        self.findings
+            .expect(answered, "traffic flows through lb1 again");
+        Ok(())
+    }
+}
 
-    heading(11, "Status");
-    indent(&lab.status());
-    Ok(findings)
+/// `http://<VIP><path>`.
+fn url(path: &str) -> String {
+    format!("http://{VIP}{path}")
 }
 
 /// `lb-agent status` of `node`, shown.
@@ -236,17 +308,15 @@ fn show_status(lab: &Lab, node: Node) -> Result<String> {
     Ok(text)
 }
 
-fn failover(lab: &Lab, findings: &mut Findings) -> Result<()> {
-    show_status(lab, Node::Lb1)?;
-    show_status(lab, Node::Lb2)?;
-    eprintln!("  $ kill -9 <agent of lb1>   (its XDP program keeps forwarding meanwhile)");
-    lab.kill_agent(Node::Lb1, libc::SIGKILL)?;
-    let started = std::time::Instant::now();
+/// Requests through the VIP while lb2 takes over from lb1's dead agent,
+/// until a second after lb2 reports MASTER (at most ~8 s, one every
+/// 200 ms). Returns whether lb2 took over and how many requests failed.
+fn requests_during_takeover(lab: &Lab) -> Result<(bool, u32)> {
+    let started = Instant::now();
     let (mut ok, mut failed) = (0u32, 0u32);
     let mut master_after = None;
-    // At most ~8 s of requests, one every 200 ms.
     for _ in 0..40 {
-        match lab.http_get(Node::Client, &format!("http://{VIP}/")) {
+        match lab.http_get(Node::Client, &url("/")) {
             Ok(_) => ok += 1,
             Err(_) => failed += 1,
         }
@@ -266,21 +336,7 @@ fn failover(lab: &Lab, findings: &mut Findings) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("  requests during the failover: {ok} answered, {failed} failed");
-    findings.expect(master_after.is_some(), "lb2 took over");
-    findings.expect(failed == 0, "no request failed during the failover");
-    show_status(lab, Node::Lb2)?;
-    eprintln!("  restarting lb1's agent: it still has the VIP, resumes as master, lb2 steps back");
-    lab.start_agent(Node::Lb1)?;
-    let back = cmd::wait_until(Duration::from_secs(10), || {
-        lab.vip_holder() == Some(Node::Lb1)
-    });
-    findings.expect(back, "lb1 is master again and the only VIP holder");
-    show_status(lab, Node::Lb1)?;
-    let answered = lab
-        .http_get(Node::Client, &format!("http://{VIP}/"))
-        .is_ok();
-    findings.expect(answered, "traffic flows through lb1 again");
-    Ok(())
+    Ok((master_after.is_some(), failed))
 }
 
 /// Runs the agent CLI against lb1, showing the command and its output.
@@ -297,12 +353,14 @@ fn agent(lab: &Lab, args: &[&str]) -> Result<bool> {
     Ok(out.status.success())
 }
 
-/// `REQUESTS` sequential requests from the client; answers per body.
-fn http_round(lab: &Lab, url: &str) -> Result<BTreeMap<String, u32>> {
+/// `REQUESTS` sequential requests from the client to the VIP; answers per
+/// body.
+fn http_round(lab: &Lab) -> Result<BTreeMap<String, u32>> {
+    let url = url("/");
     let mut counts = BTreeMap::new();
     for _ in 0..REQUESTS {
         cmd::check_interrupted()?;
-        let out = lab.exec(Node::Client, &["curl", "-s", "--max-time", "2", url])?;
+        let out = lab.exec(Node::Client, &["curl", "-s", "--max-time", "2", &url])?;
         let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let key = if out.status.success() && !body.is_empty() {
             body
@@ -354,7 +412,7 @@ impl Drop for Download {
 /// Starts downloads of /slow until one is served by web3 (per its
 /// `X-Backend` header); at most `DRAIN_ATTEMPTS` tries, 3 s each.
 fn start_download_on_web3(lab: &Lab) -> Result<Option<Download>> {
-    let url = format!("http://{VIP}/slow");
+    let url = url("/slow");
     let headers = lab.run_dir().join("slow.headers");
     let body = lab.run_dir().join("slow.body");
     eprintln!(

@@ -12,7 +12,7 @@ use std::{net::SocketAddrV4, process::Command, time::Duration};
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    lab::{Lab, LabOptions, Node, HTTP_PORT, VIP},
+    lab::{Lab, LabOptions, LbSetup, Node, VrrpVersion, HTTP_PORT, VIP},
     probe::{self, Sample},
 };
 
@@ -55,21 +55,25 @@ impl Failure {
 }
 
 struct Vrrp {
-    version: u8,
-    advert_int: &'static str,
+    version: VrrpVersion,
+    advert_int: Duration,
+    /// The table's VRRP column.
+    label: &'static str,
     /// lb2's master-down interval: 3 × interval + (256 − 100) / 256 × interval.
     master_down: Duration,
 }
 
 const SETTINGS: [Vrrp; 2] = [
     Vrrp {
-        version: 2,
-        advert_int: "1s",
+        version: VrrpVersion::V2,
+        advert_int: Duration::from_secs(1),
+        label: "v2 1 s",
         master_down: Duration::from_millis(3609),
     },
     Vrrp {
-        version: 3,
-        advert_int: "100ms",
+        version: VrrpVersion::V3,
+        advert_int: Duration::from_millis(100),
+        label: "v3 100 ms",
         master_down: Duration::from_millis(361),
     },
 ];
@@ -103,9 +107,9 @@ fn fail_master(lab: &Lab, pair: Pair, failure: Failure) -> Result<()> {
 fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failure) -> Result<Row> {
     let options = LabOptions {
         agent_bin: Some(agent_bin.to_path_buf()),
-        ha: true,
-        vrrp_version: vrrp.version,
-        advert_int: vrrp.advert_int.to_owned(),
+        lbs: LbSetup::HaPair,
+        vrrp: vrrp.version,
+        advert_int: vrrp.advert_int,
         classic: if pair == Pair::Classic {
             Node::LBS.to_vec()
         } else {
@@ -167,7 +171,7 @@ fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failur
     drop(lab);
     Ok(Row {
         pair,
-        vrrp: vrrp.advert_int,
+        vrrp: vrrp.label,
         failure,
         outage: probe::outage(&samples),
         failed: samples.iter().filter(|s| !s.ok).count(),
@@ -182,10 +186,9 @@ pub fn run(agent_bin: &std::path::Path) -> Result<()> {
         for failure in [Failure::Processes, Failure::Node] {
             for pair in [Pair::Agent, Pair::Classic] {
                 eprintln!(
-                    "xtask: failover: {} v{} {}, {}...",
+                    "xtask: failover: {} {}, {}...",
                     pair.label(),
-                    vrrp.version,
-                    vrrp.advert_int,
+                    vrrp.label,
                     failure.label()
                 );
                 rows.push(measure(agent_bin, pair, vrrp, failure)?);
@@ -197,15 +200,10 @@ pub fn run(agent_bin: &std::path::Path) -> Result<()> {
         "pair", "VRRP", "master failure", "outage", "failed probes"
     );
     for row in &rows {
-        let version = if row.vrrp == "1s" {
-            "v2 1 s"
-        } else {
-            "v3 100 ms"
-        };
         println!(
             "  {:<22} {:<12} {:<18} {:>7} ms {:>8}/{}",
             row.pair.label(),
-            version,
+            row.vrrp,
             row.failure.label(),
             row.outage.as_millis(),
             row.failed,
@@ -214,9 +212,8 @@ pub fn run(agent_bin: &std::path::Path) -> Result<()> {
     }
     for vrrp in &SETTINGS {
         println!(
-            "  (v{} at {}: lb2's master-down interval is {} ms)",
-            vrrp.version,
-            vrrp.advert_int,
+            "  ({}: lb2's master-down interval is {} ms)",
+            vrrp.label,
             vrrp.master_down.as_millis()
         );
     }

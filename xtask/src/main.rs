@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use xtask::{
     build::{self, BuildOptions},
     cmd,
-    lab::{self, Lab, LabOptions, Node},
+    lab::{self, Lab, LabOptions, LbSetup, Node},
     probe, udp,
 };
 
@@ -140,19 +140,19 @@ enum LabAction {
         #[arg(long)]
         no_ha: bool,
         /// VRRP version: v2 (with PASS authentication) or v3.
-        #[arg(long, default_value = "v2", value_parser = ["v2", "v3"])]
-        vrrp: String,
+        #[arg(long, value_enum, default_value_t = lab::VrrpVersion::V2)]
+        vrrp: lab::VrrpVersion,
         /// VRRP advertisement interval, e.g. "1s", or "100ms" with v3.
-        #[arg(long, default_value = "1s")]
-        advert_int: String,
+        #[arg(long, default_value = "1s", value_parser = udp::parse_duration)]
+        advert_int: std::time::Duration,
         /// LB nodes (lb1, lb2; comma-separated) that run the classic
         /// keepalived + HAProxy instead of the agent: a mixed pair.
         #[arg(long, value_delimiter = ',')]
         classic: Vec<Node>,
         /// Floating IP provider: local (VIP on pub0 + GARP) or digitalocean
         /// (a stand-in DigitalOcean API in the client namespace).
-        #[arg(long, default_value = "local", value_parser = ["local", "digitalocean"])]
-        provider: String,
+        #[arg(long, value_enum, default_value_t = lab::Provider::Local)]
+        provider: lab::Provider,
         /// How the agents attach XDP on the veths.
         #[arg(long, value_enum, default_value_t = lab::XdpMode::Generic)]
         xdp: lab::XdpMode,
@@ -265,16 +265,17 @@ fn lab_task(action: LabAction) -> Result<()> {
         } => {
             cmd::catch_interrupts();
             let mut options = LabOptions {
-                agent: !no_agent,
-                ha: !no_ha,
-                vrrp_version: if vrrp == "v3" { 3 } else { 2 },
+                lbs: LbSetup::from_flags(no_agent, no_ha),
+                vrrp,
                 advert_int,
                 classic,
                 provider,
                 xdp,
                 ..LabOptions::with_prefix(&prefix)
             };
-            if options.agent {
+            // Before the build, which can take minutes.
+            options.validate()?;
+            if options.lbs.runs_agent() {
                 options.agent_bin = Some(build::build_all(BuildOptions::default())?.agent);
             }
             let lab = Lab::up(&options)?;

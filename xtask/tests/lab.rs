@@ -6,7 +6,7 @@ use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use xtask::{
     cmd,
-    lab::{self, Lab, LabOptions, Node},
+    lab::{self, Lab, LabOptions, LbSetup, Node},
 };
 
 const FAKE_AGENT: &str = r#"#!/bin/sh
@@ -43,12 +43,16 @@ fn lab_up_agent_restart_and_guard_teardown() {
     let options = LabOptions {
         agent_bin: Some(agent.clone()),
         xtask_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_xtask"))),
-        ha: false,
+        lbs: LbSetup::SingleAgent,
         ..LabOptions::with_prefix(prefix)
     };
     {
         let lab = Lab::up_guarded(&options).expect("lab up");
         assert_eq!(lab.ns(Node::Lb1), "xt-lb1");
+        // Another handle learns how the lab was brought up from its state file.
+        let attached = Lab::attach(prefix).expect("attach");
+        assert_eq!(attached.state(), lab.state());
+        assert_eq!(attached.state().lbs, LbSetup::SingleAgent);
 
         // Web servers answer the LB nodes with their names, and log them.
         for (node, name) in [
@@ -165,6 +169,14 @@ fn down_cleans_a_half_built_lab() {
     )
     .unwrap();
     assert!(Lab::exists(prefix));
+    // A lab of an older build kept its options in marker files: no handle
+    // to it, but `down` still clears it.
+    std::fs::write(run_dir.join("ha"), "2 1s").unwrap();
+    let refused = format!("{:#}", Lab::attach(prefix).unwrap_err());
+    assert!(
+        refused.contains("cargo xtask lab down --prefix xthalf"),
+        "{refused}"
+    );
     Lab::down(prefix).unwrap();
     assert!(!Lab::exists(prefix));
     assert!(stray.wait().is_ok());

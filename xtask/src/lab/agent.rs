@@ -16,8 +16,8 @@ use lb_config::{
 };
 
 use super::{
-    process, run_dir, Lab, Node, XdpMode, AGENT_SOCKET_DIR, AGENT_START_TIMEOUT, BPFFS, HTTP_PORT,
-    METRICS_PORT, PORT_RANGE, STOP_GRACE, UDP_PORT, VIP,
+    process, run_dir, Lab, Node, Provider, XdpMode, AGENT_SOCKET_DIR, AGENT_START_TIMEOUT, BPFFS,
+    HTTP_PORT, METRICS_PORT, PORT_RANGE, STOP_GRACE, UDP_PORT, VIP,
 };
 use crate::cmd;
 
@@ -224,17 +224,16 @@ impl Lab {
     pub fn start_agent(&self, node: Node) -> Result<u32> {
         let config = self.agent_config_path(node);
         if !config.exists() {
-            let mut text =
-                agent_config_with(&self.prefix, node, self.xtask_bin(), self.xdp_mode())?;
-            if self.is_ha() {
-                let (version, interval) = self.vrrp_settings();
+            let state = self.state();
+            let mut text = agent_config_with(&self.prefix, node, self.xtask_bin(), state.xdp)?;
+            if state.is_ha() {
                 text.push_str(&vrrp_section(
                     node,
-                    version,
-                    &interval,
+                    state.vrrp.number(),
+                    &state.advert_int_text(),
                     &self.track_flag(node),
                 )?);
-                if self.provider() == "digitalocean" {
+                if state.provider == Provider::Digitalocean {
                     text.push_str(&super::floating_ip_section(&self.do_token_file())?);
                 }
             }

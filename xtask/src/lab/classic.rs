@@ -11,11 +11,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{process, Lab, Node, HTTP_PORT, STOP_GRACE, VIP};
-use crate::{apt, cmd, udp::parse_duration};
-
-/// File in the run dir listing the nodes that run the classic pair.
-pub(super) const CLASSIC_MARKER: &str = "classic";
+use super::{process, Lab, Node, VrrpVersion, HTTP_PORT, STOP_GRACE, VIP};
+use crate::{apt, cmd};
 
 /// keepalived's view of VRRP as its notify script last wrote it.
 const STATE_UNKNOWN: &str = "UNKNOWN";
@@ -28,15 +25,13 @@ pub fn ensure_classic_programs() -> Result<()> {
     )
 }
 
-/// keepalived's advert_int for a lab interval like "1s" or "100ms".
-fn keepalived_interval(advert_int: &str) -> Result<String> {
-    let interval = parse_duration(advert_int)?;
-    let secs = interval.as_secs_f64();
-    Ok(if interval.subsec_millis() == 0 {
+/// keepalived's advert_int (seconds, a fraction only if needed).
+fn keepalived_interval(interval: Duration) -> String {
+    if interval.subsec_millis() == 0 {
         format!("{}", interval.as_secs())
     } else {
-        format!("{secs:.2}")
-    })
+        format!("{:.2}", interval.as_secs_f64())
+    }
 }
 
 /// The classic `keepalived.conf` of `node`: the lab's VRRP contract (VRID
@@ -44,8 +39,8 @@ fn keepalived_interval(advert_int: &str) -> Result<String> {
 /// with v2) plus the guide's HAProxy process check and a notify script.
 pub fn keepalived_config(
     node: Node,
-    version: u8,
-    advert_int: &str,
+    version: VrrpVersion,
+    advert_int: Duration,
     check_script: &Path,
     notify_script: &Path,
 ) -> Result<String> {
@@ -56,7 +51,7 @@ pub fn keepalived_config(
     };
     let src = node.private_address().context("LB private address")?;
     let peer = peer.private_address().context("LB private address")?;
-    let auth = if version == 2 {
+    let auth = if version == VrrpVersion::V2 {
         "    authentication {\n        auth_type PASS\n        auth_pass labpass\n    }\n"
     } else {
         ""
@@ -96,7 +91,8 @@ vrrp_instance VI_1 {{
     notify "{notify}"
 }}
 "#,
-        interval = keepalived_interval(advert_int)?,
+        version = version.number(),
+        interval = keepalived_interval(advert_int),
         check = check_script.display(),
         notify = notify_script.display(),
     ))
@@ -132,14 +128,6 @@ backend nginx_pool
 }
 
 impl Lab {
-    /// The nodes of this lab that run keepalived + HAProxy.
-    pub fn classic_nodes(&self) -> Vec<Node> {
-        let text = std::fs::read_to_string(self.run_dir().join(CLASSIC_MARKER)).unwrap_or_default();
-        text.split_whitespace()
-            .filter_map(|name| name.parse().ok())
-            .collect()
-    }
-
     fn classic_path(&self, node: Node, what: &str) -> PathBuf {
         self.run_dir().join(format!("{node}-{what}"))
     }
@@ -165,7 +153,7 @@ impl Lab {
             bail!("{node} is not an LB node");
         }
         ensure_classic_programs()?;
-        let (version, advert_int) = self.vrrp_settings();
+        let (version, advert_int) = (self.state().vrrp, self.state().advert_int);
         let pid = self.start_haproxy(node)?;
 
         let check = self.classic_path(node, "check-haproxy.sh");
@@ -186,7 +174,7 @@ impl Lab {
         let conf = self.classic_path(node, "keepalived.conf");
         std::fs::write(
             &conf,
-            keepalived_config(node, version, &advert_int, &check, &notify)?,
+            keepalived_config(node, version, advert_int, &check, &notify)?,
         )?;
         self.launch_keepalived(node)
     }
@@ -307,8 +295,8 @@ mod tests {
     fn keepalived_config_follows_the_lab_contract() {
         let text = keepalived_config(
             Node::Lb2,
-            2,
-            "1s",
+            VrrpVersion::V2,
+            Duration::from_secs(1),
             Path::new("/r/check.sh"),
             Path::new("/r/notify.sh"),
         )
@@ -326,11 +314,24 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle:?} missing in\n{text}");
         }
-        let v3 =
-            keepalived_config(Node::Lb1, 3, "100ms", Path::new("/c"), Path::new("/n")).unwrap();
+        let v3 = keepalived_config(
+            Node::Lb1,
+            VrrpVersion::V3,
+            Duration::from_millis(100),
+            Path::new("/c"),
+            Path::new("/n"),
+        )
+        .unwrap();
         assert!(v3.contains("advert_int 0.10") && !v3.contains("auth_pass"));
         assert!(v3.contains("priority 200"));
-        assert!(keepalived_config(Node::Web1, 2, "1s", Path::new("/c"), Path::new("/n")).is_err());
+        let web = keepalived_config(
+            Node::Web1,
+            VrrpVersion::V2,
+            Duration::from_secs(1),
+            Path::new("/c"),
+            Path::new("/n"),
+        );
+        assert!(web.is_err());
     }
 
     #[test]

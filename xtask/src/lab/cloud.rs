@@ -14,8 +14,6 @@ use anyhow::{bail, Context as _, Result};
 use super::{process, Lab, Node, VIP};
 use crate::{build, cmd, workspace_root};
 
-/// File in the run dir naming the floating IP provider of an HA lab.
-pub(super) const PROVIDER_MARKER: &str = "provider";
 /// The stand-in API listens on the client's address, this port.
 pub const DO_API_PORT: u16 = 8080;
 /// Droplet ids of lb1 and lb2.
@@ -75,13 +73,6 @@ pub fn floating_ip_section(token_file: &std::path::Path) -> Result<String> {
 }
 
 impl Lab {
-    /// The floating IP provider of this lab (`local` or `digitalocean`).
-    pub fn provider(&self) -> String {
-        std::fs::read_to_string(self.run_dir().join(PROVIDER_MARKER))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "local".to_owned())
-    }
-
     /// The API token file the agents and the stand-in API share.
     pub fn do_token_file(&self) -> PathBuf {
         self.run_dir().join("do-token")

@@ -6,6 +6,11 @@ use anyhow::{bail, Result};
 
 use crate::cmd;
 
+/// How long `start_agent` waits for the control socket.
+pub const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Grace between SIGTERM and SIGKILL when stopping lab processes.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// Reads a pid file.
 pub fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()

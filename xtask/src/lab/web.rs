@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{create_dir, process, Lab, Node, HTTP_PORT, UDP_PORT};
+use super::{create_dir, process, Lab, Node, HTTP_PORT, STOP_GRACE, UDP_PORT};
 use crate::cmd;
 
 /// Size of `/slow`: served at 50 KiB/s it lasts about 40 s.
@@ -117,6 +117,47 @@ http {{
 }}
 "
     )
+}
+
+impl Lab {
+    /// Stops `node`'s nginx (SIGTERM, SIGKILL after the grace time).
+    pub fn stop_nginx(&self, node: Node) -> Result<()> {
+        let pid_file = nginx_pid_path(self, node);
+        if let Some(pid) = process::read_pid(&pid_file) {
+            let left = process::stop_all(&[pid], STOP_GRACE);
+            if !left.is_empty() {
+                bail!("nginx of {} (pid {pid}) survived SIGKILL", self.ns(node));
+            }
+        }
+        let _ = std::fs::remove_file(pid_file);
+        Ok(())
+    }
+
+    /// Starts `node`'s nginx again (after `stop_nginx`).
+    pub fn start_nginx(&self, node: Node) -> Result<()> {
+        start_nginx(self, node)
+    }
+
+    /// Makes `node`'s `/health` page answer 500 (`true`) or 200 (`false`)
+    /// while nginx keeps serving everything else.
+    pub fn set_health_page_failing(&self, node: Node, failing: bool) -> Result<()> {
+        let flag = web_dir(self, node).join("www/unhealthy");
+        if failing {
+            std::fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))
+        } else {
+            match std::fs::remove_file(&flag) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", flag.display()))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Path of a web server's nginx access log.
+    pub fn access_log_path(&self, node: Node) -> PathBuf {
+        web_dir(self, node).join("access.log")
+    }
 }
 
 /// Writes the config and pages of `node` and starts its nginx (daemonized;
