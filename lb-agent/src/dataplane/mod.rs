@@ -8,6 +8,7 @@ pub mod maps;
 pub mod pins;
 pub mod port_pools;
 pub mod reconcile;
+pub mod settings;
 
 pub use loader::{Dataplane, LoadOptions, XdpAttachMode};
 pub use maps::Tables;
