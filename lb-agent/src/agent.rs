@@ -276,11 +276,6 @@ impl Agent {
         Ok(summary)
     }
 
-    /// The running config.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     fn service_config(&self, name: &str) -> Result<&crate::config::ServiceConfig, AgentError> {
         self.config
             .services

@@ -236,7 +236,6 @@ impl PreparedRunner {
         };
         let machine = Machine::new(Params {
             version,
-            vrid: config.vrid,
             priority: config.priority,
             advert_interval: config.advert_int,
             preempt: config.preempt,
