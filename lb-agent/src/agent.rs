@@ -23,6 +23,7 @@ use crate::{
         maps::monotonic_ns,
         port_pools::Endpoint,
         reconcile::{Reconciler, SlotState, WantedBackend, WantedService},
+        settings::{kernel_settings, RunFacts},
         DataplaneError, Tables,
     },
     health::{CheckOutcome, CheckReport, CheckTarget, HealthTracker},
@@ -248,13 +249,8 @@ impl Agent {
         }
         let summary = ReloadSummary::between(&self.config, &new);
         if summary.timeouts_changed {
-            let fresh = new.to_settings();
-            let mut settings = self.tables.settings()?;
-            settings.tcp_handshake_ns = fresh.tcp_handshake_ns;
-            settings.tcp_established_ns = fresh.tcp_established_ns;
-            settings.tcp_closing_ns = fresh.tcp_closing_ns;
-            settings.udp_ns = fresh.udp_ns;
-            self.tables.write_settings(settings)?;
+            let facts = RunFacts::of(&self.tables.settings()?);
+            self.tables.write_settings(kernel_settings(&new, &facts))?;
         }
         let old = std::mem::replace(&mut self.config, new);
         let now = Instant::now();
@@ -279,11 +275,6 @@ impl Agent {
             }
         }
         Ok(summary)
-    }
-
-    /// The running config.
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     fn service_config(&self, name: &str) -> Result<&crate::config::ServiceConfig, AgentError> {

@@ -6,8 +6,11 @@
 //! `dataplane` (program, pins, maps), `neighbors` (next-hop resolution), `limits` (descriptors, connection caps, backoff, throttled logs),
 //! `agent` (operations), `reload` (what a reload may change), `control` (socket API), `metrics` (Prometheus), `cli` and `output`, and
 //! `daemon` (the `run` loop).
+//!
+//! Modules nothing outside the crate uses (the binary, the integration
+//! tests) are `pub(crate)`, so the compiler reports their dead code.
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -15,16 +18,16 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod floating_ip;
-pub mod health;
+pub(crate) mod health;
 pub mod import;
-pub mod limits;
-pub mod metrics;
-pub mod neighbors;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod neighbors;
 pub mod output;
-pub mod ports;
-pub mod reload;
-pub mod reset;
-pub mod schedule;
-pub mod shell;
-pub mod state;
+pub(crate) mod ports;
+pub(crate) mod reload;
+pub(crate) mod reset;
+pub(crate) mod schedule;
+pub(crate) mod shell;
+pub(crate) mod state;
 pub mod vrrp;

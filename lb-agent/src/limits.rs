@@ -194,7 +194,8 @@ impl AcceptGate {
     }
 
     /// Connections being served now.
-    pub fn in_use(&self) -> usize {
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
         self.cap - self.permits.available_permits()
     }
 }

@@ -12,7 +12,11 @@ use hyper_util::{
 };
 use tracing::{debug, info};
 
-use crate::{control::protocol::StatsReport, limits::AcceptGate, vrrp::runner::VrrpStatus};
+use crate::{
+    control::protocol::{BackendStatus, Health, ServiceStatus, StatsReport},
+    limits::AcceptGate,
+    vrrp::runner::{VrrpState, VrrpStatus},
+};
 
 /// Everything one scrape shows.
 #[derive(Debug, Clone)]
@@ -22,9 +26,6 @@ pub struct Snapshot {
     pub vrrp: Option<VrrpStatus>,
 }
 
-/// The VRRP states `lb_vrrp_state` has a series for.
-const VRRP_STATES: [&str; 5] = ["INIT", "BACKUP", "MASTER", "FAULT", "STOPPED"];
-
 /// Escapes a label value as the exposition format wants.
 fn escape(value: &str) -> String {
     value
@@ -33,316 +34,351 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Writes metric families; each family's HELP and TYPE come once, before
-/// its samples.
-struct Writer {
-    out: String,
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
 }
 
-impl Writer {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+        }
     }
+}
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+/// One series of a family.
+struct Sample {
+    labels: Vec<(&'static str, String)>,
+    value: u64,
+}
+
+/// A metric family and how to read its samples from a snapshot; `None`
+/// leaves the family out (VRRP metrics on a node without VRRP).
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: fn(&Snapshot) -> Option<Vec<Sample>>,
+}
+
+fn single(value: u64) -> Option<Vec<Sample>> {
+    Some(vec![Sample {
+        labels: Vec::new(),
+        value,
+    }])
+}
+
+fn per_service(snapshot: &Snapshot, value: fn(&ServiceStatus) -> u64) -> Option<Vec<Sample>> {
+    let samples = snapshot.stats.services.iter().map(|service| Sample {
+        labels: vec![("service", service.name.clone())],
+        value: value(service),
+    });
+    Some(samples.collect())
+}
+
+fn backend_labels(service: &str, backend: &BackendStatus) -> Vec<(&'static str, String)> {
+    vec![
+        ("service", service.to_string()),
+        ("backend", format!("{}:{}", backend.address, backend.port)),
+    ]
+}
+
+fn per_backend(snapshot: &Snapshot, value: fn(&BackendStatus) -> u64) -> Option<Vec<Sample>> {
+    let samples = snapshot
+        .stats
+        .backends
+        .iter()
+        .map(|(service, backend)| Sample {
+            labels: backend_labels(service, backend),
+            value: value(backend),
+        });
+    Some(samples.collect())
+}
+
+fn admin_states(snapshot: &Snapshot) -> Option<Vec<Sample>> {
+    let samples = snapshot.stats.backends.iter().map(|(service, backend)| {
+        let mut labels = backend_labels(service, backend);
+        labels.push(("state", backend.state.as_str().to_string()));
+        Sample { labels, value: 1 }
+    });
+    Some(samples.collect())
+}
+
+fn reasons(snapshot: &Snapshot) -> Option<Vec<Sample>> {
+    let samples = snapshot.stats.reasons.iter().map(|reason| Sample {
+        labels: vec![("reason", reason.reason.clone())],
+        value: reason.packets,
+    });
+    Some(samples.collect())
+}
+
+fn vrrp_single(snapshot: &Snapshot, value: fn(&VrrpStatus) -> u64) -> Option<Vec<Sample>> {
+    single(value(snapshot.vrrp.as_ref()?))
+}
+
+/// One series per state, 1 for the state the node is in.
+fn vrrp_states(snapshot: &Snapshot) -> Option<Vec<Sample>> {
+    let current = snapshot.vrrp.as_ref()?.state;
+    let samples = VrrpState::ALL.into_iter().map(|state| Sample {
+        labels: vec![("state", state.as_str().to_string())],
+        value: u64::from(state == current),
+    });
+    Some(samples.collect())
+}
+
+fn adverts_rejected(snapshot: &Snapshot) -> Option<Vec<Sample>> {
+    let vrrp = snapshot.vrrp.as_ref()?;
+    let samples = vrrp.adverts_rejected.iter().map(|(reason, count)| Sample {
+        labels: vec![("reason", reason.clone())],
+        value: *count,
+    });
+    Some(samples.collect())
+}
+
+fn per_provider(snapshot: &Snapshot, value: fn(&VrrpStatus) -> u64) -> Option<Vec<Sample>> {
+    let vrrp = snapshot.vrrp.as_ref()?;
+    Some(vec![Sample {
+        labels: vec![("provider", vrrp.provider.clone())],
+        value: value(vrrp),
+    }])
+}
+
+fn floating_ips_held(snapshot: &Snapshot) -> Option<Vec<Sample>> {
+    let vrrp = snapshot.vrrp.as_ref()?;
+    let samples = vrrp.holds.iter().map(|address| Sample {
+        labels: vec![
+            ("address", address.to_string()),
+            ("provider", vrrp.provider.clone()),
+        ],
+        value: 1,
+    });
+    Some(samples.collect())
+}
+
+/// Every family the agent exposes, in exposition order.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "lb_info",
+        kind: Kind::Gauge,
+        help: "The agent: instance and version.",
+        samples: |s| {
+            Some(vec![Sample {
+                labels: vec![
+                    ("instance", s.instance.clone()),
+                    ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ],
+                value: 1,
+            }])
+        },
+    },
+    Family {
+        name: "lb_service_packets_total",
+        kind: Kind::Counter,
+        help: "Packets of the service's flows, both directions.",
+        samples: |s| per_service(s, |service| service.packets),
+    },
+    Family {
+        name: "lb_service_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes of the service's flows, both directions.",
+        samples: |s| per_service(s, |service| service.bytes),
+    },
+    Family {
+        name: "lb_service_new_flows_total",
+        kind: Kind::Counter,
+        help: "Connections scheduled to a backend.",
+        samples: |s| per_service(s, |service| service.new_flows),
+    },
+    Family {
+        name: "lb_service_rejected_total",
+        kind: Kind::Counter,
+        help: "New connections refused with no backend up (TCP RST, UDP dropped).",
+        samples: |s| per_service(s, |service| service.rejected),
+    },
+    Family {
+        name: "lb_service_active_flows",
+        kind: Kind::Gauge,
+        help: "Live flows of the service.",
+        samples: |s| per_service(s, |service| service.active_flows),
+    },
+    Family {
+        name: "lb_service_backends_up",
+        kind: Kind::Gauge,
+        help: "Backends taking new connections (healthy and active).",
+        samples: |s| per_service(s, |service| u64::from(service.active_backends)),
+    },
+    Family {
+        name: "lb_backend_packets_total",
+        kind: Kind::Counter,
+        help: "Packets of the backend's flows, both directions.",
+        samples: |s| per_backend(s, |backend| backend.packets),
+    },
+    Family {
+        name: "lb_backend_bytes_total",
+        kind: Kind::Counter,
+        help: "Bytes of the backend's flows, both directions.",
+        samples: |s| per_backend(s, |backend| backend.bytes),
+    },
+    Family {
+        name: "lb_backend_new_flows_total",
+        kind: Kind::Counter,
+        help: "Connections handed to the backend.",
+        samples: |s| per_backend(s, |backend| backend.new_flows),
+    },
+    Family {
+        name: "lb_backend_active_flows",
+        kind: Kind::Gauge,
+        help: "Live flows to the backend.",
+        samples: |s| per_backend(s, |backend| backend.active_flows),
+    },
+    Family {
+        name: "lb_backend_nat_ports_in_use",
+        kind: Kind::Gauge,
+        help: "NAT sources (SNAT address, port) towards the backend held by flows.",
+        samples: |s| per_backend(s, |backend| backend.nat_ports_in_use),
+    },
+    Family {
+        name: "lb_backend_nat_ports_capacity",
+        kind: Kind::Gauge,
+        help: "NAT sources the backend's pool has: SNAT addresses x usable ports.",
+        samples: |s| per_backend(s, |backend| backend.nat_ports_capacity),
+    },
+    Family {
+        name: "lb_backend_up",
+        kind: Kind::Gauge,
+        help: "1 while the backend's health checks pass (or it has none), else 0.",
+        samples: |s| per_backend(s, |backend| u64::from(backend.health != Health::Down)),
+    },
+    Family {
+        name: "lb_backend_health_transitions_total",
+        kind: Kind::Counter,
+        help: "Health state changes since the agent started.",
+        samples: |s| per_backend(s, |backend| backend.transitions),
+    },
+    Family {
+        name: "lb_backend_effective_weight",
+        kind: Kind::Gauge,
+        help: "Weight scheduled now (lower during slow start, 0 when not taking connections).",
+        samples: |s| per_backend(s, |backend| u64::from(backend.effective_weight)),
+    },
+    Family {
+        name: "lb_backend_admin_state",
+        kind: Kind::Gauge,
+        help: "1 for the backend's admin state (active, draining, drained).",
+        samples: admin_states,
+    },
+    Family {
+        name: "lb_xdp_packets_total",
+        kind: Kind::Counter,
+        help: "Packets the XDP program handled, by what it did and why.",
+        samples: reasons,
+    },
+    Family {
+        name: "lb_conntrack_entries",
+        kind: Kind::Gauge,
+        help: "Live flows in the connection table.",
+        samples: |s| single(s.stats.flows),
+    },
+    Family {
+        name: "lb_conntrack_capacity",
+        kind: Kind::Gauge,
+        help: "Size of the connection table (conntrack.max_flows).",
+        samples: |s| single(s.stats.max_flows),
+    },
+    Family {
+        name: "lb_conntrack_half_open_evicted_total",
+        kind: Kind::Counter,
+        help: "Half-open flows ended to make room for new ones (the table's half-open share was full).",
+        samples: |s| single(s.stats.half_open_evicted),
+    },
+    Family {
+        name: "lb_vrrp_state",
+        kind: Kind::Gauge,
+        help: "1 for the VRRP state this node is in.",
+        samples: vrrp_states,
+    },
+    Family {
+        name: "lb_vrrp_priority",
+        kind: Kind::Gauge,
+        help: "Priority advertised now (after tracking).",
+        samples: |s| vrrp_single(s, |vrrp| u64::from(vrrp.priority)),
+    },
+    Family {
+        name: "lb_vrrp_transitions_total",
+        kind: Kind::Counter,
+        help: "VRRP state changes since the agent started.",
+        samples: |s| vrrp_single(s, |vrrp| vrrp.transitions),
+    },
+    Family {
+        name: "lb_vrrp_adverts_sent_total",
+        kind: Kind::Counter,
+        help: "VRRP advertisements sent.",
+        samples: |s| vrrp_single(s, |vrrp| vrrp.adverts_sent),
+    },
+    Family {
+        name: "lb_vrrp_adverts_received_total",
+        kind: Kind::Counter,
+        help: "Valid VRRP advertisements received.",
+        samples: |s| vrrp_single(s, |vrrp| vrrp.adverts_received),
+    },
+    Family {
+        name: "lb_vrrp_adverts_rejected_total",
+        kind: Kind::Counter,
+        help: "VRRP advertisements ignored, by reason.",
+        samples: adverts_rejected,
+    },
+    Family {
+        name: "lb_floating_ip_provider_calls_total",
+        kind: Kind::Counter,
+        help: "Floating IP provider operations (address changes, API requests, commands).",
+        samples: |s| per_provider(s, |vrrp| vrrp.provider_calls),
+    },
+    Family {
+        name: "lb_floating_ip_provider_errors_total",
+        kind: Kind::Counter,
+        help: "Floating IP provider operations that failed.",
+        samples: |s| per_provider(s, |vrrp| vrrp.provider_errors),
+    },
+    Family {
+        name: "lb_floating_ip_held",
+        kind: Kind::Gauge,
+        help: "1 for each floating address this node holds.",
+        samples: floating_ips_held,
+    },
+];
+
+/// Appends `family`'s HELP and TYPE, then its samples.
+fn write_family(out: &mut String, family: &Family, samples: &[Sample]) {
+    let Family {
+        name, kind, help, ..
+    } = family;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
+    for Sample { labels, value } in samples {
         if labels.is_empty() {
-            let _ = writeln!(self.out, "{name} {value}");
-            return;
+            let _ = writeln!(out, "{name} {value}");
+            continue;
         }
         let labels: Vec<String> = labels
             .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
             .collect();
-        let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
-    }
-
-    /// One family with one sample per item.
-    fn each<T>(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        items: &[T],
-        sample: impl Fn(&T) -> (Vec<(&str, String)>, u64),
-    ) {
-        self.family(name, kind, help);
-        for item in items {
-            let (labels, value) = sample(item);
-            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            self.sample(name, &labels, value);
-        }
+        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
     }
 }
 
 /// The exposition text of `snapshot`.
 pub fn render(snapshot: &Snapshot) -> String {
-    let mut w = Writer { out: String::new() };
-    let stats = &snapshot.stats;
-    let service = |name: &str| vec![("service", name.to_string())];
-
-    w.family("lb_info", "gauge", "The agent: instance and version.");
-    w.sample(
-        "lb_info",
-        &[
-            ("instance", &snapshot.instance),
-            ("version", env!("CARGO_PKG_VERSION")),
-        ],
-        1,
-    );
-
-    type S = crate::control::protocol::ServiceStatus;
-    let services = &stats.services;
-    w.each(
-        "lb_service_packets_total",
-        "counter",
-        "Packets of the service's flows, both directions.",
-        services,
-        |s: &S| (service(&s.name), s.packets),
-    );
-    w.each(
-        "lb_service_bytes_total",
-        "counter",
-        "Bytes of the service's flows, both directions.",
-        services,
-        |s: &S| (service(&s.name), s.bytes),
-    );
-    w.each(
-        "lb_service_new_flows_total",
-        "counter",
-        "Connections scheduled to a backend.",
-        services,
-        |s: &S| (service(&s.name), s.new_flows),
-    );
-    w.each(
-        "lb_service_rejected_total",
-        "counter",
-        "New connections refused with no backend up (TCP RST, UDP dropped).",
-        services,
-        |s: &S| (service(&s.name), s.rejected),
-    );
-    w.each(
-        "lb_service_active_flows",
-        "gauge",
-        "Live flows of the service.",
-        services,
-        |s: &S| (service(&s.name), s.active_flows),
-    );
-    w.each(
-        "lb_service_backends_up",
-        "gauge",
-        "Backends taking new connections (healthy and active).",
-        services,
-        |s: &S| (service(&s.name), u64::from(s.active_backends)),
-    );
-
-    type B = (String, crate::control::protocol::BackendStatus);
-    let backend = |(name, b): &B| {
-        vec![
-            ("service", name.clone()),
-            ("backend", format!("{}:{}", b.address, b.port)),
-        ]
-    };
-    let backends = &stats.backends;
-    w.each(
-        "lb_backend_packets_total",
-        "counter",
-        "Packets of the backend's flows, both directions.",
-        backends,
-        |b: &B| (backend(b), b.1.packets),
-    );
-    w.each(
-        "lb_backend_bytes_total",
-        "counter",
-        "Bytes of the backend's flows, both directions.",
-        backends,
-        |b: &B| (backend(b), b.1.bytes),
-    );
-    w.each(
-        "lb_backend_new_flows_total",
-        "counter",
-        "Connections handed to the backend.",
-        backends,
-        |b: &B| (backend(b), b.1.new_flows),
-    );
-    w.each(
-        "lb_backend_active_flows",
-        "gauge",
-        "Live flows to the backend.",
-        backends,
-        |b: &B| (backend(b), b.1.active_flows),
-    );
-    w.each(
-        "lb_backend_nat_ports_in_use",
-        "gauge",
-        "NAT sources (SNAT address, port) towards the backend held by flows.",
-        backends,
-        |b: &B| (backend(b), b.1.nat_ports_in_use),
-    );
-    w.each(
-        "lb_backend_nat_ports_capacity",
-        "gauge",
-        "NAT sources the backend's pool has: SNAT addresses x usable ports.",
-        backends,
-        |b: &B| (backend(b), b.1.nat_ports_capacity),
-    );
-    w.each(
-        "lb_backend_up",
-        "gauge",
-        "1 while the backend's health checks pass (or it has none), else 0.",
-        backends,
-        |b: &B| {
-            let up = !matches!(b.1.health, crate::control::protocol::Health::Down);
-            (backend(b), u64::from(up))
-        },
-    );
-    w.each(
-        "lb_backend_health_transitions_total",
-        "counter",
-        "Health state changes since the agent started.",
-        backends,
-        |b: &B| (backend(b), b.1.transitions),
-    );
-    w.each(
-        "lb_backend_effective_weight",
-        "gauge",
-        "Weight scheduled now (lower during slow start, 0 when not taking connections).",
-        backends,
-        |b: &B| (backend(b), u64::from(b.1.effective_weight)),
-    );
-    w.each(
-        "lb_backend_admin_state",
-        "gauge",
-        "1 for the backend's admin state (active, draining, drained).",
-        backends,
-        |b: &B| {
-            let state = serde_json::to_value(b.1.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let mut labels = backend(b);
-            labels.push(("state", state));
-            (labels, 1)
-        },
-    );
-
-    w.each(
-        "lb_xdp_packets_total",
-        "counter",
-        "Packets the XDP program handled, by what it did and why.",
-        &stats.reasons,
-        |r: &crate::control::protocol::ReasonCount| (vec![("reason", r.reason.clone())], r.packets),
-    );
-    w.family(
-        "lb_conntrack_entries",
-        "gauge",
-        "Live flows in the connection table.",
-    );
-    w.sample("lb_conntrack_entries", &[], stats.flows);
-    w.family(
-        "lb_conntrack_capacity",
-        "gauge",
-        "Size of the connection table (conntrack.max_flows).",
-    );
-    w.sample("lb_conntrack_capacity", &[], stats.max_flows);
-    w.family(
-        "lb_conntrack_half_open_evicted_total",
-        "counter",
-        "Half-open flows ended to make room for new ones (the table's half-open share was full).",
-    );
-    w.sample(
-        "lb_conntrack_half_open_evicted_total",
-        &[],
-        stats.half_open_evicted,
-    );
-
-    if let Some(vrrp) = &snapshot.vrrp {
-        render_vrrp(&mut w, vrrp);
+    let mut out = String::new();
+    for family in FAMILIES {
+        if let Some(samples) = (family.samples)(snapshot) {
+            write_family(&mut out, family, &samples);
+        }
     }
-    w.out
-}
-
-fn render_vrrp(w: &mut Writer, vrrp: &VrrpStatus) {
-    w.family(
-        "lb_vrrp_state",
-        "gauge",
-        "1 for the VRRP state this node is in.",
-    );
-    for state in VRRP_STATES {
-        w.sample(
-            "lb_vrrp_state",
-            &[("state", state)],
-            u64::from(vrrp.state == state),
-        );
-    }
-    w.family(
-        "lb_vrrp_priority",
-        "gauge",
-        "Priority advertised now (after tracking).",
-    );
-    w.sample("lb_vrrp_priority", &[], vrrp.priority);
-    w.family(
-        "lb_vrrp_transitions_total",
-        "counter",
-        "VRRP state changes since the agent started.",
-    );
-    w.sample("lb_vrrp_transitions_total", &[], vrrp.transitions);
-    w.family(
-        "lb_vrrp_adverts_sent_total",
-        "counter",
-        "VRRP advertisements sent.",
-    );
-    w.sample("lb_vrrp_adverts_sent_total", &[], vrrp.adverts_sent);
-    w.family(
-        "lb_vrrp_adverts_received_total",
-        "counter",
-        "Valid VRRP advertisements received.",
-    );
-    w.sample("lb_vrrp_adverts_received_total", &[], vrrp.adverts_received);
-    w.family(
-        "lb_vrrp_adverts_rejected_total",
-        "counter",
-        "VRRP advertisements ignored, by reason.",
-    );
-    for (reason, count) in &vrrp.adverts_rejected {
-        w.sample(
-            "lb_vrrp_adverts_rejected_total",
-            &[("reason", reason)],
-            count,
-        );
-    }
-    w.family(
-        "lb_floating_ip_provider_calls_total",
-        "counter",
-        "Floating IP provider operations (address changes, API requests, commands).",
-    );
-    w.sample(
-        "lb_floating_ip_provider_calls_total",
-        &[("provider", &vrrp.provider)],
-        vrrp.provider_calls,
-    );
-    w.family(
-        "lb_floating_ip_provider_errors_total",
-        "counter",
-        "Floating IP provider operations that failed.",
-    );
-    w.sample(
-        "lb_floating_ip_provider_errors_total",
-        &[("provider", &vrrp.provider)],
-        vrrp.provider_errors,
-    );
-    w.family(
-        "lb_floating_ip_held",
-        "gauge",
-        "1 for each floating address this node holds.",
-    );
-    for addr in &vrrp.holds {
-        w.sample(
-            "lb_floating_ip_held",
-            &[("address", &addr.to_string()), ("provider", &vrrp.provider)],
-            1,
-        );
-    }
+    out
 }
 
 /// Takes a snapshot per scrape (`None`: the agent's state is unavailable).
@@ -447,9 +483,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{
-        BackendState, BackendStatus, Health, ReasonCount, ServiceStatus,
-    };
+    use crate::control::protocol::{BackendState, ReasonCount};
 
     fn snapshot() -> Snapshot {
         let backend = BackendStatus {
@@ -495,7 +529,7 @@ mod tests {
                 half_open_evicted: 3,
             },
             vrrp: Some(VrrpStatus {
-                state: "MASTER".into(),
+                state: VrrpState::Master,
                 priority: 200,
                 transitions: 1,
                 adverts_rejected: [("ttl".to_string(), 2)].into_iter().collect(),

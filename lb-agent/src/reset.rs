@@ -7,9 +7,10 @@
 //! RFC 5961 challenge ACK); that ACK belongs to no flow, so the XDP program
 //! answers it with a RST whose sequence number the client accepts.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{checksum, FlowKey, PROTO_TCP};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tracing::warn;
 
 /// Errors of sending the provoking segments.
@@ -49,41 +50,24 @@ pub fn provoke_clients(clients: &[FlowKey]) -> Result<usize, ResetError> {
     if tcp.is_empty() {
         return Ok(0);
     }
-    // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(ResetError::Socket(std::io::Error::last_os_error()));
-    }
+    // IPPROTO_RAW implies IP_HDRINCL: the segments carry their IP header.
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .map_err(ResetError::Socket)?;
     let mut sent = 0;
     for key in tcp {
-        let packet = provoke_segment(key);
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(key.src_addr),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: valid buffer and sockaddr of the given sizes.
-        let rc = unsafe {
-            libc::sendto(
-                fd,
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            warn!(client = %Ipv4Addr::from(key.src_addr), error = %std::io::Error::last_os_error(), "could not reach a cut connection's client");
-        } else {
-            sent += 1;
+        let client = Ipv4Addr::from(key.src_addr);
+        let to: SockAddr = SocketAddrV4::new(client, 0).into();
+        match socket.send_to(&provoke_segment(key), &to) {
+            Ok(_) => sent += 1,
+            Err(error) => {
+                warn!(%client, %error, "could not reach a cut connection's client");
+            }
         }
     }
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
     Ok(sent)
 }
 

@@ -276,7 +276,7 @@ impl ScaleLab {
                     if node == Node::Lb1 {
                         seen.status_ms.push(took.as_secs_f64() * 1e3);
                     }
-                    let state = status.vrrp.map(|v| v.state).unwrap_or_default();
+                    let state = status.vrrp.map(|v| v.state.as_str()).unwrap_or_default();
                     if state != want {
                         seen.wrong_states.push(format!("{node} {state}"));
                     }

@@ -3,7 +3,7 @@
 
 pub mod client;
 pub mod protocol;
-pub mod server;
+pub(crate) mod server;
 
 use std::path::PathBuf;
 

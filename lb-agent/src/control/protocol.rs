@@ -131,6 +131,17 @@ pub enum BackendState {
     Drained,
 }
 
+impl BackendState {
+    /// The name in the status JSON and the metrics' `state` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Draining => "draining",
+            Self::Drained => "drained",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendStatus {
     pub address: Ipv4Addr,
@@ -194,6 +205,18 @@ pub struct StatsReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_state_names_match_their_json() {
+        for state in [
+            BackendState::Active,
+            BackendState::Draining,
+            BackendState::Drained,
+        ] {
+            let json = serde_json::to_string(&state).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+    }
 
     #[test]
     fn wire_format_is_stable() {

@@ -123,8 +123,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    // SAFETY: geteuid has no preconditions.
-    let own_uid = unsafe { libc::geteuid() };
+    let own_uid = nix::unistd::geteuid().as_raw();
     let mut gate = AcceptGate::new("control", limits.max_connections);
     let refused = refusal(limits.max_connections);
     loop {

@@ -6,7 +6,6 @@
 //! detached interface.
 
 use std::{
-    ffi::CString,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
@@ -78,30 +77,18 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
         source,
     };
     std::fs::create_dir_all(path).map_err(err)?;
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-    // SAFETY: statfs on a valid C string into a zeroed struct.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    if stat.f_type as i64 == pins::BPF_FS_MAGIC {
+    let stat = nix::sys::statfs::statfs(path).map_err(|errno| err(errno.into()))?;
+    if stat.filesystem_type().0 as i64 == pins::BPF_FS_MAGIC {
         return Ok(());
     }
-    let fstype = CString::new("bpf").map_err(|e| err(std::io::Error::other(e)))?;
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            c_path.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
+    nix::mount::mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|errno| err(errno.into()))?;
     info!(path = %path.display(), "mounted the BPF filesystem");
     Ok(())
 }
@@ -365,72 +352,28 @@ pub fn remove_instance(dir: &Path, interfaces: &[String]) -> Result<(), Dataplan
 
 /// ifindex of `name` in this network namespace.
 pub fn interface_index(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: valid C string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// The addresses on interface `name` in this network namespace.
+fn interface_addresses(name: &str) -> impl Iterator<Item = nix::sys::socket::SockaddrStorage> {
+    let name = name.to_string();
+    nix::ifaddrs::getifaddrs()
+        .into_iter()
+        .flatten()
+        .filter(move |entry| entry.interface_name == name)
+        .filter_map(|entry| entry.address)
 }
 
 /// The IPv4 addresses on interface `name` in this network namespace.
 pub fn interface_ipv4_addresses(name: &str) -> Vec<std::net::Ipv4Addr> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: out pointer to a list freed below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Vec::new();
-    }
-    let mut found = Vec::new();
-    let mut entry = list;
-    while !entry.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*entry };
-        entry = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: a NUL-terminated name and an address of the family it says.
-        unsafe {
-            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_bytes() != name.as_bytes()
-                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
-            {
-                continue;
-            }
-            let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-            found.push(std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)));
-        }
-    }
-    // SAFETY: the list getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(list) };
-    found
+    interface_addresses(name)
+        .filter_map(|address| address.as_sockaddr_in().map(|a| a.ip()))
+        .collect()
 }
 
-/// The hardware (MAC) address of `name` in this network namespace (an
-/// ioctl on a socket, which, unlike /sys, follows `nsenter --net`).
+/// The hardware (MAC) address of `name` in this network namespace (from
+/// netlink, which, unlike /sys, follows `nsenter --net`).
 pub fn interface_mac(name: &str) -> Option<[u8; 6]> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    // SAFETY: plain socket(2); closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a zeroed ifreq is valid; the name fits (checked above).
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: valid fd and ifreq for SIOCGIFHWADDR.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut request) };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return None;
-    }
-    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
-    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (dst, src) in mac.iter_mut().zip(data.iter()) {
-        *dst = *src as u8;
-    }
-    Some(mac)
+    interface_addresses(name).find_map(|address| address.as_link_addr()?.addr())
 }

@@ -87,13 +87,11 @@ impl FlowCensus {
 
 /// Now on the clock `bpf_ktime_get_ns` reads (CLOCK_MONOTONIC).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    use nix::time::{clock_gettime, ClockId};
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 would read as "long ago".
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }
 
 fn sum(values: &[Counters]) -> Counters {

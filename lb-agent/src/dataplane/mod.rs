@@ -7,7 +7,8 @@ pub mod loader;
 pub mod maps;
 pub mod pins;
 pub mod port_pools;
-pub mod reconcile;
+pub(crate) mod reconcile;
+pub(crate) mod settings;
 
 pub use loader::{Dataplane, LoadOptions, XdpAttachMode};
 pub use maps::Tables;

@@ -149,7 +149,27 @@ impl Reconciler {
         tables: &mut Tables,
         wanted: &[WantedService],
     ) -> Result<(), DataplaneError> {
-        // Services gone from the wanted state.
+        self.remove_unwanted_services(tables, wanted)?;
+        for service in wanted {
+            let id = self.claim_service(service)?;
+            self.update_known_backends(id, service);
+            self.add_new_backends(tables, id, service)?;
+            self.write_schedule(tables, id, service.key)?;
+        }
+        let mut vips: HashMap<[u8; 4], u32> = HashMap::new();
+        for service in wanted {
+            *vips.entry(service.key.vip).or_default() += 1;
+        }
+        tables.set_vips(&vips)
+    }
+
+    /// Takes services gone from `wanted` out of the maps; their backends
+    /// drain.
+    fn remove_unwanted_services(
+        &mut self,
+        tables: &mut Tables,
+        wanted: &[WantedService],
+    ) -> Result<(), DataplaneError> {
         let gone: Vec<u32> = self
             .services
             .values()
@@ -165,114 +185,145 @@ impl Reconciler {
                 info!(service = %slot.name, "service removed");
             }
         }
+        Ok(())
+    }
 
-        for service in wanted {
-            let id = match self.services.values().find(|s| s.key == service.key) {
-                Some(slot) => slot.id,
-                None => {
-                    Self::free_id(&self.services, MAX_SERVICES).ok_or(DataplaneError::Full {
-                        what: "service",
-                        limit: MAX_SERVICES,
-                    })?
-                }
-            };
-            let slot = self.services.entry(id).or_insert_with(|| ServiceSlot {
-                id,
-                name: service.name.clone(),
-                key: service.key,
-                ring_half: 1,
-                ring_len: 0,
-            });
-            slot.name = service.name.clone();
+    /// The id of `service`'s slot: its own if known, else a free one.
+    fn claim_service(&mut self, service: &WantedService) -> Result<u32, DataplaneError> {
+        let id = match self.services.values().find(|s| s.key == service.key) {
+            Some(slot) => slot.id,
+            None => Self::free_id(&self.services, MAX_SERVICES).ok_or(DataplaneError::Full {
+                what: "service",
+                limit: MAX_SERVICES,
+            })?,
+        };
+        let slot = self.services.entry(id).or_insert_with(|| ServiceSlot {
+            id,
+            name: service.name.clone(),
+            key: service.key,
+            ring_half: 1,
+            ring_len: 0,
+        });
+        slot.name = service.name.clone();
+        Ok(id)
+    }
 
-            // Backends: keep ids of those that stay, drain those that left.
-            for backend in self.backends.values_mut().filter(|b| b.service_id == id) {
-                let still = service
-                    .backends
-                    .iter()
-                    .find(|w| w.addr == backend.addr && w.port == backend.port);
-                match still {
-                    Some(w) => {
-                        backend.state = w.state();
-                        backend.weight = w.weight;
-                    }
-                    None => backend.state = SlotState::Draining,
-                }
-            }
-            for w in &service.backends {
-                let known = self
-                    .backends
-                    .values()
-                    .any(|b| b.service_id == id && b.addr == w.addr && b.port == w.port);
-                if known {
-                    continue;
-                }
-                let backend_id =
-                    Self::free_id(&self.backends, MAX_BACKENDS).ok_or(DataplaneError::Full {
-                        what: "backend",
-                        limit: MAX_BACKENDS,
-                    })?;
-                let port_pool = tables.ports_mut().pool_for(Endpoint {
-                    addr: w.addr,
-                    port: w.port,
-                    proto: service.key.proto,
-                })?;
-                tables.write_backend(
-                    backend_id,
-                    BackendValue {
-                        addr: w.addr.octets(),
-                        port: w.port,
-                        _pad: 0,
-                        service_id: id,
-                        port_pool,
-                    },
-                )?;
-                tables.reset_backend_counters(backend_id)?;
-                self.backends.insert(
-                    backend_id,
-                    BackendSlot {
-                        id: backend_id,
-                        service_id: id,
-                        addr: w.addr,
-                        port: w.port,
-                        weight: w.weight,
-                        state: w.state(),
-                    },
-                );
-            }
-
-            // Schedule: write the idle half, then flip in one update.
-            let active: Vec<(u32, u32)> = self
+    /// Backends that stay keep their ids and take their wanted state;
+    /// those that left drain.
+    fn update_known_backends(&mut self, service_id: u32, service: &WantedService) {
+        for backend in self
+            .backends
+            .values_mut()
+            .filter(|b| b.service_id == service_id)
+        {
+            let still = service
                 .backends
-                .values()
-                .filter(|b| b.service_id == id && b.state == SlotState::Active)
-                .map(|b| (b.id, b.weight))
-                .collect();
-            let ring = build_ring(&active, RING_SIZE as usize);
-            let slot = self.services.get_mut(&id).ok_or(DataplaneError::Full {
+                .iter()
+                .find(|w| w.addr == backend.addr && w.port == backend.port);
+            match still {
+                Some(w) => {
+                    backend.state = w.state();
+                    backend.weight = w.weight;
+                }
+                None => backend.state = SlotState::Draining,
+            }
+        }
+    }
+
+    fn add_new_backends(
+        &mut self,
+        tables: &mut Tables,
+        service_id: u32,
+        service: &WantedService,
+    ) -> Result<(), DataplaneError> {
+        for wanted in &service.backends {
+            if self
+                .find_backend(service_id, wanted.addr, wanted.port)
+                .is_none()
+            {
+                self.add_backend(tables, service_id, service.key, wanted)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `wanted` a free id, its NAT port pool and fresh counters.
+    fn add_backend(
+        &mut self,
+        tables: &mut Tables,
+        service_id: u32,
+        key: ServiceKey,
+        wanted: &WantedBackend,
+    ) -> Result<(), DataplaneError> {
+        let id = Self::free_id(&self.backends, MAX_BACKENDS).ok_or(DataplaneError::Full {
+            what: "backend",
+            limit: MAX_BACKENDS,
+        })?;
+        let port_pool = tables.ports_mut().pool_for(Endpoint {
+            addr: wanted.addr,
+            port: wanted.port,
+            proto: key.proto,
+        })?;
+        tables.write_backend(
+            id,
+            BackendValue {
+                addr: wanted.addr.octets(),
+                port: wanted.port,
+                _pad: 0,
+                service_id,
+                port_pool,
+            },
+        )?;
+        tables.reset_backend_counters(id)?;
+        self.backends.insert(
+            id,
+            BackendSlot {
+                id,
+                service_id,
+                addr: wanted.addr,
+                port: wanted.port,
+                weight: wanted.weight,
+                state: wanted.state(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes the service's ring into its idle half, then flips to it in
+    /// one update, so the program never reads a half-written ring.
+    fn write_schedule(
+        &mut self,
+        tables: &mut Tables,
+        service_id: u32,
+        key: ServiceKey,
+    ) -> Result<(), DataplaneError> {
+        let active: Vec<(u32, u32)> = self
+            .backends_of(service_id)
+            .filter(|b| b.state == SlotState::Active)
+            .map(|b| (b.id, b.weight))
+            .collect();
+        let ring = build_ring(&active, RING_SIZE as usize);
+        let slot = self
+            .services
+            .get_mut(&service_id)
+            .ok_or(DataplaneError::Full {
                 what: "service",
                 limit: MAX_SERVICES,
             })?;
-            let half = slot.ring_half ^ 1;
-            tables.write_ring(id, half, &ring)?;
-            tables.write_service(
-                service.key,
-                ServiceValue {
-                    id,
-                    ring_len: ring.len() as u32,
-                    ring_half: half,
-                    _pad: 0,
-                },
-            )?;
-            slot.ring_half = half;
-            slot.ring_len = ring.len() as u32;
-        }
-
-        let mut vips: HashMap<[u8; 4], u32> = HashMap::new();
-        for service in wanted {
-            *vips.entry(service.key.vip).or_default() += 1;
-        }
-        tables.set_vips(&vips)
+        let half = slot.ring_half ^ 1;
+        tables.write_ring(service_id, half, &ring)?;
+        tables.write_service(
+            key,
+            ServiceValue {
+                id: service_id,
+                ring_len: ring.len() as u32,
+                ring_half: half,
+                _pad: 0,
+            },
+        )?;
+        slot.ring_half = half;
+        slot.ring_len = ring.len() as u32;
+        Ok(())
     }
 
     /// Frees the ids of drained backends no flow uses any more.

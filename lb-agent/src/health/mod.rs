@@ -8,4 +8,4 @@ pub mod tracker;
 
 pub use probe::{CheckOutcome, Probe};
 pub use scheduler::{CheckReport, CheckTarget, HealthScheduler};
-pub use tracker::{HealthTracker, Transition};
+pub use tracker::HealthTracker;

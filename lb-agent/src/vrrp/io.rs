@@ -9,163 +9,79 @@
 //! the agent's main runtime.
 
 use std::{
-    io,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    io::{self, Read},
+    net::{Ipv4Addr, SocketAddrV4},
 };
 
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use super::packet::{MULTICAST_GROUP, PROTO_VRRP, TTL};
 
 /// IPTOS_PREC_INTERNETCONTROL, what keepalived sets.
-const TOS_INTERNETCONTROL: i32 = 0xc0;
+const TOS_INTERNETCONTROL: u32 = 0xc0;
 
 /// An open, configured socket not yet registered with a runtime.
 pub struct RawVrrpSocket {
-    fd: OwnedFd,
+    socket: Socket,
     /// Where adverts go: the unicast peers, or the multicast group.
     destinations: Vec<Ipv4Addr>,
 }
 
 /// The socket registered with the runtime of the thread that uses it.
 pub struct VrrpSocket {
-    fd: AsyncFd<OwnedFd>,
+    socket: AsyncFd<Socket>,
     destinations: Vec<Ipv4Addr>,
 }
 
-fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(())
+/// Names the step that failed in `error`.
+fn step(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> io::Error {
+    move |error| io::Error::new(error.kind(), format!("{what}: {error}"))
 }
 
-fn set_int(fd: &OwnedFd, level: i32, name: i32, value: i32, what: &str) -> io::Result<()> {
-    // SAFETY: valid fd and a c_int option value of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    check(rc, what)
-}
-
-fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.octets()),
-        },
-        sin_zero: [0; 8],
-    }
+fn socket_address(addr: Ipv4Addr) -> SockAddr {
+    SocketAddrV4::new(addr, 0).into()
 }
 
 impl RawVrrpSocket {
     /// Opens the socket on `interface` with source `src`; unicast to
     /// `peers`, or multicast when `peers` is empty.
     pub fn open(src: Ipv4Addr, interface: &str, peers: &[Ipv4Addr]) -> io::Result<Self> {
-        // SAFETY: plain socket(2).
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                i32::from(PROTO_VRRP),
-            )
-        };
-        check(raw, "raw socket for VRRP (needs CAP_NET_RAW)")?;
-        // SAFETY: a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        set_int(
-            &fd,
-            libc::IPPROTO_IP,
-            libc::IP_TTL,
-            i32::from(TTL),
-            "IP_TTL",
-        )?;
-        set_int(
-            &fd,
-            libc::IPPROTO_IP,
-            libc::IP_TOS,
-            TOS_INTERNETCONTROL,
-            "IP_TOS",
-        )?;
-        let name = interface.as_bytes();
-        // SAFETY: valid fd and buffer of the given length.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                name.as_ptr().cast(),
-                name.len() as libc::socklen_t,
-            )
-        };
-        check(rc, &format!("binding the VRRP socket to {interface}"))?;
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW.nonblocking().cloexec(),
+            Some(Protocol::from(i32::from(PROTO_VRRP))),
+        )
+        .map_err(step("raw socket for VRRP (needs CAP_NET_RAW)"))?;
+        socket.set_ttl_v4(u32::from(TTL)).map_err(step("IP_TTL"))?;
+        socket
+            .set_tos_v4(TOS_INTERNETCONTROL)
+            .map_err(step("IP_TOS"))?;
+        socket
+            .bind_device(Some(interface.as_bytes()))
+            .map_err(step(format!("binding the VRRP socket to {interface}")))?;
         if peers.is_empty() {
-            set_int(
-                &fd,
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_TTL,
-                i32::from(TTL),
-                "IP_MULTICAST_TTL",
-            )?;
-            set_int(
-                &fd,
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_LOOP,
-                0,
-                "IP_MULTICAST_LOOP",
-            )?;
-            let request = libc::ip_mreq {
-                imr_multiaddr: sockaddr(MULTICAST_GROUP).sin_addr,
-                imr_interface: sockaddr(src).sin_addr,
-            };
-            // SAFETY: valid fd and ip_mreq.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_ADD_MEMBERSHIP,
-                    (&request as *const libc::ip_mreq).cast(),
-                    std::mem::size_of::<libc::ip_mreq>() as libc::socklen_t,
-                )
-            };
-            check(rc, "joining 224.0.0.18")?;
-            let interface_addr = sockaddr(src).sin_addr;
-            // SAFETY: valid fd and in_addr.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_MULTICAST_IF,
-                    (&interface_addr as *const libc::in_addr).cast(),
-                    std::mem::size_of::<libc::in_addr>() as libc::socklen_t,
-                )
-            };
-            check(rc, "IP_MULTICAST_IF")?;
+            socket
+                .set_multicast_ttl_v4(u32::from(TTL))
+                .map_err(step("IP_MULTICAST_TTL"))?;
+            socket
+                .set_multicast_loop_v4(false)
+                .map_err(step("IP_MULTICAST_LOOP"))?;
+            socket
+                .join_multicast_v4(&MULTICAST_GROUP, &src)
+                .map_err(step("joining 224.0.0.18"))?;
+            socket
+                .set_multicast_if_v4(&src)
+                .map_err(step("IP_MULTICAST_IF"))?;
         } else {
             // Unicast: the bound address is both our source and a filter on
             // what we receive.
-            let local = sockaddr(src);
-            // SAFETY: valid fd and sockaddr_in.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&local as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            check(rc, &format!("binding the VRRP socket to {src}"))?;
+            socket
+                .bind(&socket_address(src))
+                .map_err(step(format!("binding the VRRP socket to {src}")))?;
         }
         Ok(Self {
-            fd,
+            socket,
             destinations: if peers.is_empty() {
                 vec![MULTICAST_GROUP]
             } else {
@@ -177,10 +93,11 @@ impl RawVrrpSocket {
     /// Registers the socket with the runtime of the calling thread (it
     /// must run inside that runtime).
     pub fn register(self) -> io::Result<VrrpSocket> {
-        // SAFETY: `self.fd` is an open socket owned by the AsyncFd from here on.
-        let fd = unsafe { AsyncFd::register(self.fd) }.map_err(io::Error::from)?;
+        // SAFETY: the AsyncFd owns the socket from here on, so the fd
+        // stays open while registered.
+        let socket = unsafe { AsyncFd::register(self.socket) }?;
         Ok(VrrpSocket {
-            fd,
+            socket,
             destinations: self.destinations,
         })
     }
@@ -194,54 +111,24 @@ impl VrrpSocket {
 
     /// Sends one VRRP message to `to`.
     pub async fn send_to(&self, message: &[u8], to: Ipv4Addr) -> io::Result<()> {
-        let addr = sockaddr(to);
+        let addr = socket_address(to);
         loop {
-            let mut guard = self.fd.writable().await?;
-            // SAFETY: valid fd, buffer and sockaddr_in.
-            let rc = unsafe {
-                libc::sendto(
-                    self.fd.get_ref().as_raw_fd(),
-                    message.as_ptr().cast(),
-                    message.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            if rc >= 0 {
-                return Ok(());
+            let mut guard = self.socket.writable().await?;
+            match guard.try_io(|socket| socket.get_ref().send_to(message, &addr)) {
+                Ok(sent) => return sent.map(drop),
+                Err(_would_block) => continue,
             }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                guard.clear_ready();
-                continue;
-            }
-            return Err(e);
         }
     }
 
     /// Receives one IP packet (header included).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            // SAFETY: valid fd and buffer.
-            let rc = unsafe {
-                libc::recv(
-                    self.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
-            };
-            if rc >= 0 {
-                return Ok(rc as usize);
+            let mut guard = self.socket.readable().await?;
+            match guard.try_io(|socket| socket.get_ref().read(buf)) {
+                Ok(received) => return received,
+                Err(_would_block) => continue,
             }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                guard.clear_ready();
-                continue;
-            }
-            return Err(e);
         }
     }
 }

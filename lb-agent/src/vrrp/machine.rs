@@ -43,7 +43,6 @@ pub enum Action {
 #[derive(Debug, Clone)]
 pub struct Params {
     pub version: Version,
-    pub vrid: u8,
     /// 1-255 (255 = address owner).
     pub priority: u8,
     pub advert_interval: Duration,
@@ -303,7 +302,6 @@ mod tests {
     fn params(version: Version, priority: u8, address: Ipv4Addr, interval: Duration) -> Params {
         Params {
             version,
-            vrid: 33,
             priority,
             advert_interval: interval,
             preempt: true,

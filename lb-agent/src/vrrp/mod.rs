@@ -5,8 +5,8 @@
 //! the rest of issue #5.
 
 pub mod instance;
-pub mod io;
-pub mod machine;
+pub(crate) mod io;
+pub(crate) mod machine;
 pub mod packet;
-pub mod runner;
-pub mod track;
+pub(crate) mod runner;
+pub(crate) mod track;

@@ -37,10 +37,61 @@ const PROVIDER_STATUS_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a stopping agent waits for the provider to release.
 const PROVIDER_SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
 
+/// The state `lb-agent status` and the metrics show: the machine's
+/// states plus `STOPPED` for an instance that has shut down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VrrpState {
+    #[default]
+    Init,
+    Backup,
+    Master,
+    Fault,
+    Stopped,
+}
+
+impl VrrpState {
+    pub const ALL: [Self; 5] = [
+        Self::Init,
+        Self::Backup,
+        Self::Master,
+        Self::Fault,
+        Self::Stopped,
+    ];
+
+    /// The name in the status JSON, the metrics' labels and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "INIT",
+            Self::Backup => "BACKUP",
+            Self::Master => "MASTER",
+            Self::Fault => "FAULT",
+            Self::Stopped => "STOPPED",
+        }
+    }
+}
+
+impl From<State> for VrrpState {
+    fn from(state: State) -> Self {
+        match state {
+            State::Initialize => Self::Init,
+            State::Backup => Self::Backup,
+            State::Master => Self::Master,
+            State::Fault => Self::Fault,
+        }
+    }
+}
+
+impl std::fmt::Display for VrrpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What `lb-agent status` shows of VRRP.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VrrpStatus {
-    pub state: String,
+    pub state: VrrpState,
     pub vrid: u8,
     pub priority: u8,
     pub version: u8,
@@ -73,11 +124,11 @@ impl VrrpStatus {
     /// Records entering `state`; `false` (nothing recorded) when already
     /// in it. A reload's new instance starts in its predecessor's state,
     /// so resuming that is not a transition.
-    fn enter(&mut self, state: &str, reason: &str, unix: u64) -> bool {
+    fn enter(&mut self, state: VrrpState, reason: &str, unix: u64) -> bool {
         if self.state == state {
             return false;
         }
-        self.state = state.into();
+        self.state = state;
         self.last_transition_unix = Some(unix);
         self.transitions += 1;
         self.last_transition_reason = reason.into();
@@ -123,15 +174,6 @@ pub enum Stop {
     /// stop silently and leave the floating IP where it is, so the
     /// successor resumes as master without a failover.
     Handover,
-}
-
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Initialize => "INIT",
-        State::Backup => "BACKUP",
-        State::Master => "MASTER",
-        State::Fault => "FAULT",
-    }
 }
 
 /// A runner built on the agent's side (settings checked, socket and
@@ -194,7 +236,6 @@ impl PreparedRunner {
         };
         let machine = Machine::new(Params {
             version,
-            vrid: config.vrid.get(),
             priority: config.priority.get(),
             advert_interval: config.advert_int,
             preempt: config.preempt,
@@ -316,7 +357,7 @@ impl VrrpRunner {
             }
         }
         self.status.master = self.machine.master;
-        self.status.state = state_name(self.machine.state()).into();
+        self.status.state = self.machine.state().into();
         self.show_provider();
         self.publish();
     }
@@ -345,11 +386,12 @@ impl VrrpRunner {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let entered = self.status.enter(state_name(to), reason, now);
+        let state = VrrpState::from(to);
+        let entered = self.status.enter(state, reason, now);
         if entered {
-            info!(state = state_name(to), reason, "VRRP transition");
+            info!(%state, reason, "VRRP transition");
         } else {
-            debug!(state = state_name(to), reason, "VRRP state resumed");
+            debug!(%state, reason, "VRRP state resumed");
         }
         entered
     }
@@ -364,7 +406,11 @@ impl VrrpRunner {
             State::Fault => self.config.notify_fault.clone(),
             State::Initialize => self.config.notify_stop.clone(),
         };
-        let name = state_name(state).replace("INIT", "STOP");
+        // keepalived's notify names the stopped state STOP.
+        let name = match state {
+            State::Initialize => "STOP",
+            state => VrrpState::from(state).as_str(),
+        };
         let generic = self.config.notify.clone().map(|cmd| {
             format!(
                 "{cmd} INSTANCE {} {name} {}",
@@ -454,7 +500,7 @@ impl VrrpRunner {
             "advert from {} priority {} while {}",
             info.src,
             advert.priority,
-            state_name(was)
+            VrrpState::from(was)
         );
         self.perform(actions, &reason).await;
         if self.machine.state() == State::Master && advert.priority < self.config.priority.get() {
@@ -510,9 +556,6 @@ impl VrrpRunner {
     /// has decided its own) with this instance's settings and provider.
     fn resume_status(&mut self, provider: &str) {
         let mut status = self.shared.snapshot();
-        if status.state.is_empty() {
-            status.state = "INIT".into();
-        }
         status.vrid = self.config.vrid.get();
         status.priority = self.config.priority.get();
         status.version = self.config.version.number();
@@ -645,7 +688,7 @@ impl VrrpRunner {
         for hook in self.run_notify(State::Initialize) {
             let _ = hook.await;
         }
-        self.status.state = "STOPPED".into();
+        self.status.state = VrrpState::Stopped;
         self.publish();
     }
 }
@@ -657,20 +700,20 @@ mod tests {
     #[test]
     fn only_real_state_changes_count_as_transitions() {
         let mut status = VrrpStatus {
-            state: "INIT".into(),
+            state: VrrpState::Init,
             ..VrrpStatus::default()
         };
-        assert!(status.enter("BACKUP", "startup", 10));
-        assert!(status.enter("MASTER", "master down interval expired", 12));
+        assert!(status.enter(VrrpState::Backup, "startup", 10));
+        assert!(status.enter(VrrpState::Master, "master down interval expired", 12));
         // A reload replaced the instance; the new one resumes as master.
-        assert!(!status.enter("MASTER", "startup", 20));
+        assert!(!status.enter(VrrpState::Master, "startup", 20));
         assert_eq!(status.transitions, 2);
         assert_eq!(status.last_transition_unix, Some(12));
         assert_eq!(
             status.last_transition_reason,
             "master down interval expired"
         );
-        assert!(status.enter("FAULT", "service www has no backend up", 30));
+        assert!(status.enter(VrrpState::Fault, "service www has no backend up", 30));
         assert_eq!(status.transitions, 3);
     }
 
@@ -684,5 +727,15 @@ mod tests {
         };
         assert_eq!(status.provider_base("local"), (7, 2));
         assert_eq!(status.provider_base("exec"), (0, 0));
+    }
+
+    #[test]
+    fn states_serialize_as_the_status_schema_names_them() {
+        for state in VrrpState::ALL {
+            let json = serde_json::to_string(&state).expect("serialize");
+            assert_eq!(json, format!("\"{state}\""));
+            let back: VrrpState = serde_json::from_str(&json).expect("deserialize");
+            assert_eq!(back, state);
+        }
     }
 }
