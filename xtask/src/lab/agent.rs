@@ -171,16 +171,7 @@ impl Lab {
     /// Makes `node`'s track script fail (`true`) or pass (`false`).
     pub fn set_track_failing(&self, node: Node, failing: bool) -> Result<()> {
         let flag = self.track_flag(node);
-        if failing {
-            std::fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))
-        } else {
-            match std::fs::remove_file(&flag) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("removing {}", flag.display()))
-                }
-                _ => Ok(()),
-            }
-        }
+        super::process::set_flag_file(&flag, failing)
     }
 
     /// The agent instance name of `node`: its namespace name, `<P>-lbN`.

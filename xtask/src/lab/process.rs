@@ -2,7 +2,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::cmd;
 
@@ -91,6 +91,21 @@ pub fn netns_pids(ns: &str) -> Vec<u32> {
 /// Polls until `pid` has exited or `timeout` passed; returns whether it exited.
 pub fn wait_exit(pid: u32, timeout: Duration) -> bool {
     cmd::wait_until(timeout, || !alive(pid))
+}
+
+/// Creates (`present`) or removes the empty file at `flag`: the lab's
+/// switches that scripts and nginx test for (an absent file is already
+/// removed).
+pub fn set_flag_file(flag: &Path, present: bool) -> Result<()> {
+    if present {
+        return std::fs::write(flag, "").with_context(|| format!("writing {}", flag.display()));
+    }
+    match std::fs::remove_file(flag) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", flag.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -142,16 +142,7 @@ impl Lab {
     /// while nginx keeps serving everything else.
     pub fn set_health_page_failing(&self, node: Node, failing: bool) -> Result<()> {
         let flag = web_dir(self, node).join("www/unhealthy");
-        if failing {
-            std::fs::write(&flag, "").with_context(|| format!("writing {}", flag.display()))
-        } else {
-            match std::fs::remove_file(&flag) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(e).with_context(|| format!("removing {}", flag.display()))
-                }
-                _ => Ok(()),
-            }
-        }
+        super::process::set_flag_file(&flag, failing)
     }
 
     /// Path of a web server's nginx access log.
