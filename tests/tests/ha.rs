@@ -403,8 +403,19 @@ fn multicast_election_runs_notify_hooks_without_blocking() {
         "keepalived's notify convention (TYPE NAME STATE PRIORITY):\n{}",
         std::fs::read_to_string(&hook_log).unwrap_or_default()
     );
-    let log = std::fs::read_to_string(lab.agent_log_path(Node::Lb2)).expect("lb2 log");
-    assert!(log.contains("notify hook timed out"), "{log}");
+    // The hook is killed notify_timeout (1 s) after lb2 became BACKUP,
+    // which may be just after it became MASTER: wait for the line.
+    let lb2_log = lab.agent_log_path(Node::Lb2);
+    let timed_out = || {
+        std::fs::read_to_string(&lb2_log)
+            .unwrap_or_default()
+            .contains("notify hook timed out")
+    };
+    assert!(
+        wait_for(Duration::from_secs(3), timed_out),
+        "{}",
+        std::fs::read_to_string(&lb2_log).unwrap_or_default()
+    );
 }
 
 #[test]
