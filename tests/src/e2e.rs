@@ -242,6 +242,23 @@ pub fn wait_for(limit: Duration, condition: impl FnMut() -> bool) -> bool {
     xtask::cmd::wait_until(limit, condition)
 }
 
+/// Waits up to `limit` for `needle` in `node`'s agent log; the log as it
+/// then is, as the error, when it does not come.
+pub fn wait_for_agent_log(
+    lab: &Lab,
+    node: Node,
+    needle: &str,
+    limit: Duration,
+) -> Result<(), String> {
+    let path = lab.agent_log_path(node);
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    if wait_for(limit, || read().contains(needle)) {
+        Ok(())
+    } else {
+        Err(read())
+    }
+}
+
 /// `backends list --service S --json` as JSON values.
 pub fn backends_json(lab: &Lab, service: &str) -> Vec<serde_json::Value> {
     let text = agent(lab, &["backends", "list", "--service", service, "--json"]);

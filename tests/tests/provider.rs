@@ -159,17 +159,14 @@ fn a_healed_partition_ends_with_one_holder_announced_again() {
     let body = lab.http_get(Node::Client, VIP_URL).expect("served");
     assert!(body.starts_with("web"), "{body}");
     // Two advert intervals after lb2's last claim.
-    let log = lab.agent_log_path(Node::Lb1);
-    let announced = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("the peer stopped claiming mastership")
-    };
-    assert!(
-        wait_for(Duration::from_secs(6), announced),
-        "lb1 announced the VIP again once the split brain ended:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    if let Err(log) = wait_for_agent_log(
+        &lab,
+        Node::Lb1,
+        "the peer stopped claiming mastership",
+        Duration::from_secs(6),
+    ) {
+        panic!("lb1 announced the VIP again once the split brain ended:\n{log}");
+    }
 }
 
 #[test]
