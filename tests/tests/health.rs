@@ -4,7 +4,7 @@
 //! up, cuts flows with `on_down = "shutdown-flows"`, and does not flap.
 //! The lab checks `www` over HTTP every 1 s with rise 2 / fall 2.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration_tests::e2e::*;
 use xtask::lab::{self, Node};
@@ -177,31 +177,53 @@ fn shutdown_flows_cuts_a_long_lived_connection() {
     );
 }
 
+/// Each check sees the opposite of the one before: the test flips the page
+/// as soon as nginx has logged a check. With rise 2 / fall 2 no two equal
+/// results ever follow each other, so the backend must never change state.
+/// (Flipping on a timer instead aliases with the check interval and makes
+/// runs of equal results by chance.)
 #[test]
 fn flapping_backend_does_not_storm_the_maps() {
+    const FLIPS: usize = 10;
     let Some(lab) = lab("hflap") else { return };
-    // /health flips every half interval for 8 s.
-    for i in 0..16 {
-        lab.set_health_page_failing(Node::Web1, i % 2 == 0)
+    let mut failing = false;
+    let mut checks_seen = health_checks_logged(&lab, Node::Web1);
+    let mut flips = 0;
+    let deadline = Instant::now() + Duration::from_secs(3 * FLIPS as u64);
+    while flips < FLIPS && Instant::now() < deadline {
+        let checks = health_checks_logged(&lab, Node::Web1);
+        if checks == checks_seen {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        assert_eq!(
+            checks,
+            checks_seen + 1,
+            "one check at a time, so that each sees a flipped page"
+        );
+        checks_seen = checks;
+        failing = !failing;
+        lab.set_health_page_failing(Node::Web1, failing)
             .expect("flip");
-        std::thread::sleep(Duration::from_millis(500));
+        flips += 1;
     }
+    assert_eq!(flips, FLIPS, "web1 was checked about once a second");
     lab.set_health_page_failing(Node::Web1, false)
         .expect("settle");
-    let list = agent(&lab, &["backends", "list", "--service", "www", "--json"]);
-    let transitions: u64 = list
-        .split("\"transitions\": ")
-        .skip(1)
-        .filter_map(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .max()
-        .expect("transitions field");
-    assert!(
-        transitions <= 2,
-        "at most one down and one up, not a storm: {transitions}\n{list}"
+    let transitions = backend_field(&lab, "www", WEB1, "transitions");
+    assert_eq!(
+        transitions,
+        serde_json::json!(0),
+        "alternating results never reach rise or fall: {:#?}",
+        backends_json(&lab, "www")
     );
+    assert_eq!(health_of(&lab, "www", WEB1), "up");
+}
+
+/// How many health checks `web`'s nginx has answered so far.
+fn health_checks_logged(lab: &lab::Lab, web: Node) -> usize {
+    let path = lab.access_log_path(web);
+    let log = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("access log {}: {e}", path.display()));
+    log.lines().filter(|l| l.contains("\"GET /health ")).count()
 }
