@@ -57,6 +57,11 @@ pub mod map_names {
     pub const HALF_OPEN: &str = "half_open";
     /// Per-CPU `HalfOpenCursor` at index 0: where each CPU's ring goes on.
     pub const HALF_OPEN_CURSORS: &str = "half_open_cursors";
+    /// Ring buffer of `FlowEvent`s (new flows and state changes) for the
+    /// agent's flow sync, written while `Settings::sync_events` is set.
+    pub const FLOW_EVENTS: &str = "flow_events";
+    /// Per-CPU count at index 0 of `FlowEvent`s lost to a full ring.
+    pub const FLOW_EVENTS_LOST: &str = "flow_events_lost";
 }
 
 /// Most services one node can hold (service ids are `0..MAX_SERVICES`).
@@ -85,6 +90,11 @@ pub const MAX_SNAT_ADDRESSES: usize = 16;
 /// Slots of each CPU's half-open ring: the most half-open flows one CPU
 /// keeps (`Settings::half_open_per_cpu` may ask for fewer).
 pub const HALF_OPEN_SLOTS: u32 = 16384;
+
+/// Bytes of the `flow_events` ring buffer: room for about 80,000 events
+/// (40 bytes and an 8-byte header each), several seconds of a heavy
+/// new-flow load should the agent fall behind.
+pub const FLOW_EVENTS_BYTES: u32 = 4 << 20;
 
 /// The share of the flow table that half-open flows may take, as a divisor.
 pub const HALF_OPEN_SHARE: u32 = 8;
@@ -400,6 +410,44 @@ impl ReplyValue {
     }
 }
 
+/// A flow the program opened or whose state it changed, as the agent's
+/// flow sync reads it from `flow_events`: everything the peer needs to
+/// carry the flow on, so the agent never looks the flow up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEvent {
+    /// The forward entry's key (client -> VIP).
+    pub client: FlowKey,
+    pub backend_addr: [u8; 4],
+    pub backend_port: u16,
+    pub lb_port: u16,
+    pub ts_delta: u32,
+    /// One of `flow_state::*`, after the change.
+    pub state: u8,
+    /// Index of the flow's source address in `Settings::snat_addrs`.
+    pub snat_index: u8,
+    pub _pad: u16,
+    /// The program's clock at the change: the flow's last packet.
+    pub at_ns: u64,
+}
+
+impl FlowEvent {
+    #[inline(always)]
+    pub fn of(client: &FlowKey, flow: &FlowValue) -> Self {
+        Self {
+            client: *client,
+            backend_addr: flow.backend_addr,
+            backend_port: flow.backend_port,
+            lb_port: flow.lb_port,
+            ts_delta: flow.ts_delta,
+            state: flow.state,
+            snat_index: flow.snat_index,
+            _pad: 0,
+            at_ns: flow.last_seen_ns,
+        }
+    }
+}
+
 /// Node-wide settings, written by the agent at index 0 of `settings`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -438,6 +486,10 @@ pub struct Settings {
     /// `bpf_ktime_get_coarse_ns` instead.
     pub tick_ns: u64,
     pub tick_offset_ns: u64,
+    /// 1: report new flows and state changes in `flow_events` (flow sync
+    /// with a peer is on); 0: the program spends nothing on it.
+    pub sync_events: u32,
+    pub _pad_sync: u32,
 }
 
 impl Settings {
@@ -668,7 +720,8 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 64);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 56);
-        assert_eq!(size_of::<Settings>(), 144);
+        assert_eq!(size_of::<Settings>(), 152);
+        assert_eq!(size_of::<FlowEvent>(), 40);
         assert_eq!(size_of::<PortPool>(), 32);
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(size_of::<HalfOpenEntry>(), 24);

@@ -7,7 +7,8 @@ use core::mem::size_of;
 use crate::{
     map_names::*, BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry,
     NextHop, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
-    HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS, RING_SLOTS,
+    FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
+    RING_SLOTS,
 };
 
 /// The kernel map type a map is declared with.
@@ -19,6 +20,7 @@ pub enum MapKind {
     PerCpuArray,
     DevMapHash,
     ArrayOfMaps,
+    RingBuf,
 }
 
 #[cfg(feature = "user")]
@@ -33,6 +35,7 @@ impl MapKind {
             MapType::PerCpuArray => Self::PerCpuArray,
             MapType::DevMapHash => Self::DevMapHash,
             MapType::ArrayOfMaps => Self::ArrayOfMaps,
+            MapType::RingBuf => Self::RingBuf,
             _ => return None,
         })
     }
@@ -101,7 +104,7 @@ use MapKind::*;
 use OnMismatch::*;
 
 /// Every map the program declares, in a stable order.
-pub const MAPS: [MapSpec; 19] = [
+pub const MAPS: [MapSpec; 21] = [
     spec(
         SERVICES,
         Hash,
@@ -179,6 +182,10 @@ pub const MAPS: [MapSpec; 19] = [
         1,
         Replace,
     ),
+    // Events not yet read when the agent stops are lost either way: the
+    // peer's full transfer at the next start covers them.
+    spec(FLOW_EVENTS, RingBuf, 0, 0, FLOW_EVENTS_BYTES, Replace),
+    spec(FLOW_EVENTS_LOST, PerCpuArray, 4, 8, 1, Replace),
 ];
 
 /// The spec of the map called `name`.

@@ -43,6 +43,8 @@ impl Config {
             _pad_mac: [0; 4],
             tick_ns: 0,
             tick_offset_ns: 0,
+            sync_events: u32::from(self.sync.is_some()),
+            _pad_sync: 0,
         }
     }
 

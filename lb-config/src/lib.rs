@@ -18,6 +18,7 @@ mod node;
 mod problem;
 mod restart;
 mod service;
+mod sync;
 mod validate;
 mod vrrp;
 mod write;
@@ -42,6 +43,7 @@ pub use node::{ConntrackConfig, MetricsConfig, NodeConfig, XdpMode};
 pub use problem::{FieldPath, Problem, Segment};
 pub use restart::{restart_only_changes, RestartChange, RestartOnly};
 pub use service::{BackendConfig, OnDown, Protocol, ServiceConfig, MAX_SERVICE_NAME};
+pub use sync::{SyncConfig, DEFAULT_SYNC_PORT, DEFAULT_SYNC_QUEUE};
 pub use vrrp::{TrackScript, VrrpConfig, MAX_PREEMPT_DELAY, MAX_TRACK_SCRIPT_TIMEOUT};
 
 /// The whole configuration file.
@@ -63,6 +65,10 @@ pub struct Config {
     /// without it this node always holds the VIPs it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vrrp: Option<VrrpConfig>,
+    /// Flow sync with the VRRP peer (`[sync]`); without it connections end
+    /// when the other node takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncConfig>,
 }
 
 impl Config {
@@ -74,6 +80,7 @@ impl Config {
             metrics: None,
             services: Vec::new(),
             vrrp: None,
+            sync: None,
         }
     }
 

@@ -33,6 +33,12 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     let mut changed = Vec::new();
     changed_fields("node", &old.node, &new.node, &mut changed);
     changed_fields("conntrack", &old.conntrack, &new.conntrack, &mut changed);
+    if old.sync != new.sync {
+        changed.push(RestartChange {
+            path: FieldPath::root().key("sync"),
+            why: "flow sync's socket, key and peer are set up at start",
+        });
+    }
     changed
 }
 

@@ -37,6 +37,15 @@ impl Config {
                 }
             }
         }
+        if let Some(sync) = &self.sync {
+            let peers = self.vrrp.as_ref().map(|v| v.unicast_peers.as_slice());
+            sync.check(
+                &root.key("sync"),
+                self.node.private_address,
+                peers,
+                &mut problems,
+            );
+        }
         self.check_sizes(&mut problems);
         self.check_services(&mut problems);
         problems.into_vec()

@@ -3,7 +3,8 @@
 //! Layout (after Katran's data path): `parsing` (headers), `lookup` (services,
 //! scheduling, ports, conntrack), `nat` (rewrite and checksums), `forward`
 //! (route lookup and transmit), `rst` (fast-fail resets), `half_open` (the
-//! cap on half-open flows), `counters`, `clock`, `maps`.
+//! cap on half-open flows), `sync` (events for the HA peer), `counters`,
+//! `clock`, `maps`.
 #![no_std]
 #![no_main]
 
@@ -17,6 +18,7 @@ mod nat;
 mod parsing;
 mod ptr;
 mod rst;
+mod sync;
 mod timestamps;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
@@ -83,7 +85,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         // integers and the program is their only writer.
         let flow = unsafe { &mut *entry };
         if reusable(settings, flow, now, is_syn) {
-            return established(ctx, settings, &pkt, flow, now);
+            return established(ctx, settings, &pkt, &client, flow, now);
         }
         replaced = ReplacedSource::of(flow);
         stale_entry = Some(entry);
@@ -134,11 +136,17 @@ fn established(
     ctx: &XdpContext,
     settings: &Settings,
     pkt: &Packet,
+    client: &lb_common::FlowKey,
     flow: &mut FlowValue,
     now: u64,
 ) -> (u32, Reason) {
     flow.last_seen_ns = now;
-    flow.state = next_state(flow.state, pkt.tcp_flags, false);
+    sync::set_state(
+        settings,
+        client,
+        flow,
+        next_state(flow.state, pkt.tcp_flags, false),
+    );
     let bytes = pkt.ip_len as u64;
     let snat = settings.snat_addr(flow.snat_index);
     rewrite(
@@ -276,6 +284,7 @@ fn new_flow(
         return (DROP, Reason::DropFlowInsert);
     }
     half_open::record(settings, new.client, &flow);
+    sync::report(settings, new.client, &flow);
     count_taken(source.pool);
     count_traffic(service.id, backend_id, bytes, true);
     (action, Reason::ForwardedToBackend)
@@ -361,7 +370,12 @@ fn refresh_flow(settings: &Settings, pkt: &Packet, client: &lb_common::FlowKey, 
         return false;
     }
     flow.last_seen_ns = now;
-    flow.state = next_state(flow.state, pkt.tcp_flags, true);
+    sync::set_state(
+        settings,
+        client,
+        flow,
+        next_state(flow.state, pkt.tcp_flags, true),
+    );
     true
 }
 

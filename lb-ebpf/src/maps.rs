@@ -4,13 +4,13 @@
 //! against it).
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, Queue},
+    btf_maps::{Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, Queue, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
-    BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop, PortPool,
-    Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS, HALF_OPEN_SLOTS,
-    MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
+    BackendValue, Counters, FlowEvent, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop,
+    PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
+    FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
@@ -106,3 +106,11 @@ pub static HALF_OPEN_CURSORS: PerCpuArray<HalfOpenCursor, 1> = PerCpuArray::new(
 /// while fresh (`NEXT_HOP_TTL_NS`), like each flow's own cache.
 #[btf_map(name = "backend_hops")]
 pub static BACKEND_HOPS: PerCpuArray<NextHop, BACKENDS_MAX> = PerCpuArray::new();
+
+/// New flows and state changes for the agent's flow sync.
+#[btf_map(name = "flow_events")]
+pub static FLOW_EVENTS: RingBuf<FlowEvent, { FLOW_EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// Per-CPU count of events lost to a full `FLOW_EVENTS`.
+#[btf_map(name = "flow_events_lost")]
+pub static FLOW_EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();

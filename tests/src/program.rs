@@ -163,6 +163,8 @@ impl Harness {
             _pad_mac: [0; 4],
             tick_ns: 0,
             tick_offset_ns: 0,
+            sync_events: 0,
+            _pad_sync: 0,
         };
         // Clocked as the agent runs it; the program test
         // `flow_clock_reads_monotonic_time_calibrated_or_not` also covers
@@ -509,5 +511,24 @@ impl Harness {
             .iter()
             .map(|c| c.evicted)
             .sum()
+    }
+}
+
+impl Harness {
+    /// Takes every event waiting in the flow-sync ring buffer.
+    pub fn take_flow_events(&mut self) -> Vec<lb_common::FlowEvent> {
+        let mut ring = aya::maps::RingBuf::try_from(
+            self.ebpf
+                .map_mut(map_names::FLOW_EVENTS)
+                .expect("flow_events"),
+        )
+        .expect("ring buffer");
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<lb_common::FlowEvent>());
+            // SAFETY: the program writes whole `FlowEvent`s (length checked).
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+        events
     }
 }

@@ -1040,3 +1040,48 @@ fn a_client_reusing_its_ports_holds_one_entry_each_way() {
     assert_eq!(h.service_counters(0).new_flows, 2_000);
     assert_eq!((h.flow_count(), h.reply_count()), (1, 1));
 }
+
+/// With sync on, each new flow and each state change is reported once,
+/// with what the peer needs to carry the flow on; plain data is not.
+#[test]
+fn flow_sync_events_report_new_flows_and_state_changes() {
+    let Some(mut h) = lab_harness() else {
+        return;
+    };
+    h.run(h.pub_ifindex, &client_syn(40100).build());
+    assert!(h.take_flow_events().is_empty(), "sync off: no events");
+    h.set_settings(Settings {
+        sync_events: 1,
+        ..h.ebpf_settings()
+    });
+    let (port, backend) = handshake(&h, CLIENT, 40200);
+    let data = Frame::tcp(CLIENT, 40200, VIP, 80, TCP_ACK | TCP_PSH).macs(CLIENT_MAC, PUB_MAC);
+    assert_eq!(h.run(h.pub_ifindex, &data.build()).0, XDP_REDIRECT);
+    let events = h.take_flow_events();
+    let states: Vec<u8> = events.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [
+            flow_state::TCP_HANDSHAKE,
+            flow_state::TCP_SYN_ACKED,
+            flow_state::TCP_ESTABLISHED
+        ],
+        "{events:#?}"
+    );
+    let flow = h.flow(&client_key(40200)).expect("flow");
+    for event in &events {
+        assert_eq!(event.client, client_key(40200));
+        assert_eq!((event.backend_addr, event.backend_port), (backend, 80));
+        assert_eq!((event.lb_port, event.snat_index), (port, 0));
+        assert_eq!(event.ts_delta, flow.ts_delta);
+    }
+    assert!(events[0].at_ns <= events[2].at_ns && events[2].at_ns <= flow.last_seen_ns);
+    let rst = Frame::tcp(CLIENT, 40200, VIP, 80, TCP_RST).macs(CLIENT_MAC, PUB_MAC);
+    h.run(h.pub_ifindex, &rst.build());
+    let closing: Vec<u8> = h.take_flow_events().iter().map(|e| e.state).collect();
+    assert_eq!(closing, [flow_state::TCP_CLOSING]);
+    let dns = Frame::udp(CLIENT, 40300, VIP, 5353).macs(CLIENT_MAC, PUB_MAC);
+    h.run(h.pub_ifindex, &dns.build());
+    let udp: Vec<u8> = h.take_flow_events().iter().map(|e| e.state).collect();
+    assert_eq!(udp, [flow_state::UDP]);
+}
