@@ -30,4 +30,5 @@ pub(crate) mod reset;
 pub(crate) mod schedule;
 pub(crate) mod shell;
 pub(crate) mod state;
+pub mod sync;
 pub mod vrrp;

@@ -187,6 +187,43 @@ fn stats(report: &StatsReport) -> String {
     out
 }
 
+fn sync_status(sync: Option<&crate::sync::SyncStatus>, ha: bool) -> String {
+    let Some(s) = sync else {
+        return if ha {
+            "flow sync: not configured (established connections end when the peer takes over)\n"
+                .into()
+        } else {
+            String::new()
+        };
+    };
+    let ms = |us: Option<u64>| {
+        us.map_or_else(|| "-".into(), |us| format!("{:.1} ms", us as f64 / 1000.0))
+    };
+    let peer = s.peer.map_or_else(|| "-".into(), |p| p.to_string());
+    let heard = s
+        .peer_heard_secs
+        .map_or_else(|| "never".into(), |secs| format!("{secs}s ago"));
+    format!(
+        "flow sync: {} with {peer} (heard {heard}; peer {} this node's flows)\n  lag p50 {}, p99 {}; records sent {}, received {}, installed {}, removed {}\n  refused {:?}, rejected {:?}, lost messages {}, queue dropped {}, events lost {}\n  full transfers sent {}, received {} (last: {} records)\n",
+        s.state.as_str(),
+        if s.peer_in_sync { "holds" } else { "does not hold yet" },
+        ms(s.lag_p50_us),
+        ms(s.lag_p99_us),
+        s.records_sent,
+        s.records_received,
+        s.installed,
+        s.removed,
+        s.refused,
+        s.rejected,
+        s.lost_messages,
+        s.queue_dropped,
+        s.events_lost,
+        s.transfers_sent,
+        s.transfers_received,
+        s.last_transfer_records.map_or_else(|| "-".into(), |n| n.to_string()),
+    )
+}
+
 fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
     let mut out = format!("instance {}\n", status.instance);
     match &status.vrrp {
@@ -223,6 +260,7 @@ fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
             ));
         }
     }
+    out.push_str(&sync_status(status.sync.as_ref(), status.vrrp.is_some()));
     out.push('\n');
     out.push_str(&services(&status.services));
     out.push('\n');

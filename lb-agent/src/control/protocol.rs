@@ -91,6 +91,9 @@ pub struct NodeStatus {
     /// Half-open flows that gave way to new ones.
     #[serde(default)]
     pub half_open_evicted: u64,
+    /// Flow sync with the peer, or `None` without `[sync]`.
+    #[serde(default)]
+    pub sync: Option<crate::sync::SyncStatus>,
 }
 
 /// The schema of `NodeStatus` this agent writes.

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{reload::ReloadRequest, CheckTargetsFeed};
 use crate::{
@@ -11,6 +11,7 @@ use crate::{
         protocol::{NodeStatus, Reply, Request, Response, ServiceBackend, STATUS_SCHEMA},
         server::ControlHandler,
     },
+    sync::SyncStatus,
     vrrp::runner::SharedStatus,
 };
 
@@ -18,6 +19,7 @@ pub(super) struct Handler {
     pub agent: Arc<Mutex<Agent>>,
     pub instance: String,
     pub vrrp: Option<SharedStatus>,
+    pub sync: Option<watch::Receiver<SyncStatus>>,
     pub reloads: mpsc::Sender<ReloadRequest>,
     pub check_targets: CheckTargetsFeed,
 }
@@ -60,6 +62,7 @@ impl Handler {
             flows: stats.flows,
             max_flows: stats.max_flows,
             half_open_evicted: stats.half_open_evicted,
+            sync: self.sync.as_ref().map(|s| s.borrow().clone()),
         }))
     }
 

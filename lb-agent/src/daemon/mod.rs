@@ -28,7 +28,7 @@ use self::{
 };
 use crate::{
     agent::Agent,
-    config::{Config, NodeConfig, VrrpConfig, XdpMode},
+    config::{Config, NodeConfig, SyncConfig, VrrpConfig, XdpMode},
     control::{
         server::{bind, ensure_not_running, serve, ServeLimits},
         socket_path,
@@ -46,6 +46,7 @@ use crate::{
     neighbors::NeighborKeeper,
     ports,
     state::RuntimeState,
+    sync::{self, SyncStatus},
     vrrp::{
         instance::{PreparedVrrp, VrrpContext},
         runner::SharedStatus,
@@ -83,7 +84,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let caps = connection_caps();
     hide_secrets(&config);
     let snat_layout = prepare_node(&config, &options).await?;
+    let own_sources = snat_layout.clone();
     let vrrp_config = config.vrrp.clone();
+    let sync_config = config.sync.clone();
     let metrics_listen = config.metrics.as_ref().map(|m| m.listen);
     let vips = service_vips(&config);
 
@@ -101,7 +104,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
     daemon.attach()?;
 
-    let reloader = daemon.start_vrrp(vrrp_config, vips).await?;
+    let may_lead = match (&sync_config, &vrrp_config) {
+        (Some(sync), Some(vrrp)) => daemon.start_sync(sync, vrrp, own_sources).await?,
+        _ => watch::channel(true).1,
+    };
+    let reloader = daemon.start_vrrp(vrrp_config, vips, may_lead).await?;
     if let Some(listener) = metrics_listener {
         daemon.spawn_metrics(listener);
     }
@@ -127,6 +134,7 @@ struct Daemon {
     agent: Arc<Mutex<Agent>>,
     caps: ConnectionCaps,
     vrrp_status: Option<SharedStatus>,
+    sync_status: Option<watch::Receiver<SyncStatus>>,
     check_targets: CheckTargetsFeed,
     check_targets_seen: watch::Receiver<Vec<CheckTarget>>,
     stop: watch::Sender<bool>,
@@ -178,6 +186,7 @@ impl Daemon {
             agent: Arc::new(Mutex::new(agent)),
             caps,
             vrrp_status: None,
+            sync_status: None,
             check_targets,
             check_targets_seen,
             stop: watch::channel(false).0,
@@ -209,6 +218,7 @@ impl Daemon {
         &mut self,
         config: Option<VrrpConfig>,
         vips: Vec<Ipv4Addr>,
+        may_lead: watch::Receiver<bool>,
     ) -> Result<Reloader> {
         let mut reloader = Reloader {
             path: self.options.config_path.clone(),
@@ -230,11 +240,32 @@ impl Daemon {
             vips,
             services: Agent::service_state(&self.agent),
             status: SharedStatus::default(),
+            may_lead,
         };
         reloader.vrrp = Some(PreparedVrrp::new(&context, &config)?.start().await?);
         self.vrrp_status = Some(context.status.clone());
         reloader.vrrp_context = Some(context);
         Ok(reloader)
+    }
+
+    /// Flow sync with the VRRP peer; returns whether this node may take
+    /// mastership yet (it waits for the peer's flows).
+    async fn start_sync(
+        &mut self,
+        config: &SyncConfig,
+        vrrp: &VrrpConfig,
+        own_sources: SlotLayout,
+    ) -> Result<watch::Receiver<bool>> {
+        let place = sync::SyncPlace {
+            private_address: vrrp.unicast_src.unwrap_or(self.node.private_address),
+            unicast_peers: &vrrp.unicast_peers,
+            pin_dir: self.dataplane.pin_dir(),
+            layout: own_sources,
+        };
+        let handle = sync::start(config, place, self.stop.subscribe()).await?;
+        self.sync_status = Some(handle.status);
+        self.tasks.push(handle.task);
+        Ok(handle.may_lead)
     }
 
     fn spawn_metrics(&mut self, listener: TcpListener) {
@@ -260,6 +291,7 @@ impl Daemon {
             agent: self.agent.clone(),
             instance: self.options.instance.clone(),
             vrrp: self.vrrp_status.clone(),
+            sync: self.sync_status.clone(),
             reloads,
             check_targets: self.check_targets.clone(),
         });

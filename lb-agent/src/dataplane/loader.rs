@@ -217,6 +217,11 @@ impl Dataplane {
     }
 
     /// Takes the maps out of the loaded object for typed access.
+    /// Where this instance's maps are pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn tables(&mut self) -> Result<Tables, DataplaneError> {
         Tables::take(&mut self.ebpf)
     }

@@ -24,7 +24,7 @@ use tokio::{
 use tracing::error;
 
 use super::{
-    runner::{PreparedRunner, SharedStatus, Stop},
+    runner::{PreparedRunner, RunnerInputs, SharedStatus, Stop},
     track::{ServiceState, Tracking, Verdict},
 };
 use crate::config::VrrpConfig;
@@ -46,6 +46,9 @@ pub struct VrrpContext {
     /// Whether a tracked service has a backend up.
     pub services: ServiceState,
     pub status: SharedStatus,
+    /// False while flow sync waits for the peer's table: preemption waits
+    /// with it. Always true without flow sync.
+    pub may_lead: watch::Receiver<bool>,
 }
 
 /// Built (socket open, settings checked) but not running yet.
@@ -54,6 +57,7 @@ pub struct PreparedVrrp {
     runner: PreparedRunner,
     tracking: Tracking,
     status: SharedStatus,
+    may_lead: watch::Receiver<bool>,
 }
 
 /// A running instance.
@@ -92,6 +96,7 @@ impl PreparedVrrp {
             runner,
             tracking,
             status: context.status.clone(),
+            may_lead: context.may_lead.clone(),
         })
     }
 
@@ -103,7 +108,12 @@ impl PreparedVrrp {
             priority: self.config.priority.get(),
         });
         let (stop, stop_rx) = watch::channel(Stop::Run);
-        let runner_done = spawn_runner(self.runner, self.status, stop_rx, verdict_rx).await?;
+        let inputs = RunnerInputs {
+            stop: stop_rx,
+            verdicts: verdict_rx,
+            may_lead: self.may_lead,
+        };
+        let runner_done = spawn_runner(self.runner, self.status, inputs).await?;
         let (tracking_stop, tracking_stop_rx) = watch::channel(false);
         let tracking = tokio::spawn(self.tracking.run(verdict_tx, tracking_stop_rx));
         Ok(VrrpInstance {
@@ -122,8 +132,7 @@ impl PreparedVrrp {
 async fn spawn_runner(
     runner: PreparedRunner,
     status: SharedStatus,
-    stop: watch::Receiver<Stop>,
-    verdicts: watch::Receiver<Verdict>,
+    inputs: RunnerInputs,
 ) -> Result<oneshot::Receiver<()>> {
     let main = Handle::current();
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
@@ -148,7 +157,7 @@ async fn spawn_runner(
             match registered {
                 Ok(runner) => {
                     let _ = ready_tx.send(Ok(()));
-                    runtime.block_on(runner.run(stop, verdicts));
+                    runtime.block_on(runner.run(inputs));
                 }
                 Err(error) => {
                     let _ = ready_tx.send(Err(format!("registering its socket: {error}")));

@@ -63,6 +63,9 @@ pub struct Machine {
     master_down_at: Option<Instant>,
     next_advert_at: Option<Instant>,
     preempt_at: Option<Instant>,
+    /// Preemption waits while this is set: flow sync holds it until this
+    /// node has the master's flows, so that taking over ends none of them.
+    preempt_held: bool,
     /// Who we last heard as master.
     pub master: Option<Ipv4Addr>,
 }
@@ -77,8 +80,20 @@ impl Machine {
             master_down_at: None,
             next_advert_at: None,
             preempt_at: None,
+            preempt_held: false,
             master: None,
         }
+    }
+
+    /// Holds preemption back (`true`) or lets it happen again (`false`):
+    /// a lower-priority master is then followed as with `nopreempt` until
+    /// the hold ends, and overtaken at its next advertisement after that.
+    pub fn hold_preemption(&mut self, held: bool) {
+        self.preempt_held = held;
+    }
+
+    fn preempts(&self) -> bool {
+        self.params.preempt && !self.preempt_held
     }
 
     pub fn state(&self) -> State {
@@ -192,7 +207,7 @@ impl Machine {
                     self.master_down_at = Some(now + self.skew_time());
                     return Vec::new();
                 }
-                if !self.params.preempt || priority >= self.params.priority {
+                if !self.preempts() || priority >= self.params.priority {
                     if self.params.version == Version::V3 {
                         self.master_interval = interval;
                     }
@@ -411,6 +426,31 @@ mod tests {
             vec![Action::BecomeBackup]
         );
         assert_eq!(m.state(), State::Backup);
+    }
+
+    #[test]
+    fn held_preemption_waits_and_then_takes_over() {
+        let t0 = Instant::now();
+        let mut lb1 = Machine::new(params(Version::V2, 200, LB1, SECOND));
+        lb1.hold_preemption(true);
+        lb1.start(t0);
+        for i in 0..20 {
+            lb1.on_advert(LB2, 100, SECOND, t0 + SECOND * i);
+            assert!(lb1.on_timer(t0 + SECOND * i).is_empty(), "held at {i} s");
+        }
+        assert_eq!(lb1.state(), State::Backup);
+        lb1.hold_preemption(false);
+        let mut took = None;
+        for i in 20..30 {
+            let now = t0 + SECOND * i;
+            lb1.on_advert(LB2, 100, SECOND, now);
+            if lb1.on_timer(now).contains(&Action::BecomeMaster) {
+                took = Some(i);
+                break;
+            }
+        }
+        let took = took.expect("preempts once the hold ends");
+        assert!(took <= 24, "within a master down interval: {took} s");
     }
 
     #[test]

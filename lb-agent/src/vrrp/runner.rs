@@ -219,6 +219,15 @@ pub struct VrrpRunner {
     provider_base: (u64, u64),
     send_errors: Throttle,
     receive_errors: Throttle,
+    preemption_held: bool,
+}
+
+/// What drives a running runner besides the network.
+pub struct RunnerInputs {
+    pub stop: watch::Receiver<Stop>,
+    pub verdicts: watch::Receiver<super::track::Verdict>,
+    /// See `VrrpContext::may_lead`.
+    pub may_lead: watch::Receiver<bool>,
 }
 
 impl PreparedRunner {
@@ -289,6 +298,7 @@ impl PreparedRunner {
             provider_base: (0, 0),
             send_errors: Throttle::new(LOG_INTERVAL),
             receive_errors: Throttle::new(LOG_INTERVAL),
+            preemption_held: false,
         })
     }
 }
@@ -591,11 +601,7 @@ impl VrrpRunner {
     }
 
     /// Runs until `stop` flips; then resigns (priority 0) and releases.
-    pub async fn run(
-        mut self,
-        mut stop: watch::Receiver<Stop>,
-        mut verdicts: watch::Receiver<super::track::Verdict>,
-    ) {
+    pub async fn run(mut self, mut inputs: RunnerInputs) {
         let Some(provider) = self.pending_provider.take() else {
             warn!("VRRP runner started twice");
             return;
@@ -612,17 +618,19 @@ impl VrrpRunner {
             self.machine.start(Instant::now())
         };
         self.perform(actions, "startup").await;
-        self.serve(&mut stop, &mut verdicts).await;
-        let how = *stop.borrow();
+        self.serve(&mut inputs).await;
+        let how = *inputs.stop.borrow();
         self.finish(how).await;
     }
 
     /// The event loop: adverts in, timers, verdicts; until told to stop.
-    async fn serve(
-        &mut self,
-        stop: &mut watch::Receiver<Stop>,
-        verdicts: &mut watch::Receiver<super::track::Verdict>,
-    ) {
+    async fn serve(&mut self, inputs: &mut RunnerInputs) {
+        let RunnerInputs {
+            stop,
+            verdicts,
+            may_lead,
+        } = inputs;
+        self.hold_preemption(!*may_lead.borrow_and_update());
         let mut buf = vec![0u8; 2048];
         let mut provider_tick = tokio::time::interval(PROVIDER_STATUS_INTERVAL);
         loop {
@@ -645,6 +653,10 @@ impl VrrpRunner {
                     let verdict = verdicts.borrow_and_update().clone();
                     self.on_verdict(verdict).await;
                 }
+                Ok(()) = may_lead.changed() => {
+                    let may = *may_lead.borrow_and_update();
+                    self.hold_preemption(!may);
+                }
                 received = self.socket.recv(&mut buf) => match received {
                     Ok(n) => {
                         let packet = buf[..n].to_vec();
@@ -666,6 +678,16 @@ impl VrrpRunner {
             }
             self.publish();
         }
+    }
+
+    fn hold_preemption(&mut self, held: bool) {
+        if held {
+            info!("preemption waits for the peer's flows (flow sync)");
+        } else if self.preemption_held {
+            info!("flow sync holds the peer's flows: preemption may go on");
+        }
+        self.preemption_held = held;
+        self.machine.hold_preemption(held);
     }
 
     /// Hands over silently (a reload), or resigns, releases the floating

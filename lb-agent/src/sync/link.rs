@@ -1,0 +1,420 @@
+//! The sync link with the peer: one task that turns the program's events
+//! into sealed datagrams, installs what the peer sends, answers its
+//! requests for a full transfer and keeps the status.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use lb_common::FlowEvent;
+use lb_sync::{FlowRecord, Message, Opener, RecordKind, Reject, Sealer, MAX_RECORDS_PER_MESSAGE};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    net::UdpSocket,
+    sync::watch,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    maps::{Installed, SyncMaps},
+    records::record_of,
+    status::{SyncState, SyncStatus},
+};
+use crate::dataplane::maps::monotonic_ns;
+
+/// How often queued changes are sent: a bound on the lag they add.
+const FLUSH_EVERY: Duration = Duration::from_millis(2);
+/// Heartbeat, and how often the status is published.
+const HELLO_EVERY: Duration = Duration::from_secs(1);
+/// A peer unheard for this long is gone until it speaks again.
+const PEER_SILENT: Duration = Duration::from_secs(3);
+/// Full-transfer datagrams per flush: about 100,000 records per second,
+/// interleaved with the live stream, which goes first.
+const BULK_MESSAGES_PER_FLUSH: usize = 16;
+/// Sent messages whose acknowledgement still counts towards the lag.
+const PENDING_ACKS: usize = 4096;
+/// Lag samples the percentiles are taken over.
+const LAG_SAMPLES: usize = 2048;
+/// How long mastership waits for the peer's table before it is taken
+/// without (a peer that answers but never completes a transfer).
+pub(crate) const RESYNC_LIMIT: Duration = Duration::from_secs(30);
+
+/// A change waiting to be sent.
+struct Change {
+    event: FlowEvent,
+    kind: RecordKind,
+}
+
+/// A full transfer being sent.
+struct Outgoing {
+    id: u32,
+    rest: VecDeque<FlowEvent>,
+    sent: u64,
+}
+
+pub(crate) struct Link {
+    pub socket: UdpSocket,
+    pub peer: SocketAddr,
+    pub sealer: Sealer,
+    pub opener: Opener,
+    pub maps: SyncMaps,
+    pub queue_limit: usize,
+    pub status: watch::Sender<SyncStatus>,
+    /// True once this node may take mastership from the peer (it holds
+    /// the peer's table, or there is no peer to wait for).
+    pub may_lead: watch::Sender<bool>,
+    pub started: Instant,
+}
+
+/// The link's running state.
+#[derive(Default)]
+struct Progress {
+    queue: VecDeque<Change>,
+    outgoing: Option<Outgoing>,
+    next_transfer: u32,
+    /// The transfer this node asked for: records received per id.
+    incoming: HashMap<u32, u64>,
+    have_full: bool,
+    heard: Option<Instant>,
+    peer_in_sync: bool,
+    pending: VecDeque<(u64, u64)>,
+    lags: VecDeque<u64>,
+    shown: SyncStatus,
+}
+
+impl Link {
+    pub(crate) async fn run(
+        mut self,
+        ring: RingBuf<MapData>,
+        mut stop: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        // SAFETY: the ring owns its map's descriptor for as long as the
+        // AsyncFd owns the ring, and always reports that one.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
+        let mut progress = Progress {
+            shown: SyncStatus {
+                peer: Some(self.peer),
+                ..SyncStatus::default()
+            },
+            ..Progress::default()
+        };
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hello = tokio::time::interval(HELLO_EVERY);
+        let mut buf = vec![0u8; 65_536];
+        info!(peer = %self.peer, "flow sync: asking the peer for its flows");
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    self.take_events(guard.get_inner_mut(), &mut progress);
+                    guard.clear_ready();
+                }
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.receive(&buf[..len], from, &mut progress).await,
+                    Err(error) => debug!(%error, "flow sync: receiving"),
+                },
+                _ = flush.tick() => self.flush(&mut progress).await,
+                _ = hello.tick() => self.heartbeat(&mut progress).await,
+            }
+        }
+        Ok(())
+    }
+
+    fn take_events(&mut self, ring: &mut RingBuf<MapData>, progress: &mut Progress) {
+        while let Some(item) = ring.next() {
+            if item.len() != std::mem::size_of::<FlowEvent>() {
+                continue;
+            }
+            // SAFETY: the program writes whole `FlowEvent`s (length checked
+            // above); any bit pattern is a valid `FlowEvent`.
+            let event: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if progress.queue.len() >= self.queue_limit {
+                progress.shown.queue_dropped += 1;
+                continue;
+            }
+            progress.queue.push_back(Change {
+                event,
+                kind: RecordKind::Upsert,
+            });
+        }
+    }
+
+    async fn send(&mut self, message: &Message) -> Option<u64> {
+        let (datagram, seq) = self.sealer.seal(message);
+        match self.socket.send_to(&datagram, self.peer).await {
+            Ok(_) => Some(seq),
+            Err(error) => {
+                debug!(%error, "flow sync: sending");
+                None
+            }
+        }
+    }
+
+    /// Sends the queued changes, then a share of a full transfer.
+    async fn flush(&mut self, progress: &mut Progress) {
+        let settings = self.maps.settings();
+        while !progress.queue.is_empty() {
+            let now = monotonic_ns();
+            let take = progress.queue.len().min(MAX_RECORDS_PER_MESSAGE);
+            let changes: Vec<Change> = progress.queue.drain(..take).collect();
+            let oldest = changes.iter().map(|c| c.event.at_ns).min().unwrap_or(now);
+            let records: Vec<FlowRecord> = changes
+                .iter()
+                .map(|c| record_of(&c.event, &settings, now, c.kind))
+                .collect();
+            let count = records.len() as u64;
+            let message = Message::Flows {
+                bulk: None,
+                records,
+            };
+            if let Some(seq) = self.send(&message).await {
+                progress.shown.records_sent += count;
+                if progress.pending.len() >= PENDING_ACKS {
+                    progress.pending.pop_front();
+                }
+                progress.pending.push_back((seq, oldest));
+            }
+        }
+        self.send_transfer_share(progress, &settings).await;
+    }
+
+    async fn send_transfer_share(
+        &mut self,
+        progress: &mut Progress,
+        settings: &lb_common::Settings,
+    ) {
+        let Some(mut outgoing) = progress.outgoing.take() else {
+            return;
+        };
+        for _ in 0..BULK_MESSAGES_PER_FLUSH {
+            if outgoing.rest.is_empty() {
+                break;
+            }
+            let now = monotonic_ns();
+            let take = outgoing.rest.len().min(MAX_RECORDS_PER_MESSAGE);
+            let records: Vec<FlowRecord> = outgoing
+                .rest
+                .drain(..take)
+                .map(|e| record_of(&e, settings, now, RecordKind::Upsert))
+                .collect();
+            let count = records.len() as u64;
+            let message = Message::Flows {
+                bulk: Some(outgoing.id),
+                records,
+            };
+            if self.send(&message).await.is_some() {
+                outgoing.sent += count;
+                progress.shown.records_sent += count;
+            }
+        }
+        if outgoing.rest.is_empty() {
+            let done = Message::BulkDone {
+                transfer_id: outgoing.id,
+                records: outgoing.sent,
+            };
+            self.send(&done).await;
+            progress.shown.transfers_sent += 1;
+            info!(
+                records = outgoing.sent,
+                "flow sync: full transfer sent to the peer"
+            );
+        } else {
+            progress.outgoing = Some(outgoing);
+        }
+    }
+
+    async fn receive(&mut self, datagram: &[u8], from: SocketAddr, progress: &mut Progress) {
+        if from.ip() != self.peer.ip() {
+            *progress
+                .shown
+                .rejected
+                .entry("unknown_sender".into())
+                .or_default() += 1;
+            return;
+        }
+        let opened = match self.opener.open(datagram, Instant::now()) {
+            Ok(opened) => opened,
+            Err(reject) => {
+                debug!(reason = reject.as_str(), "flow sync: datagram rejected");
+                return;
+            }
+        };
+        progress.heard = Some(Instant::now());
+        if opened.gap > 0 && progress.have_full {
+            // Lost changes leave the copy incomplete: ask for it again.
+            warn!(
+                lost = opened.gap,
+                "flow sync: messages from the peer were lost; asking for its table again"
+            );
+            progress.have_full = false;
+        }
+        match opened.message {
+            Message::Hello { want_full, in_sync } => {
+                progress.peer_in_sync = in_sync;
+                if want_full && progress.outgoing.is_none() {
+                    self.start_transfer(progress);
+                }
+            }
+            Message::Flows { bulk, records } => {
+                self.install(&records, progress);
+                if let Some(id) = bulk {
+                    *progress.incoming.entry(id).or_default() += records.len() as u64;
+                }
+                self.send(&Message::Ack { seq: opened.seq }).await;
+            }
+            Message::BulkDone {
+                transfer_id,
+                records,
+            } => self.transfer_done(transfer_id, records, progress),
+            Message::Ack { seq } => acknowledged(seq, progress),
+        }
+    }
+
+    fn start_transfer(&mut self, progress: &mut Progress) {
+        progress.next_transfer = progress.next_transfer.wrapping_add(1);
+        let rest: VecDeque<FlowEvent> = self.maps.table().into();
+        info!(
+            flows = rest.len(),
+            "flow sync: the peer asks for this node's flows"
+        );
+        progress.outgoing = Some(Outgoing {
+            id: progress.next_transfer,
+            rest,
+            sent: 0,
+        });
+    }
+
+    fn install(&mut self, records: &[FlowRecord], progress: &mut Progress) {
+        let now = monotonic_ns();
+        progress.shown.records_received += records.len() as u64;
+        for record in records {
+            match self.maps.install(record, now) {
+                Ok(Installed::Flow) => progress.shown.installed += 1,
+                Ok(Installed::Removed) => progress.shown.removed += 1,
+                Ok(Installed::Unchanged) => {}
+                Err(refusal) => {
+                    *progress
+                        .shown
+                        .refused
+                        .entry(refusal.as_str().into())
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+
+    fn transfer_done(&mut self, id: u32, records: u64, progress: &mut Progress) {
+        let received = progress.incoming.remove(&id).unwrap_or(0);
+        progress.incoming.clear();
+        if received != records {
+            warn!(
+                received,
+                sent = records,
+                "flow sync: a full transfer arrived incomplete; asking again"
+            );
+            return;
+        }
+        if !progress.have_full {
+            info!(records, "flow sync: holding the peer's flows");
+        }
+        progress.have_full = true;
+        progress.shown.transfers_received += 1;
+        progress.shown.last_transfer_records = Some(records);
+        progress.shown.last_transfer_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
+    }
+
+    async fn heartbeat(&mut self, progress: &mut Progress) {
+        let hello = Message::Hello {
+            want_full: !progress.have_full,
+            in_sync: progress.have_full,
+        };
+        self.send(&hello).await;
+        let peer_alive = progress.heard.is_some_and(|at| at.elapsed() < PEER_SILENT);
+        if !peer_alive {
+            progress.have_full = false;
+        }
+        let state = match (peer_alive, progress.have_full) {
+            (false, _) => SyncState::Connecting,
+            (true, false) => SyncState::Resyncing,
+            (true, true) => SyncState::InSync,
+        };
+        let waited = self.started.elapsed();
+        // Without a peer that answers there is nothing to wait for; with
+        // one, mastership waits for its table (at most RESYNC_LIMIT).
+        let may_lead = state == SyncState::InSync
+            || (!peer_alive && waited >= PEER_SILENT)
+            || waited >= RESYNC_LIMIT;
+        self.may_lead.send_if_modified(|current| {
+            let changed = *current != may_lead;
+            *current = may_lead;
+            changed
+        });
+        self.publish(progress, state);
+    }
+
+    fn publish(&mut self, progress: &mut Progress, state: SyncState) {
+        let shown = &mut progress.shown;
+        shown.state = state;
+        shown.peer_in_sync = progress.peer_in_sync;
+        shown.peer_heard_secs = progress.heard.map(|at| at.elapsed().as_secs());
+        shown.events_lost = self.maps.events_lost();
+        let stats = self.opener.stats();
+        shown.lost_messages = stats.lost;
+        for reject in Reject::ALL {
+            let count = stats.rejected(reject);
+            if count > 0 {
+                shown.rejected.insert(reject.as_str().into(), count);
+            }
+        }
+        (shown.lag_p50_us, shown.lag_p99_us) = percentiles(&progress.lags);
+        self.status.send_replace(shown.clone());
+    }
+}
+
+fn acknowledged(seq: u64, progress: &mut Progress) {
+    while let Some(&(sent, at_ns)) = progress.pending.front() {
+        if sent > seq {
+            break;
+        }
+        progress.pending.pop_front();
+        if sent == seq {
+            let lag_us = monotonic_ns().saturating_sub(at_ns) / 1000;
+            if progress.lags.len() >= LAG_SAMPLES {
+                progress.lags.pop_front();
+            }
+            progress.lags.push_back(lag_us);
+        }
+    }
+}
+
+/// The median and 99th percentile of `samples`.
+fn percentiles(samples: &VecDeque<u64>) -> (Option<u64>, Option<u64>) {
+    let mut sorted: Vec<u64> = samples.iter().copied().collect();
+    sorted.sort_unstable();
+    let at = |percent: usize| {
+        let last = sorted.len().checked_sub(1)?;
+        sorted.get((last * percent + 50) / 100).copied()
+    };
+    (at(50), at(99))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_spread() {
+        let samples: VecDeque<u64> = (1..=100).collect();
+        assert_eq!(percentiles(&samples), (Some(51), Some(99)));
+        assert_eq!(percentiles(&VecDeque::new()), (None, None));
+    }
+}
