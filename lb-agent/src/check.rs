@@ -134,7 +134,8 @@ fn missing_snat_addresses(config: &Config) -> Vec<Problem> {
         }
     };
     config
-        .snat_addresses()
+        .node
+        .snat_pool()
         .into_iter()
         .enumerate()
         .filter(|(_, addr)| !held.contains(addr))
