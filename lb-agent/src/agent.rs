@@ -763,10 +763,10 @@ mod tests {
     #[test]
     fn a_reload_refused_for_a_restart_names_the_lines_of_the_fields() {
         let old = Config::parse(TEST_CONFIG, "lb.toml").expect("valid");
-        let text = TEST_CONFIG
-            .replacen("max_flows = 65536", "max_flows = 131072", 1)
-            .replacen("\"priv0\"", "\"eth1\"", 1);
-        let new = Config::parse(&text, "lb.toml").expect("valid");
+        let mut new = old.clone();
+        new.conntrack.max_flows = crate::config::MaxFlows::new(131_072).expect("max_flows");
+        new.node.private_interface = "eth1".into();
+        let text = new.to_toml().expect("serializes");
         let error = AgentError::NeedsRestart {
             fields: restart_only_changes(&old, &new),
         };

@@ -362,6 +362,10 @@ protocol = "tcp"
         Config::parse(CONFIG, "t.toml").expect("valid")
     }
 
+    fn www(config: &mut Config) -> &mut crate::config::ServiceConfig {
+        config.service_mut("www").expect("www")
+    }
+
     #[test]
     fn changes_apply_on_top_of_config() {
         let config = config();
@@ -410,15 +414,10 @@ protocol = "tcp"
         state.add_backend(&config, "www", spec(23, 1));
         state.remove_backend(&config, "www", addr(23), 80);
         // The operator then puts 10.200.0.23 into the config.
-        let later = Config::parse(
-            &CONFIG.replacen(
-                "  [[service.backend]]\n  address = \"10.200.0.22\"",
-                "  [[service.backend]]\n  address = \"10.200.0.22\"\n  [[service.backend]]\n  address = \"10.200.0.23\"",
-                1,
-            ),
-            "t.toml",
-        )
-        .expect("valid");
+        let mut later = config.clone();
+        www(&mut later)
+            .backends
+            .push(crate::config::BackendConfig::new(addr(23)));
         let www = &state.effective_backends(&later)["www"];
         assert!(www.iter().any(|b| b.address == addr(23)), "{www:?}");
     }
@@ -434,21 +433,10 @@ protocol = "tcp"
             .iter()
             .any(|b| b.address == addr(22)));
         // The config drops web2 and gives web1 weight 7: both entries go.
-        let without = Config::parse(
-            &CONFIG
-                .replacen(
-                    "  [[service.backend]]\n  address = \"10.200.0.22\"\n",
-                    "",
-                    1,
-                )
-                .replacen(
-                    "address = \"10.200.0.21\"",
-                    "address = \"10.200.0.21\"\n  weight = 7",
-                    1,
-                ),
-            "t.toml",
-        )
-        .expect("valid");
+        let mut without = config.clone();
+        let backends = &mut www(&mut without).backends;
+        backends.retain(|b| b.address != addr(22));
+        backends[0].weight = crate::config::Weight::new(7).expect("weight");
         assert!(state.prune(&without));
         assert_eq!(state, RuntimeState::default(), "{state:?}");
         // So web2 listed in the config again is back.

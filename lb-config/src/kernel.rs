@@ -12,17 +12,12 @@ use crate::{problem::Problem, Config};
 pub const BACKEND_TIME_WAIT: Duration = Duration::from_secs(60);
 
 impl Config {
-    /// The SNAT pool: `node.snat_addresses`, or the private address alone.
-    pub fn snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
-        self.node.snat_pool()
-    }
-
     /// The node-wide settings the XDP program reads, as far as the config
     /// decides them (interfaces' MACs, the clock and the half-open share
     /// are the agent's to fill in).
     pub fn to_settings(&self) -> Settings {
         let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let pool = self.snat_addresses();
+        let pool = self.node.snat_pool();
         let mut snat_addrs = [[0u8; 4]; lb_common::MAX_SNAT_ADDRESSES];
         for (slot, addr) in snat_addrs.iter_mut().zip(&pool) {
             *slot = addr.octets();
@@ -53,7 +48,7 @@ impl Config {
     /// reused only after the backend's TIME_WAIT, so one backend takes at
     /// most `addresses x ports / 60 s` new connections per second.
     pub fn capacity_warnings(&self, nat_ports: u32) -> Vec<Problem> {
-        let addresses = self.snat_addresses().len() as u64;
+        let addresses = self.node.snat_pool().len() as u64;
         let sources = addresses * u64::from(nat_ports);
         let per_backend = sources / BACKEND_TIME_WAIT.as_secs();
         let mut warnings = Vec::new();

@@ -84,6 +84,11 @@ impl Config {
         }
     }
 
+    /// The service called `name`, to change.
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut ServiceConfig> {
+        self.services.iter_mut().find(|s| s.name == name)
+    }
+
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_text(path)?;

@@ -5,7 +5,7 @@ use toml_edit::{ImDocument, Item, Table, Value};
 
 use crate::{
     error::Located,
-    problem::{FieldPath, Problem, Segment},
+    problem::{Element, FieldPath, Problem, Segment},
 };
 
 /// 1-based line of byte `offset` in `text`.
@@ -180,23 +180,26 @@ fn path_in_table(table: &Table, offset: usize, at: FieldPath) -> FieldPath {
     at
 }
 
-/// How validation names an element of `key`: a service by its name, a
-/// backend by `address:port` (the port defaulting to that of `parent`,
-/// its service), a track script by its name.
+/// The element of `key` as validation names it (`Element`): a service or
+/// track script by its name, a backend by `address:port` (the port
+/// defaulting to that of `parent`, its service).
 fn element_label(key: &str, element: &Table, parent: &Table) -> Option<String> {
-    let str_field =
-        |table: &Table, field: &str| table.get(field).and_then(Item::as_str).map(str::to_string);
     match key {
-        "service" | "track_script" => str_field(element, "name")
-            .filter(|name| !name.is_empty())
-            .map(|name| format!("{name:?}")),
+        "service" | "track_script" => element
+            .get("name")
+            .and_then(Item::as_str)
+            .and_then(|name| Element::Named(name).label()),
         "backend" => {
-            let address = str_field(element, "address")?;
+            let address = element.get("address").and_then(Item::as_str)?;
             let port = element
                 .get("port")
                 .or_else(|| parent.get("port"))
                 .and_then(Item::as_integer)?;
-            Some(format!("{address}:{port}"))
+            Element::Backend {
+                address: &address,
+                port: &port,
+            }
+            .label()
         }
         _ => None,
     }

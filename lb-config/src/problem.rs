@@ -16,6 +16,31 @@ pub enum Segment {
     },
 }
 
+/// An element of an array of tables as people know it: the one place
+/// that says how elements are labelled, for problems found in the model
+/// (validation) and in the document (the parser's errors) alike.
+#[derive(Clone, Copy)]
+pub(crate) enum Element<'a> {
+    /// A service or a track script, by its `name` (unlabelled when empty).
+    Named(&'a str),
+    /// A backend, by its address and the port it is reached at (its own,
+    /// else its service's).
+    Backend {
+        address: &'a dyn fmt::Display,
+        port: &'a dyn fmt::Display,
+    },
+}
+
+impl Element<'_> {
+    /// `"www"`, `10.200.0.21:80`; `None` for an element without a name.
+    pub(crate) fn label(self) -> Option<String> {
+        match self {
+            Self::Named(name) => (!name.is_empty()).then(|| format!("{name:?}")),
+            Self::Backend { address, port } => Some(format!("{address}:{port}")),
+        }
+    }
+}
+
 /// Where a field is in the document, from its root.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldPath(Vec<Segment>);
@@ -37,6 +62,12 @@ impl FieldPath {
         let mut next = self.clone();
         next.0.push(Segment::Index { index, label });
         next
+    }
+
+    /// This path (ending at an array of tables) followed by its element
+    /// `index`, labelled as `element`.
+    pub(crate) fn element(&self, index: usize, element: Element<'_>) -> Self {
+        self.index(index, element.label())
     }
 
     /// `self` followed by every step of `relative`.

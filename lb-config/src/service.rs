@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bounded::Weight,
     health::{CheckKind, HealthCheckConfig},
-    problem::{FieldPath, Problems},
+    problem::{Element, FieldPath, Problems},
 };
 
 /// TCP or UDP.
@@ -107,8 +107,9 @@ impl ServiceConfig {
 
     /// How problems name this service: by its name, else by its index.
     pub fn path(&self, index: usize) -> FieldPath {
-        let label = (!self.name.is_empty()).then(|| format!("{:?}", self.name));
-        FieldPath::root().key("service").index(index, label)
+        FieldPath::root()
+            .key("service")
+            .element(index, Element::Named(&self.name))
     }
 
     pub(crate) fn check_own_fields(&self, at: &FieldPath, problems: &mut Problems) {

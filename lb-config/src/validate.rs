@@ -8,7 +8,7 @@ use lb_common::{MAX_BACKENDS, MAX_SERVICES};
 use crate::{
     bounded::Weight,
     is_unusable,
-    problem::{FieldPath, Problem, Problems},
+    problem::{Element, FieldPath, Problem, Problems},
     service::ServiceConfig,
     Config,
 };
@@ -105,9 +105,13 @@ impl Config {
         let mut seen = HashSet::new();
         for (index, backend) in service.backends.iter().enumerate() {
             let port = backend.port_or(service.port);
-            let here = at
-                .key("backend")
-                .index(index, Some(format!("{}:{port}", backend.address)));
+            let here = at.key("backend").element(
+                index,
+                Element::Backend {
+                    address: &backend.address,
+                    port: &port,
+                },
+            );
             if !seen.insert((backend.address, port)) {
                 problems.push_with_hint(
                     here.key("address"),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bounded::{GarpCount, Priority, RiseFall, TrackWeight, Vrid, VrrpVersion},
     floating_ip::FloatingIpConfig,
-    problem::{FieldPath, Problems},
+    problem::{Element, FieldPath, Problems},
 };
 
 /// keepalived's own limit for `preempt_delay` (1,000 s).
@@ -249,8 +249,8 @@ impl TrackScript {
     }
 
     fn path(&self, vrrp: &FieldPath, index: usize) -> FieldPath {
-        let label = (!self.name.is_empty()).then(|| format!("{:?}", self.name));
-        vrrp.key("track_script").index(index, label)
+        vrrp.key("track_script")
+            .element(index, Element::Named(&self.name))
     }
 
     fn check(&self, at: &FieldPath, problems: &mut Problems) {

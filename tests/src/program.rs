@@ -20,6 +20,8 @@ use lb_agent::dataplane::{
     port_pools::{Endpoint, PortPools, SlotLayout},
 };
 
+use lb_config::{Config, NodeConfig};
+
 use crate::{netns::NetNs, packet::Mac};
 
 pub const CLIENT: [u8; 4] = [10, 100, 0, 10];
@@ -145,26 +147,16 @@ impl Harness {
             priv_ifindex: ifindex("priv0"),
             _ns: ns,
         };
-        let mut snat_addrs = [[0; 4]; lb_common::MAX_SNAT_ADDRESSES];
-        snat_addrs[0] = LB_PRIV;
+        // What the agent writes for a node at LB_PRIV with the default
+        // timeouts. The NAT ports are the test's: narrower than a config
+        // may have them, so that tests can run out of ports.
+        let node = NodeConfig::new("pub0", "priv0", Ipv4Addr::from(LB_PRIV));
         let mut settings = Settings {
-            snat_addrs,
-            snat_count: 1,
             port_min,
             port_max,
-            tcp_handshake_ns: 30_000_000_000,
-            tcp_established_ns: 900_000_000_000,
-            tcp_closing_ns: 10_000_000_000,
-            udp_ns: 60_000_000_000,
-            ready: 1,
-            half_open_per_cpu: 0,
             public_mac: PUB_MAC,
             private_mac: PRIV_MAC,
-            _pad_mac: [0; 4],
-            tick_ns: 0,
-            tick_offset_ns: 0,
-            sync_events: 0,
-            _pad_sync: 0,
+            ..Config::new(node).to_settings()
         };
         // Clocked as the agent runs it; the program test
         // `flow_clock_reads_monotonic_time_calibrated_or_not` also covers

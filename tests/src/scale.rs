@@ -13,6 +13,7 @@ use lb_agent::control::{
     protocol::{Reply, Request, Response},
 };
 use lb_agent::dataplane::maps::monotonic_ns;
+use lb_config::MaxFlows;
 use xtask::lab::{Lab, LabGuard, Node};
 
 use crate::{
@@ -141,13 +142,11 @@ impl ScaleLab {
     /// this run cannot use the artifacts.
     pub fn up(prefix: &str) -> Option<Self> {
         let lab = lab_ha(prefix)?;
-        let path = lab.agent_config_path(Node::Lb1);
-        let config = std::fs::read_to_string(&path).expect("lb1 config");
-        assert!(config.contains("max_flows = 65536"), "{}", path.display());
-        let config = config.replacen("max_flows = 65536", &format!("max_flows = {MAX_FLOWS}"), 1);
+        let mut model = lab.default_agent_model(Node::Lb1).expect("lb1's model");
+        model.conntrack.max_flows = MaxFlows::new(MAX_FLOWS).expect("MAX_FLOWS is in bounds");
         // A table of another size needs a restart (and new maps).
         lab.stop_agent(Node::Lb1).expect("stop lb1's agent");
-        lab.start_agent_with_config(Node::Lb1, &config)
+        lab.start_agent_with_model(Node::Lb1, &model)
             .expect("lb1's agent with the large table");
         let settled = |lab: &Lab| {
             vrrp_state(lab, Node::Lb1) == "MASTER" && vrrp_state(lab, Node::Lb2) == "BACKUP"

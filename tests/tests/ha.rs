@@ -329,25 +329,18 @@ fn no_healthy_backend_seen_from_lb1_moves_mastership() {
     );
 }
 
-/// Rewrites `node`'s lab config for multicast VRRP (no unicast peers) with
-/// notify hooks that log their arguments, and starts its agent with it.
+/// `node`'s lab config with multicast VRRP (no unicast peers) and notify
+/// hooks that log their arguments: starts its agent with it.
 fn start_multicast_agent(lab: &Lab, node: Node, hook_log: &std::path::Path) {
-    let config = std::fs::read_to_string(lab.agent_config_path(node)).expect("lab config");
-    let peers = config
-        .lines()
-        .find(|l| l.starts_with("unicast_peers"))
-        .expect("unicast_peers in the lab config")
-        .to_string();
-    let hooks = format!(
-        "unicast_peers = []\n\
-         notify = \"echo >> {log}\"\n\
-         notify_master = \"echo {node}-master-hook >> {log}\"\n\
-         notify_backup = \"sleep 60\"\n\
-         notify_timeout = \"1s\"",
-        log = hook_log.display()
-    );
-    let config = config.replace(&peers, &hooks);
-    lab.start_agent_with_config(node, &config)
+    let mut model = lab.default_agent_model(node).expect("lab model");
+    let vrrp = model.vrrp.as_mut().expect("[vrrp] in the HA lab");
+    let log = hook_log.display();
+    vrrp.unicast_peers.clear();
+    vrrp.notify = Some(format!("echo >> {log}"));
+    vrrp.notify_master = Some(format!("echo {node}-master-hook >> {log}"));
+    vrrp.notify_backup = Some("sleep 60".into());
+    vrrp.notify_timeout = Duration::from_secs(1);
+    lab.start_agent_with_model(node, &model)
         .expect("agent with multicast VRRP");
 }
 
@@ -442,9 +435,9 @@ fn a_detached_program_moves_mastership_and_nopreempt_keeps_it_away() {
 
     // Back with nopreempt: lb1 (priority 200) stays backup behind lb2.
     lab.stop_agent(Node::Lb1).expect("stop lb1");
-    let config = std::fs::read_to_string(lab.agent_config_path(Node::Lb1)).expect("config");
-    let config = config.replacen("[vrrp]\n", "[vrrp]\npreempt = false\n", 1);
-    lab.start_agent_with_config(Node::Lb1, &config)
+    let mut model = lab.default_agent_model(Node::Lb1).expect("model");
+    model.vrrp.as_mut().expect("[vrrp]").preempt = false;
+    lab.start_agent_with_model(Node::Lb1, &model)
         .expect("lb1 with nopreempt");
     assert!(wait_for(Duration::from_secs(6), || vrrp_state(
         &lab,

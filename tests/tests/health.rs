@@ -4,10 +4,16 @@
 //! up, cuts flows with `on_down = "shutdown-flows"`, and does not flap.
 //! The lab checks `www` over HTTP every 1 s with rise 2 / fall 2.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use integration_tests::e2e::*;
-use xtask::lab::{self, Node};
+use lb_config::{
+    BackendConfig, CheckKind, HealthCheckConfig, OnDown, Protocol, RiseFall, ServiceConfig,
+};
+use xtask::lab::{self, Node, VIP};
 
 const WEB1: &str = "10.200.0.21:80";
 const WEB2: &str = "10.200.0.22:80";
@@ -80,25 +86,23 @@ fn black_hole_is_detected_by_timeout() {
 fn http_500_is_down_for_http_but_up_for_tcp_checks() {
     let Some(lab) = lab("h500") else { return };
     // A second service on the same backends, checked by TCP connect only.
-    let config = lab::agent_config(lab.prefix(), Node::Lb1, lab.xtask_bin()).expect("config")
-        + r#"
-[[service]]
-name = "www-tcp"
-vip = "10.100.0.100"
-port = 8080
-protocol = "tcp"
-  [service.health_check]
-  type = "tcp"
-  interval = "1s"
-  timeout = "500ms"
-  rise = 2
-  fall = 2
-  [[service.backend]]
-  address = "10.200.0.22"
-  port = 80
-"#;
+    let mut model = lab.default_agent_model(Node::Lb1).expect("model");
+    model.services.push(ServiceConfig {
+        health_check: Some(HealthCheckConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: RiseFall::new(2).expect("rise"),
+            fall: RiseFall::new(2).expect("fall"),
+            ..HealthCheckConfig::of_kind(CheckKind::Tcp)
+        }),
+        backends: vec![BackendConfig {
+            port: Some(80),
+            ..BackendConfig::new(Ipv4Addr::new(10, 200, 0, 22))
+        }],
+        ..ServiceConfig::new("www-tcp", VIP, 8080, Protocol::Tcp)
+    });
     lab.stop_agent(Node::Lb1).expect("stop agent");
-    lab.start_agent_with_config(Node::Lb1, &config)
+    lab.start_agent_with_model(Node::Lb1, &model)
         .expect("agent with www-tcp");
     lab.set_health_page_failing(Node::Web2, true)
         .expect("fail /health");
@@ -152,16 +156,10 @@ fn no_backend_up_answers_with_rst() {
 #[test]
 fn shutdown_flows_cuts_a_long_lived_connection() {
     let Some(lab) = lab("hcut") else { return };
-    let config = lab::agent_config(lab.prefix(), Node::Lb1, lab.xtask_bin())
-        .expect("config")
-        .replacen(
-            "protocol = \"tcp\"\n",
-            "protocol = \"tcp\"\non_down = \"shutdown-flows\"\n",
-            1,
-        );
-    assert!(config.contains("shutdown-flows"));
+    let mut model = lab.default_agent_model(Node::Lb1).expect("model");
+    model.service_mut("www").expect("www").on_down = OnDown::ShutdownFlows;
     lab.stop_agent(Node::Lb1).expect("stop agent");
-    lab.start_agent_with_config(Node::Lb1, &config)
+    lab.start_agent_with_model(Node::Lb1, &model)
         .expect("agent with shutdown-flows");
     let mut download = download_on(&lab, "web1");
     assert!(download.progresses(Duration::from_secs(1)));

@@ -10,7 +10,7 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 use integration_tests::e2e::*;
 use lb_agent::{
     check::check_text,
-    config::Config,
+    config::{Config, XdpMode},
     import::{import, Imported, NodeFacts},
 };
 use xtask::lab::{haproxy_config, keepalived_config, Lab, Node, VrrpVersion};
@@ -189,17 +189,12 @@ fn import_lab_classic(node: Node, notify: &str) -> Imported {
 }
 
 /// The imported config for `node`, with the lab's node-local settings.
-fn imported_for_lab(lab: &Lab, node: Node) -> String {
+fn imported_for_lab(lab: &Lab, node: Node) -> Config {
     let imported = import_lab_classic(node, "/bin/true");
-    let state = lab.run_dir().join(format!("state-import-{node}"));
-    imported.toml.replacen(
-        "[node]\n",
-        &format!(
-            "[node]\nxdp_mode = \"generic\"\nstate_dir = \"{}\"\n",
-            state.display()
-        ),
-        1,
-    )
+    let mut model = parsed(&imported);
+    model.node.xdp_mode = XdpMode::Generic;
+    model.node.state_dir = lab.run_dir().join(format!("state-import-{node}"));
+    model
 }
 
 #[test]
@@ -208,7 +203,7 @@ fn imported_configs_run_the_lab_pair() {
     lab.stop_agent(Node::Lb2).expect("stop lb2");
     lab.stop_agent(Node::Lb1).expect("stop lb1");
     for node in Node::LBS {
-        lab.start_agent_with_config(node, &imported_for_lab(&lab, node))
+        lab.start_agent_with_model(node, &imported_for_lab(&lab, node))
             .expect("agent with the imported config");
     }
     assert!(

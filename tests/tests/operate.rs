@@ -4,14 +4,33 @@
 
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+
 use integration_tests::e2e::*;
+use lb_config::{BackendConfig, Config, MaxFlows, Priority, Weight};
 use xtask::lab::{Lab, Node};
 
-fn rewrite_config(lab: &Lab, from: &str, to: &str) {
-    let path = lab.agent_config_path(Node::Lb1);
-    let text = std::fs::read_to_string(&path).expect("lb1 config");
-    assert!(text.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(&path, text.replacen(from, to, 1)).expect("write lb1 config");
+const WEB2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 22);
+const WEB3: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 23);
+
+/// The backend at `address` of `model`'s service www.
+fn www_backend(model: &mut Config, address: Ipv4Addr) -> &mut BackendConfig {
+    let www = model.service_mut("www").expect("www");
+    www.backends
+        .iter_mut()
+        .find(|b| b.address == address)
+        .unwrap_or_else(|| panic!("{address} is not a backend of www"))
+}
+
+/// Adds the backend `address` to `model`'s service www.
+fn add_www_backend(model: &mut Config, address: Ipv4Addr) {
+    let www = model.service_mut("www").expect("www");
+    www.backends.push(BackendConfig::new(address));
+}
+
+/// Sets lb1's VRRP priority in `model`.
+fn set_priority(model: &mut Config, priority: u8) {
+    model.vrrp.as_mut().expect("[vrrp]").priority = Priority::new(priority).expect("priority");
 }
 
 /// `address state` of www's backends.
@@ -36,11 +55,9 @@ fn reload_changes_backends_without_failing_a_request_or_a_flow() {
     std::thread::sleep(Duration::from_millis(500));
 
     // web2 leaves the config, web3 joins: `lb-agent reload`.
-    rewrite_config(
-        &lab,
-        "address = \"10.200.0.22\"",
-        "address = \"10.200.0.23\"",
-    );
+    let mut model = lab.default_agent_model(Node::Lb1).expect("model");
+    www_backend(&mut model, WEB2).address = WEB3;
+    lab.write_agent_model(Node::Lb1, &model).expect("write");
     let said = agent(&lab, &["reload"]);
     assert!(said.contains("services changed: www"), "{said}");
     assert!(
@@ -61,11 +78,10 @@ fn reload_changes_backends_without_failing_a_request_or_a_flow() {
     );
 
     // SIGHUP does the same: web2 comes back with weight 3.
-    rewrite_config(
-        &lab,
-        "address = \"10.200.0.23\"",
-        "address = \"10.200.0.22\"\n  weight = 3",
-    );
+    let back = www_backend(&mut model, WEB3);
+    back.address = WEB2;
+    back.weight = Weight::new(3).expect("weight");
+    lab.write_agent_model(Node::Lb1, &model).expect("write");
     let pid = lab.agent_pid(Node::Lb1).expect("agent pid");
     xtask::lab::process::signal(pid, libc::SIGHUP).expect("SIGHUP");
     assert!(
@@ -121,10 +137,11 @@ fn invalid_reload_changes_nothing() {
         "{message}"
     );
     // A change only a restart can apply: refused whole, also the rest of it.
-    let restart_only = good
-        .replacen("max_flows = 65536", "max_flows = 131072", 1)
-        .replacen("address = \"10.200.0.22\"", "address = \"10.200.0.23\"", 1);
-    std::fs::write(&path, restart_only).expect("write");
+    let mut restart_only = lab.default_agent_model(Node::Lb1).expect("model");
+    restart_only.conntrack.max_flows = MaxFlows::new(131_072).expect("max_flows");
+    www_backend(&mut restart_only, WEB2).address = WEB3;
+    lab.write_agent_model(Node::Lb1, &restart_only)
+        .expect("write");
     let out = lab
         .agent_cli(Node::Lb1, &["reload"])
         .expect("lb-agent reload");
@@ -323,7 +340,10 @@ fn check_config_reports_file_line_and_exit_codes() {
     );
 
     // An interface this node lacks: found on the node, skipped --offline.
-    std::fs::write(&broken, good.replace("\"pub0\"", "\"pub9\"")).expect("write");
+    let model = lab.default_agent_model(Node::Lb1).expect("model");
+    let mut elsewhere = model.clone();
+    elsewhere.node.public_interface = "pub9".into();
+    std::fs::write(&broken, elsewhere.to_toml().expect("toml")).expect("write");
     let out = lab
         .agent_cli(Node::Lb1, &["check-config", "--config", &broken_path])
         .expect("check-config");
@@ -343,15 +363,12 @@ fn check_config_reports_file_line_and_exit_codes() {
 
     // A SNAT address that is not on the private interface: backends could
     // not reach it, so the node says so (the lab's own pool is there).
-    assert!(
-        good.contains("\"10.200.0.114\""),
-        "lb1's pool in its config"
-    );
-    std::fs::write(
-        &broken,
-        good.replace("\"10.200.0.114\"", "\"10.200.0.119\""),
-    )
-    .expect("write");
+    let mut elsewhere = model;
+    let pool = &mut elsewhere.node.snat_addresses;
+    let last = pool.last_mut().expect("lb1's pool in its config");
+    assert_eq!(*last, Ipv4Addr::new(10, 200, 0, 114));
+    *last = Ipv4Addr::new(10, 200, 0, 119);
+    std::fs::write(&broken, elsewhere.to_toml().expect("toml")).expect("write");
     let out = lab
         .agent_cli(Node::Lb1, &["check-config", "--config", &broken_path])
         .expect("check-config");
@@ -369,16 +386,15 @@ fn check_config_reports_file_line_and_exit_codes() {
 fn reload_applies_vrrp_changes_without_a_failover() {
     let Some(lab) = lab_ha("oprvrp") else { return };
     assert_eq!(lab.vip_holder(), Some(Node::Lb1));
-    let path = lab.agent_config_path(Node::Lb1);
-    let edit = |from: &str, to: &str| {
-        let text = std::fs::read_to_string(&path).expect("config");
-        assert!(text.contains(from), "{from}");
-        std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+    let mut model = lab.default_agent_model(Node::Lb1).expect("model");
+    let mut write = |change: &dyn Fn(&mut Config)| {
+        change(&mut model);
+        lab.write_agent_model(Node::Lb1, &model).expect("write");
     };
 
     // A lower priority that still wins: the instance is replaced, the VIP
     // never moves and lb2 stays backup.
-    edit("priority = 200", "priority = 150");
+    write(&|m| set_priority(m, 150));
     let said = agent(&lab, &["reload"]);
     assert!(said.contains("VRRP settings changed"), "{said}");
     for _ in 0..20 {
@@ -394,10 +410,7 @@ fn reload_applies_vrrp_changes_without_a_failover() {
     let sent = vrrp_field(&lab, Node::Lb1, "adverts_sent")
         .as_u64()
         .unwrap_or(0);
-    edit(
-        "address = \"10.200.0.22\"",
-        "address = \"10.200.0.22\"\n  weight = 2",
-    );
+    write(&|m| www_backend(m, WEB2).weight = Weight::new(2).expect("weight"));
     let said = agent(&lab, &["reload"]);
     assert!(!said.contains("VRRP"), "{said}");
     std::thread::sleep(Duration::from_millis(1500));
@@ -411,7 +424,7 @@ fn reload_applies_vrrp_changes_without_a_failover() {
     );
 
     // Below lb2's priority: lb2 preempts.
-    edit("priority = 150", "priority = 50");
+    write(&|m| set_priority(m, 50));
     agent(&lab, &["reload"]);
     assert!(
         wait_for(Duration::from_secs(6), || lab.vip_holder()
@@ -514,11 +527,9 @@ fn careless_operator_input_is_refused_everywhere_it_gets_in() {
     // ...so the config can bring it in later.
     let path = lab.agent_config_path(Node::Lb1);
     let good = std::fs::read_to_string(&path).expect("config");
-    rewrite_config(
-        &lab,
-        "address = \"10.200.0.22\"",
-        "address = \"10.200.0.22\"\n  [[service.backend]]\n  address = \"10.200.0.23\"",
-    );
+    let mut with_web3 = lab.default_agent_model(Node::Lb1).expect("model");
+    add_www_backend(&mut with_web3, WEB3);
+    lab.write_agent_model(Node::Lb1, &with_web3).expect("write");
     agent(&lab, &["reload"]);
     assert!(
         wait_for(Duration::from_secs(5), || www_backends(&lab)
@@ -527,22 +538,28 @@ fn careless_operator_input_is_refused_everywhere_it_gets_in() {
         www_backends(&lab)
     );
 
-    // A refused reload says where, as check-config does: an invalid file,
-    // and one that only a restart could apply.
-    for (from, to, says) in [
+    // A refused reload says where, as check-config does: an invalid file
+    // (a weight the model cannot hold, so written as text), and one that
+    // only a restart could apply.
+    let mut restart_only = lab.default_agent_model(Node::Lb1).expect("model");
+    restart_only.conntrack.max_flows = MaxFlows::new(131_072).expect("max_flows");
+    let restart_only = restart_only.to_toml().expect("toml");
+    for (text, changed, says) in [
         (
-            "address = \"10.200.0.22\"",
-            "address = \"10.200.0.22\"\n  weight = 500",
+            good.replacen(
+                "address = \"10.200.0.22\"",
+                "address = \"10.200.0.22\"\n  weight = 500",
+                1,
+            ),
+            "  weight = 500",
             "service \"www\" backend 10.200.0.22:80 weight: 500 is out of range 1..=100",
         ),
         (
-            "max_flows = 65536",
+            restart_only,
             "max_flows = 131072",
             "changed conntrack.max_flows",
         ),
     ] {
-        let text = good.replacen(from, to, 1);
-        let changed = to.lines().last().unwrap_or(to);
         let line = text
             .lines()
             .position(|l| l == changed)

@@ -15,6 +15,7 @@ use std::{
 };
 
 use integration_tests::{artifacts, e2e::*, netns::NetNs};
+use lb_config::Priority;
 use xtask::lab::{Lab, LabOptions, LbSetup, Node};
 
 /// The agents' open file limit (soft and hard): half of systemd's default.
@@ -317,23 +318,17 @@ fn the_agent_stands_idle_floods_reloads_and_unreachable_backends() {
 
     // A reload that changes [vrrp] (a lower priority still above lb2's)
     // and adds an on_change hook to www: no transition, counters go on.
-    let path = lab.agent_config_path(Node::Lb1);
-    let config = std::fs::read_to_string(&path).expect("lb1 config");
+    let mut model = lab.default_agent_model(Node::Lb1).expect("lb1's model");
     let env_file = lab.run_dir().join("on-change-env");
-    let edited = config
-        .replacen("priority = 200", "priority = 190", 1)
-        .replacen(
-            "protocol = \"tcp\"\n",
-            // Written whole, then renamed: a later run is never half read.
-            // The agent appends the hook's arguments ("$@"): `:` takes them.
-            &format!(
-                "protocol = \"tcp\"\non_change = \"env > {0}.$$; mv {0}.$$ {0}; :\"\n",
-                env_file.display()
-            ),
-            1,
-        );
-    assert_ne!(edited, config);
-    std::fs::write(&path, edited).expect("write lb1 config");
+    model.vrrp.as_mut().expect("[vrrp]").priority = Priority::new(190).expect("priority");
+    // Written whole, then renamed: a later run is never half read. The
+    // agent appends the hook's arguments ("$@"): `:` takes them.
+    model.service_mut("www").expect("www").on_change = Some(format!(
+        "env > {0}.$$; mv {0}.$$ {0}; :",
+        env_file.display()
+    ));
+    lab.write_agent_model(Node::Lb1, &model)
+        .expect("write lb1 config");
     let calls_before = status(&lab)["vrrp"]["provider_calls"].as_u64().unwrap_or(0);
     assert!(calls_before > 0, "the provider took the VIP");
     let said = lb1_cli(&lab, &["reload"]);

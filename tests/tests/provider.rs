@@ -199,9 +199,9 @@ fn a_downed_interface_faults_and_a_flapped_link_is_announced_again() {
     // Untracked, the public link flaps under a master that keeps the VIP:
     // it announces it again when the link is back.
     lab.stop_agent(Node::Lb1).expect("stop lb1");
-    let config = std::fs::read_to_string(lab.agent_config_path(Node::Lb1)).expect("config");
-    let config = config.replacen("[vrrp]\n", "[vrrp]\ntrack_interfaces = [\"priv0\"]\n", 1);
-    lab.start_agent_with_config(Node::Lb1, &config)
+    let mut model = lab.default_agent_model(Node::Lb1).expect("model");
+    model.vrrp.as_mut().expect("[vrrp]").track_interfaces = Some(vec!["priv0".into()]);
+    lab.start_agent_with_model(Node::Lb1, &model)
         .expect("lb1 again");
     assert!(wait_for(Duration::from_secs(10), || lab.vip_holder()
         == Some(Node::Lb1)));

@@ -530,7 +530,7 @@ async fn prepare_node(config: &Config, options: &RunOptions) -> Result<SlotLayou
     // program is attached.
     ensure_not_running(&socket_path(&options.instance)).await?;
     let held = interface_ipv4_addresses(&node.private_interface);
-    let snat_addresses = config.snat_addresses();
+    let snat_addresses = config.node.snat_pool();
     if let Some(missing) = snat_addresses.iter().find(|a| !held.contains(a)) {
         let interface = &node.private_interface;
         anyhow::bail!(

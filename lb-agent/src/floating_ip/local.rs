@@ -5,7 +5,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     time::Duration,
 };
 
@@ -15,6 +15,7 @@ use netlink_packet_route::{
     link::{LinkAttribute, State as OperState},
 };
 use rtnetlink::Handle;
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, SockRef, Socket, Type};
 use tracing::{info, warn};
 
 use super::FloatingIpError;
@@ -258,47 +259,34 @@ impl LocalProvider {
     }
 }
 
-/// A raw packet socket for ARP frames.
+/// A raw packet socket for ARP frames (close-on-exec, as socket2 opens
+/// every socket).
 pub fn packet_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2).
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    let protocol = Protocol::from(i32::from(ETH_P_ARP.to_be()));
+    Ok(Socket::new(Domain::PACKET, Type::RAW, Some(protocol))?.into())
 }
 
 /// Sends one Ethernet `frame` (to the broadcast address) out of `ifindex`.
 pub fn send_frame(fd: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
-    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    SockRef::from(fd).send_to(frame, &broadcast_on(ifindex))?;
+    Ok(())
+}
+
+/// The link-layer broadcast address on `ifindex`, for ARP. Neither socket2
+/// nor nix builds a `sockaddr_ll`, so it is written into socket2's storage.
+fn broadcast_on(ifindex: u32) -> SockAddr {
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: the storage is sized and aligned for every address type,
+    // and all zeroes is a valid sockaddr_ll.
+    let addr = unsafe { storage.view_as::<libc::sockaddr_ll>() };
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_protocol = ETH_P_ARP.to_be();
     addr.sll_ifindex = ifindex as i32;
     addr.sll_halen = 6;
     addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    // SAFETY: valid fd, buffer and sockaddr_ll.
-    let rc = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the storage holds a sockaddr_ll of that length.
+    unsafe { SockAddr::new(storage, len) }
 }
 
 #[cfg(test)]

@@ -35,7 +35,11 @@ pub fn agent_config_with(
     xtask_bin: &Path,
     xdp: XdpMode,
 ) -> Result<String> {
-    let model = agent_model(prefix, node, xtask_bin, xdp)?;
+    lab_config_text(prefix, node, &agent_model(prefix, node, xtask_bin, xdp)?)
+}
+
+/// `model` as the lab writes it for `node`: TOML under a line saying whose.
+fn lab_config_text(prefix: &str, node: Node, model: &Config) -> Result<String> {
     let body = model.to_toml().context("writing the lab config")?;
     Ok(format!(
         "# Agent of lab node {prefix}-{node}, written by `cargo xtask lab up`.\n{body}"
@@ -209,36 +213,62 @@ impl Lab {
         process::read_pid(&self.agent_pid_path(node)).filter(|&pid| process::alive(pid))
     }
 
+    /// The model of the config this lab gives `node`'s agent by default:
+    /// `agent_model`, in an HA lab with `vrrp_model` (and with the
+    /// digitalocean provider, `floating_ip_model`). Tests change its typed
+    /// fields and start or reload the agent with it.
+    pub fn default_agent_model(&self, node: Node) -> Result<Config> {
+        let state = self.state();
+        let mut model = agent_model(&self.prefix, node, self.xtask_bin(), state.xdp)?;
+        if state.is_ha() {
+            let mut vrrp = vrrp_model(
+                node,
+                state.vrrp.number(),
+                &state.advert_int_text(),
+                &self.track_flag(node),
+            )?;
+            if state.provider == Provider::Digitalocean {
+                vrrp.floating_ip = super::floating_ip_model(&self.do_token_file())?;
+            }
+            model.vrrp = Some(vrrp);
+        }
+        Ok(model)
+    }
+
     /// Starts the agent of `node` with its config file, written with the
-    /// default (`agent_config`) if there is none yet; so a restart after
-    /// `kill_agent` keeps a config set by `start_agent_with_config`.
+    /// default (`default_agent_model`) if there is none yet; so a restart
+    /// after `kill_agent` keeps a config set by `start_agent_with_config`.
     pub fn start_agent(&self, node: Node) -> Result<u32> {
         let config = self.agent_config_path(node);
         if !config.exists() {
-            let state = self.state();
-            let mut text = agent_config_with(&self.prefix, node, self.xtask_bin(), state.xdp)?;
-            if state.is_ha() {
-                text.push_str(&vrrp_section(
-                    node,
-                    state.vrrp.number(),
-                    &state.advert_int_text(),
-                    &self.track_flag(node),
-                )?);
-                if state.provider == Provider::Digitalocean {
-                    text.push_str(&super::floating_ip_section(&self.do_token_file())?);
-                }
-            }
-            std::fs::write(&config, text)
-                .with_context(|| format!("writing {}", config.display()))?;
+            let model = self.default_agent_model(node)?;
+            self.write_agent_config(node, &lab_config_text(&self.prefix, node, &model)?)?;
         }
         self.launch_agent(node)
     }
 
     /// Writes `toml` as `node`'s config, then starts the agent with it.
     pub fn start_agent_with_config(&self, node: Node, toml: &str) -> Result<u32> {
-        let config = self.agent_config_path(node);
-        std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
+        self.write_agent_config(node, toml)?;
         self.launch_agent(node)
+    }
+
+    /// Writes `model` as `node`'s config, then starts the agent with it.
+    pub fn start_agent_with_model(&self, node: Node, model: &Config) -> Result<u32> {
+        self.write_agent_model(node, model)?;
+        self.launch_agent(node)
+    }
+
+    /// Writes `model` as `node`'s config (for a reload; a running agent
+    /// reads it only then).
+    pub fn write_agent_model(&self, node: Node, model: &Config) -> Result<()> {
+        let text = model.to_toml().context("writing the agent config")?;
+        self.write_agent_config(node, &text)
+    }
+
+    fn write_agent_config(&self, node: Node, toml: &str) -> Result<()> {
+        let config = self.agent_config_path(node);
+        std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))
     }
 
     /// `nsenter --net=/run/netns/<P>-lbN lb-agent --instance <P>-lbN run

@@ -49,11 +49,11 @@ fn api_url() -> Result<String> {
     Ok(format!("http://{client}:{DO_API_PORT}"))
 }
 
-/// The `[vrrp.floating_ip]` section of an LB node's config in a
-/// digitalocean lab.
-pub fn floating_ip_section(token_file: &std::path::Path) -> Result<String> {
+/// The floating IP settings of an LB node in a digitalocean lab: the
+/// stand-in API, the token in `token_file`.
+pub fn floating_ip_model(token_file: &std::path::Path) -> Result<lb_config::FloatingIpConfig> {
     let url = api_url()?;
-    let provider = lb_config::FloatingIpConfig {
+    Ok(lb_config::FloatingIpConfig {
         provider: lb_config::ProviderKind::Digitalocean,
         api_url: url.clone(),
         metadata_url: url,
@@ -65,11 +65,7 @@ pub fn floating_ip_section(token_file: &std::path::Path) -> Result<String> {
         request_timeout: std::time::Duration::from_secs(2),
         reconcile_interval: std::time::Duration::from_secs(1),
         ..lb_config::FloatingIpConfig::default()
-    };
-    let text = provider
-        .to_toml_section()
-        .context("writing the lab's [vrrp.floating_ip]")?;
-    Ok(format!("\n{text}"))
+    })
 }
 
 impl Lab {

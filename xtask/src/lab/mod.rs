@@ -40,7 +40,7 @@ pub use agent::{
     agent_config, agent_config_with, agent_model, vrrp_model, vrrp_section, www_check,
 };
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
-pub use cloud::{do_mock_binary, floating_ip_section, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
+pub use cloud::{do_mock_binary, floating_ip_model, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
 pub use handle::Lab;
 pub use lifecycle::{ensure_all_lab_programs, LabGuard};
 pub use node::{

@@ -217,6 +217,21 @@ impl LabOptions {
                 self.provider
             );
         }
+        // Without the pair nothing runs VRRP: a version or interval asked
+        // for would quietly do nothing.
+        let defaults = Self::default();
+        if !self.lbs.is_ha() && self.vrrp != defaults.vrrp {
+            bail!(
+                "--vrrp {} needs the HA pair (drop --no-ha / --no-agent)",
+                self.vrrp
+            );
+        }
+        if !self.lbs.is_ha() && self.advert_int != defaults.advert_int {
+            bail!(
+                "--advert-int {:?} needs the HA pair (drop --no-ha / --no-agent)",
+                self.advert_int
+            );
+        }
         if self.advert_int.is_zero() {
             bail!("--advert-int must be longer than 0");
         }
@@ -276,9 +291,34 @@ mod tests {
                 advert_int: Duration::ZERO,
                 ..LabOptions::default()
             },
+            LabOptions {
+                lbs: LbSetup::SingleAgent,
+                vrrp: VrrpVersion::V3,
+                ..LabOptions::default()
+            },
+            LabOptions {
+                lbs: LbSetup::NoAgent,
+                advert_int: Duration::from_millis(100),
+                ..LabOptions::default()
+            },
             LabOptions::with_prefix("Bad"),
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+        let single = LabOptions {
+            lbs: LbSetup::SingleAgent,
+            vrrp: VrrpVersion::V3,
+            ..LabOptions::default()
+        };
+        let said = format!("{:#}", single.validate().expect_err("refused"));
+        assert_eq!(
+            said,
+            "--vrrp v3 needs the HA pair (drop --no-ha / --no-agent)"
+        );
+        let single = LabOptions {
+            lbs: LbSetup::SingleAgent,
+            ..LabOptions::default()
+        };
+        assert!(single.validate().is_ok(), "the defaults need no pair");
     }
 }
