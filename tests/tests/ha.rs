@@ -335,11 +335,16 @@ fn start_multicast_agent(lab: &Lab, node: Node, hook_log: &std::path::Path) {
     let mut model = lab.default_agent_model(node).expect("lab model");
     let vrrp = model.vrrp.as_mut().expect("[vrrp] in the HA lab");
     let log = hook_log.display();
+    let peer = vrrp.unicast_peers.pop().expect("the lab's unicast peer");
     vrrp.unicast_peers.clear();
     vrrp.notify = Some(format!("echo >> {log}"));
     vrrp.notify_master = Some(format!("echo {node}-master-hook >> {log}"));
     vrrp.notify_backup = Some("sleep 60".into());
     vrrp.notify_timeout = Duration::from_secs(1);
+    // Without unicast peers flow sync needs to be told where the peer is.
+    if let Some(sync) = model.sync.as_mut() {
+        sync.peer = Some(peer);
+    }
     lab.start_agent_with_model(node, &model)
         .expect("agent with multicast VRRP");
 }

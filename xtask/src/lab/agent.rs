@@ -11,8 +11,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use lb_config::{
     self as config, BackendConfig, CheckKind, Config, HealthCheckConfig, MaxFlows, MetricsConfig,
-    NodeConfig, PortRange, Priority, Protocol, RiseFall, ServiceConfig, TrackScript, Vrid,
-    VrrpConfig, VrrpVersion,
+    NodeConfig, PortRange, Priority, Protocol, RiseFall, ServiceConfig, SyncConfig, TrackScript,
+    Vrid, VrrpConfig, VrrpVersion,
 };
 
 use super::{
@@ -231,8 +231,33 @@ impl Lab {
                 vrrp.floating_ip = super::floating_ip_model(&self.do_token_file())?;
             }
             model.vrrp = Some(vrrp);
+            if state.classic.is_empty() {
+                model.sync = Some(SyncConfig::new(self.sync_key()?));
+            }
         }
         Ok(model)
+    }
+
+    /// The pair's flow-sync key (made on first use, readable by root only).
+    pub fn sync_key(&self) -> Result<PathBuf> {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let path = self.run_dir().join("sync.key");
+        if path.exists() {
+            return Ok(path);
+        }
+        let mut random = [0u8; 24];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .context("reading /dev/urandom for the lab's sync key")?;
+        let key: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "{key}"))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 
     /// Starts the agent of `node` with its config file, written with the
