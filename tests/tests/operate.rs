@@ -2,9 +2,7 @@
 //! while clients keep connecting, and an invalid reload that changes
 //! nothing.
 
-use std::time::Duration;
-
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use integration_tests::e2e::*;
 use lb_config::{BackendConfig, Config, MaxFlows, Priority, Weight};
@@ -241,7 +239,22 @@ fn metrics_are_prometheus_text_and_move_with_traffic() {
         value(&backup, "lb_vrrp_state", &[("state", "BACKUP")]),
         Some(1.0)
     );
-    assert!(value(&backup, "lb_vrrp_adverts_received_total", &[]).unwrap_or(0.0) > 0.0);
+    // lb2's agent can start after lb1 became master (an agent takes about
+    // 3 s to start, as long as lb1's master down interval): the lab is up
+    // before lb2 has heard an advert, so allow it one interval and more.
+    let heard = |lab: &Lab| {
+        value(
+            &scrape(lab, Node::Lb2),
+            "lb_vrrp_adverts_received_total",
+            &[],
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    };
+    assert!(
+        wait_for(Duration::from_secs(3), || heard(&lab)),
+        "lb2 counts lb1's adverts"
+    );
 
     // A health transition shows up as a gauge and a counter.
     lab.stop_nginx(Node::Web1).expect("stop nginx on web1");
