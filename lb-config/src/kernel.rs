@@ -5,16 +5,33 @@ use std::time::Duration;
 
 use lb_common::Settings;
 
-use crate::{problem::Problem, Config};
+use crate::{problem::Problem, Config, VrrpConfig};
 
 /// How long a backend that closed a connection first keeps its (source
 /// address, source port) pair in TIME_WAIT: fixed at 60 s on Linux.
 pub const BACKEND_TIME_WAIT: Duration = Duration::from_secs(60);
 
 impl Config {
-    /// The SNAT pool: `node.snat_addresses`, or the private address alone.
+    /// The SNAT pool: the pair's shared addresses (`vrrp.snat_address`
+    /// and `snat_pool`, the same on both nodes, so that a flow's SNAT index
+    /// means the same address on either), else `node.snat_addresses`, else
+    /// the private address alone.
     pub fn snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
-        self.node.snat_pool()
+        let floating = self.floating_snat_addresses();
+        if floating.is_empty() {
+            self.node.snat_pool()
+        } else {
+            floating
+        }
+    }
+
+    /// The shared SNAT addresses the VRRP master holds on the private
+    /// interface; empty without `vrrp.snat_address`.
+    pub fn floating_snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        self.vrrp
+            .as_ref()
+            .map(VrrpConfig::floating_snat)
+            .unwrap_or_default()
     }
 
     /// The node-wide settings the XDP program reads, as far as the config
