@@ -64,12 +64,17 @@ impl Config {
     }
 
     /// Services whose `expected_rate` the SNAT pool cannot carry with
-    /// `nat_ports` usable ports: a NAT source towards a backend can be
+    /// `nat_ports` usable ports (this node's slice of them): a NAT source towards a backend can be
     /// reused only after the backend's TIME_WAIT, so one backend takes at
     /// most `addresses x ports / 60 s` new connections per second.
     pub fn capacity_warnings(&self, nat_ports: u32) -> Vec<Problem> {
         let addresses = self.snat_addresses().len() as u64;
         let sources = addresses * u64::from(nat_ports);
+        let pool = if self.floating_snat_addresses().is_empty() {
+            "node.snat_addresses"
+        } else {
+            "vrrp.snat_pool"
+        };
         let per_backend = sources / BACKEND_TIME_WAIT.as_secs();
         let mut warnings = Vec::new();
         for (index, service) in self.services.iter().enumerate() {
@@ -103,7 +108,7 @@ impl Config {
                         ),
                     )
                     .with_hint(format!(
-                        "add addresses to node.snat_addresses (each adds {}/s) or widen node.port_range",
+                        "add addresses to {pool} (each adds {}/s) or widen node.port_range",
                         u64::from(nat_ports) / BACKEND_TIME_WAIT.as_secs()
                     )),
                 );

@@ -8,7 +8,9 @@ use super::{reload::ReloadRequest, CheckTargetsFeed};
 use crate::{
     agent::{Agent, AgentError},
     control::{
-        protocol::{NodeStatus, Reply, Request, Response, ServiceBackend, STATUS_SCHEMA},
+        protocol::{
+            NodeStatus, Reply, Request, Response, ServiceBackend, SnatStatus, STATUS_SCHEMA,
+        },
         server::ControlHandler,
     },
     vrrp::runner::SharedStatus,
@@ -18,6 +20,7 @@ pub(super) struct Handler {
     pub agent: Arc<Mutex<Agent>>,
     pub instance: String,
     pub vrrp: Option<SharedStatus>,
+    pub snat: SnatStatus,
     pub reloads: mpsc::Sender<ReloadRequest>,
     pub check_targets: CheckTargetsFeed,
 }
@@ -60,6 +63,7 @@ impl Handler {
             flows: stats.flows,
             max_flows: stats.max_flows,
             half_open_evicted: stats.half_open_evicted,
+            snat: Some(self.snat.clone()),
         }))
     }
 
