@@ -153,8 +153,11 @@ impl PortSlice {
     }
 }
 
+/// Inclusive port ranges.
+type Ranges = Vec<(u16, u16)>;
+
 /// `ranges` split after their first `count` ports.
-fn take_ports(ranges: &[(u16, u16)], mut count: u32) -> (Vec<(u16, u16)>, Vec<(u16, u16)>) {
+fn take_ports(ranges: &[(u16, u16)], mut count: u32) -> (Ranges, Ranges) {
     let (mut first, mut rest) = (Vec::new(), Vec::new());
     for &(low, high) in ranges {
         let len = u32::from(high) - u32::from(low) + 1;
