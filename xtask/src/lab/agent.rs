@@ -235,10 +235,8 @@ impl Lab {
             } else {
                 agent_config_with(prefix, node, xtask, state.xdp)?
             };
-            if state.is_ha() {
-                if state.provider == Provider::Digitalocean {
-                    text.push_str(&super::floating_ip_section(&self.do_token_file())?);
-                }
+            if state.is_ha() && state.provider == Provider::Digitalocean {
+                text.push_str(&super::floating_ip_section(&self.do_token_file())?);
             }
             std::fs::write(&config, text)
                 .with_context(|| format!("writing {}", config.display()))?;
