@@ -11,7 +11,7 @@ use std::{
 use integration_tests::{arp::who_has, e2e::*, netns::NetNs};
 use lb_agent::vrrp::packet::{Advert, Auth, Version};
 use lb_common::checksum;
-use xtask::lab::{Lab, Node};
+use xtask::lab::{Lab, Node, FLOATING_SNAT};
 
 const LB1: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
 const LB2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 12);
@@ -331,8 +331,11 @@ fn no_healthy_backend_seen_from_lb1_moves_mastership() {
 
 /// Rewrites `node`'s lab config for multicast VRRP (no unicast peers) with
 /// notify hooks that log their arguments, and starts its agent with it.
+/// The floating SNAT address goes too: it needs a unicast peer to decide
+/// the node's half of the NAT ports, so this node sends from its own.
 fn start_multicast_agent(lab: &Lab, node: Node, hook_log: &std::path::Path) {
     let config = std::fs::read_to_string(lab.agent_config_path(node)).expect("lab config");
+    let config = config.replace(&format!("snat_address = \"{FLOATING_SNAT}\"\n"), "");
     let peers = config
         .lines()
         .find(|l| l.starts_with("unicast_peers"))
@@ -453,4 +456,130 @@ fn a_detached_program_moves_mastership_and_nopreempt_keeps_it_away() {
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(vrrp_state(&lab, Node::Lb1), "BACKUP", "no preemption");
     assert_eq!(lab.vip_holder(), Some(Node::Lb2));
+}
+
+/// Whether `node` has `address` on its private interface.
+fn holds_on_priv0(lab: &Lab, node: Node, address: Ipv4Addr) -> bool {
+    lab.exec_ok(node, &["ip", "-4", "addr", "show", "dev", "priv0"])
+        .is_ok_and(|out| out.contains(&format!("inet {address}/32")))
+}
+
+/// Whether `holder` alone has the floating SNAT address.
+fn only_holder_of_snat(lab: &Lab, holder: Node) -> bool {
+    Node::LBS
+        .iter()
+        .all(|&n| holds_on_priv0(lab, n, FLOATING_SNAT) == (n == holder))
+}
+
+/// The clients nginx on `web` logged for pages through the VIP (`GET /`),
+/// leaving out the agents' health checks (`/health`, sent from each node's
+/// own address).
+fn page_clients(lab: &Lab, web: Node) -> Vec<String> {
+    let path = lab.access_log_path(web);
+    let log = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("access log {}: {e}", path.display()));
+    log.lines()
+        .filter(|line| line.contains("\"GET / HTTP"))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `snat` object of `node`'s `lb-agent status --json`.
+fn snat_status(lab: &Lab, node: Node) -> serde_json::Value {
+    let out = lab
+        .agent_cli(node, &["status", "--json"])
+        .expect("lb-agent status --json");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    status["snat"].clone()
+}
+
+#[test]
+fn the_floating_snat_address_follows_the_master_and_backends_see_only_it() {
+    let Some(lab) = lab_ha("hsnat") else { return };
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+    assert!(
+        wait_for(Duration::from_secs(5), || only_holder_of_snat(
+            &lab,
+            Node::Lb1
+        )),
+        "the master lb1 holds {FLOATING_SNAT} on priv0, the backup lb2 does not"
+    );
+    assert_eq!(
+        vrrp_field(&lab, Node::Lb1, "snat_holds"),
+        serde_json::json!([FLOATING_SNAT.to_string()])
+    );
+    assert_eq!(
+        vrrp_field(&lab, Node::Lb2, "snat_holds"),
+        serde_json::json!([])
+    );
+    // Each node its own half of the NAT ports, lb1 (the lower address) the lower.
+    let (lb1, lb2) = (snat_status(&lab, Node::Lb1), snat_status(&lab, Node::Lb2));
+    assert_eq!(
+        lb1["addresses"],
+        serde_json::json!([FLOATING_SNAT.to_string()])
+    );
+    assert_eq!(
+        (&lb1["floating"], &lb2["floating"]),
+        (&serde_json::json!(true), &serde_json::json!(true))
+    );
+    assert_eq!(lb1["port_slice"], "lower", "{lb1}");
+    assert_eq!(lb2["port_slice"], "upper", "{lb2}");
+    assert_eq!(lb1["ports"], serde_json::json!([[1024, 19163]]), "{lb1}");
+    let text = lab.agent_cli(Node::Lb1, &["status"]).expect("status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("held here: 10.200.0.10"), "{text}");
+
+    let counts = http_round(&lab, 20);
+    assert_eq!(
+        counts.get("web1").copied().unwrap_or(0) + counts.get("web2").copied().unwrap_or(0),
+        20,
+        "every request answered: {counts:?}"
+    );
+    let floating = FLOATING_SNAT.to_string();
+    let mut before = Vec::new();
+    for web in [Node::Web1, Node::Web2] {
+        let clients = page_clients(&lab, web);
+        assert!(
+            !clients.is_empty() && clients.iter().all(|c| *c == floating),
+            "{web}: pages through the VIP come from {floating} only, saw {clients:?}"
+        );
+        before.push(clients.len());
+    }
+
+    let requests = ClientLoop::start(&lab, Duration::from_millis(100), 300);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.stop_agent(Node::Lb1).expect("SIGTERM lb1's agent");
+    assert!(
+        wait_for(Duration::from_secs(5), || vrrp_state(&lab, Node::Lb2)
+            == "MASTER"),
+        "lb2 takes over"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || only_holder_of_snat(
+            &lab,
+            Node::Lb2
+        )),
+        "lb1 released {FLOATING_SNAT} on stopping, lb2 holds it"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = requests.finish();
+    assert!(seen.ok() > 10, "the loop ran");
+    assert!(
+        seen.failed.is_empty(),
+        "requests lost in the failover: {:?}",
+        seen.failed
+    );
+    assert_eq!(
+        vrrp_field(&lab, Node::Lb2, "snat_holds"),
+        serde_json::json!([floating.clone()])
+    );
+    for (web, before) in [Node::Web1, Node::Web2].into_iter().zip(before) {
+        let clients = page_clients(&lab, web);
+        assert!(clients.len() > before, "{web}: served through lb2 too");
+        assert!(
+            clients.iter().all(|c| *c == floating),
+            "{web}: through lb2 too, pages come from {floating} only, saw {clients:?}"
+        );
+    }
 }
