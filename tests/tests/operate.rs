@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use integration_tests::e2e::*;
-use xtask::lab::{Lab, Node};
+use xtask::lab::{Lab, Node, FLOATING_SNAT};
 
 fn rewrite_config(lab: &Lab, from: &str, to: &str) {
     let path = lab.agent_config_path(Node::Lb1);
@@ -341,23 +341,41 @@ fn check_config_reports_file_line_and_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A SNAT address that is not on the private interface: backends could
-    // not reach it, so the node says so (the lab's own pool is there).
+    // A SNAT address of the node's own that is not on the private
+    // interface: backends could not reach it, so the node says so. The HA
+    // lab shares a floating address instead, so the node's own pool is put
+    // back for this.
+    let floating = format!("snat_address = \"{FLOATING_SNAT}\"\n");
     assert!(
-        good.contains("\"10.200.0.114\""),
-        "lb1's pool in its config"
+        good.contains(&floating),
+        "the floating SNAT address in lb1's config"
     );
-    std::fs::write(
-        &broken,
-        good.replace("\"10.200.0.114\"", "\"10.200.0.119\""),
-    )
-    .expect("write");
+    let own_pool = good.replace(&floating, "").replacen(
+        "private_address = \"10.200.0.11\"\n",
+        "private_address = \"10.200.0.11\"\nsnat_addresses = [\"10.200.0.11\", \"10.200.0.119\"]\n",
+        1,
+    );
+    std::fs::write(&broken, own_pool).expect("write");
     let out = lab
         .agent_cli(Node::Lb1, &["check-config", "--config", &broken_path])
         .expect("check-config");
     assert_eq!(out.status.code(), Some(78));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("10.200.0.119 is not on priv0"), "{said}");
+    // The floating address is on the master only, and the agent adds it:
+    // the backup's config is valid without it on priv0.
+    let lb2 = lab
+        .agent_config_path(Node::Lb2)
+        .to_string_lossy()
+        .into_owned();
+    let out = lab
+        .agent_cli(Node::Lb2, &["check-config", "--config", &lb2])
+        .expect("check-config on lb2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = lab
         .agent_cli(Node::Lb1, &["check-config", "--confg", &path])
