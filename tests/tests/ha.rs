@@ -475,23 +475,12 @@ fn only_holder_of_snat(lab: &Lab, holder: Node) -> bool {
 /// leaving out the agents' health checks (`/health`, sent from each node's
 /// own address).
 fn page_clients(lab: &Lab, web: Node) -> Vec<String> {
-    let path = lab.access_log_path(web);
-    let log = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("access log {}: {e}", path.display()));
-    log.lines()
+    access_log(lab, web)
+        .lines()
         .filter(|line| line.contains("\"GET / HTTP"))
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
         .collect()
-}
-
-/// The `snat` object of `node`'s `lb-agent status --json`.
-fn snat_status(lab: &Lab, node: Node) -> serde_json::Value {
-    let out = lab
-        .agent_cli(node, &["status", "--json"])
-        .expect("lb-agent status --json");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    status["snat"].clone()
 }
 
 #[test]
@@ -505,16 +494,18 @@ fn the_floating_snat_address_follows_the_master_and_backends_see_only_it() {
         )),
         "the master lb1 holds {FLOATING_SNAT} on priv0, the backup lb2 does not"
     );
-    assert_eq!(
-        vrrp_field(&lab, Node::Lb1, "snat_holds"),
-        serde_json::json!([FLOATING_SNAT.to_string()])
+    // The status shows the provider's view within a few hundred ms.
+    let holds = |node| vrrp_field(&lab, node, "snat_holds");
+    let held = serde_json::json!([FLOATING_SNAT.to_string()]);
+    assert!(
+        wait_for(Duration::from_secs(3), || holds(Node::Lb1) == held),
+        "lb1's status shows {held}: {}",
+        holds(Node::Lb1)
     );
-    assert_eq!(
-        vrrp_field(&lab, Node::Lb2, "snat_holds"),
-        serde_json::json!([])
-    );
+    assert_eq!(holds(Node::Lb2), serde_json::json!([]));
     // Each node its own half of the NAT ports, lb1 (the lower address) the lower.
-    let (lb1, lb2) = (snat_status(&lab, Node::Lb1), snat_status(&lab, Node::Lb2));
+    let snat = |node| status_field(&lab, node, "snat");
+    let (lb1, lb2) = (snat(Node::Lb1), snat(Node::Lb2));
     assert_eq!(
         lb1["addresses"],
         serde_json::json!([FLOATING_SNAT.to_string()])
@@ -570,9 +561,10 @@ fn the_floating_snat_address_follows_the_master_and_backends_see_only_it() {
         seen.failed
     );
     assert!(seen.ok() > 10, "the loop ran: {:?}", seen.answers);
-    assert_eq!(
-        vrrp_field(&lab, Node::Lb2, "snat_holds"),
-        serde_json::json!([floating.clone()])
+    assert!(
+        wait_for(Duration::from_secs(3), || holds(Node::Lb2) == held),
+        "lb2's status shows {held}: {}",
+        holds(Node::Lb2)
     );
     for (web, before) in [Node::Web1, Node::Web2].into_iter().zip(before) {
         let clients = page_clients(&lab, web);
