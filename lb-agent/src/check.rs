@@ -182,7 +182,10 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
     let mut findings = Vec::new();
     if !offline {
         findings.extend(missing_interfaces(&config));
-        findings.extend(missing_snat_addresses(&config));
+        // Floating addresses are on the master only, and added by the agent.
+        if config.floating_snat_addresses().is_empty() {
+            findings.extend(missing_snat_addresses(&config));
+        }
     }
     let range = config.node.port_range;
     let ephemeral = ephemeral_range(offline);
@@ -198,10 +201,11 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
             );
         }
     }
-    let nat_ports = ports::port_count(&ports::usable_ranges(
+    let usable = ports::usable_ranges(
         (range.first(), range.last()),
         ephemeral.unwrap_or(ports::LINUX_EPHEMERAL_RANGE),
-    ));
+    );
+    let nat_ports = ports::port_count(&ports::PortSlice::of(&config).apply(&usable));
     report.findings = findings.into_iter().map(|p| document.locate(p)).collect();
     report.warnings = config
         .capacity_warnings(nat_ports)

@@ -3,8 +3,12 @@
 
 use std::io::Write;
 
-use crate::control::protocol::{
-    BackendState, BackendStatus, Health, Reply, ServiceStatus, StatsReport,
+use crate::{
+    control::protocol::{
+        BackendState, BackendStatus, Health, Reply, ServiceStatus, SnatStatus, StatsReport,
+    },
+    ports::PortSlice,
+    vrrp::runner::VrrpStatus,
 };
 
 /// The exit status of a command whose reader went away, as a shell shows
@@ -260,6 +264,9 @@ fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
             ));
         }
     }
+    if let Some(snat) = &status.snat {
+        out.push_str(&snat_status(snat, status.vrrp.as_ref()));
+    }
     out.push_str(&sync_status(status.sync.as_ref(), status.vrrp.is_some()));
     out.push('\n');
     out.push_str(&services(&status.services));
@@ -273,6 +280,41 @@ fn node_status(status: &crate::control::protocol::NodeStatus) -> String {
         status.flows,
         status.max_flows,
     ));
+    out
+}
+
+/// The SNAT sources, which of them this node holds, its NAT port slice and
+/// what they mean for a failover.
+fn snat_status(snat: &SnatStatus, vrrp: Option<&VrrpStatus>) -> String {
+    let list = |addresses: &[std::net::Ipv4Addr]| {
+        let shown: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        shown.join(", ")
+    };
+    let ranges: Vec<String> = snat.ports.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+    let slice = match snat.port_slice {
+        PortSlice::Whole => String::new(),
+        half => format!(" (this node's {} half)", half.as_str()),
+    };
+    let mut out = format!(
+        "snat: {}; NAT ports {}{slice}\n",
+        list(&snat.addresses),
+        ranges.join(", ")
+    );
+    if snat.floating {
+        let held = vrrp.map(|v| v.snat_holds.as_slice()).unwrap_or_default();
+        let held = if held.is_empty() {
+            "not held here".to_string()
+        } else {
+            format!("held here: {}", list(held))
+        };
+        out.push_str(&format!(
+            "  shared by the pair, held by the VRRP master ({held}): established flows can survive a failover\n"
+        ));
+    } else if vrrp.is_some() {
+        out.push_str(
+            "  this node's own addresses: established flows cannot survive a failover (backends reply to this node's own address; set vrrp.snat_address)\n",
+        );
+    }
     out
 }
 
@@ -360,6 +402,41 @@ mod tests {
         assert_eq!(&lines[1][col..col + 6], "active");
         let ports = lines[0].find("NAT PORTS").expect("nat ports header");
         assert_eq!(&lines[1][ports..ports + 8], "3/113840", "{text}");
+    }
+
+    #[test]
+    fn snat_status_tells_what_a_failover_keeps() {
+        let floating = SnatStatus {
+            addresses: vec![Ipv4Addr::new(10, 200, 0, 10)],
+            floating: true,
+            port_slice: PortSlice::Lower,
+            ports: vec![(1024, 19163)],
+        };
+        let master = VrrpStatus {
+            snat_holds: vec![Ipv4Addr::new(10, 200, 0, 10)],
+            ..VrrpStatus::default()
+        };
+        let text = snat_status(&floating, Some(&master));
+        assert!(
+            text.starts_with("snat: 10.200.0.10; NAT ports 1024-19163 (this node's lower half)\n"),
+            "{text}"
+        );
+        assert!(text.contains("held here: 10.200.0.10"), "{text}");
+        let backup = snat_status(&floating, Some(&VrrpStatus::default()));
+        assert!(backup.contains("not held here"), "{backup}");
+        let own = SnatStatus {
+            addresses: vec![Ipv4Addr::new(10, 200, 0, 11)],
+            floating: false,
+            port_slice: PortSlice::Whole,
+            ports: vec![(1024, 32767), (61000, 65535)],
+        };
+        let text = snat_status(&own, Some(&VrrpStatus::default()));
+        assert!(
+            text.contains("NAT ports 1024-32767, 61000-65535\n")
+                && text.contains("established flows cannot survive a failover"),
+            "{text}"
+        );
+        assert!(!snat_status(&own, None).contains("failover"));
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! `ip_local_reserved_ports` so no local socket ever auto-binds into it
 //! (replies to those ports are taken by the XDP program before the stack).
 
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
 
 /// Errors of checking and reserving the NAT port range.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,92 @@ pub fn nat_ports(min: u16, max: u16, ephemeral: (u16, u16)) -> Result<Vec<(u16, 
         });
     }
     Ok(usable)
+}
+
+/// The share of the NAT ports this node hands out. A pair with a floating
+/// SNAT address sends from the same addresses on both nodes, and a flow
+/// synced to the peer keeps its (address, port) towards its backend: were
+/// both to hand out the same source to the same backend, the backend would
+/// take the second connection for the first. So each takes its own half:
+/// the node whose private address is numerically lower than its peer's
+/// the lower half, the other the upper half. The program still knows the
+/// whole range, so it recognises replies to flows of the peer's slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortSlice {
+    /// Every NAT port (this node's own SNAT addresses).
+    Whole,
+    Lower,
+    Upper,
+}
+
+impl PortSlice {
+    /// The slice of the node at `own` whose peer is at `peer`.
+    pub fn between(own: Ipv4Addr, peer: Ipv4Addr) -> Self {
+        if u32::from(own) < u32::from(peer) {
+            Self::Lower
+        } else {
+            Self::Upper
+        }
+    }
+
+    /// This node's slice under `config`: a half with a floating SNAT
+    /// address (decided against the first unicast peer), else the whole.
+    pub fn of(config: &Config) -> Self {
+        let peer = config
+            .vrrp
+            .as_ref()
+            .filter(|vrrp| vrrp.snat_address.is_some())
+            .and_then(|vrrp| vrrp.unicast_peers.first());
+        match peer {
+            Some(peer) => Self::between(config.node.private_address, *peer),
+            None => Self::Whole,
+        }
+    }
+
+    /// The part of `ranges` (inclusive, sorted, disjoint) in this slice:
+    /// the lower half is the first half of the ports counted across the
+    /// ranges (rounded down), the upper half the rest.
+    pub fn apply(self, ranges: &[(u16, u16)]) -> Vec<(u16, u16)> {
+        let lower = port_count(ranges) / 2;
+        match self {
+            Self::Whole => ranges.to_vec(),
+            Self::Lower => take_ports(ranges, lower).0,
+            Self::Upper => take_ports(ranges, lower).1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Whole => "whole",
+            Self::Lower => "lower",
+            Self::Upper => "upper",
+        }
+    }
+}
+
+/// Inclusive port ranges.
+type Ranges = Vec<(u16, u16)>;
+
+/// `ranges` split after their first `count` ports.
+fn take_ports(ranges: &[(u16, u16)], mut count: u32) -> (Ranges, Ranges) {
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
+    for &(low, high) in ranges {
+        let len = u32::from(high) - u32::from(low) + 1;
+        if count >= len {
+            first.push((low, high));
+            count -= len;
+        } else if count == 0 {
+            rest.push((low, high));
+        } else {
+            // count < len <= 65536, so the sum stays below `high`.
+            let split = low + count as u16;
+            first.push((low, split - 1));
+            rest.push((split, high));
+            count = 0;
+        }
+    }
+    (first, rest)
 }
 
 /// Parses `ip_local_port_range` ("32768\t60999").
@@ -192,6 +282,50 @@ pub fn reserve_nat_range(min: u16, max: u16) -> Result<Vec<(u16, u16)>, PortsErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lower_address_takes_the_lower_half() {
+        let (lb1, lb2) = (Ipv4Addr::new(10, 200, 0, 11), Ipv4Addr::new(10, 200, 0, 12));
+        assert_eq!(PortSlice::between(lb1, lb2), PortSlice::Lower);
+        assert_eq!(PortSlice::between(lb2, lb1), PortSlice::Upper);
+        // Numerically, not by text: 10.200.0.9 < 10.200.0.10.
+        let (nine, ten) = (Ipv4Addr::new(10, 200, 0, 9), Ipv4Addr::new(10, 200, 0, 10));
+        assert_eq!(PortSlice::between(nine, ten), PortSlice::Lower);
+    }
+
+    #[test]
+    fn halves_are_disjoint_and_cover_the_ranges() {
+        let usable = usable_ranges((1024, 65535), (32768, 60999));
+        let lower = PortSlice::Lower.apply(&usable);
+        let upper = PortSlice::Upper.apply(&usable);
+        assert_eq!(lower, vec![(1024, 19163)]);
+        assert_eq!(upper, vec![(19164, 32767), (61000, 65535)]);
+        assert_eq!(port_count(&lower) + port_count(&upper), port_count(&usable));
+        assert_eq!(PortSlice::Whole.apply(&usable), usable);
+        // An odd count: the upper half has the one more.
+        let odd = [(20000, 20002)];
+        assert_eq!(PortSlice::Lower.apply(&odd), vec![(20000, 20000)]);
+        assert_eq!(PortSlice::Upper.apply(&odd), vec![(20001, 20002)]);
+        // A split on a range's edge leaves no empty range.
+        let two = [(1000, 1001), (2000, 2001)];
+        assert_eq!(PortSlice::Lower.apply(&two), vec![(1000, 1001)]);
+        assert_eq!(PortSlice::Upper.apply(&two), vec![(2000, 2001)]);
+    }
+
+    #[test]
+    fn only_a_floating_snat_address_slices_the_ports() {
+        let own = Config::parse(crate::config::TEST_CONFIG, "lb.toml").expect("config");
+        assert_eq!(PortSlice::of(&own), PortSlice::Whole);
+        let mut floating = own.clone();
+        let mut vrrp = crate::config::VrrpConfig::new(Default::default(), Default::default());
+        vrrp.unicast_peers = vec![Ipv4Addr::new(10, 200, 0, 12)];
+        floating.vrrp = Some(vrrp.clone());
+        assert_eq!(PortSlice::of(&floating), PortSlice::Whole);
+        vrrp.snat_address = Some(Ipv4Addr::new(10, 200, 0, 10));
+        floating.vrrp = Some(vrrp);
+        // 10.200.0.11 against its peer 10.200.0.12.
+        assert_eq!(PortSlice::of(&floating), PortSlice::Lower);
+    }
 
     #[test]
     fn parsing() {

@@ -5,13 +5,35 @@ use std::time::Duration;
 
 use lb_common::Settings;
 
-use crate::{problem::Problem, Config};
+use crate::{problem::Problem, Config, VrrpConfig};
 
 /// How long a backend that closed a connection first keeps its (source
 /// address, source port) pair in TIME_WAIT: fixed at 60 s on Linux.
 pub const BACKEND_TIME_WAIT: Duration = Duration::from_secs(60);
 
 impl Config {
+    /// The SNAT pool: the pair's shared addresses (`vrrp.snat_address`
+    /// and `snat_pool`, the same on both nodes, so that a flow's SNAT index
+    /// means the same address on either), else `node.snat_addresses`, else
+    /// the private address alone.
+    pub fn snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        let floating = self.floating_snat_addresses();
+        if floating.is_empty() {
+            self.node.snat_pool()
+        } else {
+            floating
+        }
+    }
+
+    /// The shared SNAT addresses the VRRP master holds on the private
+    /// interface; empty without `vrrp.snat_address`.
+    pub fn floating_snat_addresses(&self) -> Vec<std::net::Ipv4Addr> {
+        self.vrrp
+            .as_ref()
+            .map(VrrpConfig::floating_snat)
+            .unwrap_or_default()
+    }
+
     /// The node-wide settings the XDP program reads, as far as the config
     /// decides them (interfaces' MACs, the clock and the half-open share
     /// are the agent's to fill in).
@@ -44,12 +66,17 @@ impl Config {
     }
 
     /// Services whose `expected_rate` the SNAT pool cannot carry with
-    /// `nat_ports` usable ports: a NAT source towards a backend can be
+    /// `nat_ports` usable ports (this node's slice of them): a NAT source towards a backend can be
     /// reused only after the backend's TIME_WAIT, so one backend takes at
     /// most `addresses x ports / 60 s` new connections per second.
     pub fn capacity_warnings(&self, nat_ports: u32) -> Vec<Problem> {
         let addresses = self.node.snat_pool().len() as u64;
         let sources = addresses * u64::from(nat_ports);
+        let pool = if self.floating_snat_addresses().is_empty() {
+            "node.snat_addresses"
+        } else {
+            "vrrp.snat_pool"
+        };
         let per_backend = sources / BACKEND_TIME_WAIT.as_secs();
         let mut warnings = Vec::new();
         for (index, service) in self.services.iter().enumerate() {
@@ -83,7 +110,7 @@ impl Config {
                         ),
                     )
                     .with_hint(format!(
-                        "add addresses to node.snat_addresses (each adds {}/s) or widen node.port_range",
+                        "add addresses to {pool} (each adds {}/s) or widen node.port_range",
                         u64::from(nat_ports) / BACKEND_TIME_WAIT.as_secs()
                     )),
                 );

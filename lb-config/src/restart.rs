@@ -31,8 +31,14 @@ impl fmt::Display for RestartChange {
 /// declaration order.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     let mut changed = Vec::new();
-    changed_fields("node", &old.node, &new.node, &mut changed);
-    changed_fields("conntrack", &old.conntrack, &new.conntrack, &mut changed);
+    changed_fields("node", Some(&old.node), Some(&new.node), &mut changed);
+    changed_fields(
+        "conntrack",
+        Some(&old.conntrack),
+        Some(&new.conntrack),
+        &mut changed,
+    );
+    changed_fields("vrrp", old.vrrp.as_ref(), new.vrrp.as_ref(), &mut changed);
     if old.sync != new.sync {
         changed.push(RestartChange {
             path: FieldPath::root().key("sync"),
@@ -42,16 +48,15 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<RestartChange> {
     changed
 }
 
+/// A missing section (`None`, e.g. no `[vrrp]`) leaves its fields unset.
 fn changed_fields<T: Serialize + RestartOnly>(
     section: &str,
-    old: &T,
-    new: &T,
+    old: Option<&T>,
+    new: Option<&T>,
     changed: &mut Vec<RestartChange>,
 ) {
-    let (old, new) = (
-        toml::Table::try_from(old).ok(),
-        toml::Table::try_from(new).ok(),
-    );
+    let table = |s: Option<&T>| s.and_then(|f| toml::Table::try_from(f).ok());
+    let (old, new) = (table(old), table(new));
     for (field, why) in T::RESTART_ONLY {
         let value =
             |table: &Option<toml::Table>| table.as_ref().and_then(|t| t.get(*field)).cloned();
@@ -69,7 +74,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::{ConntrackConfig, NodeConfig, PortRange};
+    use crate::{ConntrackConfig, NodeConfig, PortRange, Priority, Vrid, VrrpConfig};
 
     #[test]
     fn every_declared_field_exists_and_is_compared() {
@@ -82,6 +87,13 @@ mod tests {
         for (field, _) in ConntrackConfig::RESTART_ONLY {
             assert!(fields.contains_key(*field), "conntrack.{field}");
         }
+        let mut vrrp = VrrpConfig::new(Vrid::default(), Priority::default());
+        vrrp.snat_address = Some(Ipv4Addr::new(10, 0, 0, 10));
+        vrrp.snat_pool = vec![Ipv4Addr::new(10, 0, 0, 11)];
+        let fields = toml::Table::try_from(&vrrp).expect("serializes");
+        for (field, _) in VrrpConfig::RESTART_ONLY {
+            assert!(fields.contains_key(*field), "vrrp.{field}");
+        }
         let old = Config::new(node.clone());
         let mut new = old.clone();
         new.node.port_range = PortRange::new(20000, 29999).expect("range");
@@ -91,5 +103,11 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(changes, ["node.port_range (live flows hold ports of it)"]);
+        // Taking on a floating SNAT address moves every new flow's source.
+        let mut floating = old.clone();
+        floating.vrrp = Some(vrrp);
+        let changes = restart_only_changes(&old, &floating);
+        let paths: Vec<String> = changes.iter().map(|c| c.path.to_string()).collect();
+        assert_eq!(paths, ["vrrp.snat_address", "vrrp.snat_pool"]);
     }
 }

@@ -153,6 +153,13 @@ fn broken_vrrp_sections_name_their_field_line_and_fix() {
         ("[vrrp.floating_ip]\nprovider = \"exec\"", "vrrp.floating_ip.assign", 33, &["needs assign"]),
         ("[vrrp.floating_ip]\ncheck = \"true\"", "vrrp.floating_ip.check", 34, &["belongs to provider = \"exec\""]),
         ("[vrrp.floating_ip]\nprovider = \"digitalocean\"\napi_url = \"ftp://x\"", "vrrp.floating_ip.api_url", 35, &["write an http:// or https:// URL"]),
+        ("snat_pool = [\"10.200.0.101\"]", "vrrp.snat_pool", 33, &["vrrp.snat_pool: needs vrrp.snat_address"]),
+        ("snat_address = \"10.200.0.10\"", "vrrp.snat_address", 33, &["needs vrrp.unicast_peers", "slice of the NAT ports"]),
+        ("unicast_peers = [\"10.200.0.12\"]\nsnat_address = \"10.200.0.11\"", "vrrp.snat_address", 34, &["10.200.0.11 is this node's own address"]),
+        ("unicast_peers = [\"10.200.0.12\"]\nsnat_address = \"10.200.0.12\"", "vrrp.snat_address", 34, &["10.200.0.12 is the peer's address"]),
+        ("unicast_peers = [\"10.200.0.12\"]\nsnat_address = \"10.100.0.100\"", "vrrp.snat_address", 34, &["10.100.0.100 is a VIP of this balancer"]),
+        ("unicast_peers = [\"10.200.0.12\"]\nsnat_address = \"224.0.0.5\"", "vrrp.snat_address", 34, &["224.0.0.5 is not a usable unicast address"]),
+        ("unicast_peers = [\"10.200.0.12\"]\nsnat_address = \"10.200.0.10\"\nsnat_pool = [\"10.200.0.101\", \"10.200.0.10\"]", "vrrp.snat_pool[1]", 35, &["vrrp.snat_pool[1]: 10.200.0.10 is listed twice"]),
     ];
     for (extra, path, line, words) in table {
         let (text, problems) = refused_text(format!("{LAB}{VRRP}{extra}\n"));
@@ -174,6 +181,83 @@ fn broken_vrrp_sections_name_their_field_line_and_fix() {
         .problem
         .to_string()
         .contains("reserved for resigning"));
+}
+
+/// `[vrrp]` of a pair sharing `10.200.0.10` (and `pool`) as SNAT source.
+fn floating_snat(pool: &[String]) -> String {
+    let pool: Vec<String> = pool.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "{VRRP}unicast_peers = [\"10.200.0.12\"]\nsnat_address = \"10.200.0.10\"\nsnat_pool = [{}]\n",
+        pool.join(", ")
+    )
+}
+
+#[test]
+fn a_floating_snat_address_replaces_the_nodes_own_pool() {
+    let text = format!("{LAB}{}", floating_snat(&["10.200.0.101".into()]));
+    let config = Config::parse(&text, "f.toml").expect("valid");
+    let shared = [
+        Ipv4Addr::new(10, 200, 0, 10),
+        Ipv4Addr::new(10, 200, 0, 101),
+    ];
+    assert_eq!(config.snat_addresses(), shared);
+    assert_eq!(config.floating_snat_addresses(), shared);
+    let settings = config.to_settings();
+    assert_eq!(settings.snat_count, 2);
+    assert_eq!(
+        settings.snat_addrs[..2],
+        [[10, 200, 0, 10], [10, 200, 0, 101]]
+    );
+    // The whole range: replies to the peer's slice (synced flows) are
+    // recognised too.
+    assert_eq!((settings.port_min, settings.port_max), (20000, 29999));
+    let written = config.to_toml().expect("serializes");
+    assert_eq!(
+        Config::parse(&written, "w.toml").expect("reads back"),
+        config
+    );
+
+    let with_own = text.replacen(
+        "private_address = \"10.200.0.11\"",
+        "private_address = \"10.200.0.11\"\nsnat_addresses = [\"10.200.0.111\"]",
+        1,
+    );
+    let (_, problems) = refused_text(with_own);
+    let first = &problems[0];
+    assert_eq!(first.problem.path.to_string(), "node.snat_addresses");
+    assert_eq!(first.line, Some(5));
+    assert!(
+        first
+            .problem
+            .to_string()
+            .contains("replaces this node's own pool"),
+        "{}",
+        first.problem
+    );
+
+    let backend = text.replacen("address = \"10.200.0.22\"", "address = \"10.200.0.101\"", 1);
+    let message = Config::parse(&backend, "b.toml").unwrap_err().to_string();
+    assert!(
+        message.contains("10.200.0.101 is this node's own address"),
+        "{message}"
+    );
+}
+
+#[test]
+fn at_most_the_programs_snat_slots_are_shared() {
+    let pool: Vec<String> = (0..lb_common::MAX_SNAT_ADDRESSES)
+        .map(|n| format!("10.200.1.{}", n + 1))
+        .collect();
+    let (_, problems) = refused_text(format!("{LAB}{}", floating_snat(&pool)));
+    let shown = problems[0].problem.to_string();
+    assert_eq!(
+        problems[0].problem.path.to_string(),
+        "vrrp.snat_pool",
+        "{shown}"
+    );
+    assert!(shown.contains("17 addresses; at most 16 fit"), "{shown}");
+    let fits = format!("{LAB}{}", floating_snat(&pool[1..]));
+    assert!(Config::parse(&fits, "f.toml").is_ok());
 }
 
 #[test]
@@ -462,6 +546,10 @@ fn vrrp() -> impl Strategy<Value = VrrpConfig> {
             vrrp.version = if v3 { VrrpVersion::V3 } else { VrrpVersion::V2 };
             vrrp.garp_count = GarpCount::new(garp).unwrap_or_default();
             vrrp.unicast_peers = vec![Ipv4Addr::new(10, 200, 0, 12)];
+            if garp % 2 == 0 {
+                vrrp.snat_address = Some(Ipv4Addr::new(10, 200, 0, 10));
+                vrrp.snat_pool = vec![Ipv4Addr::new(10, 200, 0, 101)];
+            }
             vrrp.track_script = scripts
                 .iter()
                 .map(|name| TrackScript::new(name, "true"))

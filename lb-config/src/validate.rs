@@ -26,6 +26,8 @@ impl Config {
         if let Some(vrrp) = &self.vrrp {
             let at = root.key("vrrp");
             vrrp.check(&at, self.node.private_address, &mut problems);
+            let vips: Vec<Ipv4Addr> = self.services.iter().map(|s| s.vip).collect();
+            vrrp.check_snat(&at, &self.node, &vips, &mut problems);
             for (index, name) in vrrp.track_services.iter().enumerate() {
                 if !self.services.iter().any(|s| &s.name == name) {
                     // On both nodes the same typo would keep both in FAULT.
@@ -157,10 +159,11 @@ impl Config {
             );
         } else if address == self.node.private_address
             || self.node.snat_addresses.contains(&address)
+            || self.floating_snat_addresses().contains(&address)
         {
             problems.push_with_hint(
                 root.key("address"),
-                format!("{address} is this node's own address (node.private_address or node.snat_addresses), so the balancer would send connections to itself"),
+                format!("{address} is this node's own address (node.private_address, node.snat_addresses or vrrp.snat_address/snat_pool), so the balancer would send connections to itself"),
                 "use the server's address",
             );
         }

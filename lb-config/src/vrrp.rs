@@ -9,6 +9,7 @@ use crate::{
     bounded::{GarpCount, Priority, RiseFall, TrackWeight, Vrid, VrrpVersion},
     floating_ip::FloatingIpConfig,
     problem::{Element, FieldPath, Problems},
+    NodeConfig, RestartOnly,
 };
 
 /// keepalived's own limit for `preempt_delay` (1,000 s).
@@ -90,10 +91,35 @@ pub struct VrrpConfig {
     /// keepalived's `vrrp_script` + `track_script` (`[[vrrp.track_script]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub track_script: Vec<TrackScript>,
+    /// A private address the pair shares as the source towards backends
+    /// (the floating SNAT address): the master holds it on
+    /// node.private_interface, so after a failover the backends' replies
+    /// reach the new master and established flows can carry on there.
+    /// Replaces node.snat_addresses; put it in the backends' allow lists.
+    /// Each node hands out its own half of the NAT ports (the node with
+    /// the lower private address the lower half), so the two never use the
+    /// same source. Without it (default) each node sends from its own
+    /// addresses and established flows cannot survive a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_address: Option<Ipv4Addr>,
+    /// Further shared SNAT addresses after `snat_address` (needs it), held
+    /// and spread over like it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat_pool: Vec<Ipv4Addr>,
     /// Where the floating IP lives while this node is master
     /// (`[vrrp.floating_ip]`; default the `local` provider).
     #[serde(default)]
     pub floating_ip: FloatingIpConfig,
+}
+
+impl RestartOnly for VrrpConfig {
+    const RESTART_ONLY: &'static [(&'static str, &'static str)] = &[
+        (
+            "snat_address",
+            "live flows are NATed to it and hold ports of this node's slice",
+        ),
+        ("snat_pool", "live flows are NATed to its addresses"),
+    ];
 }
 
 fn default_advert_int() -> Duration {
@@ -136,8 +162,23 @@ impl VrrpConfig {
             track_interfaces: None,
             track_program: true,
             track_script: Vec::new(),
+            snat_address: None,
+            snat_pool: Vec::new(),
             floating_ip: FloatingIpConfig::default(),
         }
+    }
+
+    /// The shared SNAT addresses, `snat_address` first; empty without it.
+    pub fn floating_snat(&self) -> Vec<Ipv4Addr> {
+        self.snat_address
+            .iter()
+            .chain(
+                self.snat_pool
+                    .iter()
+                    .filter(|_| self.snat_address.is_some()),
+            )
+            .copied()
+            .collect()
     }
 
     pub(crate) fn check(&self, at: &FieldPath, own_address: Ipv4Addr, problems: &mut Problems) {
@@ -177,6 +218,88 @@ impl VrrpConfig {
                 at.key("unicast_peers").index(index, None),
                 format!("{src} is this node's own address"),
             );
+        }
+    }
+
+    /// The shared SNAT addresses against the node and the VIPs: none may
+    /// be an address a node or a service already has.
+    pub(crate) fn check_snat(
+        &self,
+        at: &FieldPath,
+        node: &NodeConfig,
+        vips: &[Ipv4Addr],
+        problems: &mut Problems,
+    ) {
+        let Some(first) = self.snat_address else {
+            if !self.snat_pool.is_empty() {
+                problems.push_with_hint(
+                    at.key("snat_pool"),
+                    "needs vrrp.snat_address",
+                    "set snat_address, the first shared address",
+                );
+            }
+            return;
+        };
+        let here = at.key("snat_address");
+        if !node.snat_addresses.is_empty() {
+            problems.push_with_hint(
+                FieldPath::root().key("node").key("snat_addresses"),
+                format!("the floating SNAT address {first} replaces this node's own pool"),
+                "remove node.snat_addresses (list shared addresses in vrrp.snat_pool)",
+            );
+        }
+        if self.unicast_peers.is_empty() {
+            problems.push_with_hint(
+                here.clone(),
+                "needs vrrp.unicast_peers: each node's slice of the NAT ports is decided by comparing its private address with its peer's",
+                "list the peer's private address in unicast_peers",
+            );
+        }
+        let all = self.floating_snat();
+        if all.len() > lb_common::MAX_SNAT_ADDRESSES {
+            problems.push(
+                at.key("snat_pool"),
+                format!(
+                    "snat_address and snat_pool are {} addresses; at most {} fit",
+                    all.len(),
+                    lb_common::MAX_SNAT_ADDRESSES
+                ),
+            );
+        }
+        for (index, addr) in all.iter().enumerate() {
+            let path = match index {
+                0 => here.clone(),
+                n => at.key("snat_pool").index(n - 1, None),
+            };
+            if let Some((message, hint)) = self.snat_conflict(*addr, &all[..index], node, vips) {
+                problems.push_with_hint(path, format!("{addr} {message}"), hint);
+            }
+        }
+    }
+
+    /// Why `addr` cannot be a shared SNAT address (`earlier` are the ones
+    /// before it), with the fix.
+    fn snat_conflict(
+        &self,
+        addr: Ipv4Addr,
+        earlier: &[Ipv4Addr],
+        node: &NodeConfig,
+        vips: &[Ipv4Addr],
+    ) -> Option<(&'static str, &'static str)> {
+        const SHARED: &str = "give the pair an address of the private network no node has";
+        if crate::is_unusable(addr) {
+            Some(("is not a usable unicast address", SHARED))
+        } else if addr == node.private_address || self.unicast_src == Some(addr) {
+            // The backup would lose its own address with it.
+            Some(("is this node's own address", SHARED))
+        } else if self.unicast_peers.contains(&addr) {
+            Some(("is the peer's address (vrrp.unicast_peers)", SHARED))
+        } else if vips.contains(&addr) || self.virtual_addresses.contains(&addr) {
+            Some(("is a VIP of this balancer", SHARED))
+        } else if earlier.contains(&addr) {
+            Some(("is listed twice", "list each address once"))
+        } else {
+            None
         }
     }
 

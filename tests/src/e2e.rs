@@ -85,15 +85,21 @@ fn lab_with(prefix: &str, adjust: impl FnOnce(&mut LabOptions)) -> Option<LabGua
     Some(Lab::up_guarded(&options).unwrap_or_else(|e| panic!("lab {prefix} up: {e:#}")))
 }
 
-/// A field of the `vrrp` object of `node`'s `lb-agent status --json`
-/// (`Null` when the agent does not answer).
-pub fn vrrp_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
+/// A top-level field of `node`'s `lb-agent status --json` (`Null` when
+/// the agent does not answer).
+pub fn status_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
     let Ok(out) = lab.agent_cli(node, &["status", "--json"]) else {
         return serde_json::Value::Null;
     };
     let status: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    status["vrrp"][field].clone()
+    status[field].clone()
+}
+
+/// A field of the `vrrp` object of `node`'s `lb-agent status --json`
+/// (`Null` when the agent does not answer).
+pub fn vrrp_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
+    status_field(lab, node, "vrrp")[field].clone()
 }
 
 /// The VRRP state `node`'s agent reports (`MASTER`, `BACKUP`, ...).
@@ -118,13 +124,17 @@ pub fn agent(lab: &Lab, args: &[&str]) -> String {
 
 /// The client addresses in `web`'s nginx access log (`$remote_addr` first).
 pub fn access_log_clients(lab: &Lab, web: Node) -> std::collections::BTreeSet<String> {
-    let path = lab.access_log_path(web);
-    let log = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("access log {}: {e}", path.display()));
-    log.lines()
+    access_log(lab, web)
+        .lines()
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)
         .collect()
+}
+
+/// nginx's access log on `web`.
+pub fn access_log(lab: &Lab, web: Node) -> String {
+    let path = lab.access_log_path(web);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("access log {}: {e}", path.display()))
 }
 
 /// Lb1's SNAT pool as strings, as access logs show them.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use lb_agent::check::check_text;
-use xtask::lab::{agent_config, vrrp_section, Node};
+use xtask::lab::{agent_config, ha_agent_config, vrrp_model, Node, XdpMode};
 
 fn readme() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
@@ -33,6 +33,13 @@ fn readme_configs_pass_check_config() {
     }
 }
 
+/// The lab's config of `node` in the HA pair with VRRP `version`.
+fn ha_config(node: Node, version: u8, interval: &str) -> String {
+    let xtask = Path::new("/usr/local/bin/xtask");
+    let vrrp = vrrp_model(node, version, interval, Path::new("/run/flag")).expect("vrrp");
+    ha_agent_config("lab", node, xtask, XdpMode::Generic, vrrp).expect("lab config")
+}
+
 #[test]
 fn lab_configs_pass_check_config() {
     let xtask = Path::new("/usr/local/bin/xtask");
@@ -41,10 +48,7 @@ fn lab_configs_pass_check_config() {
         let report = check_text(&plain, &format!("lab {node}"), true);
         assert!(report.is_valid(), "{report}");
         for (version, interval) in [(2, "1s"), (3, "100ms")] {
-            let mut ha = plain.clone();
-            ha.push_str(
-                &vrrp_section(node, version, interval, Path::new("/run/flag")).expect("vrrp"),
-            );
+            let ha = ha_config(node, version, interval);
             let report = check_text(&ha, &format!("lab {node} VRRPv{version}"), true);
             assert!(report.is_valid(), "{report}");
             let vrrp = report.config.and_then(|c| c.vrrp).expect("[vrrp]");
@@ -64,8 +68,7 @@ fn shipped_configs() -> Vec<(String, String)> {
     let xtask = Path::new("/usr/local/bin/xtask");
     for node in Node::LBS {
         let plain = agent_config("lab", node, xtask).expect("lab config");
-        let vrrp = vrrp_section(node, 2, "1s", Path::new("/run/flag")).expect("vrrp");
-        configs.push((format!("lab-{node}-ha"), format!("{plain}{vrrp}")));
+        configs.push((format!("lab-{node}-ha"), ha_config(node, 2, "1s")));
         configs.push((format!("lab-{node}"), plain));
     }
     let vagrant = xtask::vagrant::VagrantNode {

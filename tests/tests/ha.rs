@@ -11,7 +11,7 @@ use std::{
 use integration_tests::{arp::who_has, e2e::*, netns::NetNs};
 use lb_agent::vrrp::packet::{Advert, Auth, Version};
 use lb_common::checksum;
-use xtask::lab::{Lab, Node};
+use xtask::lab::{Lab, Node, FLOATING_SNAT};
 
 const LB1: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 11);
 const LB2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 12);
@@ -336,6 +336,10 @@ fn start_multicast_agent(lab: &Lab, node: Node, hook_log: &std::path::Path) {
     let vrrp = model.vrrp.as_mut().expect("[vrrp] in the HA lab");
     let log = hook_log.display();
     let peer = vrrp.unicast_peers.pop().expect("the lab's unicast peer");
+    // The floating SNAT address needs a unicast peer to decide this
+    // node's half of the NAT ports: without one the node sends from its own.
+    vrrp.snat_address = None;
+    vrrp.snat_pool.clear();
     vrrp.unicast_peers.clear();
     vrrp.notify = Some(format!("echo >> {log}"));
     vrrp.notify_master = Some(format!("echo {node}-master-hook >> {log}"));
@@ -451,4 +455,122 @@ fn a_detached_program_moves_mastership_and_nopreempt_keeps_it_away() {
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(vrrp_state(&lab, Node::Lb1), "BACKUP", "no preemption");
     assert_eq!(lab.vip_holder(), Some(Node::Lb2));
+}
+
+/// Whether `node` has `address` on its private interface.
+fn holds_on_priv0(lab: &Lab, node: Node, address: Ipv4Addr) -> bool {
+    lab.exec_ok(node, &["ip", "-4", "addr", "show", "dev", "priv0"])
+        .is_ok_and(|out| out.contains(&format!("inet {address}/32")))
+}
+
+/// Whether `holder` alone has the floating SNAT address.
+fn only_holder_of_snat(lab: &Lab, holder: Node) -> bool {
+    Node::LBS
+        .iter()
+        .all(|&n| holds_on_priv0(lab, n, FLOATING_SNAT) == (n == holder))
+}
+
+/// The clients nginx on `web` logged for pages through the VIP (`GET /`),
+/// leaving out the agents' health checks (`/health`, sent from each node's
+/// own address).
+fn page_clients(lab: &Lab, web: Node) -> Vec<String> {
+    access_log(lab, web)
+        .lines()
+        .filter(|line| line.contains("\"GET / HTTP"))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_floating_snat_address_follows_the_master_and_backends_see_only_it() {
+    let Some(lab) = lab_ha("hsnat") else { return };
+    assert_eq!(lab.vip_holder(), Some(Node::Lb1));
+    assert!(
+        wait_for(Duration::from_secs(5), || only_holder_of_snat(
+            &lab,
+            Node::Lb1
+        )),
+        "the master lb1 holds {FLOATING_SNAT} on priv0, the backup lb2 does not"
+    );
+    // The status shows the provider's view within a few hundred ms.
+    let holds = |node| vrrp_field(&lab, node, "snat_holds");
+    let held = serde_json::json!([FLOATING_SNAT.to_string()]);
+    assert!(
+        wait_for(Duration::from_secs(3), || holds(Node::Lb1) == held),
+        "lb1's status shows {held}: {}",
+        holds(Node::Lb1)
+    );
+    assert_eq!(holds(Node::Lb2), serde_json::json!([]));
+    // Each node its own half of the NAT ports, lb1 (the lower address) the lower.
+    let snat = |node| status_field(&lab, node, "snat");
+    let (lb1, lb2) = (snat(Node::Lb1), snat(Node::Lb2));
+    assert_eq!(
+        lb1["addresses"],
+        serde_json::json!([FLOATING_SNAT.to_string()])
+    );
+    assert_eq!(
+        (&lb1["floating"], &lb2["floating"]),
+        (&serde_json::json!(true), &serde_json::json!(true))
+    );
+    assert_eq!(lb1["port_slice"], "lower", "{lb1}");
+    assert_eq!(lb2["port_slice"], "upper", "{lb2}");
+    assert_eq!(lb1["ports"], serde_json::json!([[1024, 19163]]), "{lb1}");
+    let text = lab.agent_cli(Node::Lb1, &["status"]).expect("status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("held here: 10.200.0.10"), "{text}");
+
+    let counts = http_round(&lab, 20);
+    assert_eq!(
+        counts.get("web1").copied().unwrap_or(0) + counts.get("web2").copied().unwrap_or(0),
+        20,
+        "every request answered: {counts:?}"
+    );
+    let floating = FLOATING_SNAT.to_string();
+    let mut before = Vec::new();
+    for web in [Node::Web1, Node::Web2] {
+        let clients = page_clients(&lab, web);
+        assert!(
+            !clients.is_empty() && clients.iter().all(|c| *c == floating),
+            "{web}: pages through the VIP come from {floating} only, saw {clients:?}"
+        );
+        before.push(clients.len());
+    }
+
+    let requests = ClientLoop::start(&lab, Duration::from_millis(100), 300);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.stop_agent(Node::Lb1).expect("SIGTERM lb1's agent");
+    assert!(
+        wait_for(Duration::from_secs(5), || vrrp_state(&lab, Node::Lb2)
+            == "MASTER"),
+        "lb2 takes over"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || only_holder_of_snat(
+            &lab,
+            Node::Lb2
+        )),
+        "lb1 released {FLOATING_SNAT} on stopping, lb2 holds it"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let seen = requests.finish();
+    assert!(
+        seen.failed.is_empty(),
+        "requests lost in the failover: {:?}",
+        seen.failed
+    );
+    assert!(seen.ok() > 10, "the loop ran: {:?}", seen.answers);
+    assert!(
+        wait_for(Duration::from_secs(3), || holds(Node::Lb2) == held),
+        "lb2's status shows {held}: {}",
+        holds(Node::Lb2)
+    );
+    for (web, before) in [Node::Web1, Node::Web2].into_iter().zip(before) {
+        let clients = page_clients(&lab, web);
+        assert!(clients.len() > before, "{web}: served through lb2 too");
+        assert!(
+            clients.iter().all(|c| *c == floating),
+            "{web}: through lb2 too, pages come from {floating} only, saw {clients:?}"
+        );
+    }
 }

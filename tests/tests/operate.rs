@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use integration_tests::e2e::*;
 use lb_config::{BackendConfig, Config, MaxFlows, Priority, Weight};
-use xtask::lab::{Lab, Node};
+use xtask::lab::{Lab, Node, FLOATING_SNAT};
 
 const WEB2: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 22);
 const WEB3: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 23);
@@ -374,13 +374,18 @@ fn check_config_reports_file_line_and_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // A SNAT address that is not on the private interface: backends could
-    // not reach it, so the node says so (the lab's own pool is there).
+    // A SNAT address of the node's own that is not on the private
+    // interface: backends could not reach it, so the node says so. The HA
+    // lab shares a floating address instead, so an own pool is put back
+    // for this.
     let mut elsewhere = model;
-    let pool = &mut elsewhere.node.snat_addresses;
-    let last = pool.last_mut().expect("lb1's pool in its config");
-    assert_eq!(*last, Ipv4Addr::new(10, 200, 0, 114));
-    *last = Ipv4Addr::new(10, 200, 0, 119);
+    let vrrp = elsewhere.vrrp.as_mut().expect("[vrrp] in the HA lab");
+    assert_eq!(vrrp.snat_address, Some(FLOATING_SNAT));
+    vrrp.snat_address = None;
+    elsewhere.node.snat_addresses = vec![
+        Ipv4Addr::new(10, 200, 0, 11),
+        Ipv4Addr::new(10, 200, 0, 119),
+    ];
     std::fs::write(&broken, elsewhere.to_toml().expect("toml")).expect("write");
     let out = lab
         .agent_cli(Node::Lb1, &["check-config", "--config", &broken_path])
@@ -388,6 +393,20 @@ fn check_config_reports_file_line_and_exit_codes() {
     assert_eq!(out.status.code(), Some(78));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("10.200.0.119 is not on priv0"), "{said}");
+    // The floating address is on the master only, and the agent adds it:
+    // the backup's config is valid without it on priv0.
+    let lb2 = lab
+        .agent_config_path(Node::Lb2)
+        .to_string_lossy()
+        .into_owned();
+    let out = lab
+        .agent_cli(Node::Lb2, &["check-config", "--config", &lb2])
+        .expect("check-config on lb2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = lab
         .agent_cli(Node::Lb1, &["check-config", "--confg", &path])

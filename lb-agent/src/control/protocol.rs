@@ -94,6 +94,23 @@ pub struct NodeStatus {
     /// Flow sync with the peer, or `None` without `[sync]`.
     #[serde(default)]
     pub sync: Option<crate::sync::SyncStatus>,
+    /// The sources backends see (`None` from agents before it).
+    #[serde(default)]
+    pub snat: Option<SnatStatus>,
+}
+
+/// Where this node's connections to backends come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnatStatus {
+    /// The SNAT addresses, in the program's order.
+    pub addresses: Vec<Ipv4Addr>,
+    /// The pair's shared addresses (`vrrp.snat_address`), held by the
+    /// master: established flows can carry on after a failover. `false`:
+    /// this node's own, to which backends keep replying when it is gone.
+    pub floating: bool,
+    /// This node's share of the NAT ports, and the ranges in it.
+    pub port_slice: crate::ports::PortSlice,
+    pub ports: Vec<(u16, u16)>,
 }
 
 /// The schema of `NodeStatus` this agent writes.

@@ -8,7 +8,9 @@ use super::{reload::ReloadRequest, CheckTargetsFeed};
 use crate::{
     agent::{Agent, AgentError},
     control::{
-        protocol::{NodeStatus, Reply, Request, Response, ServiceBackend, STATUS_SCHEMA},
+        protocol::{
+            NodeStatus, Reply, Request, Response, ServiceBackend, SnatStatus, STATUS_SCHEMA,
+        },
         server::ControlHandler,
     },
     sync::SyncStatus,
@@ -20,6 +22,7 @@ pub(super) struct Handler {
     pub instance: String,
     pub vrrp: Option<SharedStatus>,
     pub sync: Option<watch::Receiver<SyncStatus>>,
+    pub snat: SnatStatus,
     pub reloads: mpsc::Sender<ReloadRequest>,
     pub check_targets: CheckTargetsFeed,
 }
@@ -63,6 +66,7 @@ impl Handler {
             max_flows: stats.max_flows,
             half_open_evicted: stats.half_open_evicted,
             sync: self.sync.as_ref().map(|s| s.borrow().clone()),
+            snat: Some(self.snat.clone()),
         }))
     }
 

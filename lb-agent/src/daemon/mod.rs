@@ -30,6 +30,7 @@ use crate::{
     agent::Agent,
     config::{Config, NodeConfig, SyncConfig, VrrpConfig, XdpMode},
     control::{
+        protocol::SnatStatus,
         server::{bind, ensure_not_running, serve, ServeLimits},
         socket_path,
     },
@@ -44,7 +45,7 @@ use crate::{
     limits::{self, ConnectionCaps, Throttle},
     metrics::{self, Snapshot},
     neighbors::NeighborKeeper,
-    ports,
+    ports::{self, PortSlice},
     state::RuntimeState,
     sync::{self, SyncStatus},
     vrrp::{
@@ -83,14 +84,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let config = Config::load(&options.config_path)?;
     let caps = connection_caps();
     hide_secrets(&config);
-    let snat_layout = prepare_node(&config, &options).await?;
-    let own_sources = snat_layout.clone();
+    let snat = prepare_node(&config, &options).await?;
     let vrrp_config = config.vrrp.clone();
     let sync_config = config.sync.clone();
     let metrics_listen = config.metrics.as_ref().map(|m| m.listen);
     let vips = service_vips(&config);
 
-    let mut daemon = Daemon::load(options, config, snat_layout, caps).await?;
+    let mut daemon = Daemon::load(options, config, snat, caps).await?;
     // Resolve backends before attaching, so first packets find their MACs.
     let neighbors = NeighborKeeper::new()?;
     let backends = daemon.agent().map(|a| a.backend_addresses());
@@ -105,7 +105,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
     daemon.attach()?;
 
     let may_lead = match (&sync_config, &vrrp_config) {
-        (Some(sync), Some(vrrp)) => daemon.start_sync(sync, vrrp, own_sources).await?,
+        (Some(sync), Some(vrrp)) => {
+            let own_sources =
+                SlotLayout::new(daemon.snat.addresses.clone(), daemon.snat.ports.clone());
+            daemon.start_sync(sync, vrrp, own_sources).await?
+        }
         _ => watch::channel(true).1,
     };
     let reloader = daemon.start_vrrp(vrrp_config, vips, may_lead).await?;
@@ -131,6 +135,8 @@ struct Daemon {
     /// The `[node]` settings, which only a restart changes.
     node: NodeConfig,
     dataplane: Dataplane,
+    /// The NAT sources, as found at start.
+    snat: SnatStatus,
     agent: Arc<Mutex<Agent>>,
     caps: ConnectionCaps,
     vrrp_status: Option<SharedStatus>,
@@ -148,9 +154,10 @@ impl Daemon {
     async fn load(
         options: RunOptions,
         config: Config,
-        snat_layout: SlotLayout,
+        snat: SnatStatus,
         caps: ConnectionCaps,
     ) -> Result<Self> {
+        let snat_layout = SlotLayout::new(snat.addresses.clone(), snat.ports.clone());
         let node = config.node.clone();
         let state_path = RuntimeState::path(&node.state_dir, &options.instance);
         let state = RuntimeState::load(&state_path, &config)?;
@@ -183,6 +190,7 @@ impl Daemon {
             options,
             node,
             dataplane,
+            snat,
             agent: Arc::new(Mutex::new(agent)),
             caps,
             vrrp_status: None,
@@ -292,6 +300,7 @@ impl Daemon {
             instance: self.options.instance.clone(),
             vrrp: self.vrrp_status.clone(),
             sync: self.sync_status.clone(),
+            snat: self.snat.clone(),
             reloads,
             check_targets: self.check_targets.clone(),
         });
@@ -515,7 +524,7 @@ fn connection_caps() -> ConnectionCaps {
 /// Checks the node is ready for `config` and prepares it: interfaces and
 /// SNAT addresses present, no other agent on this instance, NAT ports
 /// reserved, forwarding on. Returns the NAT sources per backend.
-async fn prepare_node(config: &Config, options: &RunOptions) -> Result<SlotLayout> {
+async fn prepare_node(config: &Config, options: &RunOptions) -> Result<SnatStatus> {
     let node = &config.node;
     let shown = options.config_path.display();
     for interface in interfaces(node) {
@@ -529,28 +538,49 @@ async fn prepare_node(config: &Config, options: &RunOptions) -> Result<SlotLayou
     // touches its data plane. The socket itself is bound only once the
     // program is attached.
     ensure_not_running(&socket_path(&options.instance)).await?;
-    let held = interface_ipv4_addresses(&node.private_interface);
-    let snat_addresses = config.node.snat_pool();
-    if let Some(missing) = snat_addresses.iter().find(|a| !held.contains(a)) {
-        let interface = &node.private_interface;
-        anyhow::bail!(
-            "SNAT address {missing} (node.snat_addresses in {shown}) is not on {interface}: backends could not reach it; \
-             add it (`ip addr add {missing}/32 dev {interface}`) or take it out of the pool"
-        );
+    let floating = !config.floating_snat_addresses().is_empty();
+    // Floating addresses are the VRRP master's to add.
+    if !floating {
+        require_snat_addresses(config, &shown.to_string())?;
     }
+    // The whole range is reserved: the peer's slice comes here with its
+    // flows after a failover.
     let nat_ports = ports::reserve_nat_range(node.port_range.first(), node.port_range.last())
         .context("preparing the NAT source port range")?;
-    let snat_layout = SlotLayout::new(snat_addresses, nat_ports);
+    let port_slice = PortSlice::of(config);
+    let snat = SnatStatus {
+        addresses: config.snat_addresses(),
+        floating,
+        port_slice,
+        ports: port_slice.apply(&nat_ports),
+    };
+    let layout = SlotLayout::new(snat.addresses.clone(), snat.ports.clone());
     info!(
-        addresses = snat_layout.addresses().len(),
-        ports = snat_layout.ports(),
-        per_backend = snat_layout.capacity(),
+        addresses = layout.addresses().len(),
+        floating,
+        port_slice = port_slice.as_str(),
+        ports = layout.ports(),
+        per_backend = layout.capacity(),
         "NAT sources per backend: SNAT addresses x ports"
     );
     for interface in interfaces(node) {
         enable_forwarding(&interface)?;
     }
-    Ok(snat_layout)
+    Ok(snat)
+}
+
+/// Refuses to start when one of this node's own SNAT addresses is not on
+/// the private interface (`shown`: the config file).
+fn require_snat_addresses(config: &Config, shown: &str) -> Result<()> {
+    let interface = &config.node.private_interface;
+    let held = interface_ipv4_addresses(interface);
+    if let Some(missing) = config.snat_addresses().iter().find(|a| !held.contains(a)) {
+        anyhow::bail!(
+            "SNAT address {missing} (node.snat_addresses in {shown}) is not on {interface}: backends could not reach it; \
+             add it (`ip addr add {missing}/32 dev {interface}`) or take it out of the pool"
+        );
+    }
+    Ok(())
 }
 
 /// This node's facts for the program's settings: the interfaces' MACs,

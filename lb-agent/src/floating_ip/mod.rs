@@ -14,6 +14,7 @@
 
 mod digitalocean;
 mod exec;
+mod holder;
 mod local;
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 
 pub use digitalocean::{DigitalOcean, DoError, Token};
 pub use exec::ExecProvider;
+pub use holder::{Held, Holder};
 pub use local::{arp_request, garp_frame, packet_socket, send_frame, LocalProvider};
 
 use crate::config::{FloatingIpConfig, ProviderKind};
@@ -73,6 +75,9 @@ pub struct ProviderStatus {
     pub name: String,
     /// Floating addresses this node holds, as the provider last saw it.
     pub held: Vec<Ipv4Addr>,
+    /// Floating SNAT addresses it holds on the private interface.
+    #[serde(default)]
+    pub snat_held: Vec<Ipv4Addr>,
     /// Provider operations (API requests, commands, address changes) and
     /// how many failed.
     pub calls: u64,
@@ -206,7 +211,7 @@ pub struct ProviderHandle {
 impl ProviderHandle {
     /// Starts the worker for `provider` on `runtime`; it reconciles every
     /// `interval` while this node should hold the addresses.
-    pub fn start(runtime: &Handle, provider: Provider, interval: Duration) -> Self {
+    pub fn start(runtime: &Handle, provider: Holder, interval: Duration) -> Self {
         let (desired, wish) = watch::channel(Desired::default());
         let status = Arc::new(ArcSwap::from_pointee(ProviderStatus {
             name: provider.name().into(),
@@ -258,7 +263,7 @@ impl ProviderHandle {
     }
 }
 
-fn record(status: &mut ProviderStatus, provider: &Provider, result: Result<(), FloatingIpError>) {
+fn record(status: &mut ProviderStatus, provider: &Holder, result: Result<(), FloatingIpError>) {
     (status.calls, status.errors) = provider.counts();
     match result {
         Ok(()) | Err(FloatingIpError::Cancelled) => {}
@@ -270,7 +275,7 @@ fn record(status: &mut ProviderStatus, provider: &Provider, result: Result<(), F
 }
 
 async fn work(
-    mut provider: Provider,
+    mut provider: Holder,
     mut wish: Wish,
     shared: SharedProviderStatus,
     interval: Duration,
@@ -311,7 +316,8 @@ async fn work(
             _ => {}
         }
         seen = now;
-        status.held = provider.held().await;
+        let held = provider.held().await;
+        (status.held, status.snat_held) = (held.vip, held.snat);
         shared.store(Arc::new(status.clone()));
     }
     // The runner dropped its handle: a final release it asked for has been

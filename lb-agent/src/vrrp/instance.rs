@@ -27,7 +27,7 @@ use super::{
     runner::{PreparedRunner, RunnerInputs, SharedStatus, Stop},
     track::{ServiceState, Tracking, Verdict},
 };
-use crate::config::VrrpConfig;
+use crate::{config::VrrpConfig, floating_ip::Holder};
 
 /// The name of the runner's thread (`top -H`, `perf`).
 pub const THREAD_NAME: &str = "lb-vrrp";
@@ -78,6 +78,14 @@ impl PreparedVrrp {
         if addresses.is_empty() {
             addresses = context.vips.clone();
         }
+        let holder = Holder::from_config(
+            vrrp,
+            &context.public_interface,
+            &context.private_interface,
+            addresses.clone(),
+            &context.instance,
+        )
+        .context("starting VRRP's floating IP provider")?;
         let runner = PreparedRunner::new(
             vrrp,
             &context.instance,
@@ -85,7 +93,7 @@ impl PreparedVrrp {
             vrrp.interface
                 .as_deref()
                 .unwrap_or(&context.private_interface),
-            &context.public_interface,
+            holder,
             addresses,
         )
         .context("starting VRRP")?;

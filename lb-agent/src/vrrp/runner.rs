@@ -28,7 +28,7 @@ use super::{
 use crate::{
     config::VrrpConfig,
     config::VrrpVersion,
-    floating_ip::{Provider, ProviderHandle},
+    floating_ip::{Holder, ProviderHandle},
     limits::{Throttle, LOG_INTERVAL},
 };
 
@@ -106,6 +106,10 @@ pub struct VrrpStatus {
     pub provider: String,
     /// Floating addresses this node holds now.
     pub holds: Vec<Ipv4Addr>,
+    /// Floating SNAT addresses (`vrrp.snat_address`, `snat_pool`) this
+    /// node holds now on its private interface.
+    #[serde(default)]
+    pub snat_holds: Vec<Ipv4Addr>,
     /// Provider operations (address changes, API requests, commands), how
     /// many failed, and the last failure.
     #[serde(default)]
@@ -182,7 +186,7 @@ pub enum Stop {
 pub struct PreparedRunner {
     machine: Machine,
     socket: RawVrrpSocket,
-    provider: Provider,
+    provider: Holder,
     config: VrrpConfig,
     instance: String,
     src: Ipv4Addr,
@@ -194,7 +198,7 @@ pub struct VrrpRunner {
     machine: Machine,
     socket: VrrpSocket,
     /// The provider until `run` starts its worker.
-    pending_provider: Option<Provider>,
+    pending_provider: Option<Holder>,
     provider: Option<ProviderHandle>,
     reconcile_interval: Duration,
     config: VrrpConfig,
@@ -236,7 +240,7 @@ impl PreparedRunner {
         instance: &str,
         src: Ipv4Addr,
         interface: &str,
-        public_interface: &str,
+        provider: Holder,
         addresses: Vec<Ipv4Addr>,
     ) -> anyhow::Result<Self> {
         let version = match config.version {
@@ -252,14 +256,6 @@ impl PreparedRunner {
             address: src,
         });
         let socket = RawVrrpSocket::open(src, interface, &config.unicast_peers)?;
-        let provider = Provider::from_config(
-            &config.floating_ip,
-            public_interface,
-            addresses.clone(),
-            config.garp_count.get(),
-            config.garp_interval,
-            instance,
-        )?;
         let auth = match &config.auth_pass {
             Some(pass) if version == Version::V2 => Auth::simple(pass),
             _ => Auth::None,
@@ -383,6 +379,7 @@ impl VrrpRunner {
             let p = provider.status();
             let s = &mut self.status;
             s.holds = p.held.clone();
+            s.snat_holds = p.snat_held.clone();
             s.provider_calls = self.provider_base.0 + p.calls;
             s.provider_errors = self.provider_base.1 + p.errors;
             s.provider_last_error = p.last_error.clone();
@@ -496,7 +493,8 @@ impl VrrpRunner {
         {
             self.check_stale = false;
             if let Some(provider) = &self.provider {
-                if !provider.status().held.is_empty() {
+                let left = provider.status();
+                if !left.held.is_empty() || !left.snat_held.is_empty() {
                     info!(master = %info.src, "another node is master: removing a floating IP left by an earlier run");
                     provider.release();
                 }
@@ -579,7 +577,7 @@ impl VrrpRunner {
     /// then starts its worker, both on the main runtime (the provider's
     /// netlink connection and HTTP client live there); `None` when the
     /// main runtime is going away.
-    async fn start_provider(&mut self, mut provider: Provider) -> Option<bool> {
+    async fn start_provider(&mut self, mut provider: Holder) -> Option<bool> {
         let check = self.main.spawn(async move {
             let held = provider.held_at_start().await;
             (provider, held)
@@ -704,7 +702,7 @@ impl VrrpRunner {
         self.perform(actions, "agent stopping").await;
         if let Some(provider) = self.provider.take() {
             let last = provider.shutdown(PROVIDER_SHUTDOWN_LIMIT).await;
-            self.status.holds = last.held;
+            (self.status.holds, self.status.snat_holds) = (last.held, last.snat_held);
             self.publish();
         }
         for hook in self.run_notify(State::Initialize) {

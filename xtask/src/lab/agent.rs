@@ -17,7 +17,7 @@ use lb_config::{
 
 use super::{
     process, run_dir, Lab, Node, Provider, XdpMode, AGENT_SOCKET_DIR, AGENT_START_TIMEOUT, BPFFS,
-    HTTP_PORT, METRICS_PORT, PORT_RANGE, STOP_GRACE, UDP_PORT, VIP,
+    FLOATING_SNAT, HTTP_PORT, METRICS_PORT, PORT_RANGE, STOP_GRACE, UDP_PORT, VIP,
 };
 use crate::cmd;
 
@@ -121,24 +121,29 @@ fn lab_check(timeout: Duration) -> Result<HealthCheckConfig> {
     })
 }
 
+/// The lab's agent config for `node` (lb1 or lb2) in the HA pair, as
+/// TOML: `agent_model` with `vrrp`. With a floating SNAT address (the
+/// lab's default) the node's own pool is left out: the shared address
+/// replaces it.
+pub fn ha_agent_config(
+    prefix: &str,
+    node: Node,
+    xtask_bin: &Path,
+    xdp: XdpMode,
+    vrrp: VrrpConfig,
+) -> Result<String> {
+    let mut model = agent_model(prefix, node, xtask_bin, xdp)?;
+    if vrrp.snat_address.is_some() {
+        model.node.snat_addresses.clear();
+    }
+    model.vrrp = Some(vrrp);
+    lab_config_text(prefix, node, &model)
+}
+
 /// The lab's VRRP settings for `node` (see docs/lab.md): VRID
 /// 33, unicast over the private net, lb1 priority 200 and lb2 100, by
 /// default 1 s adverts and VRRPv2 with PASS `labpass` (v3 has no
-/// authentication).
-pub fn vrrp_section(
-    node: Node,
-    version: u8,
-    advert_int: &str,
-    track_flag: &Path,
-) -> Result<String> {
-    let model = vrrp_model(node, version, advert_int, track_flag)?;
-    let text = model
-        .to_toml_section()
-        .context("writing the lab's [vrrp]")?;
-    Ok(format!("\n{text}"))
-}
-
-/// See `vrrp_section`.
+/// authentication), and the floating SNAT address `FLOATING_SNAT`.
 pub fn vrrp_model(
     node: Node,
     version: u8,
@@ -155,6 +160,7 @@ pub fn vrrp_model(
     vrrp.advert_int = config::parse_duration(advert_int).map_err(anyhow::Error::msg)?;
     vrrp.unicast_peers = vec![peer.private_address().context("LB private address")?];
     vrrp.track_services = vec!["www".into()];
+    vrrp.snat_address = Some(FLOATING_SNAT);
     if vrrp.version == VrrpVersion::V2 {
         vrrp.auth_pass = Some("labpass".into());
     }
@@ -229,6 +235,9 @@ impl Lab {
             )?;
             if state.provider == Provider::Digitalocean {
                 vrrp.floating_ip = super::floating_ip_model(&self.do_token_file())?;
+            }
+            if vrrp.snat_address.is_some() {
+                model.node.snat_addresses.clear();
             }
             model.vrrp = Some(vrrp);
             if state.classic.is_empty() {
@@ -431,5 +440,18 @@ mod tests {
         let native =
             agent_config_with("t1", Node::Lb2, Path::new("/x/xtask"), XdpMode::Native).unwrap();
         assert!(native.contains("xdp_mode = \"native\"\n") && !native.contains("generic"));
+    }
+
+    #[test]
+    fn the_ha_pair_shares_the_floating_snat_address_instead_of_its_pools() {
+        for node in Node::LBS {
+            let vrrp = vrrp_model(node, 2, "1s", Path::new("/run/flag")).unwrap();
+            let text =
+                ha_agent_config("t1", node, Path::new("/x/xtask"), XdpMode::Generic, vrrp).unwrap();
+            let model = lb_config::Config::parse(&text, "ha.toml").expect("valid");
+            assert!(model.node.snat_addresses.is_empty(), "{text}");
+            assert_eq!(model.snat_addresses(), [FLOATING_SNAT], "{text}");
+            assert!(text.contains("snat_address = \"10.200.0.10\"\n"), "{text}");
+        }
     }
 }

@@ -37,15 +37,15 @@ mod topology;
 mod web;
 
 pub use agent::{
-    agent_config, agent_config_with, agent_model, vrrp_model, vrrp_section, www_check,
+    agent_config, agent_config_with, agent_model, ha_agent_config, vrrp_model, www_check,
 };
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
 pub use cloud::{do_mock_binary, floating_ip_model, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
 pub use handle::Lab;
 pub use lifecycle::{ensure_all_lab_programs, LabGuard};
 pub use node::{
-    Node, HTTP_PORT, LB1_SNAT_EXTRA, LB2_SNAT_EXTRA, METRICS_PORT, NET_PREFIX_LEN, PORT_RANGE,
-    PRIVATE_NET, PUBLIC_NET, UDP_PORT, VIP,
+    Node, FLOATING_SNAT, HTTP_PORT, LB1_SNAT_EXTRA, LB2_SNAT_EXTRA, METRICS_PORT, NET_PREFIX_LEN,
+    PORT_RANGE, PRIVATE_NET, PUBLIC_NET, UDP_PORT, VIP,
 };
 pub use options::{LabOptions, LbSetup, Provider, VrrpVersion, XdpMode};
 pub use prefix::{

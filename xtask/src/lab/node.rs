@@ -46,6 +46,12 @@ pub const LB2_SNAT_EXTRA: [Ipv4Addr; 4] = [
     Ipv4Addr::new(10, 200, 0, 124),
 ];
 
+/// The HA pair's floating SNAT address (`vrrp.snat_address`): the VRRP
+/// master holds it on `priv0` as /32 and sends to the web servers from
+/// it, so their replies follow a failover; no node has it otherwise.
+/// Every web server's nginx allows it.
+pub const FLOATING_SNAT: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
+
 /// A machine of the lab; its namespace is `<prefix>-<name>`. The lab state
 /// file stores nodes by name.
 #[derive(
@@ -209,5 +215,6 @@ mod tests {
             .chain(&lb2)
             .all(|a| a.octets()[..3] == PRIVATE_NET.octets()[..3]));
         assert!(Node::Web1.snat_pool().is_empty() && Node::Client.snat_pool().is_empty());
+        assert!(!taken.contains(&FLOATING_SNAT) && !lb1.contains(&FLOATING_SNAT));
     }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::{create_dir, process, Lab, Node, HTTP_PORT, STOP_GRACE, UDP_PORT};
+use super::{create_dir, process, Lab, Node, FLOATING_SNAT, HTTP_PORT, STOP_GRACE, UDP_PORT};
 use crate::cmd;
 
 /// Size of `/slow`: served at 50 KiB/s it lasts about 40 s.
@@ -64,6 +64,7 @@ fn nginx_conf(dir: &Path, name: &str, address: std::net::Ipv4Addr, temp: &[&str]
     let lb_allow: String = Node::LBS
         .iter()
         .flat_map(|n| n.snat_pool())
+        .chain([FLOATING_SNAT])
         .map(|a| format!("        allow {a};\n"))
         .collect();
     let temp_paths: String = temp
@@ -94,7 +95,8 @@ http {{
         listen {address}:{HTTP_PORT};
         server_name _;
         root {d}/www;
-        # Only the load balancers' private addresses and SNAT pools.
+        # Only the load balancers' private addresses, SNAT pools and
+        # the HA pair's floating SNAT address.
 {lb_allow}        deny all;
         add_header X-Backend {name} always;
 
@@ -280,9 +282,10 @@ mod tests {
                 "10.200.0.122;",
                 "10.200.0.123;",
                 "10.200.0.124;",
+                "10.200.0.10;",
             ]
         );
-        assert!(conf.contains("allow 10.200.0.124;\n        deny all;"));
+        assert!(conf.contains("allow 10.200.0.10;\n        deny all;"));
         assert!(conf.contains("log_format lab '$remote_addr "));
         assert!(conf.contains("keepalive_timeout 65;"));
         assert!(conf.contains("proxy_temp_path /run/lb-lab/t1/web2/tmp/proxy;"));
