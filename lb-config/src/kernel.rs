@@ -39,7 +39,7 @@ impl Config {
     /// are the agent's to fill in).
     pub fn to_settings(&self) -> Settings {
         let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
-        let pool = self.node.snat_pool();
+        let pool = self.snat_addresses();
         let mut snat_addrs = [[0u8; 4]; lb_common::MAX_SNAT_ADDRESSES];
         for (slot, addr) in snat_addrs.iter_mut().zip(&pool) {
             *slot = addr.octets();
@@ -70,7 +70,7 @@ impl Config {
     /// reused only after the backend's TIME_WAIT, so one backend takes at
     /// most `addresses x ports / 60 s` new connections per second.
     pub fn capacity_warnings(&self, nat_ports: u32) -> Vec<Problem> {
-        let addresses = self.node.snat_pool().len() as u64;
+        let addresses = self.snat_addresses().len() as u64;
         let sources = addresses * u64::from(nat_ports);
         let pool = if self.floating_snat_addresses().is_empty() {
             "node.snat_addresses"

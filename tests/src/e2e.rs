@@ -227,6 +227,27 @@ impl Download {
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Waits (at most `limit`) for curl to end; whether it got the whole
+    /// body without an error (curl exit 0 and every byte of `/slow`).
+    pub fn completes(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => return Err(format!("curl ended with {status}")),
+                Ok(None) if Instant::now() >= deadline => {
+                    return Err(format!("still running after {limit:?}"))
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+                Err(error) => return Err(format!("waiting for curl: {error}")),
+            }
+        }
+        match self.received() {
+            n if n == xtask::lab::SLOW_BYTES as u64 => Ok(()),
+            n => Err(format!("{n} of {} bytes", xtask::lab::SLOW_BYTES)),
+        }
+    }
 }
 
 impl Drop for Download {

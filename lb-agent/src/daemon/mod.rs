@@ -271,6 +271,9 @@ impl Daemon {
             layout: own_sources,
         };
         let handle = sync::start(config, place, self.stop.subscribe()).await?;
+        if let Some(mut agent) = self.agent() {
+            agent.tables().feed_removals(handle.removals);
+        }
         self.sync_status = Some(handle.status);
         self.tasks.push(handle.task);
         Ok(handle.may_lead)

@@ -7,9 +7,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowKey, FlowValue,
-    HalfOpenCursor, NextHop, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, MAX_BACKENDS,
-    RING_SIZE,
+    flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowEvent, FlowKey,
+    FlowValue, HalfOpenCursor, NextHop, Reason, ReplyValue, ServiceKey, ServiceValue, Settings,
+    MAX_BACKENDS, RING_SIZE,
 };
 
 use tracing::debug;
@@ -34,6 +34,9 @@ pub struct Tables {
     half_open_cursors: PerCpuArray<MapData, HalfOpenCursor>,
     ports: PortPools,
     sweep: FlowSweep,
+    /// Flow sync's feed of flows the agent ends itself (`remove --now`,
+    /// `shutdown-flows`), so the peer ends its copies too.
+    removals: Option<tokio::sync::mpsc::Sender<FlowEvent>>,
 }
 
 /// Entries the expiry pass reads at most per call: a table of a million
@@ -203,6 +206,7 @@ impl Tables {
             backend_hops: typed!(get(BACKEND_HOPS)?, BACKEND_HOPS),
             half_open_cursors: typed!(get(HALF_OPEN_CURSORS)?, HALF_OPEN_CURSORS),
             sweep: FlowSweep::default(),
+            removals: None,
             ports: PortPools::new(
                 typed!(get(PORT_QUEUES)?, PORT_QUEUES),
                 typed!(get(PORT_POOLS)?, PORT_POOLS),
@@ -427,6 +431,12 @@ impl Tables {
         census
     }
 
+    /// Tells flow sync of the flows `remove_flows` ends from now on; a full
+    /// feed drops the news (the peer's copy then ends by its own expiry).
+    pub fn feed_removals(&mut self, feed: tokio::sync::mpsc::Sender<FlowEvent>) {
+        self.removals = Some(feed);
+    }
+
     /// Deletes every flow (both directions) that `select` picks; returns
     /// their client-side keys.
     pub fn remove_flows(&mut self, mut select: impl FnMut(&FlowValue) -> bool) -> Vec<FlowKey> {
@@ -439,6 +449,9 @@ impl Tables {
         let mut ended = Vec::with_capacity(doomed.len());
         for (key, flow) in doomed {
             if self.end_if_still(&settings, &key, &flow, &mut select) {
+                if let Some(feed) = &self.removals {
+                    let _ = feed.try_send(FlowEvent::of(&key, &flow));
+                }
                 ended.push(key);
             }
         }

@@ -14,7 +14,7 @@ use lb_sync::{FlowRecord, Message, Opener, RecordKind, Reject, Sealer, MAX_RECOR
 use tokio::{
     io::{unix::AsyncFd, Interest},
     net::UdpSocket,
-    sync::watch,
+    sync::{mpsc, watch},
 };
 use tracing::{debug, info, warn};
 
@@ -89,6 +89,7 @@ impl Link {
     pub(crate) async fn run(
         mut self,
         ring: RingBuf<MapData>,
+        mut removals: mpsc::Receiver<FlowEvent>,
         mut stop: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         // SAFETY: the ring owns its map's descriptor for as long as the
@@ -115,6 +116,7 @@ impl Link {
                     self.take_events(guard.get_inner_mut(), &mut progress);
                     guard.clear_ready();
                 }
+                Some(event) = removals.recv() => self.enqueue(&mut progress, event, RecordKind::Delete),
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => self.receive(&buf[..len], from, &mut progress).await,
                     Err(error) => debug!(%error, "flow sync: receiving"),
@@ -134,15 +136,16 @@ impl Link {
             // SAFETY: the program writes whole `FlowEvent`s (length checked
             // above); any bit pattern is a valid `FlowEvent`.
             let event: FlowEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if progress.queue.len() >= self.queue_limit {
-                progress.shown.queue_dropped += 1;
-                continue;
-            }
-            progress.queue.push_back(Change {
-                event,
-                kind: RecordKind::Upsert,
-            });
+            self.enqueue(progress, event, RecordKind::Upsert);
         }
+    }
+
+    fn enqueue(&self, progress: &mut Progress, event: FlowEvent, kind: RecordKind) {
+        if progress.queue.len() >= self.queue_limit {
+            progress.shown.queue_dropped += 1;
+            return;
+        }
+        progress.queue.push_back(Change { event, kind });
     }
 
     async fn send(&mut self, message: &Message) -> Option<u64> {

@@ -22,12 +22,20 @@ use std::{
 };
 
 use lb_sync::{Opener, Sealer, SyncKey};
-use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tracing::warn;
 
 pub use status::{SyncState, SyncStatus};
 
 use crate::{config::SyncConfig, dataplane::port_pools::SlotLayout};
+
+/// Removals waiting for the link: `remove --now` of a backend with many
+/// flows comes in one burst.
+const REMOVALS_QUEUE: usize = 65_536;
 
 /// Errors setting up flow sync.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +57,8 @@ pub enum SyncError {
 /// What the rest of the agent sees of a running sync.
 pub(crate) struct SyncHandle {
     pub status: watch::Receiver<SyncStatus>,
+    /// Where the agent reports the flows it ends itself (`Tables::feed_removals`).
+    pub removals: mpsc::Sender<lb_common::FlowEvent>,
     /// Whether this node may take mastership (see `link::RESYNC_LIMIT`).
     pub may_lead: watch::Receiver<bool>,
     pub task: JoinHandle<()>,
@@ -103,13 +113,15 @@ pub(crate) async fn start(
         may_lead,
         started: Instant::now(),
     };
+    let (removals, removed) = mpsc::channel(REMOVALS_QUEUE);
     let task = tokio::spawn(async move {
-        if let Err(error) = link.run(ring, stop).await {
+        if let Err(error) = link.run(ring, removed, stop).await {
             warn!(%error, "flow sync stopped");
         }
     });
     Ok(SyncHandle {
         status: status_seen,
+        removals,
         may_lead: may_lead_seen,
         task,
     })

@@ -54,6 +54,7 @@ pub use prefix::{
 pub use process::{AGENT_START_TIMEOUT, STOP_GRACE};
 pub use state::{LabState, STATE_FILE};
 pub use topology::{Link, LINKS};
+pub use web::{SLOW_BYTES, SLOW_RATE};
 
 use lifecycle::create_dir;
 use prefix::ns_exists;
