@@ -112,3 +112,181 @@ fn downloads_survive_a_graceful_switchover_and_the_failback() {
     );
     all_complete(&mut downloads);
 }
+
+/// The lab's UDP service as the client reaches it.
+const DNS: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 100, 0, 100), 5353);
+/// The client port of the test's one UDP flow.
+const UDP_FLOW_PORT: u16 = 45_353;
+
+fn udp_answer(lab: &Lab) -> String {
+    lab.udp_query_from(Node::Client, UDP_FLOW_PORT, DNS, 1, Duration::from_secs(1))
+        .expect("udp query")
+        .into_iter()
+        .next()
+        .flatten()
+        .unwrap_or_else(|| "no reply".into())
+}
+
+/// lb1's node is lost: its links go down and its agent dies. The
+/// downloads, one of them started 200 ms before, and a UDP flow go on
+/// through lb2 with the same backends.
+#[test]
+fn flows_survive_the_loss_of_the_masters_node() {
+    let Some(lab) = lab_ha("fslost") else { return };
+    let before = udp_answer(&lab);
+    assert!(
+        before.starts_with("web"),
+        "the UDP flow is answered: {before}"
+    );
+    let mut downloads = downloads_known_to_lb2(&lab, 3);
+    downloads.push(Download::start(&lab, "survivor-late"));
+    std::thread::sleep(Duration::from_millis(200));
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)
+        .expect("kill -9 lb1's agent");
+    for link in ["pub0", "priv0"] {
+        lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])
+            .expect("lb1's link down");
+    }
+    lb2_takes_over(&lab);
+    assert!(
+        wait_for(Duration::from_secs(5), || udp_answer(&lab) == before),
+        "the UDP flow keeps its backend ({before}) through lb2"
+    );
+    all_complete(&mut downloads);
+}
+
+/// Sync datagrams that are not the peer's own, fresh and authentic are
+/// rejected, counted by reason, and change no map.
+#[test]
+fn forged_replayed_and_wrong_key_sync_messages_change_nothing() {
+    let Some(lab) = lab_ha("fsforge") else { return };
+    assert!(
+        wait_for(Duration::from_secs(10), || in_sync(&lab, Node::Lb2)),
+        "lb2 in sync"
+    );
+    let key = std::fs::read(lab.sync_key().expect("lab key")).expect("read key");
+    let key = key.strip_suffix(b"\n").unwrap_or(&key).to_vec();
+    let installed = sync_field(&lab, Node::Lb2, "installed");
+    let flows = status_field(&lab, Node::Lb2, "flows");
+    let record = lb_sync::FlowRecord {
+        kind: lb_sync::RecordKind::Upsert,
+        proto: 6,
+        state: lb_common::flow_state::TCP_ESTABLISHED,
+        client: "10.100.0.10:40404".parse().expect("addr"),
+        vip: "10.100.0.100:80".parse().expect("addr"),
+        backend: "10.200.0.21:80".parse().expect("addr"),
+        snat: "10.200.0.10:20000".parse().expect("addr"),
+        age_ms: 0,
+        ts_delta: 0,
+    };
+    let message = lb_sync::Message::Flows {
+        bulk: None,
+        records: vec![record],
+    };
+    let wrong_key = lb_sync::SyncKey::from_bytes(&[7; 32]).expect("key");
+    let forged = lb_sync::Sealer::new(wrong_key, u64::MAX).seal(&message).0;
+    let right_key = lb_sync::SyncKey::from_bytes(&key).expect("lab key");
+    let stale = lb_sync::Sealer::new(right_key, 1).seal(&message).0;
+    let replayed = capture_sync_datagram(&lab);
+    let garbage = vec![0x42u8; 100];
+    send_as_lb1(&lab, &[forged, stale, replayed, garbage]);
+    let rejected = |reason: &str| {
+        sync_field(&lab, Node::Lb2, "rejected")[reason]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(Duration::from_secs(3), || rejected("bad_tag") >= 1
+            && rejected("old_session") >= 1
+            && rejected("replayed") >= 1
+            && rejected("bad_magic") >= 1),
+        "each rejected and counted: {:?}",
+        status_field(&lab, Node::Lb2, "sync")
+    );
+    assert_eq!(sync_field(&lab, Node::Lb2, "installed"), installed);
+    assert_eq!(
+        status_field(&lab, Node::Lb2, "flows"),
+        flows,
+        "no map changed"
+    );
+    assert!(in_sync(&lab, Node::Lb2), "the real peer's stream goes on");
+}
+
+/// One sync datagram lb1 sent to lb2, as lb2's private interface saw it.
+fn capture_sync_datagram(lab: &Lab) -> Vec<u8> {
+    let ns = integration_tests::netns::NetNs::existing(&lab.ns(Node::Lb2));
+    std::thread::spawn(move || {
+        ns.enter_current_thread();
+        // SAFETY: plain socket(2) for IP packets of every interface.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM,
+                i32::from((libc::ETH_P_IP as u16).to_be()),
+            )
+        };
+        assert!(
+            raw >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh fd we own.
+        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: valid fd and option value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::addr_of!(timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let mut buf = [0u8; 2048];
+        for _ in 0..200 {
+            // SAFETY: valid fd and buffer.
+            let n = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else { continue };
+            let packet = &buf[..n];
+            let header = usize::from(packet.first().copied().unwrap_or(0) & 0x0f) * 4;
+            let from_lb1 = packet.get(12..16) == Some(&[10, 200, 0, 11]);
+            let udp = packet.get(9) == Some(&17);
+            let to_sync = packet.get(header + 2..header + 4) == Some(&7411u16.to_be_bytes());
+            if from_lb1 && udp && to_sync && packet.len() > header + 8 {
+                return packet[header + 8..].to_vec();
+            }
+        }
+        panic!("no sync datagram from lb1 seen on lb2");
+    })
+    .join()
+    .expect("capture thread")
+}
+
+/// Sends `datagrams` to lb2's sync port from lb1's address.
+fn send_as_lb1(lab: &Lab, datagrams: &[Vec<u8>]) {
+    let ns = integration_tests::netns::NetNs::existing(&lab.ns(Node::Lb1));
+    let datagrams = datagrams.to_vec();
+    std::thread::spawn(move || {
+        ns.enter_current_thread();
+        let socket = std::net::UdpSocket::bind("10.200.0.11:0").expect("bind in lb1");
+        for datagram in &datagrams {
+            socket
+                .send_to(datagram, "10.200.0.12:7411")
+                .expect("send to lb2");
+        }
+    })
+    .join()
+    .expect("sender thread");
+}

@@ -94,7 +94,8 @@ enum Task {
         #[arg(long, default_value = "24h", value_parser = udp::parse_duration)]
         lifetime: std::time::Duration,
     },
-    /// Sends UDP queries (fresh source port each) and prints the replies.
+    /// Sends UDP queries (fresh source port each, or all from
+    /// `--source-port`: one flow) and prints the replies.
     #[command(hide = true)]
     UdpQuery {
         #[arg(long)]
@@ -103,6 +104,8 @@ enum Task {
         timeout: std::time::Duration,
         #[arg(long, default_value_t = 1)]
         count: u32,
+        #[arg(long, default_value_t = 0)]
+        source_port: u16,
     },
     /// New HTTP connections to `--target` every `--every`; prints
     /// `<start ms> ok|fail` per probe (the failover benchmark's client).
@@ -235,7 +238,12 @@ fn run(task: Task) -> Result<()> {
             pid_file,
             lifetime,
         } => udp::respond(bind, &name, pid_file.as_deref(), lifetime),
-        Task::UdpQuery { to, timeout, count } => udp::query_many(to, count, timeout),
+        Task::UdpQuery {
+            to,
+            timeout,
+            count,
+            source_port,
+        } => udp::query_many(to, count, timeout, source_port),
         Task::WaitAdvert { from, timeout } => probe::wait_advert(from, timeout),
         Task::Probe {
             target,

@@ -50,10 +50,16 @@ pub fn respond(
     Ok(())
 }
 
-/// Sends one datagram to `to` from a fresh socket (so a fresh source port:
-/// a new flow each time) and waits up to `timeout` for the reply.
-pub fn query(to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Option<String>> {
-    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+/// Sends one datagram to `to` from a fresh socket on `source_port` (0: a
+/// fresh port, so a new flow each time) and waits up to `timeout` for the
+/// reply.
+pub fn query(
+    to: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+    source_port: u16,
+) -> Result<Option<String>> {
+    let socket = UdpSocket::bind(("0.0.0.0", source_port)).context("binding a UDP socket")?;
     socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
     socket
         .send_to(payload, to)
@@ -79,12 +85,12 @@ pub fn query(to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<Option
 }
 
 /// `count` queries in a row; prints each reply (or `NO_REPLY`) on a line.
-pub fn query_many(to: SocketAddr, count: u32, timeout: Duration) -> Result<()> {
+pub fn query_many(to: SocketAddr, count: u32, timeout: Duration, source_port: u16) -> Result<()> {
     if count > MAX_QUERIES {
         bail!("at most {MAX_QUERIES} queries");
     }
     for i in 0..count {
-        let reply = query(to, format!("query {i}\n").as_bytes(), timeout)?;
+        let reply = query(to, format!("query {i}\n").as_bytes(), timeout, source_port)?;
         println!("{}", reply.as_deref().unwrap_or(NO_REPLY));
     }
     Ok(())

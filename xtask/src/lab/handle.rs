@@ -112,6 +112,18 @@ impl Lab {
         count: u32,
         timeout: Duration,
     ) -> Result<Vec<Option<String>>> {
+        self.udp_query_from(from, 0, to, count, timeout)
+    }
+
+    /// Like `udp_query`, all from `source_port` (0: a fresh one each).
+    pub fn udp_query_from(
+        &self,
+        from: Node,
+        source_port: u16,
+        to: SocketAddrV4,
+        count: u32,
+        timeout: Duration,
+    ) -> Result<Vec<Option<String>>> {
         let xtask = self.xtask_bin.to_string_lossy().into_owned();
         let out = self.exec_ok(
             from,
@@ -124,6 +136,8 @@ impl Lab {
                 &format!("{}ms", timeout.as_millis()),
                 "--count",
                 &count.to_string(),
+                "--source-port",
+                &source_port.to_string(),
             ],
         )?;
         Ok(out
