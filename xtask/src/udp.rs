@@ -128,7 +128,7 @@ mod tests {
         let server =
             std::thread::spawn(move || respond(addr, "webX", None, Duration::from_secs(2)));
         let reply = (0..20).find_map(|_| {
-            query(addr, b"hi", Duration::from_millis(100))
+            query(addr, b"hi", Duration::from_millis(100), 0)
                 .ok()
                 .flatten()
         });
