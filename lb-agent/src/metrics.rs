@@ -15,6 +15,7 @@ use tracing::{debug, info};
 use crate::{
     control::protocol::{BackendStatus, Health, ServiceStatus, StatsReport},
     limits::AcceptGate,
+    sync::{SyncState, SyncStatus},
     vrrp::runner::{VrrpState, VrrpStatus},
 };
 
@@ -24,6 +25,7 @@ pub struct Snapshot {
     pub instance: String,
     pub stats: StatsReport,
     pub vrrp: Option<VrrpStatus>,
+    pub sync: Option<SyncStatus>,
 }
 
 /// Escapes a label value as the exposition format wants.
@@ -159,6 +161,42 @@ fn floating_ips_held(snapshot: &Snapshot) -> Option<Vec<Sample>> {
 }
 
 /// Every family the agent exposes, in exposition order.
+fn sync_single(snapshot: &Snapshot, value: fn(&SyncStatus) -> u64) -> Option<Vec<Sample>> {
+    single(value(snapshot.sync.as_ref()?))
+}
+
+/// One series per sync state, 1 for the state the link is in.
+fn sync_states(snapshot: &Snapshot) -> Option<Vec<Sample>> {
+    let current = snapshot.sync.as_ref()?.state;
+    let samples = SyncState::ALL.into_iter().map(|state| Sample {
+        labels: vec![("state", state.as_str().to_string())],
+        value: u64::from(state == current),
+    });
+    Some(samples.collect())
+}
+
+fn by_reason(counts: &std::collections::BTreeMap<String, u64>) -> Option<Vec<Sample>> {
+    let samples = counts.iter().map(|(reason, count)| Sample {
+        labels: vec![("reason", reason.clone())],
+        value: *count,
+    });
+    Some(samples.collect())
+}
+
+/// The lag percentiles, in microseconds.
+fn sync_lag(snapshot: &Snapshot) -> Option<Vec<Sample>> {
+    let sync = snapshot.sync.as_ref()?;
+    let samples = [("0.5", sync.lag_p50_us), ("0.99", sync.lag_p99_us)]
+        .into_iter()
+        .filter_map(|(quantile, lag)| {
+            Some(Sample {
+                labels: vec![("quantile", quantile.to_string())],
+                value: lag?,
+            })
+        });
+    Some(samples.collect())
+}
+
 const FAMILIES: &[Family] = &[
     Family {
         name: "lb_info",
@@ -347,6 +385,66 @@ const FAMILIES: &[Family] = &[
         kind: Kind::Gauge,
         help: "1 for each floating address this node holds.",
         samples: floating_ips_held,
+    },
+    Family {
+        name: "lb_sync_state",
+        kind: Kind::Gauge,
+        help: "1 for the state of flow sync with the peer (connecting, resyncing, in-sync).",
+        samples: sync_states,
+    },
+    Family {
+        name: "lb_sync_lag_microseconds",
+        kind: Kind::Gauge,
+        help: "Time from a flow change here to the peer's acknowledgement, over recent changes.",
+        samples: sync_lag,
+    },
+    Family {
+        name: "lb_sync_records_sent_total",
+        kind: Kind::Counter,
+        help: "Flow records sent to the peer (live and full transfers).",
+        samples: |s| sync_single(s, |sync| sync.records_sent),
+    },
+    Family {
+        name: "lb_sync_records_received_total",
+        kind: Kind::Counter,
+        help: "Flow records received from the peer.",
+        samples: |s| sync_single(s, |sync| sync.records_received),
+    },
+    Family {
+        name: "lb_sync_flows_installed_total",
+        kind: Kind::Counter,
+        help: "The peer's flows installed in this node's tables.",
+        samples: |s| sync_single(s, |sync| sync.installed),
+    },
+    Family {
+        name: "lb_sync_records_refused_total",
+        kind: Kind::Counter,
+        help: "The peer's records this node could not install, by reason.",
+        samples: |s| by_reason(&s.sync.as_ref()?.refused),
+    },
+    Family {
+        name: "lb_sync_datagrams_rejected_total",
+        kind: Kind::Counter,
+        help: "Sync datagrams rejected (forged, replayed, wrong key, ...), by reason.",
+        samples: |s| by_reason(&s.sync.as_ref()?.rejected),
+    },
+    Family {
+        name: "lb_sync_messages_lost_total",
+        kind: Kind::Counter,
+        help: "Messages of the peer that never arrived.",
+        samples: |s| sync_single(s, |sync| sync.lost_messages),
+    },
+    Family {
+        name: "lb_sync_dropped_total",
+        kind: Kind::Counter,
+        help: "Changes dropped before reaching the peer: a full send queue or a full event ring.",
+        samples: |s| sync_single(s, |sync| sync.queue_dropped + sync.events_lost),
+    },
+    Family {
+        name: "lb_sync_transfers_received_total",
+        kind: Kind::Counter,
+        help: "Complete full transfers of the peer's table received.",
+        samples: |s| sync_single(s, |sync| sync.transfers_received),
     },
 ];
 
@@ -538,6 +636,14 @@ mod tests {
                 provider_calls: 3,
                 ..VrrpStatus::default()
             }),
+            sync: Some(SyncStatus {
+                state: SyncState::InSync,
+                lag_p50_us: Some(1200),
+                lag_p99_us: Some(4800),
+                installed: 9,
+                rejected: [("bad_tag".to_string(), 1)].into_iter().collect(),
+                ..SyncStatus::default()
+            }),
         }
     }
 
@@ -566,6 +672,10 @@ mod tests {
         assert!(text.contains("lb_xdp_packets_total{reason=\"forwarded_to_backend\"} 60\n"));
         assert!(text.contains("lb_floating_ip_provider_calls_total{provider=\"local\"} 3\n"));
         assert!(text.contains("lb_conntrack_half_open_evicted_total 3\n"));
+        assert!(text.contains("lb_sync_state{state=\"in-sync\"} 1\n"));
+        assert!(text.contains("lb_sync_lag_microseconds{quantile=\"0.99\"} 4800\n"));
+        assert!(text.contains("lb_sync_flows_installed_total 9\n"));
+        assert!(text.contains("lb_sync_datagrams_rejected_total{reason=\"bad_tag\"} 1\n"));
     }
 
     #[test]

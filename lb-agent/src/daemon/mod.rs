@@ -282,11 +282,13 @@ impl Daemon {
     fn spawn_metrics(&mut self, listener: TcpListener) {
         let (agent, instance) = (self.agent.clone(), self.options.instance.clone());
         let vrrp = self.vrrp_status.clone();
+        let sync = self.sync_status.clone();
         let source: metrics::SnapshotSource = Arc::new(move || {
             Some(Snapshot {
                 instance: instance.clone(),
                 stats: lock(&agent)?.stats(),
                 vrrp: vrrp.as_ref().map(SharedStatus::snapshot),
+                sync: sync.as_ref().map(|s| s.borrow().clone()),
             })
         });
         let stopped = self.stopped();

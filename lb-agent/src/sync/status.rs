@@ -19,6 +19,12 @@ pub enum SyncState {
 }
 
 impl SyncState {
+    pub const ALL: [SyncState; 3] = [
+        SyncState::Connecting,
+        SyncState::Resyncing,
+        SyncState::InSync,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SyncState::Connecting => "connecting",
