@@ -195,6 +195,10 @@ impl Window {
 pub struct Opener {
     key: hmac::Key,
     window: Option<Window>,
+    /// The highest session an older one replaced (its sender restarted
+    /// with a clock set back): sessions up to it are dead runs, and a
+    /// datagram of theirs can only be a replay.
+    retired: u64,
     stats: OpenerStats,
 }
 
@@ -203,6 +207,7 @@ impl Opener {
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, key.bytes()),
             window: None,
+            retired: 0,
             stats: OpenerStats::default(),
         }
     }
@@ -263,11 +268,12 @@ impl Opener {
     fn admit(&mut self, session: u64, seq: u64, hello: bool, now: Instant) -> Result<u64, Reject> {
         let window = match &mut self.window {
             Some(current) if session == current.session => current,
-            Some(current) if session < current.session => {
+            Some(current) if session < current.session || session <= self.retired => {
                 let silent = now.saturating_duration_since(current.last_valid) >= SESSION_SILENCE;
                 if !(hello && silent) {
                     return Err(Reject::OldSession);
                 }
+                self.retired = self.retired.max(current.session);
                 self.window.insert(Window::new(session, now))
             }
             _ => self.window.insert(Window::new(session, now)),

@@ -214,12 +214,13 @@ fn sessions_only_move_forward_unless_the_old_one_fell_silent() {
     assert_eq!(opened.session, 150);
     assert_eq!(
         opener.open(&new.seal(&flows(1)).0, t0 + Duration::from_secs(11)),
-        Ok(Opened {
-            message: flows(1),
-            session: 200,
-            seq: 2,
-            gap: 0,
-        }),
-        "the newer session is still newer"
+        Err(Reject::OldSession),
+        "the replaced session is a dead run: its datagrams can only be replays"
+    );
+    assert!(
+        opener
+            .open(&restarted.seal(&flows(1)).0, t0 + Duration::from_secs(12))
+            .is_ok(),
+        "the restarted sender goes on"
     );
 }

@@ -290,3 +290,116 @@ fn send_as_lb1(lab: &Lab, datagrams: &[Vec<u8>]) {
     .join()
     .expect("sender thread");
 }
+
+/// The NAT sources (address, port, backend, protocol) of the flows `node`
+/// tracks, from its pinned reply table.
+fn nat_sources(lab: &Lab, node: Node) -> std::collections::BTreeSet<([u8; 4], u16, [u8; 4], u16)> {
+    let path = lab.pin_dir(node).join(lb_common::map_names::REPLIES);
+    let data =
+        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let replies: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::ReplyValue> =
+        aya::maps::Map::HashMap(data)
+            .try_into()
+            .expect("replies map");
+    replies
+        .keys()
+        .filter_map(Result::ok)
+        .map(|key| (key.dst_addr, key.dst_port, key.src_addr, key.src_port))
+        .collect()
+}
+
+/// Routes `node`'s packets to its peer into a black hole (or back).
+fn cut_from_peer(lab: &Lab, node: Node, cut: bool) {
+    let peer = if node == Node::Lb1 {
+        "10.200.0.12/32"
+    } else {
+        "10.200.0.11/32"
+    };
+    let action = if cut { "add" } else { "del" };
+    lab.exec_ok(node, &["ip", "route", action, "blackhole", peer])
+        .expect("blackhole route");
+}
+
+fn holds_snat(lab: &Lab, node: Node) -> bool {
+    lab.exec_ok(node, &["ip", "-4", "addr", "show", "dev", "priv0"])
+        .is_ok_and(|out| out.contains("inet 10.200.0.10/"))
+}
+
+/// VRRP and sync between the nodes are dropped both ways: both become
+/// master and both open flows, and no two flows share a NAT source
+/// towards a backend. Healed, one master holds the VIP and the SNAT
+/// address.
+#[test]
+fn a_split_brain_never_shares_a_nat_source_and_heals_to_one_master() {
+    let Some(lab) = lab_ha("fssplit") else { return };
+    for node in Node::LBS {
+        cut_from_peer(&lab, node, true);
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || Node::LBS
+            .iter()
+            .all(|&n| vrrp_state(&lab, n) == "MASTER")),
+        "both nodes master in the split brain"
+    );
+    // New connections through each node in turn: the client's neighbour
+    // entry for the VIP names one node's MAC, then the other's.
+    for node in Node::LBS {
+        let mac = lab
+            .exec_ok(node, &["cat", "/sys/class/net/pub0/address"])
+            .expect("MAC");
+        lab.exec_ok(
+            Node::Client,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                "10.100.0.100",
+                "lladdr",
+                mac.trim(),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .expect("neighbour entry");
+        http_round(&lab, 20);
+    }
+    lab.exec_ok(
+        Node::Client,
+        &["ip", "neigh", "del", "10.100.0.100", "dev", "eth0"],
+    )
+    .expect("neighbour entry removed");
+    let (lb1, lb2) = (nat_sources(&lab, Node::Lb1), nat_sources(&lab, Node::Lb2));
+    assert!(
+        lb1.len() >= 20 && lb2.len() >= 20,
+        "both nodes opened flows: {} and {}",
+        lb1.len(),
+        lb2.len()
+    );
+    let shared: Vec<_> = lb1.intersection(&lb2).collect();
+    assert!(
+        shared.is_empty(),
+        "NAT sources used by both nodes: {shared:?}"
+    );
+    for node in Node::LBS {
+        cut_from_peer(&lab, node, false);
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let masters = Node::LBS
+                .iter()
+                .filter(|&&n| vrrp_state(&lab, n) == "MASTER")
+                .count();
+            let snat_holders = Node::LBS.iter().filter(|&&n| holds_snat(&lab, n)).count();
+            masters == 1 && snat_holders == 1 && lab.vip_holder().is_some()
+        }),
+        "healed: one master, one holder of the VIP and of 10.200.0.10"
+    );
+    assert_eq!(
+        lab.vip_holder(),
+        Some(Node::Lb1),
+        "the higher priority wins"
+    );
+    assert!(holds_snat(&lab, Node::Lb1));
+}

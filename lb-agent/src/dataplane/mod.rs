@@ -1,7 +1,7 @@
 //! The XDP program and its maps: loading, pinning, adopting a running
 //! instance, attaching, and typed access to every map.
 
-mod batch;
+pub(crate) mod batch;
 pub mod clock;
 pub mod loader;
 pub mod maps;

@@ -38,6 +38,10 @@ const BULK_MESSAGES_PER_FLUSH: usize = 16;
 const PENDING_ACKS: usize = 4096;
 /// Lag samples the percentiles are taken over.
 const LAG_SAMPLES: usize = 2048;
+/// How often the ages of the flows active since the last time are sent
+/// again: a flow whose packets never change its state would otherwise
+/// look idle on the peer and expire there (15 min established by default).
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// How long mastership waits for the peer's table before it is taken
 /// without (a peer that answers but never completes a transfer).
 pub(crate) const RESYNC_LIMIT: Duration = Duration::from_secs(30);
@@ -48,9 +52,10 @@ struct Change {
     kind: RecordKind,
 }
 
-/// A full transfer being sent.
+/// A full transfer being sent (`id`), or a refresh of the active flows'
+/// ages (`None`: no end marker).
 struct Outgoing {
-    id: u32,
+    id: Option<u32>,
     rest: VecDeque<FlowEvent>,
     sent: u64,
 }
@@ -106,6 +111,8 @@ impl Link {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hello = tokio::time::interval(HELLO_EVERY);
+        let mut refresh =
+            tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
         let mut buf = vec![0u8; 65_536];
         info!(peer = %self.peer, "flow sync: asking the peer for its flows");
         loop {
@@ -123,6 +130,7 @@ impl Link {
                 },
                 _ = flush.tick() => self.flush(&mut progress).await,
                 _ = hello.tick() => self.heartbeat(&mut progress).await,
+                _ = refresh.tick() => self.start_refresh(&mut progress),
             }
         }
         Ok(())
@@ -208,7 +216,7 @@ impl Link {
                 .collect();
             let count = records.len() as u64;
             let message = Message::Flows {
-                bulk: Some(outgoing.id),
+                bulk: outgoing.id,
                 records,
             };
             if self.send(&message).await.is_some() {
@@ -216,9 +224,13 @@ impl Link {
                 progress.shown.records_sent += count;
             }
         }
-        if outgoing.rest.is_empty() {
+        if !outgoing.rest.is_empty() {
+            progress.outgoing = Some(outgoing);
+            return;
+        }
+        if let Some(transfer_id) = outgoing.id {
             let done = Message::BulkDone {
-                transfer_id: outgoing.id,
+                transfer_id,
                 records: outgoing.sent,
             };
             self.send(&done).await;
@@ -227,8 +239,6 @@ impl Link {
                 records = outgoing.sent,
                 "flow sync: full transfer sent to the peer"
             );
-        } else {
-            progress.outgoing = Some(outgoing);
         }
     }
 
@@ -260,7 +270,9 @@ impl Link {
         match opened.message {
             Message::Hello { want_full, in_sync } => {
                 progress.peer_in_sync = in_sync;
-                if want_full && progress.outgoing.is_none() {
+                let transferring = progress.outgoing.as_ref().is_some_and(|o| o.id.is_some());
+                if want_full && !transferring {
+                    // A full transfer replaces a refresh under way.
                     self.start_transfer(progress);
                 }
             }
@@ -287,7 +299,32 @@ impl Link {
             "flow sync: the peer asks for this node's flows"
         );
         progress.outgoing = Some(Outgoing {
-            id: progress.next_transfer,
+            id: Some(progress.next_transfer),
+            rest,
+            sent: 0,
+        });
+    }
+
+    /// Sends the flows active since the last refresh again, so that their
+    /// copies on the peer stay as fresh as they are here.
+    fn start_refresh(&mut self, progress: &mut Progress) {
+        if progress.outgoing.is_some() || !progress.peer_in_sync {
+            return;
+        }
+        let now = monotonic_ns();
+        let window = REFRESH_EVERY.as_nanos() as u64 * 2;
+        let rest: VecDeque<FlowEvent> = self
+            .maps
+            .table()
+            .into_iter()
+            .filter(|e| now.saturating_sub(e.at_ns) < window)
+            .collect();
+        debug!(
+            flows = rest.len(),
+            "flow sync: refreshing the peer's copies"
+        );
+        progress.outgoing = Some(Outgoing {
+            id: None,
             rest,
             sent: 0,
         });

@@ -15,8 +15,8 @@ use lb_common::{
 };
 use lb_sync::FlowRecord;
 
-use super::records::{entries_of, reply_key_of, LocalBackend, LocalView, Refusal};
-use crate::dataplane::{pins, port_pools::SlotLayout, DataplaneError};
+use super::records::{entries_of, reply_key_of, Entries, LocalBackend, LocalView, Refusal};
+use crate::dataplane::{batch, pins, port_pools::SlotLayout, DataplaneError};
 
 /// How long the view of services and backends is trusted before a record
 /// that names an unknown one makes it read again.
@@ -100,12 +100,19 @@ impl SyncMaps {
     }
 
     /// Every flow of the table as the event that would describe it now:
-    /// a full transfer's content.
+    /// a full transfer's content. Batched reads (a million flows in a
+    /// fraction of a second); key by key on kernels without them.
     pub(crate) fn table(&self) -> Vec<FlowEvent> {
-        self.flows
+        use aya::maps::IterableMap;
+        let mut cursor = batch::Cursor::default();
+        let entries: Vec<(FlowKey, FlowValue)> =
+            match batch::read_some(self.flows.map(), &mut cursor, usize::MAX) {
+                Ok((entries, _)) => entries,
+                Err(_) => self.flows.iter().filter_map(Result::ok).collect(),
+            };
+        entries
             .iter()
-            .filter_map(Result::ok)
-            .map(|(key, flow)| FlowEvent::of(&key, &flow))
+            .map(|(key, flow)| FlowEvent::of(key, flow))
             .collect()
     }
 
@@ -145,22 +152,13 @@ impl SyncMaps {
             self.refresh_view();
         }
         let settings = self.settings();
-        let layout = &self.layout;
-        let own = |index: u8, port: u16| {
-            let slot = lb_common::port_slot(index, port);
-            layout.contains(slot).then_some(slot)
-        };
-        let entries = match entries_of(record, &self.view, &settings, now_ns, own) {
+        let entries = match self.entries(record, &settings, now_ns) {
             Err(Refusal::UnknownService | Refusal::UnknownBackend)
                 if self.view_read.is_some_and(|at| at.elapsed() > VIEW_TTL) =>
             {
+                // A service or backend added since the view was read.
                 self.refresh_view();
-                let layout = &self.layout;
-                let own = |index: u8, port: u16| {
-                    let slot = lb_common::port_slot(index, port);
-                    layout.contains(slot).then_some(slot)
-                };
-                entries_of(record, &self.view, &settings, now_ns, own)?
+                self.entries(record, &settings, now_ns)?
             }
             other => other?,
         };
@@ -169,9 +167,11 @@ impl SyncMaps {
             return Ok(self.remove(&entries.client, current, &entries.flow, &settings));
         }
         if let Some(current) = current {
-            if current.last_seen_ns > entries.flow.last_seen_ns && !same(&current, &entries.flow) {
-                // This node has served a newer flow on these client ports
-                // itself (both were master for a while): it stays.
+            if current.last_seen_ns > entries.flow.last_seen_ns {
+                // This node has seen the flow (or a newer one on these
+                // client ports) more recently than the record: the peer's
+                // older view, e.g. its refresh after this node took the
+                // flows back, must not roll the state back.
                 return Ok(Installed::Unchanged);
             }
             let old_reply = reply_key_of(&entries.client, &current, &settings);
@@ -189,6 +189,19 @@ impl SyncMaps {
             return Err(Refusal::TableFull);
         }
         Ok(Installed::Flow)
+    }
+
+    fn entries(
+        &self,
+        record: &FlowRecord,
+        settings: &Settings,
+        now_ns: u64,
+    ) -> Result<Entries, Refusal> {
+        let own = |index: u8, port: u16| {
+            let slot = lb_common::port_slot(index, port);
+            self.layout.contains(slot).then_some(slot)
+        };
+        entries_of(record, &self.view, settings, now_ns, own)
     }
 
     fn remove(
