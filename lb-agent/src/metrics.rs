@@ -121,14 +121,20 @@ fn vrrp_single(snapshot: &Snapshot, value: fn(&VrrpStatus) -> u64) -> Option<Vec
     single(value(snapshot.vrrp.as_ref()?))
 }
 
-/// One series per state, 1 for the state the node is in.
+/// One series per state of `all`, 1 for `current`.
+fn one_hot<S: Copy + PartialEq>(all: &[S], current: S, name: fn(S) -> &'static str) -> Vec<Sample> {
+    all.iter()
+        .map(|&state| Sample {
+            labels: vec![("state", name(state).to_string())],
+            value: u64::from(state == current),
+        })
+        .collect()
+}
+
+/// 1 for the VRRP state the node is in.
 fn vrrp_states(snapshot: &Snapshot) -> Option<Vec<Sample>> {
     let current = snapshot.vrrp.as_ref()?.state;
-    let samples = VrrpState::ALL.into_iter().map(|state| Sample {
-        labels: vec![("state", state.as_str().to_string())],
-        value: u64::from(state == current),
-    });
-    Some(samples.collect())
+    Some(one_hot(&VrrpState::ALL, current, VrrpState::as_str))
 }
 
 fn adverts_rejected(snapshot: &Snapshot) -> Option<Vec<Sample>> {
@@ -165,14 +171,10 @@ fn sync_single(snapshot: &Snapshot, value: fn(&SyncStatus) -> u64) -> Option<Vec
     single(value(snapshot.sync.as_ref()?))
 }
 
-/// One series per sync state, 1 for the state the link is in.
+/// 1 for the state of the sync link.
 fn sync_states(snapshot: &Snapshot) -> Option<Vec<Sample>> {
     let current = snapshot.sync.as_ref()?.state;
-    let samples = SyncState::ALL.into_iter().map(|state| Sample {
-        labels: vec![("state", state.as_str().to_string())],
-        value: u64::from(state == current),
-    });
-    Some(samples.collect())
+    Some(one_hot(&SyncState::ALL, current, SyncState::as_str))
 }
 
 fn by_reason(counts: &std::collections::BTreeMap<String, u64>) -> Option<Vec<Sample>> {
