@@ -48,7 +48,13 @@ fn digitalocean_provider_moves_the_reserved_ip_on_failover_and_back() {
     let (ok, failed) = (seen.ok(), seen.failed);
     assert!(ok > 20, "the loop ran");
     assert!(failed.is_empty(), "requests lost: {failed:?}");
-    assert_eq!(vrrp_field(&lab, Node::Lb1, "provider_errors"), 0);
+    let lb1_log = std::fs::read_to_string(lab.agent_log_path(Node::Lb1)).unwrap_or_default();
+    assert_eq!(
+        vrrp_field(&lab, Node::Lb1, "provider_errors"),
+        0,
+        "{:?}\n{lb1_log}",
+        vrrp_field(&lab, Node::Lb1, "provider_last_error")
+    );
     let calls = vrrp_field(&lab, Node::Lb1, "provider_calls")
         .as_u64()
         .unwrap_or(0);

@@ -56,6 +56,16 @@ pub fn garp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
     arp_request(mac, addr, addr)
 }
 
+/// An address change that failed only because it had been made already
+/// (by a crashed earlier run, or by a reconcile just before) reached what
+/// was wanted: not a failure.
+fn already_done(result: Result<(), rtnetlink::Error>, errno: i32) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -errno => Ok(()),
+        other => other,
+    }
+}
+
 impl LocalProvider {
     pub fn new(
         interface: &str,
@@ -162,7 +172,7 @@ impl LocalProvider {
                 .add(self.ifindex, IpAddr::V4(addr), 32)
                 .execute()
                 .await;
-            self.record("adding", addr, added)?;
+            self.record("adding", addr, already_done(added, libc::EEXIST))?;
             info!(addr = %addr, interface = %self.interface, "floating IP added");
         }
         self.link_was_up = self.link_up().await;
@@ -227,7 +237,7 @@ impl LocalProvider {
                 })
                 .unwrap_or(Ipv4Addr::UNSPECIFIED);
             let removed = self.handle.address().del(message).execute().await;
-            self.record("removing", addr, removed)?;
+            self.record("removing", addr, already_done(removed, libc::EADDRNOTAVAIL))?;
             info!(addr = %addr, interface = %self.interface, "floating IP removed");
         }
         Ok(())
