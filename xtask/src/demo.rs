@@ -134,8 +134,12 @@ impl Tour<'_> {
 
     fn snat_sources(&mut self) {
         self.heading("Web servers see the load balancer's SNAT addresses (access logs)");
-        let pool: Vec<String> = Node::Lb1
-            .snat_pool()
+        // The HA pair's floating SNAT address, or lb1's own pool without HA.
+        let pool: Vec<String> = self
+            .lab
+            .default_agent_model(Node::Lb1)
+            .map(|model| model.snat_addresses())
+            .unwrap_or_else(|_| Node::Lb1.snat_pool())
             .iter()
             .map(|a| a.to_string())
             .collect();
@@ -155,7 +159,7 @@ impl Tour<'_> {
             self.findings.expect(
                 !tail.is_empty() && tail.lines().all(from_pool),
                 &format!(
-                    "{node}'s requests came from lb1's SNAT pool ({})",
+                    "{node}'s requests came from lb1's SNAT addresses ({})",
                     pool.join(", ")
                 ),
             );
