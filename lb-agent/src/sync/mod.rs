@@ -84,11 +84,10 @@ pub(crate) async fn start(
         .ok_or(SyncError::NoPeer)?;
     let peer = SocketAddr::V4(SocketAddrV4::new(peer_address, config.port));
     let listen = SocketAddr::V4(SocketAddrV4::new(place.private_address, config.port));
-    let sealer = Sealer::new(
-        SyncKey::from_file(&config.key_file)?,
-        Sealer::new_session_id(),
-    );
-    let opener = Opener::new(SyncKey::from_file(&config.key_file)?);
+    // Read once: both directions use the one key the file held at start.
+    let key = SyncKey::from_file(&config.key_file)?;
+    let sealer = Sealer::new(key.clone(), Sealer::new_session_id());
+    let opener = Opener::new(key);
     let socket = UdpSocket::bind(listen)
         .await
         .map_err(|source| SyncError::Bind {
