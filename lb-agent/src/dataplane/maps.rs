@@ -35,7 +35,7 @@ pub struct Tables {
     ports: PortPools,
     sweep: FlowSweep,
     /// Flow sync's feed of flows the agent ends itself (`remove --now`,
-    /// `shutdown-flows`), so the peer ends its copies too.
+    /// `shutdown-flows`, expiry), so the peer ends its copies too.
     removals: Option<tokio::sync::mpsc::Sender<FlowEvent>>,
 }
 
@@ -431,8 +431,9 @@ impl Tables {
         census
     }
 
-    /// Tells flow sync of the flows `remove_flows` ends from now on; a full
-    /// feed drops the news (the peer's copy then ends by its own expiry).
+    /// Tells flow sync of the flows `remove_flows` and `expire_flows` end
+    /// from now on; a full feed drops the news (the peer's copy then ends
+    /// by its own expiry).
     pub fn feed_removals(&mut self, feed: tokio::sync::mpsc::Sender<FlowEvent>) {
         self.removals = Some(feed);
     }
@@ -449,9 +450,6 @@ impl Tables {
         let mut ended = Vec::with_capacity(doomed.len());
         for (key, flow) in doomed {
             if self.end_if_still(&settings, &key, &flow, &mut select) {
-                if let Some(feed) = &self.removals {
-                    let _ = feed.try_send(FlowEvent::of(&key, &flow));
-                }
                 ended.push(key);
             }
         }
@@ -461,6 +459,8 @@ impl Tables {
     /// Ends the flow `walked` saw at `key` if that entry still holds it and
     /// `select` still picks it: the program may have started a new flow in
     /// the entry since the walk (a client reusing its ports writes over it).
+    /// Every flow the agent ends passes here, so this is where flow sync
+    /// hears of it.
     fn end_if_still(
         &mut self,
         settings: &Settings,
@@ -478,9 +478,19 @@ impl Tables {
                     key,
                     &current,
                 );
+                self.report_ended(key, &current);
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Queues the deletion of an ended flow for the peer. The entry as last
+    /// read, not as walked: its last packet is what lets the peer tell this
+    /// news from an older view of the flow (see sync's `deletion_applies`).
+    fn report_ended(&self, key: &FlowKey, flow: &FlowValue) {
+        if let Some(feed) = &self.removals {
+            let _ = feed.try_send(FlowEvent::of(key, flow));
         }
     }
 
@@ -492,6 +502,7 @@ impl Tables {
     /// Deletes flows idle past their timeout, so their NAT ports and the
     /// ids of drained backends can be reused: one slice of the table per
     /// call (all of it while the table is small), counting as it goes.
+    /// Flow sync replicates each as a deletion.
     pub fn expire_flows(&mut self, now_ns: u64) -> usize {
         let settings = match self.settings() {
             Ok(s) if s.ready != 0 => s,

@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use lb_common::{
-    map_names, BackendValue, FlowEvent, FlowKey, FlowValue, ReplyValue, ServiceKey, ServiceValue,
-    Settings,
+    flow_expired, map_names, BackendValue, FlowEvent, FlowKey, FlowValue, ReplyValue, ServiceKey,
+    ServiceValue, Settings,
 };
 use lb_sync::FlowRecord;
 
@@ -164,7 +164,7 @@ impl SyncMaps {
         };
         let current = self.flows.get(&entries.client, 0).ok();
         if record.kind == lb_sync::RecordKind::Delete {
-            return Ok(self.remove(&entries.client, current, &entries.flow, &settings));
+            return Ok(self.remove(&entries.client, current, &entries.flow, &settings, now_ns));
         }
         if let Some(current) = current {
             if current.last_seen_ns > entries.flow.last_seen_ns {
@@ -210,8 +210,10 @@ impl SyncMaps {
         current: Option<FlowValue>,
         doomed: &FlowValue,
         settings: &Settings,
+        now_ns: u64,
     ) -> Installed {
-        let Some(current) = current.filter(|c| same(c, doomed)) else {
+        let Some(current) = current.filter(|c| deletion_applies(c, doomed, settings, now_ns))
+        else {
             return Installed::Unchanged;
         };
         let _ = self.flows.remove(client);
@@ -222,10 +224,120 @@ impl SyncMaps {
     }
 }
 
+/// How much later than a record says this node may place a flow's last
+/// packet without having seen a newer one: ages cross the wire in whole
+/// milliseconds and are read on arrival, so a record waiting in the socket
+/// behind a full transfer or a burst reads older than the entry an earlier
+/// record of the same packet made.
+const AGE_SLACK_NS: u64 = 1_000_000_000;
+
+/// Whether the peer's deletion of `doomed` ends `current`, this node's
+/// entry under the same client key, at `now_ns`. Not when it is another
+/// flow, when this node has seen the flow after the peer last did, or when
+/// the peer gave up on a copy that had gone stale while the flow lives
+/// here (a backup expiring what it was not refreshed of must never end the
+/// master's flow; the slack above alone would let it, near the timeout).
+pub(crate) fn deletion_applies(
+    current: &FlowValue,
+    doomed: &FlowValue,
+    settings: &Settings,
+    now_ns: u64,
+) -> bool {
+    if !same(current, doomed) {
+        return false;
+    }
+    if current.last_seen_ns > doomed.last_seen_ns.saturating_add(AGE_SLACK_NS) {
+        return false;
+    }
+    let stale_copy = flow_expired(settings, doomed, now_ns);
+    !stale_copy || flow_expired(settings, current, now_ns)
+}
+
 /// Whether two entries are one flow: same backend and NAT source.
 fn same(a: &FlowValue, b: &FlowValue) -> bool {
     a.backend_addr == b.backend_addr
         && a.backend_port == b.backend_port
         && a.lb_port == b.lb_port
         && a.snat_index == b.snat_index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::flow_state;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn settings() -> Settings {
+        Settings {
+            tcp_established_ns: 900 * SECOND,
+            udp_ns: 60 * SECOND,
+            ..Settings::default()
+        }
+    }
+
+    fn flow(last_seen_ns: u64) -> FlowValue {
+        FlowValue {
+            backend_addr: [10, 200, 0, 22],
+            backend_port: 8080,
+            lb_port: 20001,
+            state: flow_state::UDP,
+            snat_index: 1,
+            last_seen_ns,
+            ..FlowValue::default()
+        }
+    }
+
+    #[test]
+    fn a_deletion_ends_the_flow_as_the_peer_last_saw_it() {
+        let now = 1_000 * SECOND;
+        let here = flow(now - 5 * SECOND);
+        assert!(deletion_applies(&here, &here, &settings(), now));
+        // The same packet, read a little later here than the record says.
+        let read_late = flow(now - 5 * SECOND - 300_000_000);
+        assert!(deletion_applies(&here, &read_late, &settings(), now));
+        // The peer saw more of the flow than this node.
+        assert!(deletion_applies(
+            &here,
+            &flow(now - SECOND),
+            &settings(),
+            now
+        ));
+    }
+
+    #[test]
+    fn a_deletion_older_than_what_this_node_saw_changes_nothing() {
+        let now = 1_000 * SECOND;
+        let here = flow(now - SECOND);
+        let peers_older_view = flow(now - 20 * SECOND);
+        assert!(!deletion_applies(
+            &here,
+            &peers_older_view,
+            &settings(),
+            now
+        ));
+    }
+
+    #[test]
+    fn the_peer_expiring_its_stale_copy_never_ends_a_live_flow_here() {
+        let now = 1_000 * SECOND;
+        let stale_copy = flow(now - 60 * SECOND);
+        // Seen here within the slack of the copy, yet still live.
+        let live = flow(now - 60 * SECOND + 1);
+        assert!(!deletion_applies(&live, &stale_copy, &settings(), now));
+        // Expired here as well: the deletion merely beats this node's sweep.
+        let expired = flow(now - 61 * SECOND);
+        assert!(deletion_applies(&expired, &stale_copy, &settings(), now));
+    }
+
+    #[test]
+    fn a_deletion_of_another_flow_on_the_client_ports_changes_nothing() {
+        let now = 1_000 * SECOND;
+        let here = flow(now - 5 * SECOND);
+        let other = FlowValue {
+            lb_port: 20002,
+            ..here
+        };
+        assert!(!deletion_applies(&here, &other, &settings(), now));
+    }
 }

@@ -34,7 +34,7 @@ pub use status::{SyncState, SyncStatus};
 use crate::{config::SyncConfig, dataplane::port_pools::SlotLayout};
 
 /// Removals waiting for the link: `remove --now` of a backend with many
-/// flows comes in one burst.
+/// flows, or an expiry sweep's slice, comes in one burst.
 const REMOVALS_QUEUE: usize = 65_536;
 
 /// Errors setting up flow sync.
