@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use lb_common::FlowEvent;
+use lb_common::{FlowEvent, Settings};
 use lb_sync::{FlowRecord, Message, Opener, RecordKind, Reject, Sealer, MAX_RECORDS_PER_MESSAGE};
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -38,10 +38,11 @@ const BULK_MESSAGES_PER_FLUSH: usize = 16;
 const PENDING_ACKS: usize = 4096;
 /// Lag samples the percentiles are taken over.
 const LAG_SAMPLES: usize = 2048;
-/// How often the ages of the flows active since the last time are sent
-/// again: a flow whose packets never change its state would otherwise
-/// look idle on the peer and expire there (15 min established by default).
-const REFRESH_EVERY: Duration = Duration::from_secs(60);
+/// Bounds of how often the ages of the flows active since the last time
+/// are sent again (`refresh_interval`): a flow whose packets never change
+/// its state would otherwise look idle on the peer and expire there.
+const REFRESH_MIN: Duration = Duration::from_secs(5);
+const REFRESH_MAX: Duration = Duration::from_secs(60);
 /// How long mastership waits for the peer's table before it is taken
 /// without (a peer that answers but never completes a transfer).
 pub(crate) const RESYNC_LIMIT: Duration = Duration::from_secs(30);
@@ -111,8 +112,8 @@ impl Link {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hello = tokio::time::interval(HELLO_EVERY);
-        let mut refresh =
-            tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
+        let mut refresh_every = refresh_interval(&self.maps.settings());
+        let mut refresh = refresh_timer(refresh_every);
         let mut buf = vec![0u8; 65_536];
         info!(peer = %self.peer, "flow sync: asking the peer for its flows");
         loop {
@@ -129,8 +130,18 @@ impl Link {
                     Err(error) => debug!(%error, "flow sync: receiving"),
                 },
                 _ = flush.tick() => self.flush(&mut progress).await,
-                _ = hello.tick() => self.heartbeat(&mut progress).await,
-                _ = refresh.tick() => self.start_refresh(&mut progress),
+                _ = hello.tick() => {
+                    self.heartbeat(&mut progress).await;
+                    // A reload may shorten the timeouts, which an interval
+                    // computed at start alone could outlast; checked with
+                    // the heartbeat, a change takes effect within a second.
+                    let derived = refresh_interval(&self.maps.settings());
+                    if derived != refresh_every {
+                        refresh_every = derived;
+                        refresh = refresh_timer(refresh_every);
+                    }
+                }
+                _ = refresh.tick() => self.start_refresh(&mut progress, refresh_every * 2),
             }
         }
         Ok(())
@@ -305,14 +316,15 @@ impl Link {
         });
     }
 
-    /// Sends the flows active since the last refresh again, so that their
-    /// copies on the peer stay as fresh as they are here.
-    fn start_refresh(&mut self, progress: &mut Progress) {
+    /// Sends the flows active within `window` again (twice the interval:
+    /// a refresh skipped while a transfer was under way loses nothing), so
+    /// that their copies on the peer stay as fresh as they are here.
+    fn start_refresh(&mut self, progress: &mut Progress, window: Duration) {
         if progress.outgoing.is_some() || !progress.peer_in_sync {
             return;
         }
         let now = monotonic_ns();
-        let window = REFRESH_EVERY.as_nanos() as u64 * 2;
+        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         let rest: VecDeque<FlowEvent> = self
             .maps
             .table()
@@ -420,6 +432,22 @@ impl Link {
     }
 }
 
+/// How often the peer's copies of active flows are refreshed under
+/// `settings`: four times within the shortest timeout an active flow
+/// lives by (UDP or established TCP), so that a copy outlives a lost or
+/// skipped refresh; at least `REFRESH_MIN` (a tiny timeout must not turn
+/// refreshes into a stream of full tables), at most `REFRESH_MAX`.
+fn refresh_interval(settings: &Settings) -> Duration {
+    let shortest = settings.udp_ns.min(settings.tcp_established_ns);
+    Duration::from_nanos(shortest / 4).clamp(REFRESH_MIN, REFRESH_MAX)
+}
+
+/// The refresh timer, first ticking one interval from now: at start the
+/// peer is about to ask for the whole table anyway.
+fn refresh_timer(every: Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+}
+
 fn acknowledged(seq: u64, progress: &mut Progress) {
     while let Some(&(sent, at_ns)) = progress.pending.front() {
         if sent > seq {
@@ -450,6 +478,28 @@ fn percentiles(samples: &VecDeque<u64>) -> (Option<u64>, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refreshes_come_four_times_per_shortest_active_timeout_within_bounds() {
+        let secs = |s: u64| s * 1_000_000_000;
+        let timeouts = |udp: u64, established: u64| Settings {
+            udp_ns: secs(udp),
+            tcp_established_ns: secs(established),
+            ..Settings::default()
+        };
+        // The defaults: UDP 60 s, established 15 min.
+        assert_eq!(
+            refresh_interval(&timeouts(60, 900)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            refresh_interval(&timeouts(600, 40)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(refresh_interval(&timeouts(8, 900)), REFRESH_MIN);
+        assert_eq!(refresh_interval(&Settings::default()), REFRESH_MIN);
+        assert_eq!(refresh_interval(&timeouts(3600, 7200)), REFRESH_MAX);
+    }
 
     #[test]
     fn percentiles_of_a_spread() {
