@@ -240,6 +240,28 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+/// The key of a flow's `replies` entry: the backend's answers, from the
+/// backend to the NAT source (`snat_addr`:`lb_port`). The program claims a
+/// NAT source with it and the agent finds and frees the claim with it, so
+/// the two must build it alike: one definition, here.
+#[inline(always)]
+pub fn reply_key(
+    backend_addr: [u8; 4],
+    backend_port: u16,
+    snat_addr: [u8; 4],
+    lb_port: u16,
+    proto: u8,
+) -> FlowKey {
+    FlowKey {
+        src_addr: backend_addr,
+        dst_addr: snat_addr,
+        src_port: backend_port,
+        dst_port: lb_port,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
 /// Life-cycle of a tracked flow; picks its idle timeout.
 pub mod flow_state {
     /// TCP: SYN seen, no reply from the backend yet.
@@ -739,6 +761,22 @@ mod tests {
         );
         assert_eq!(half_open_per_cpu(1024, 1 << 20, 256), 1, "never zero");
         assert_eq!(half_open_per_cpu(65536, 1 << 20, 0), 8192);
+    }
+
+    #[test]
+    fn a_reply_key_runs_from_the_backend_to_the_nat_source() {
+        let key = reply_key([10, 200, 0, 22], 8080, [10, 200, 0, 10], 20001, PROTO_TCP);
+        assert_eq!(
+            key,
+            FlowKey {
+                src_addr: [10, 200, 0, 22],
+                dst_addr: [10, 200, 0, 10],
+                src_port: 8080,
+                dst_port: 20001,
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            }
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    flow_state, port_slot, ring_base, slot_address_index, slot_port, BackendValue, FlowKey,
-    FlowValue, ReplyValue, ServiceValue, Settings, PORT_CLAIM_TRIES, PROTO_TCP, RING_SIZE,
+    flow_state, port_slot, reply_key, ring_base, slot_address_index, slot_port, BackendValue,
+    FlowKey, FlowValue, ReplyValue, ServiceValue, Settings, PORT_CLAIM_TRIES, PROTO_TCP, RING_SIZE,
 };
 
 use crate::{
@@ -21,19 +21,6 @@ pub fn client_key(pkt: &Packet) -> FlowKey {
         src_port: pkt.sport,
         dst_port: pkt.dport,
         proto: pkt.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// The key under which the backend's replies to a flow are tracked.
-#[inline(always)]
-pub fn reply_key(backend: &BackendValue, snat: [u8; 4], lb_port: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        src_addr: backend.addr,
-        dst_addr: snat,
-        src_port: backend.port,
-        dst_port: lb_port,
-        proto,
         _pad: [0; 3],
     }
 }
@@ -95,7 +82,7 @@ pub fn claim_nat_source(
         }
         let addr = settings.snat_addr(snat_index);
         let port = slot_port(slot);
-        let reply = reply_key(backend, addr, port, proto);
+        let reply = reply_key(backend.addr, backend.port, addr, port, proto);
         if REPLIES.insert(&reply, back, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(NatSource {
                 pool,
@@ -164,14 +151,13 @@ pub fn release_replaced(old: &ReplacedSource, proto: u8, settings: &Settings) {
     if old.present == 0 {
         return;
     }
-    let reply = FlowKey {
-        src_addr: old.backend_addr,
-        dst_addr: settings.snat_addr(old.snat_index),
-        src_port: old.backend_port,
-        dst_port: old.lb_port,
+    let reply = reply_key(
+        old.backend_addr,
+        old.backend_port,
+        settings.snat_addr(old.snat_index),
+        old.lb_port,
         proto,
-        _pad: [0; 3],
-    };
+    );
     if REPLIES.remove(&reply).is_err() {
         return;
     }

@@ -7,9 +7,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowEvent, FlowKey,
-    FlowValue, HalfOpenCursor, NextHop, Reason, ReplyValue, ServiceKey, ServiceValue, Settings,
-    MAX_BACKENDS, RING_SIZE,
+    flow_expired, map_names, port_slot, reply_key, ring_base, BackendValue, Counters, FlowEvent,
+    FlowKey, FlowValue, HalfOpenCursor, NextHop, Reason, ReplyValue, ServiceKey, ServiceValue,
+    Settings, MAX_BACKENDS, RING_SIZE,
 };
 
 use tracing::debug;
@@ -157,14 +157,13 @@ pub fn end_flow<F, R>(
     F: std::borrow::BorrowMut<MapData>,
     R: std::borrow::BorrowMut<MapData>,
 {
-    let reply = FlowKey {
-        src_addr: flow.backend_addr,
-        dst_addr: settings.snat_addr(flow.snat_index),
-        src_port: flow.backend_port,
-        dst_port: flow.lb_port,
-        proto: key.proto,
-        _pad: [0; 3],
-    };
+    let reply = reply_key(
+        flow.backend_addr,
+        flow.backend_port,
+        settings.snat_addr(flow.snat_index),
+        flow.lb_port,
+        key.proto,
+    );
     let _ = flows.remove(key);
     // Only the flow whose claim the reply entry is gives the source back:
     // a flow the program replaced has had its source released already.

@@ -166,18 +166,16 @@ pub(crate) fn entries_of(
         ts_delta: record.ts_delta,
         _pad_ts: 0,
     };
-    let reply_key = FlowKey {
-        src_addr: backend_addr,
-        dst_addr: snat,
-        src_port: record.backend.port(),
-        dst_port: lb_port,
-        proto: record.proto,
-        _pad: [0; 3],
-    };
     Ok(Entries {
         client,
         flow,
-        reply_key,
+        reply_key: lb_common::reply_key(
+            backend_addr,
+            record.backend.port(),
+            snat,
+            lb_port,
+            record.proto,
+        ),
         reply: ReplyValue::of(client, &flow),
     })
 }
@@ -196,14 +194,13 @@ fn snat_index(settings: &Settings, addr: [u8; 4]) -> Option<u8> {
 
 /// The reply key a forward entry's flow holds.
 pub(crate) fn reply_key_of(client: &FlowKey, flow: &FlowValue, settings: &Settings) -> FlowKey {
-    FlowKey {
-        src_addr: flow.backend_addr,
-        dst_addr: settings.snat_addr(flow.snat_index),
-        src_port: flow.backend_port,
-        dst_port: flow.lb_port,
-        proto: client.proto,
-        _pad: [0; 3],
-    }
+    lb_common::reply_key(
+        flow.backend_addr,
+        flow.backend_port,
+        settings.snat_addr(flow.snat_index),
+        flow.lb_port,
+        client.proto,
+    )
 }
 
 #[cfg(test)]
