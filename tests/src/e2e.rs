@@ -3,16 +3,16 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+pub use xtask::lab::Download;
 use xtask::lab::{Lab, LabGuard, LabOptions, LbSetup, Node, Provider, VrrpVersion, XdpMode};
 
 use crate::artifacts;
@@ -88,12 +88,7 @@ fn lab_with(prefix: &str, adjust: impl FnOnce(&mut LabOptions)) -> Option<LabGua
 /// A top-level field of `node`'s `lb-agent status --json` (`Null` when
 /// the agent does not answer).
 pub fn status_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
-    let Ok(out) = lab.agent_cli(node, &["status", "--json"]) else {
-        return serde_json::Value::Null;
-    };
-    let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    status[field].clone()
+    lab.status_json(node)[field].clone()
 }
 
 /// A field of the `vrrp` object of `node`'s `lb-agent status --json`
@@ -159,108 +154,11 @@ pub fn http_round(lab: &Lab, count: usize) -> BTreeMap<String, usize> {
     counts
 }
 
-/// A slow download of /slow from the client, as a child process writing
-/// headers and body to files in the lab's run dir.
-pub struct Download {
-    child: Child,
-    headers: PathBuf,
-    body: PathBuf,
-}
-
-impl Download {
-    pub fn start(lab: &Lab, name: &str) -> Self {
-        let headers = lab.run_dir().join(format!("{name}.headers"));
-        let body = lab.run_dir().join(format!("{name}.body"));
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns(Node::Client),
-                "curl",
-                "-s",
-                "--max-time",
-                "90",
-                "-D",
-            ])
-            .arg(&headers)
-            .arg("-o")
-            .arg(&body)
-            .arg("http://10.100.0.100/slow")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start curl");
-        Self {
-            child,
-            headers,
-            body,
-        }
-    }
-
-    /// Waits (≤ 5 s) for the response headers; returns the backend's name.
-    pub fn backend(&self) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(text) = std::fs::read_to_string(&self.headers) {
-                if let Some(line) = text
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("x-backend:"))
-                {
-                    return Some(line.split(':').nth(1)?.trim().to_string());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    pub fn received(&self) -> u64 {
-        std::fs::metadata(&self.body).map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Whether bytes keep arriving over `window` (nginx sends in bursts).
-    pub fn progresses(&self, window: Duration) -> bool {
-        let before = self.received();
-        std::thread::sleep(window);
-        self.received() > before
-    }
-
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits (at most `limit`) for curl to end; whether it got the whole
-    /// body without an error (curl exit 0 and every byte of `/slow`).
-    pub fn completes(&mut self, limit: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => break,
-                Ok(Some(status)) => return Err(format!("curl ended with {status}")),
-                Ok(None) if Instant::now() >= deadline => {
-                    return Err(format!("still running after {limit:?}"))
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(200)),
-                Err(error) => return Err(format!("waiting for curl: {error}")),
-            }
-        }
-        match self.received() {
-            n if n == xtask::lab::SLOW_BYTES as u64 => Ok(()),
-            n => Err(format!("{n} of {} bytes", xtask::lab::SLOW_BYTES)),
-        }
-    }
-}
-
-impl Drop for Download {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts downloads until one lands on `backend` (bounded).
 pub fn download_on(lab: &Lab, backend: &str) -> Download {
     for attempt in 0..12 {
-        let download = Download::start(lab, &format!("dl-{backend}-{attempt}"));
+        let download =
+            Download::start(lab, &format!("dl-{backend}-{attempt}")).expect("start a download");
         if download.backend().as_deref() == Some(backend) {
             return download;
         }

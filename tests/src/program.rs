@@ -508,6 +508,17 @@ impl Harness {
 
 impl Harness {
     /// Takes every event waiting in the flow-sync ring buffer.
+    /// Events the program could not write because the ring was full.
+    pub fn flow_events_lost(&self) -> u64 {
+        let map: PerCpuArray<_, u64> = self
+            .ebpf
+            .map(map_names::FLOW_EVENTS_LOST)
+            .expect("flow_events_lost")
+            .try_into()
+            .expect("percpu array");
+        map.get(&0, 0).expect("read flow_events_lost").iter().sum()
+    }
+
     pub fn take_flow_events(&mut self) -> Vec<lb_common::FlowEvent> {
         let mut ring = aya::maps::RingBuf::try_from(
             self.ebpf

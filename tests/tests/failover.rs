@@ -34,7 +34,7 @@ fn downloads_known_to_lb2(lab: &Lab, count: usize) -> Vec<Download> {
         .as_u64()
         .unwrap_or(0);
     let downloads: Vec<Download> = (0..count)
-        .map(|n| Download::start(lab, &format!("survivor-{n}")))
+        .map(|n| Download::start(lab, &format!("survivor-{n}")).expect("start a download"))
         .collect();
     assert!(
         wait_for(Duration::from_secs(5), || downloads
@@ -140,7 +140,7 @@ fn flows_survive_the_loss_of_the_masters_node() {
         "the UDP flow is answered: {before}"
     );
     let mut downloads = downloads_known_to_lb2(&lab, 3);
-    downloads.push(Download::start(&lab, "survivor-late"));
+    downloads.push(Download::start(&lab, "survivor-late").expect("start a download"));
     std::thread::sleep(Duration::from_millis(200));
     lab.kill_agent(Node::Lb1, libc::SIGKILL)
         .expect("kill -9 lb1's agent");

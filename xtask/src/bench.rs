@@ -3,8 +3,9 @@
 //! end-to-end HTTP throughput with wrk through the balancer against wrk
 //! straight to a backend, the connection rate against HAProxy
 //! (`connrate`), the agent's reads of a large flow table (`table`), the
-//! agent of an HA pair at 10k-1M live flows (`scale`) and the failover
-//! outage, all in the same run on the same machine.
+//! agent of an HA pair at 10k-1M live flows (`scale`) and failover (the
+//! outage, the established connections that survive, the sync's lag and
+//! cost: `failover_bench`), all in the same run on the same machine.
 
 use std::{
     process::Command,
@@ -275,7 +276,7 @@ pub fn run(options: &BenchOptions) -> Result<()> {
         crate::connrate::run(&artifacts, &options.prefix, &options.xdp_modes())?;
     }
     if wanted("failover") {
-        failover(&artifacts.agent)?;
+        failover(&artifacts)?;
     }
     Ok(())
 }
@@ -380,11 +381,13 @@ fn lab_figures(
     Ok(())
 }
 
-fn failover(agent: &std::path::Path) -> Result<()> {
-    heading("Failover: outage when the master fails, agent pair vs keepalived + HAProxy pair");
+fn failover(artifacts: &build::Artifacts) -> Result<()> {
+    heading("Failover: the agent pair vs the keepalived + HAProxy pair");
+    println!("\n--- A new flow's cost with flow sync on and off (BPF_PROG_TEST_RUN)");
+    bench_binary(artifacts, "xdp-bench", &["sync"])?;
     cmd::catch_interrupts();
     crate::lab::ensure_all_lab_programs()?;
-    crate::failover_bench::run(agent)
+    crate::failover_bench::run(&artifacts.agent)
 }
 
 /// One request through the VIP: which backend answered (None = failed)

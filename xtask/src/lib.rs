@@ -1,8 +1,8 @@
 //! The project's tasks as a library: toolchain bootstrap and builds
 //! (`build`, `toolchain`), the namespace lab (`lab`, used by the `tests`
 //! crate), the demo, the full check (`ci`), the benchmarks (`bench`,
-//! `connrate`, `failover_bench`), the lab's UDP tools (`udp`) and the
-//! failover probe (`probe`).
+//! `connrate`, `failover_bench`), the lab's UDP tools (`udp`), the
+//! failover probe (`probe`) and keep-alive holder (`hold`).
 //! `main.rs` only parses the command line.
 
 pub mod apt;
@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod connrate;
 pub mod demo;
 pub mod failover_bench;
+pub mod hold;
 pub mod install;
 pub mod lab;
 pub mod probe;

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use xtask::{
     build::{self, BuildOptions},
-    cmd,
+    cmd, hold,
     lab::{self, Lab, LabOptions, LbSetup, Node},
     probe, udp,
 };
@@ -119,6 +119,33 @@ enum Task {
         duration: std::time::Duration,
         #[arg(long, default_value = "300ms", value_parser = udp::parse_duration)]
         timeout: std::time::Duration,
+    },
+    /// Keep-alive connections to `--target`, a request on each every
+    /// `--every`; prints `ok|fail <answered> [why]` per connection (the
+    /// failover benchmark's established connections).
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 200)]
+        connections: usize,
+        #[arg(long, default_value = "500ms", value_parser = udp::parse_duration)]
+        every: std::time::Duration,
+        #[arg(long, default_value = "20s", value_parser = udp::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value = "15s", value_parser = udp::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// New UDP flows to `--to` at `--rate` per second for `--duration`, one
+    /// datagram per flow from a fresh source port (a raw socket).
+    #[command(hide = true)]
+    UdpFlood {
+        #[arg(long)]
+        to: std::net::SocketAddrV4,
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+        #[arg(long, default_value = "2s", value_parser = udp::parse_duration)]
+        duration: std::time::Duration,
     },
     /// Waits for a VRRP advertisement from `--from` (run in a node's namespace).
     #[command(hide = true)]
@@ -245,6 +272,27 @@ fn run(task: Task) -> Result<()> {
             source_port,
         } => udp::query_many(to, count, timeout, source_port),
         Task::WaitAdvert { from, timeout } => probe::wait_advert(from, timeout),
+        Task::Hold {
+            target,
+            connections,
+            every,
+            duration,
+            timeout,
+        } => {
+            for held in hold::run(target, connections, every, duration, timeout)? {
+                println!("{}", held.line());
+            }
+            Ok(())
+        }
+        Task::UdpFlood { to, rate, duration } => {
+            let sent = udp::flood(to, rate, duration)?;
+            println!(
+                "sent {} in {:.2} s",
+                sent.datagrams,
+                sent.took.as_secs_f64()
+            );
+            Ok(())
+        }
         Task::Probe {
             target,
             every,

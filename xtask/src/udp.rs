@@ -3,7 +3,7 @@
 
 use std::{
     io::ErrorKind,
-    net::{SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     path::Path,
     time::{Duration, Instant},
 };
@@ -96,6 +96,132 @@ pub fn query_many(to: SocketAddr, count: u32, timeout: Duration, source_port: u1
     Ok(())
 }
 
+/// Most datagrams per second `flood` sends.
+pub const MAX_FLOOD_RATE: u32 = 100_000;
+/// Longest `flood`.
+pub const MAX_FLOOD_DURATION: Duration = Duration::from_secs(60);
+/// The source ports `flood` cycles through: below them the privileged
+/// ports, and a new port for each datagram makes each one a new flow.
+const FLOOD_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+
+/// What `flood` did.
+#[derive(Debug, Clone, Copy)]
+pub struct Flooded {
+    pub datagrams: u64,
+    pub took: Duration,
+}
+
+/// The UDP checksum of `segment` (header with a zero checksum + payload)
+/// from `source` to `destination` (RFC 768's pseudo-header).
+fn udp_checksum(source: Ipv4Addr, destination: Ipv4Addr, segment: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    };
+    add(&source.octets());
+    add(&destination.octets());
+    add(&[0, 17]);
+    add(&(segment.len() as u16).to_be_bytes());
+    add(segment);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    match !(sum as u16) {
+        // 0 means "no checksum" in UDP over IPv4.
+        0 => 0xffff,
+        checksum => checksum,
+    }
+}
+
+/// A UDP datagram (header + payload) from `source`:`source_port`.
+fn datagram(source: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let length = (8 + payload.len()) as u16;
+    let mut segment = Vec::with_capacity(length as usize);
+    segment.extend_from_slice(&source.port().to_be_bytes());
+    segment.extend_from_slice(&to.port().to_be_bytes());
+    segment.extend_from_slice(&length.to_be_bytes());
+    segment.extend_from_slice(&[0, 0]);
+    segment.extend_from_slice(payload);
+    let checksum = udp_checksum(*source.ip(), *to.ip(), &segment);
+    segment[6..8].copy_from_slice(&checksum.to_be_bytes());
+    segment
+}
+
+/// Sends `rate` datagrams a second to `to` for `duration`, each from the
+/// next source port, so that each is a new flow for a balancer: the
+/// replication-lag benchmark's bounded new-flow load. A raw socket writes
+/// the UDP headers (binding 50,000 sockets would measure the sender).
+pub fn flood(to: SocketAddrV4, rate: u32, duration: Duration) -> Result<Flooded> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    if rate == 0 || rate > MAX_FLOOD_RATE || duration > MAX_FLOOD_DURATION {
+        bail!("--rate must be 1..={MAX_FLOOD_RATE} and --duration at most {MAX_FLOOD_DURATION:?}");
+    }
+    // The address the route to `to` leaves from: the checksum covers it.
+    let probe = UdpSocket::bind("0.0.0.0:0").context("binding a UDP socket")?;
+    probe
+        .connect(to)
+        .with_context(|| format!("no route to {to}"))?;
+    let SocketAddr::V4(local) = probe.local_addr()? else {
+        bail!("the route to {to} leaves from an IPv6 address");
+    };
+    // SAFETY: plain socket(2).
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if raw < 0 {
+        bail!("raw UDP socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    let destination = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let total = u64::from(rate) * duration.as_millis() as u64 / 1000;
+    let mut ports = FLOOD_PORTS.cycle();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        // Catch up with the schedule, then sleep a little: an even rate.
+        let due =
+            (started.elapsed().as_nanos() as u64 * u64::from(rate) / 1_000_000_000).min(total);
+        while sent < due {
+            let port = ports.next().unwrap_or(*FLOOD_PORTS.start());
+            let bytes = datagram(SocketAddrV4::new(*local.ip(), port), to, b"flood\n");
+            // SAFETY: valid fd, buffer and address of the size passed.
+            let n = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    0,
+                    (&destination as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n < 0 {
+                let error = std::io::Error::last_os_error();
+                // A full socket buffer: the next round tries again.
+                if error.raw_os_error() == Some(libc::ENOBUFS) {
+                    break;
+                }
+                return Err(error).context("sending a datagram");
+            }
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(Flooded {
+        datagrams: sent,
+        took: started.elapsed(),
+    })
+}
+
 /// Parses a duration with a unit (`1s`, `500ms`, `2m`, `1m30s`) by the
 /// agent's own rule (lb-config's): a bare number is refused.
 pub fn parse_duration(text: &str) -> Result<Duration> {
@@ -117,6 +243,35 @@ mod tests {
         );
         assert!(parse_duration("1x").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flood_datagrams_carry_a_valid_checksum() {
+        let source = SocketAddrV4::new(Ipv4Addr::new(10, 100, 0, 2), 1024);
+        let to = SocketAddrV4::new(Ipv4Addr::new(10, 100, 0, 100), 5353);
+        let bytes = datagram(source, to, b"flood\n");
+        assert_eq!(&bytes[0..2], &1024u16.to_be_bytes());
+        assert_eq!(&bytes[2..4], &5353u16.to_be_bytes());
+        assert_eq!(&bytes[4..6], &14u16.to_be_bytes());
+        // With its checksum in place, a valid segment and its pseudo-header
+        // add up to all ones (RFC 1071).
+        let mut words: Vec<u8> = Vec::new();
+        words.extend_from_slice(&source.ip().octets());
+        words.extend_from_slice(&to.ip().octets());
+        words.extend_from_slice(&[0, 17, 0, bytes.len() as u8]);
+        words.extend_from_slice(&bytes);
+        words.push(0);
+        let mut sum: u32 = words
+            .chunks_exact(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+        assert_ne!(&bytes[6..8], &[0, 0]);
+        assert!(flood(to, 0, Duration::from_secs(1)).is_err());
+        assert!(flood(to, MAX_FLOOD_RATE + 1, Duration::from_secs(1)).is_err());
     }
 
     #[test]

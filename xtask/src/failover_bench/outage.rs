@@ -1,6 +1,6 @@
-//! The failover benchmark: the outage a client sees when the master fails,
-//! for the agent pair and for the classic keepalived + HAProxy pair in the
-//! same lab in the same run, with VRRPv2 at 1 s and VRRPv3 at 100 ms.
+//! The outage a client sees when the master fails, for the agent pair and
+//! for the classic keepalived + HAProxy pair in the same lab in the same
+//! run, with VRRPv2 at 1 s and VRRPv3 at 100 ms.
 //!
 //! A probe opens a new HTTP connection to the VIP every 10 ms (`probe`).
 //! Two ways the master fails: its processes are killed with SIGKILL (the
@@ -11,6 +11,7 @@ use std::{net::SocketAddrV4, process::Command, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 
+use super::{fail_master, Failure, Pair};
 use crate::{
     lab::{Lab, LabOptions, LbSetup, Node, VrrpVersion, HTTP_PORT, VIP},
     probe::{self, Sample},
@@ -21,38 +22,6 @@ const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Probing before the failure, so the table shows a healthy start.
 const LEAD: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pair {
-    Agent,
-    Classic,
-}
-
-impl Pair {
-    fn label(self) -> &'static str {
-        match self {
-            Pair::Agent => "lb-agent (XDP)",
-            Pair::Classic => "keepalived + HAProxy",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// kill -9 of the master's processes.
-    Processes,
-    /// kill -9, and the node's links go down.
-    Node,
-}
-
-impl Failure {
-    fn label(self) -> &'static str {
-        match self {
-            Failure::Processes => "processes kill -9",
-            Failure::Node => "node lost",
-        }
-    }
-}
 
 struct Vrrp {
     version: VrrpVersion,
@@ -85,23 +54,6 @@ struct Row {
     outage: Duration,
     failed: usize,
     total: usize,
-}
-
-/// Kills the master (lb1) as `failure` says.
-fn fail_master(lab: &Lab, pair: Pair, failure: Failure) -> Result<()> {
-    match pair {
-        Pair::Agent => lab.kill_agent(Node::Lb1, libc::SIGKILL)?,
-        Pair::Classic => {
-            lab.stop_keepalived(Node::Lb1, libc::SIGKILL)?;
-            lab.kill_haproxy(Node::Lb1)?;
-        }
-    }
-    if failure == Failure::Node {
-        for link in ["pub0", "priv0"] {
-            lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])?;
-        }
-    }
-    Ok(())
 }
 
 fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failure) -> Result<Row> {
@@ -180,10 +132,10 @@ fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failur
 }
 
 /// Runs every combination and prints the table.
-pub fn run(agent_bin: &std::path::Path) -> Result<()> {
+pub(super) fn run(agent_bin: &std::path::Path) -> Result<()> {
     let mut rows = Vec::new();
     for vrrp in &SETTINGS {
-        for failure in [Failure::Processes, Failure::Node] {
+        for failure in [Failure::Kill, Failure::Node] {
             for pair in [Pair::Agent, Pair::Classic] {
                 eprintln!(
                     "xtask: failover: {} {}, {}...",

@@ -410,6 +410,15 @@ impl Lab {
     pub fn agent_cli(&self, node: Node, args: &[&str]) -> Result<Output> {
         cmd::output(self.agent_command(node).args(args))
     }
+
+    /// `node`'s `lb-agent status --json`; `Null` when the agent does not
+    /// answer (stopped, killed, starting).
+    pub fn status_json(&self, node: Node) -> serde_json::Value {
+        self.agent_cli(node, &["status", "--json"])
+            .ok()
+            .and_then(|out| serde_json::from_slice(&out.stdout).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
 }
 
 #[cfg(test)]

@@ -252,7 +252,14 @@ impl Lab {
             bail!("keepalived is not running on {}", self.ns(node));
         }
         if signal == libc::SIGKILL {
-            for &pid in &pids {
+            // The VRRP child gets SIGTERM when its parent dies (and then
+            // sends priority 0, a graceful handover), and the parent
+            // restarts a child that dies: freeze the parent, kill the
+            // child, then the parent, so nothing is sent, as in a crash.
+            if let Some(&parent) = pids.first() {
+                process::signal(parent, libc::SIGSTOP)?;
+            }
+            for &pid in pids.iter().rev() {
                 process::signal(pid, libc::SIGKILL)?;
             }
         } else if let Some(&parent) = pids.first() {

@@ -18,6 +18,7 @@
 //! - `handle`: `Lab`, commands in its namespaces, status
 //! - `topology`: namespaces, bridges, veths, addresses
 //! - `web`: nginx and the UDP responders
+//! - `download`: a long download from the client, watched to the last byte
 //! - `agent`: the agents' configs, start and stop, CLI
 //! - `classic`: keepalived + HAProxy on an LB node
 //! - `cloud`: the stand-in DigitalOcean API
@@ -26,6 +27,7 @@
 mod agent;
 mod classic;
 mod cloud;
+mod download;
 mod handle;
 mod lifecycle;
 mod node;
@@ -41,6 +43,7 @@ pub use agent::{
 };
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
 pub use cloud::{do_mock_binary, floating_ip_model, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
+pub use download::Download;
 pub use handle::Lab;
 pub use lifecycle::{ensure_all_lab_programs, LabGuard};
 pub use node::{

@@ -1,0 +1,86 @@
+//! The failover benchmark, in the same lab and run for the agent pair and
+//! the classic keepalived + HAProxy pair:
+//!
+//! - `outage`: how long new connections fail when the master fails;
+//! - `survival`: the share of established connections (keep-alive HTTP
+//!   and long downloads) that live through the master's failure;
+//! - `lag`: the flow sync's replication lag under a bounded new-flow load.
+//!
+//! (The new-flow cost with sync on and off is `xdp-bench sync`.)
+
+mod lag;
+mod outage;
+mod survival;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::lab::{Lab, Node};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    Agent,
+    Classic,
+}
+
+impl Pair {
+    fn label(self) -> &'static str {
+        match self {
+            Pair::Agent => "lb-agent (XDP)",
+            Pair::Classic => "keepalived + HAProxy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// kill -9 of the master's processes.
+    Kill,
+    /// kill -9, and the node's links go down, as when a machine dies.
+    Node,
+    /// The master stops as its service manager stops it (SIGTERM): VRRP
+    /// priority 0 hands over at once.
+    Graceful,
+}
+
+impl Failure {
+    fn label(self) -> &'static str {
+        match self {
+            Failure::Kill => "processes kill -9",
+            Failure::Node => "node lost",
+            Failure::Graceful => "graceful stop",
+        }
+    }
+}
+
+/// Fails the master (lb1) as `failure` says.
+fn fail_master(lab: &Lab, pair: Pair, failure: Failure) -> Result<()> {
+    match (pair, failure) {
+        (Pair::Agent, Failure::Graceful) => lab.stop_agent(Node::Lb1)?,
+        (Pair::Agent, _) => lab.kill_agent(Node::Lb1, libc::SIGKILL)?,
+        // HAProxy keeps running, as it may when only keepalived is
+        // stopped: the most its connections can hope for.
+        (Pair::Classic, Failure::Graceful) => lab.stop_keepalived(Node::Lb1, libc::SIGTERM)?,
+        (Pair::Classic, _) => {
+            lab.stop_keepalived(Node::Lb1, libc::SIGKILL)?;
+            lab.kill_haproxy(Node::Lb1)?;
+        }
+    }
+    if failure == Failure::Node {
+        for link in ["pub0", "priv0"] {
+            lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the three parts and prints their tables.
+pub fn run(agent_bin: &Path) -> Result<()> {
+    println!("\n--- Established connections through the master when it fails");
+    survival::run(agent_bin)?;
+    println!("\n--- Flow sync replication lag under a bounded new-flow load");
+    lag::run(agent_bin)?;
+    println!("\n--- Outage for new connections");
+    outage::run(agent_bin)
+}
