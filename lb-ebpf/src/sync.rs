@@ -13,10 +13,17 @@ pub fn report(settings: &Settings, client: &FlowKey, flow: &FlowValue) {
     if settings.sync_events == 0 {
         return;
     }
-    if FLOW_EVENTS.output(&FlowEvent::of(client, flow), 0).is_err() {
-        if let Some(lost) = FLOW_EVENTS_LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, only this CPU writes it while we run.
-            unsafe { *lost += 1 };
+    // Written in place in the ring: no copy on the stack first.
+    match FLOW_EVENTS.reserve(0) {
+        Some(mut entry) => {
+            entry.write(FlowEvent::of(client, flow));
+            entry.submit(0);
+        }
+        None => {
+            if let Some(lost) = FLOW_EVENTS_LOST.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot, only this CPU writes it while we run.
+                unsafe { *lost += 1 };
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use integration_tests::{
     packet::{Frame, TCP_ACK, TCP_SYN},
     program::*,
 };
-use lb_common::{flow_state, FlowKey, FlowValue, Settings, PROTO_TCP};
+use lb_common::{flow_state, FlowKey, FlowValue, Settings, HALF_OPEN_SLOTS, PROTO_TCP};
 
 const DEFAULT_REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
@@ -81,6 +81,12 @@ fn main() {
     }
     h.set_settings(settings);
     h.add_service(0, VIP, 80, PROTO_TCP, &[(0, VIP, 80)]);
+    // Every run must see this CPU's half-open ring and counters.
+    stay_on_this_cpu();
+    let (mut ring_h, ring_settings) = ring_cycle_harness(&object);
+    let ring_syn = Frame::tcp(CLIENT, RING_PORT_MAX, VIP, 80, TCP_SYN)
+        .macs(PUB_MAC, VIP_MAC)
+        .build();
     let trivial_h = Harness::with_program(&trivial, "trivial", MAX_FLOWS);
     let floor_h = Harness::with_program(&trivial, "conntrack_floor", MAX_FLOWS);
 
@@ -102,7 +108,7 @@ fn main() {
         .macs(PUB_MAC, VIP_MAC)
         .build();
     if sync_only {
-        sync_comparison(&mut h, settings, &syn, repeat);
+        sync_comparison(&mut ring_h, ring_settings, &ring_syn, repeat);
         return;
     }
     // XDP_BENCH_SKIP_NEW=1 leaves the new-flow path out (for experiments
@@ -112,7 +118,7 @@ fn main() {
     // Every round measures every path once, so that the machine's slow
     // spells (a shared VM's neighbours) hit all paths alike; each path's
     // best round counts.
-    let mut best = [Duration::MAX; 6];
+    let mut best = [Duration::MAX; 7];
     for _ in 0..ROUNDS {
         h.set_settings(settings);
         // New flows may have taken over the established flow's NAT port.
@@ -124,10 +130,12 @@ fn main() {
             time_path(&h, &reply, XDP_TX, true, repeat),
             time_path(&h, &pass, XDP_PASS, true, repeat),
             Duration::ZERO,
+            Duration::ZERO,
         ];
         if !skip_new {
-            times[2] = new_flow_time(&mut h, settings, &syn, repeat);
+            times[2] = ring_cycle_new_flow_time(&mut ring_h, ring_settings, &ring_syn, repeat);
             times[5] = time_path(&floor_h, &syn, XDP_TX, true, repeat);
+            times[6] = new_flow_time(&mut h, settings, &syn, repeat);
         }
         for (best, time) in best.iter_mut().zip(times) {
             *best = (*best).min(time);
@@ -145,6 +153,7 @@ fn main() {
         "reply direction",
         "non-VIP pass",
         "conntrack floor (new flow)",
+        "new flow, evicting half-open",
     ];
     for (name, t) in names.iter().zip(best) {
         println!("{:<28} {:>10.1} {:>10.2}", name, ns(t), ns(t) / base);
@@ -165,7 +174,57 @@ fn main() {
             "a new flow's two conntrack inserts alone cost {:.1}x the trivial program",
             ns(best[5]) / base
         );
+        println!(
+            "a new flow that first ends a half-open one (a SYN flood's steady state) costs {:.2}x the conntrack floor",
+            ns(best[6]) / ns(best[5]).max(1.0)
+        );
     }
+}
+
+/// NAT ports of the ring-cycle harness: exactly one half-open ring's worth.
+const RING_PORT_MIN: u16 = PORT_MIN;
+const RING_PORT_MAX: u16 = PORT_MIN + (HALF_OPEN_SLOTS - 1) as u16;
+
+/// A balancer whose new-flow runs never end a half-open flow, as on a
+/// node that is not under a SYN flood. Each run's SYN comes from the NAT
+/// port the previous run gave out (the rewrite leaves it so), and with as
+/// many NAT ports as half-open ring slots the ports, the client keys and
+/// the ring come round together: the slot a flow takes holds the flow it
+/// replaces in place. Without that, each run's slot would hold another
+/// still half-open flow of the loop, and every run would also end one.
+fn ring_cycle_harness(object: &std::path::Path) -> (Harness, Settings) {
+    let mut h = Harness::with_capacity(object, RING_PORT_MIN, RING_PORT_MAX, MAX_FLOWS);
+    let mut settings = h.ebpf_settings();
+    settings.snat_addrs[0] = CLIENT;
+    settings.public_mac = VIP_MAC;
+    settings.private_mac = CLIENT_MAC;
+    settings.half_open_per_cpu = HALF_OPEN_SLOTS;
+    h.set_settings(settings);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, VIP, 80)]);
+    (h, settings)
+}
+
+/// `new_flow_time` on the ring-cycle harness, checking that no run ended a
+/// half-open flow or ran out of ports (either would time another path).
+/// Each call starts from the same SYN, so each call's runs (the checked
+/// one and the timed ones) must fill whole rounds of the ring: `repeat`
+/// is rounded up to one less than a multiple of the ring's length.
+fn ring_cycle_new_flow_time(h: &mut Harness, settings: Settings, syn: &[u8], repeat: u32) -> Duration {
+    let repeat = (repeat + 1).div_ceil(HALF_OPEN_SLOTS) * HALF_OPEN_SLOTS - 1;
+    let evicted = h.half_open_evicted();
+    let exhausted = h.reason_count(lb_common::Reason::DropPortExhausted);
+    let time = new_flow_time(h, settings, syn, repeat);
+    assert_eq!(
+        h.half_open_evicted(),
+        evicted,
+        "the ring-cycle new flows ended half-open flows"
+    );
+    assert_eq!(
+        h.reason_count(lb_common::Reason::DropPortExhausted),
+        exhausted,
+        "the ring-cycle new flows ran out of NAT ports"
+    );
+    time
 }
 
 /// A tracked flow whose NAT rewrite is a fixed point (see the top).
@@ -225,8 +284,10 @@ fn time_path(h: &Harness, frame: &[u8], action: u32, fixed_point: bool, repeat: 
         assert_eq!(out, frame, "benchmarked frame is not a fixed point");
     }
     let before = counted(None);
+    // The timed runs go on from the frame the checked run left, as they go
+    // on from each other's.
     let time = h
-        .run_repeat(h.pub_ifindex, frame, repeat)
+        .run_repeat(h.pub_ifindex, &out, repeat)
         .unwrap_or_else(|e| panic!("test run: {e:?}"))
         .2;
     if counters {
@@ -261,8 +322,9 @@ fn new_flow_time(h: &mut Harness, settings: Settings, syn: &[u8], repeat: u32) -
 /// New flows per timed run with flow sync events on: the ring holds about
 /// 87,000 events (4 MiB), so each run stays well inside it and the ring is
 /// emptied between runs, as the agent empties it; a full ring would time
-/// the cheaper path of an event that is only counted as lost.
-const SYNC_BATCH: u32 = 20_000;
+/// the cheaper path of an event that is only counted as lost. (Rounded as
+/// `ring_cycle_new_flow_time` rounds: 65,535.)
+const SYNC_BATCH: u32 = 4 * HALF_OPEN_SLOTS - 1;
 
 /// The new-flow path with `sync_events` off and on, alternating batches of
 /// `SYNC_BATCH` runs so that both see the same machine; each side's best
@@ -280,7 +342,7 @@ fn sync_comparison(h: &mut Harness, settings: Settings, syn: &[u8], repeat: u32)
                     sync_events,
                     ..settings
                 };
-                total[side] += new_flow_time(h, with, syn, SYNC_BATCH);
+                total[side] += ring_cycle_new_flow_time(h, with, syn, SYNC_BATCH);
                 events += h.take_flow_events().len();
             }
         }
