@@ -209,7 +209,12 @@ fn ring_cycle_harness(object: &std::path::Path) -> (Harness, Settings) {
 /// Each call starts from the same SYN, so each call's runs (the checked
 /// one and the timed ones) must fill whole rounds of the ring: `repeat`
 /// is rounded up to one less than a multiple of the ring's length.
-fn ring_cycle_new_flow_time(h: &mut Harness, settings: Settings, syn: &[u8], repeat: u32) -> Duration {
+fn ring_cycle_new_flow_time(
+    h: &mut Harness,
+    settings: Settings,
+    syn: &[u8],
+    repeat: u32,
+) -> Duration {
     let repeat = (repeat + 1).div_ceil(HALF_OPEN_SLOTS) * HALF_OPEN_SLOTS - 1;
     let evicted = h.half_open_evicted();
     let exhausted = h.reason_count(lb_common::Reason::DropPortExhausted);
