@@ -88,6 +88,8 @@ struct Progress {
     peer_in_sync: bool,
     pending: VecDeque<(u64, u64)>,
     lags: VecDeque<u64>,
+    /// When the last refresh of the peer's copies started.
+    last_refresh: Option<Instant>,
     shown: SyncStatus,
 }
 
@@ -316,13 +318,16 @@ impl Link {
         });
     }
 
-    /// Sends the flows active within `window` again (twice the interval:
-    /// a refresh skipped while a transfer was under way loses nothing), so
-    /// that their copies on the peer stay as fresh as they are here.
+    /// Sends the flows active within `window` again (twice the interval),
+    /// or since the last refresh if that was longer ago (refreshes skipped
+    /// while a transfer was under way, an interval shortened by a reload),
+    /// so that their copies on the peer stay as fresh as they are here.
     fn start_refresh(&mut self, progress: &mut Progress, window: Duration) {
         if progress.outgoing.is_some() || !progress.peer_in_sync {
             return;
         }
+        let window = refresh_window(window, progress.last_refresh.map(|at| at.elapsed()));
+        progress.last_refresh = Some(Instant::now());
         let now = monotonic_ns();
         let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         let rest: VecDeque<FlowEvent> = self
@@ -442,6 +447,13 @@ fn refresh_interval(settings: &Settings) -> Duration {
     Duration::from_nanos(shortest / 4).clamp(REFRESH_MIN, REFRESH_MAX)
 }
 
+/// How far back a refresh looks: `window`, or back past the last refresh
+/// (`since_last` ago) by half a window, whichever is longer, so that no
+/// flow active between two refreshes is left out.
+fn refresh_window(window: Duration, since_last: Option<Duration>) -> Duration {
+    since_last.map_or(window, |since| window.max(since + window / 2))
+}
+
 /// The refresh timer, first ticking one interval from now: at start the
 /// peer is about to ask for the whole table anyway.
 fn refresh_timer(every: Duration) -> tokio::time::Interval {
@@ -478,6 +490,22 @@ fn percentiles(samples: &VecDeque<u64>) -> (Option<u64>, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refresh_looks_back_past_the_last_one() {
+        let window = Duration::from_secs(30);
+        assert_eq!(refresh_window(window, None), window);
+        assert_eq!(
+            refresh_window(window, Some(Duration::from_secs(15))),
+            window
+        );
+        // After a reload cut the interval from 60 s to 15 s, or refreshes
+        // skipped during a transfer: back to before the last one.
+        assert_eq!(
+            refresh_window(window, Some(Duration::from_secs(60))),
+            Duration::from_secs(75)
+        );
+    }
 
     #[test]
     fn refreshes_come_four_times_per_shortest_active_timeout_within_bounds() {
