@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     cmd,
-    lab::{Lab, LabOptions, LbSetup, Node, UDP_PORT, VIP},
+    lab::{Lab, Node, UDP_PORT, VIP},
 };
 
 const PREFIX: &str = "blag";
@@ -101,11 +101,7 @@ pub(super) fn run(agent_bin: &Path) -> Result<()> {
     for rate in RATES {
         eprintln!("xtask: sync lag at {rate} new flows/s...");
         // A fresh pair for each rate: the lag samples are then this load's.
-        let options = LabOptions {
-            agent_bin: Some(agent_bin.to_path_buf()),
-            lbs: LbSetup::HaPair,
-            ..LabOptions::with_prefix(PREFIX)
-        };
+        let options = super::pair_options(agent_bin, super::Pair::Agent, PREFIX);
         let lab = Lab::up_guarded(&options)?;
         if !cmd::wait_until(SYNC_WAIT, || {
             sync_field(&lab, Node::Lb2, "state") == "in-sync"

@@ -7,13 +7,13 @@
 //! agent; keepalived and HAProxy), or the whole node is lost (the same, and
 //! its links go down, as when a machine dies).
 
-use std::{net::SocketAddrV4, process::Command, time::Duration};
+use std::{net::SocketAddrV4, time::Duration};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
-use super::{fail_master, Failure, Pair};
+use super::{fail_master, pair_options, ClientTool, Failure, Pair};
 use crate::{
-    lab::{Lab, LabOptions, LbSetup, Node, VrrpVersion, HTTP_PORT, VIP},
+    lab::{Lab, LabOptions, Node, VrrpVersion, HTTP_PORT, VIP},
     probe::{self, Sample},
 };
 
@@ -58,16 +58,9 @@ struct Row {
 
 fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failure) -> Result<Row> {
     let options = LabOptions {
-        agent_bin: Some(agent_bin.to_path_buf()),
-        lbs: LbSetup::HaPair,
         vrrp: vrrp.version,
         advert_int: vrrp.advert_int,
-        classic: if pair == Pair::Classic {
-            Node::LBS.to_vec()
-        } else {
-            Vec::new()
-        },
-        ..LabOptions::with_prefix(PREFIX)
+        ..pair_options(agent_bin, pair, PREFIX)
     };
     let lab = Lab::up_guarded(&options)?;
     // lb2 has heard the master and settled as backup.
@@ -77,20 +70,20 @@ fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failur
     let every = format!("{}ms", PROBE_EVERY.as_millis());
     let timeout = format!("{}ms", PROBE_TIMEOUT.as_millis());
     let seconds = format!("{}ms", duration.as_millis());
-    let mut command = Command::new("ip");
-    command.args(["netns", "exec", &lab.ns(Node::Client)]);
-    command.arg(lab.xtask_bin()).args([
+    let prober = ClientTool::start(
+        &lab,
         "probe",
-        "--target",
-        &target,
-        "--every",
-        &every,
-        "--duration",
-        &seconds,
-        "--timeout",
-        &timeout,
-    ]);
-    let prober = std::thread::spawn(move || command.output());
+        &[
+            "--target",
+            &target,
+            "--every",
+            &every,
+            "--duration",
+            &seconds,
+            "--timeout",
+            &timeout,
+        ],
+    );
     std::thread::sleep(LEAD);
     // Fail right after an advert reached lb2: every run then starts at the
     // same phase of lb2's master-down timer, so runs and pairs compare.
@@ -106,19 +99,10 @@ fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failur
         ],
     )?;
     fail_master(&lab, pair, failure)?;
-    let output = prober
-        .join()
-        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
-        .context("running xtask probe")?;
-    if !output.status.success() {
-        bail!(
-            "xtask probe failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let samples: Vec<Sample> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(Sample::parse)
+    let samples: Vec<Sample> = prober
+        .lines()?
+        .iter()
+        .filter_map(|l| Sample::parse(l))
         .collect();
     drop(lab);
     Ok(Row {

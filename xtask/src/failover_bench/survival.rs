@@ -8,17 +8,16 @@
 use std::{
     net::SocketAddrV4,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
-use super::{fail_master, Failure, Pair};
+use super::{fail_master, pair_options, ClientTool, Failure, Pair};
 use crate::{
     cmd,
     hold::Held,
-    lab::{Download, Lab, LabOptions, LbSetup, Node, HTTP_PORT, SLOW_BYTES, SLOW_RATE, VIP},
+    lab::{Download, Lab, Node, HTTP_PORT, SLOW_BYTES, SLOW_RATE, VIP},
 };
 
 const PREFIX: &str = "bsurv";
@@ -56,16 +55,7 @@ fn in_sync(lab: &Lab, node: Node) -> bool {
 }
 
 fn measure(agent_bin: &Path, pair: Pair, failure: Failure) -> Result<Row> {
-    let options = LabOptions {
-        agent_bin: Some(agent_bin.to_path_buf()),
-        lbs: LbSetup::HaPair,
-        classic: if pair == Pair::Classic {
-            Node::LBS.to_vec()
-        } else {
-            Vec::new()
-        },
-        ..LabOptions::with_prefix(PREFIX)
-    };
+    let options = pair_options(agent_bin, pair, PREFIX);
     let lab = Lab::up_guarded(&options)?;
     if pair == Pair::Agent && !cmd::wait_until(SYNC_WAIT, || in_sync(&lab, Node::Lb2)) {
         bail!(
@@ -80,22 +70,23 @@ fn measure(agent_bin: &Path, pair: Pair, failure: Failure) -> Result<Row> {
     let target = SocketAddrV4::new(VIP, HTTP_PORT).to_string();
     let hold = format!("{}ms", HOLD.as_millis());
     let connections = CONNECTIONS.to_string();
-    let mut holder = Command::new("ip");
-    holder.args(["netns", "exec", &lab.ns(Node::Client)]);
-    holder
-        .arg(lab.xtask_bin())
-        .args(["hold", "--target", &target, "--connections", &connections])
-        .args([
+    let started = Instant::now();
+    let holder = ClientTool::start(
+        &lab,
+        "hold",
+        &[
+            "--target",
+            &target,
+            "--connections",
+            &connections,
             "--every",
             REQUEST_EVERY,
             "--duration",
             &hold,
             "--timeout",
             REQUEST_TIMEOUT,
-        ])
-        .stdin(Stdio::null());
-    let started = Instant::now();
-    let holder = std::thread::spawn(move || holder.output());
+        ],
+    );
     let mut downloads = (0..DOWNLOADS)
         .map(|n| Download::start(&lab, &format!("survival-{n}")))
         .collect::<Result<Vec<_>>>()?;
@@ -120,19 +111,10 @@ fn measure(agent_bin: &Path, pair: Pair, failure: Failure) -> Result<Row> {
     let failed_after = started.elapsed();
     fail_master(&lab, pair, failure)?;
 
-    let output = holder
-        .join()
-        .map_err(|_| anyhow::anyhow!("the holder thread panicked"))?
-        .context("running xtask hold")?;
-    if !output.status.success() {
-        bail!(
-            "xtask hold failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let held: Vec<Held> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(Held::parse)
+    let held: Vec<Held> = holder
+        .lines()?
+        .iter()
+        .filter_map(|l| Held::parse(l))
         .collect();
     let download_limit = Duration::from_secs((SLOW_BYTES / SLOW_RATE) as u64 + 30);
     let mut first_failure = held.iter().find_map(|h| h.failure.clone());
