@@ -218,47 +218,22 @@ fn capture_sync_datagram(lab: &Lab) -> Vec<u8> {
     let ns = integration_tests::netns::NetNs::existing(&lab.ns(Node::Lb2));
     std::thread::spawn(move || {
         ns.enter_current_thread();
-        // SAFETY: plain socket(2) for IP packets of every interface.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM,
-                i32::from((libc::ETH_P_IP as u16).to_be()),
-            )
-        };
-        assert!(
-            raw >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh fd we own.
-        let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        let timeout = libc::timeval {
-            tv_sec: 1,
-            tv_usec: 0,
-        };
-        // SAFETY: valid fd and option value.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::addr_of!(timeout).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        // IP packets of every interface, without their link headers.
+        let protocol = socket2::Protocol::from(i32::from((libc::ETH_P_IP as u16).to_be()));
+        let socket = socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::DGRAM,
+            Some(protocol),
+        )
+        .expect("packet socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("receive timeout");
         let mut buf = [0u8; 2048];
         for _ in 0..200 {
-            // SAFETY: valid fd and buffer.
-            let n = unsafe {
-                libc::recv(
-                    std::os::fd::AsRawFd::as_raw_fd(&socket),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
+            let Ok(n) = std::io::Read::read(&mut &socket, &mut buf) else {
+                continue;
             };
-            let Ok(n) = usize::try_from(n) else { continue };
             let packet = &buf[..n];
             let header = usize::from(packet.first().copied().unwrap_or(0) & 0x0f) * 4;
             let from_lb1 = packet.get(12..16) == Some(&[10, 200, 0, 11]);
