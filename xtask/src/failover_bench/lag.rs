@@ -9,10 +9,8 @@ use std::{net::SocketAddrV4, path::Path, time::Duration};
 
 use anyhow::{bail, Result};
 
-use crate::{
-    cmd,
-    lab::{Lab, Node, UDP_PORT, VIP},
-};
+use super::{sync_count, sync_field};
+use crate::lab::{Lab, Node, UDP_PORT, VIP};
 
 const PREFIX: &str = "blag";
 /// New flows per second: the target load.
@@ -20,7 +18,6 @@ const RATES: [u32; 2] = [1_000, 10_000];
 /// Short enough that every flow keeps its NAT port within the node's half
 /// of the lab's port range (about 32,000 per backend).
 const LOAD: Duration = Duration::from_secs(2);
-const SYNC_WAIT: Duration = Duration::from_secs(15);
 /// The target for the lag's 99th percentile at 10,000 new flows/s.
 const TARGET_P99: Duration = Duration::from_millis(50);
 
@@ -35,19 +32,11 @@ struct Row {
     dropped: u64,
 }
 
-fn sync_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
-    lab.status_json(node)["sync"][field].clone()
-}
-
-fn count(lab: &Lab, node: Node, field: &str) -> u64 {
-    sync_field(lab, node, field).as_u64().unwrap_or(0)
-}
-
 fn measure(lab: &Lab, rate: u32) -> Result<Row> {
-    let sent_before = count(lab, Node::Lb1, "records_sent");
-    let installed_before = count(lab, Node::Lb2, "installed");
+    let sent_before = sync_count(lab, Node::Lb1, "records_sent");
+    let installed_before = sync_count(lab, Node::Lb2, "installed");
     let dropped_before =
-        count(lab, Node::Lb1, "queue_dropped") + count(lab, Node::Lb1, "events_lost");
+        sync_count(lab, Node::Lb1, "queue_dropped") + sync_count(lab, Node::Lb1, "events_lost");
     let to = SocketAddrV4::new(VIP, UDP_PORT).to_string();
     let rate_arg = rate.to_string();
     let load = format!("{}ms", LOAD.as_millis());
@@ -72,12 +61,13 @@ fn measure(lab: &Lab, rate: u32) -> Result<Row> {
         rate,
         sent,
         took,
-        records_sent: count(lab, Node::Lb1, "records_sent") - sent_before,
-        installed: count(lab, Node::Lb2, "installed") - installed_before,
+        records_sent: sync_count(lab, Node::Lb1, "records_sent") - sent_before,
+        installed: sync_count(lab, Node::Lb2, "installed") - installed_before,
         p50_us: sync_field(lab, Node::Lb1, "lag_p50_us").as_u64(),
         p99_us: sync_field(lab, Node::Lb1, "lag_p99_us").as_u64(),
-        dropped: (count(lab, Node::Lb1, "queue_dropped") + count(lab, Node::Lb1, "events_lost"))
-            .saturating_sub(dropped_before),
+        dropped: (sync_count(lab, Node::Lb1, "queue_dropped")
+            + sync_count(lab, Node::Lb1, "events_lost"))
+        .saturating_sub(dropped_before),
     })
 }
 
@@ -103,14 +93,7 @@ pub(super) fn run(agent_bin: &Path) -> Result<()> {
         // A fresh pair for each rate: the lag samples are then this load's.
         let options = super::pair_options(agent_bin, super::Pair::Agent, PREFIX);
         let lab = Lab::up_guarded(&options)?;
-        if !cmd::wait_until(SYNC_WAIT, || {
-            sync_field(&lab, Node::Lb2, "state") == "in-sync"
-        }) {
-            bail!(
-                "lb2 did not get lb1's flow table: {}",
-                lab.status_json(Node::Lb2)["sync"]
-            );
-        }
+        super::wait_lb2_in_sync(&lab)?;
         rows.push(measure(&lab, rate)?);
     }
     println!(

@@ -16,11 +16,15 @@ use std::{
     path::Path,
     process::{Command, Output, Stdio},
     thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::lab::{Lab, LabOptions, LbSetup, Node};
+use crate::{
+    cmd,
+    lab::{Lab, LabOptions, LbSetup, Node},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pair {
@@ -70,6 +74,33 @@ fn pair_options(agent_bin: &Path, pair: Pair, prefix: &str) -> LabOptions {
         },
         ..LabOptions::with_prefix(prefix)
     }
+}
+
+/// How long a node's sync may take to reach `in-sync`, and lb2 to install
+/// what lb1 sends it.
+const SYNC_WAIT: Duration = Duration::from_secs(15);
+
+/// A field of `node`'s sync status (`Null` when absent).
+fn sync_field(lab: &Lab, node: Node, field: &str) -> serde_json::Value {
+    lab.status_json(node)["sync"][field].clone()
+}
+
+/// A count of `node`'s sync status (0 when absent).
+fn sync_count(lab: &Lab, node: Node, field: &str) -> u64 {
+    sync_field(lab, node, field).as_u64().unwrap_or(0)
+}
+
+/// Waits until lb2 holds lb1's flow table.
+fn wait_lb2_in_sync(lab: &Lab) -> Result<()> {
+    if !cmd::wait_until(SYNC_WAIT, || {
+        sync_field(lab, Node::Lb2, "state") == "in-sync"
+    }) {
+        bail!(
+            "lb2 did not get lb1's flow table: {}",
+            lab.status_json(Node::Lb2)["sync"]
+        );
+    }
+    Ok(())
 }
 
 /// Fails the master (lb1) as `failure` says.

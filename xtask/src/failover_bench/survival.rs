@@ -13,7 +13,9 @@ use std::{
 
 use anyhow::{bail, Result};
 
-use super::{fail_master, pair_options, ClientTool, Failure, Pair};
+use super::{
+    fail_master, pair_options, sync_count, wait_lb2_in_sync, ClientTool, Failure, Pair, SYNC_WAIT,
+};
 use crate::{
     cmd,
     hold::Held,
@@ -30,8 +32,6 @@ const REQUEST_TIMEOUT: &str = "15s";
 /// How long the keep-alive connections are held; the master fails a few
 /// seconds in, so most of it is after the failure.
 const HOLD: Duration = Duration::from_secs(25);
-/// How long lb2 may take to hold lb1's table, then the new connections.
-const SYNC_WAIT: Duration = Duration::from_secs(15);
 
 struct Row {
     pair: Pair,
@@ -45,23 +45,11 @@ struct Row {
     first_failure: Option<String>,
 }
 
-/// A number from lb2's sync status (0 when absent).
-fn sync_count(lab: &Lab, node: Node, field: &str) -> u64 {
-    lab.status_json(node)["sync"][field].as_u64().unwrap_or(0)
-}
-
-fn in_sync(lab: &Lab, node: Node) -> bool {
-    lab.status_json(node)["sync"]["state"] == "in-sync"
-}
-
 fn measure(agent_bin: &Path, pair: Pair, failure: Failure) -> Result<Row> {
     let options = pair_options(agent_bin, pair, PREFIX);
     let lab = Lab::up_guarded(&options)?;
-    if pair == Pair::Agent && !cmd::wait_until(SYNC_WAIT, || in_sync(&lab, Node::Lb2)) {
-        bail!(
-            "lb2 did not get lb1's flow table: {}",
-            lab.status_json(Node::Lb2)["sync"]
-        );
+    if pair == Pair::Agent {
+        wait_lb2_in_sync(&lab)?;
     }
     // lb2 has heard the master and settled as backup.
     std::thread::sleep(Duration::from_secs(2));
