@@ -24,8 +24,16 @@ pub mod map_names {
     pub const RR_CURSORS: &str = "rr_cursors";
     /// Client-side `FlowKey` -> `FlowValue`: forward connection tracking.
     pub const FLOWS: &str = "flows";
-    /// Backend-side `FlowKey` -> `ReplyValue`: reverse connection tracking.
-    pub const REPLIES: &str = "replies";
+    /// Port pool id -> the pool's reply table: an array of `ReplyValue`s
+    /// indexed by `port_slot` (SNAT address index, port), `live` while a
+    /// flow holds that NAT source: reverse connection tracking.
+    pub const REPLY_TABLES: &str = "reply_tables";
+    /// `PoolKey` (backend address, port, protocol) -> port pool id: the
+    /// reply table a backend's packets are looked up in.
+    pub const POOL_IDS: &str = "pool_ids";
+    /// Before reply tables: backend-side `FlowKey` -> `ReplyValue`. Only
+    /// read once, to carry an older agent's flows over (`dataplane`).
+    pub const LEGACY_REPLIES: &str = "replies";
     /// Index 0 -> `Settings`: node-wide settings written by the agent.
     pub const SETTINGS: &str = "settings";
     /// ifindex -> ifindex: interfaces the program may redirect to.
@@ -87,6 +95,17 @@ pub const MAX_NEIGH_MISSES: u32 = 1024;
 pub const PORT_CLAIM_TRIES: u32 = 3;
 /// Most source addresses in the SNAT pool (`Settings::snat_addrs`).
 pub const MAX_SNAT_ADDRESSES: usize = 16;
+/// Entries a reply table has per SNAT address: one per port, so that a
+/// `port_slot` is its own index.
+pub const REPLY_SLOTS_PER_ADDRESS: u32 = 1 << 16;
+/// `BPF_F_INNER_MAP`: reply tables of different sizes can stand in one
+/// outer map (the kernel then checks each lookup against the table's own size).
+pub const INNER_MAP_FLAG: u32 = 1 << 12;
+
+/// Entries of the reply table of a pool whose SNAT layout has `addresses` addresses.
+pub const fn reply_table_len(addresses: u32) -> u32 {
+    addresses * REPLY_SLOTS_PER_ADDRESS
+}
 /// Slots of each CPU's half-open ring: the most half-open flows one CPU
 /// keeps (`Settings::half_open_per_cpu` may ask for fewer).
 pub const HALF_OPEN_SLOTS: u32 = 16384;
@@ -240,28 +259,6 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// The key of a flow's `replies` entry: the backend's answers, from the
-/// backend to the NAT source (`snat_addr`:`lb_port`). The program claims a
-/// NAT source with it and the agent finds and frees the claim with it, so
-/// the two must build it alike: one definition, here.
-#[inline(always)]
-pub fn reply_key(
-    backend_addr: [u8; 4],
-    backend_port: u16,
-    snat_addr: [u8; 4],
-    lb_port: u16,
-    proto: u8,
-) -> FlowKey {
-    FlowKey {
-        src_addr: backend_addr,
-        dst_addr: snat_addr,
-        src_port: backend_port,
-        dst_port: lb_port,
-        proto,
-        _pad: [0; 3],
-    }
-}
-
 /// Life-cycle of a tracked flow; picks its idle timeout.
 pub mod flow_state {
     /// TCP: SYN seen, no reply from the backend yet.
@@ -398,8 +395,8 @@ pub struct NextHop {
     pub looked_up_ns: u64,
 }
 
-/// Reverse connection-tracking entry, keyed by the backend's reply `FlowKey`
-/// (backend -> NAT source). It holds what a reply needs to reach the client,
+/// Reverse connection-tracking entry: the one of a NAT source (SNAT
+/// address, port) in the reply table of the backend's port pool. It holds what a reply needs to reach the client,
 /// so most replies take one lookup; the forward entry, which it names,
 /// holds the flow's state and freshness and is visited by the replies that
 /// change them (SYN, FIN, RST; every UDP datagram).
@@ -415,10 +412,36 @@ pub struct ReplyValue {
     pub service_id: u32,
     pub backend_id: u32,
     pub _pad: u32,
+    /// `reply_claim`: a flow claims the entry's NAT source and gives it
+    /// back by flipping this word (atomically in the program; 64 bits, the
+    /// width of the BPF compare-and-swap).
+    pub live: u64,
+}
+
+/// `ReplyValue::live`: whether a flow holds the entry's NAT source, and
+/// where the source goes when the flow ends.
+pub mod reply_claim {
+    pub const FREE: u64 = 0;
+    /// Held; the source goes back to this node's pool.
+    pub const OWN: u64 = 1;
+    /// Held by a flow the HA peer opened from its own port slice: never
+    /// queued here.
+    pub const PEER: u64 = 2;
+}
+
+/// Which pool's reply table a backend's packet is looked up in: the
+/// backend endpoint a pool belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PoolKey {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 impl ReplyValue {
-    /// The reply entry of the flow `flow` of client key `client`.
+    /// The (live) reply entry of the flow `flow` of client key `client`.
     #[inline(always)]
     pub fn of(client: FlowKey, flow: &FlowValue) -> Self {
         Self {
@@ -428,6 +451,7 @@ impl ReplyValue {
             service_id: flow.service_id,
             backend_id: flow.backend_id,
             _pad: 0,
+            live: reply_claim::OWN,
         }
     }
 }
@@ -522,18 +546,24 @@ impl Settings {
         self.snat_addrs[index as usize & (MAX_SNAT_ADDRESSES - 1)]
     }
 
-    /// Whether `addr` is one of the pool's addresses. Unrolled compares:
-    /// cheaper than a map lookup, and only packets to a NAT port pay them.
+    /// Whether `addr` is one of the pool's addresses.
     #[inline(always)]
     pub fn is_snat_addr(&self, addr: [u8; 4]) -> bool {
+        self.snat_index_of(addr).is_some()
+    }
+
+    /// The index of `addr` in the pool. Unrolled compares: cheaper than a
+    /// map lookup, and only packets to a NAT port pay them.
+    #[inline(always)]
+    pub fn snat_index_of(&self, addr: [u8; 4]) -> Option<u8> {
         let mut index = 0;
         while index < MAX_SNAT_ADDRESSES {
             if (index as u32) < self.snat_count && self.snat_addrs[index] == addr {
-                return true;
+                return Some(index as u8);
             }
             index += 1;
         }
-        false
+        None
     }
 
     /// Now in nanoseconds of CLOCK_MONOTONIC, from a jiffies reading, when
@@ -724,6 +754,7 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::PortPool {}
+    unsafe impl aya::Pod for super::PoolKey {}
     unsafe impl aya::Pod for super::HalfOpenEntry {}
     unsafe impl aya::Pod for super::HalfOpenCursor {}
 }
@@ -741,7 +772,8 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<FlowValue>(), 64);
         assert_eq!(size_of::<NextHop>(), 24);
-        assert_eq!(size_of::<ReplyValue>(), 56);
+        assert_eq!(size_of::<ReplyValue>(), 64);
+        assert_eq!(size_of::<PoolKey>(), 8);
         assert_eq!(size_of::<Settings>(), 152);
         assert_eq!(size_of::<FlowEvent>(), 40);
         assert_eq!(size_of::<PortPool>(), 32);
@@ -761,22 +793,6 @@ mod tests {
         );
         assert_eq!(half_open_per_cpu(1024, 1 << 20, 256), 1, "never zero");
         assert_eq!(half_open_per_cpu(65536, 1 << 20, 0), 8192);
-    }
-
-    #[test]
-    fn a_reply_key_runs_from_the_backend_to_the_nat_source() {
-        let key = reply_key([10, 200, 0, 22], 8080, [10, 200, 0, 10], 20001, PROTO_TCP);
-        assert_eq!(
-            key,
-            FlowKey {
-                src_addr: [10, 200, 0, 22],
-                dst_addr: [10, 200, 0, 10],
-                src_port: 8080,
-                dst_port: 20001,
-                proto: PROTO_TCP,
-                _pad: [0; 3],
-            }
-        );
     }
 
     #[test]

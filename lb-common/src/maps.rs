@@ -6,7 +6,7 @@ use core::mem::size_of;
 
 use crate::{
     map_names::*, BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry,
-    NextHop, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
+    NextHop, PoolKey, PortPool, Reason, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
     FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
     RING_SLOTS,
 };
@@ -104,7 +104,7 @@ use MapKind::*;
 use OnMismatch::*;
 
 /// Every map the program declares, in a stable order.
-pub const MAPS: [MapSpec; 21] = [
+pub const MAPS: [MapSpec; 22] = [
     spec(
         SERVICES,
         Hash,
@@ -124,7 +124,6 @@ pub const MAPS: [MapSpec; 21] = [
     spec(RINGS, Array, 4, 4, RING_SLOTS, Replace),
     spec(RR_CURSORS, PerCpuArray, 4, 4, MAX_SERVICES, Refuse),
     flow_table(FLOWS, size_of::<FlowValue>()),
-    flow_table(REPLIES, size_of::<ReplyValue>()),
     spec(SETTINGS, Array, 4, size_of::<Settings>(), 1, Replace),
     spec(TX_PORTS, DevMapHash, 4, 8, MAX_TX_PORTS, Refuse),
     spec(
@@ -147,6 +146,17 @@ pub const MAPS: [MapSpec; 21] = [
     spec(VIPS, Hash, 4, 4, MAX_SERVICES, Refuse),
     spec(NEIGH_MISSES, LruHash, 4, 8, MAX_NEIGH_MISSES, Refuse),
     spec(PORT_QUEUES, ArrayOfMaps, 4, 4, MAX_BACKENDS, Refuse),
+    // Inner maps are `Array`s of `ReplyValue` (`reply_table_len`).
+    spec(REPLY_TABLES, ArrayOfMaps, 4, 4, MAX_BACKENDS, Refuse),
+    // Written whole from the pools' records at every start.
+    spec(
+        POOL_IDS,
+        Hash,
+        size_of::<PoolKey>(),
+        4,
+        MAX_BACKENDS,
+        Replace,
+    ),
     spec(
         PORT_POOLS,
         Array,

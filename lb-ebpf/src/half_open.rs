@@ -48,10 +48,7 @@ pub fn record(settings: &Settings, client: &FlowKey, flow: &FlowValue) {
     // SAFETY: per-CPU slot, as above; read in place (the program's stack
     // has no room for a copy).
     let recorded = unsafe { &mut *slot };
-    if recorded.client.proto != 0
-        && recorded.client != *client
-        && end_if_half_open(settings, recorded)
-    {
+    if recorded.client.proto != 0 && recorded.client != *client && end_if_half_open(recorded) {
         // SAFETY: as above.
         unsafe { (*cursor).evicted = (*cursor).evicted.wrapping_add(1) };
     }
@@ -78,7 +75,7 @@ fn ring_len(settings: &Settings) -> u32 {
 /// source; a later flow of the same client ports has another) and it is
 /// still half-open.
 #[inline(always)]
-fn end_if_half_open(settings: &Settings, recorded: &HalfOpenEntry) -> bool {
+fn end_if_half_open(recorded: &HalfOpenEntry) -> bool {
     let Some(entry) = FLOWS.get_ptr(&recorded.client) else {
         return false;
     };
@@ -98,6 +95,6 @@ fn end_if_half_open(settings: &Settings, recorded: &HalfOpenEntry) -> bool {
     if FLOWS.remove(&recorded.client).is_err() {
         return false;
     }
-    release_replaced(&source, recorded.client.proto, settings);
+    release_replaced(&source, &recorded.client);
     true
 }

@@ -1,14 +1,13 @@
 //! Service lookup, scheduling (weighted round robin over the agent-built
 //! ring), NAT source allocation from the port pools and connection tracking.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    flow_state, port_slot, reply_key, ring_base, slot_address_index, slot_port, BackendValue,
+    flow_state, port_slot, reply_claim, ring_base, slot_address_index, slot_port, BackendValue,
     FlowKey, FlowValue, ReplyValue, ServiceValue, Settings, PORT_CLAIM_TRIES, PROTO_TCP, RING_SIZE,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, PORT_POOLS, PORT_QUEUES, PORT_TAKEN, REPLIES, RINGS, RR_CURSORS},
+    maps::{BACKENDS, FLOWS, PORT_POOLS, PORT_QUEUES, PORT_TAKEN, REPLY_TABLES, RINGS, RR_CURSORS},
     parsing::Packet,
 };
 
@@ -47,25 +46,50 @@ pub fn schedule(service: &ServiceValue) -> Option<(u32, BackendValue)> {
 }
 
 /// A NAT source held for a new flow: the slot taken from its pool's queue
-/// and the reply entry that claims it.
+/// and claimed in the pool's reply table.
 pub struct NatSource {
     pub pool: u32,
     pub slot: u32,
     pub snat_index: u8,
     pub addr: [u8; 4],
     pub port: u16,
-    pub reply: FlowKey,
+}
+
+/// The reply entry of NAT source `slot` in pool `pool`'s table.
+#[inline(always)]
+pub fn reply_entry(pool: u32, slot: u32) -> Option<*mut ReplyValue> {
+    REPLY_TABLES.get_value_ptr_mut(pool, &slot)
+}
+
+/// Flips the entry's `live` word from `from` to `to`; false if another
+/// run (or an earlier flow) got there first. A compare-and-swap in BPF
+/// assembly: Rust's BPF target offers atomic loads and stores only, while
+/// the ISA (v3) has `cmpxchg` and the verifier allows it on map values.
+#[inline(always)]
+fn flip_live(entry: *mut ReplyValue, from: u64, to: u64) -> bool {
+    let mut seen = from;
+    // SAFETY: map memory, valid during this run and aligned for a u64;
+    // program runs change `live` only through this instruction.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({live} + 0, r0, {to})",
+            live = in(reg) core::ptr::addr_of_mut!((*entry).live),
+            to = in(reg) to,
+            inout("r0") seen,
+            options(nostack),
+        );
+    }
+    seen == from
 }
 
 /// Takes the least recently released free NAT source towards `backend`
-/// from its pool's queue, O(1): a pop, and the insert of the flow's reply
+/// from its pool's queue, O(1): a pop, and the claim of the slot's reply
 /// entry, which fails if a live flow holds that source (then the next slot
 /// is tried and the held one dropped: its flow gives it back when it ends).
 #[inline(always)]
 pub fn claim_nat_source(
     settings: &Settings,
     backend: &BackendValue,
-    proto: u8,
     back: &ReplyValue,
 ) -> Option<NatSource> {
     let pool = backend.port_pool;
@@ -80,17 +104,24 @@ pub fn claim_nat_source(
             // Left from a larger pool before a restart: not ours to use.
             continue;
         }
-        let addr = settings.snat_addr(snat_index);
-        let port = slot_port(slot);
-        let reply = reply_key(backend.addr, backend.port, addr, port, proto);
-        if REPLIES.insert(&reply, back, u64::from(BPF_NOEXIST)).is_ok() {
+        let Some(entry) = reply_entry(pool, slot) else {
+            continue;
+        };
+        if flip_live(entry, reply_claim::FREE, reply_claim::OWN) {
+            // SAFETY: as in `flip_live`; the claim makes this run the
+            // entry's only writer until the flow ends.
+            unsafe {
+                *entry = ReplyValue {
+                    live: reply_claim::OWN,
+                    ..*back
+                }
+            };
             return Some(NatSource {
                 pool,
                 slot,
                 snat_index,
-                addr,
-                port,
-                reply,
+                addr: settings.snat_addr(snat_index),
+                port: slot_port(slot),
             });
         }
     }
@@ -101,7 +132,9 @@ pub fn claim_nat_source(
 /// to its queue.
 #[inline(always)]
 pub fn give_back(source: &NatSource) {
-    let _ = REPLIES.remove(&source.reply);
+    if let Some(entry) = reply_entry(source.pool, source.slot) {
+        flip_live(entry, reply_claim::OWN, reply_claim::FREE);
+    }
     if let Some(queue) = PORT_QUEUES.get(source.pool) {
         let _ = queue.push(source.slot, 0);
     }
@@ -124,8 +157,6 @@ pub struct ReplacedSource {
     /// 0: nothing is replaced.
     pub present: u8,
     pub snat_index: u8,
-    pub backend_port: u16,
-    pub backend_addr: [u8; 4],
     pub lb_port: u16,
     pub port_pool: u32,
 }
@@ -136,36 +167,37 @@ impl ReplacedSource {
         Self {
             present: 1,
             snat_index: flow.snat_index,
-            backend_port: flow.backend_port,
-            backend_addr: flow.backend_addr,
             lb_port: flow.lb_port,
             port_pool: flow.port_pool,
         }
     }
 }
 
-/// Frees an ended flow's reply entry and gives its slot back; without this
-/// both would be lost, since the agent never sees that flow again.
+/// Frees the reply entry of the ended flow of client key `client` and gives
+/// its slot back; without this both would be lost, since the agent never
+/// sees that flow again.
 #[inline(always)]
-pub fn release_replaced(old: &ReplacedSource, proto: u8, settings: &Settings) {
+pub fn release_replaced(old: &ReplacedSource, client: &FlowKey) {
     if old.present == 0 {
         return;
     }
-    let reply = reply_key(
-        old.backend_addr,
-        old.backend_port,
-        settings.snat_addr(old.snat_index),
-        old.lb_port,
-        proto,
-    );
-    if REPLIES.remove(&reply).is_err() {
+    let slot = port_slot(old.snat_index, old.lb_port);
+    let Some(entry) = reply_entry(old.port_pool, slot) else {
+        return;
+    };
+    // Only that flow's own claim: the agent may have ended the flow and
+    // another may hold the source since.
+    // SAFETY: as in `flip_live`; a plain read of the claim's key.
+    if unsafe { (*entry).client } != *client {
+        return;
+    }
+    if !flip_live(entry, reply_claim::OWN, reply_claim::FREE) {
+        // A source of the peer's slice is freed here but never queued.
+        flip_live(entry, reply_claim::PEER, reply_claim::FREE);
         return;
     }
     if let Some(queue) = PORT_QUEUES.get(old.port_pool) {
-        if queue
-            .push(port_slot(old.snat_index, old.lb_port), 0)
-            .is_ok()
-        {
+        if queue.push(slot, 0).is_ok() {
             if let Some(taken) = PORT_TAKEN.get_ptr_mut(old.port_pool) {
                 // SAFETY: per-CPU slot, as in `count_taken`.
                 unsafe { *taken = (*taken).wrapping_sub(1) };

@@ -7,6 +7,8 @@
 //! `clock`, `maps`.
 #![no_std]
 #![no_main]
+// BPF inline assembly (the compare-and-swap in `lookup`).
+#![feature(asm_experimental_arch)]
 
 mod clock;
 mod counters;
@@ -23,8 +25,8 @@ mod timestamps;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    flow_expired, flow_state, next_state, tcp_flags, ts_clock_ms, FlowValue, NextHop, Reason,
-    ReplyValue, ServiceKey, Settings,
+    flow_expired, flow_state, next_state, port_slot, tcp_flags, ts_clock_ms, FlowValue, NextHop,
+    PoolKey, Reason, ReplyValue, ServiceKey, Settings,
 };
 
 use crate::{
@@ -33,9 +35,9 @@ use crate::{
     forward::{forward, DROP, PASS},
     lookup::{
         claim_nat_source, client_key, count_taken, give_back, initial_state, release_replaced,
-        schedule, track, ReplacedSource,
+        reply_entry, schedule, track, ReplacedSource,
     },
-    maps::{BACKEND_HOPS, FLOWS, REPLIES, SERVICES, SETTINGS},
+    maps::{BACKEND_HOPS, FLOWS, POOL_IDS, SERVICES, SETTINGS},
     nat::{rewrite, Rewrite},
     parsing::{parse, Packet, TCP_ACK, TCP_SYN},
     ptr::load,
@@ -66,11 +68,10 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return (PASS, Reason::PassOtherHost);
     }
     let now = now_ns(settings);
-    if pkt.dport >= settings.port_min
-        && pkt.dport <= settings.port_max
-        && settings.is_snat_addr(pkt.dst)
-    {
-        return from_backend(ctx, settings, &pkt, now);
+    if pkt.dport >= settings.port_min && pkt.dport <= settings.port_max {
+        if let Some(snat_index) = settings.snat_index_of(pkt.dst) {
+            return from_backend(ctx, settings, &pkt, port_slot(snat_index, pkt.dport), now);
+        }
     }
     // Tracked flows first: the common packet needs one lookup, not two.
     let client = client_key(&pkt);
@@ -204,7 +205,7 @@ fn new_flow(
     };
     // The replaced flow is over: its source goes back first, so that a
     // client reusing its ports is served even from a nearly empty pool.
-    release_replaced(new.replaced, pkt.proto, settings);
+    release_replaced(new.replaced, new.client);
     let timestamps = timestamps::find(ctx, pkt);
     let ts_delta = match &timestamps {
         Some(ts) => timestamps::tsval(ctx, ts).map_or(0, |v| ts_clock_ms(now).wrapping_sub(v)),
@@ -217,8 +218,9 @@ fn new_flow(
         service_id: service.id,
         backend_id,
         _pad: 0,
+        live: lb_common::reply_claim::OWN,
     };
-    let Some(source) = claim_nat_source(settings, &backend, pkt.proto, &back) else {
+    let Some(source) = claim_nat_source(settings, &backend, &back) else {
         return (DROP, Reason::DropPortExhausted);
     };
     let mut flow = FlowValue {
@@ -300,15 +302,35 @@ fn reusable(settings: &Settings, flow: &FlowValue, now: u64, is_syn: bool) -> bo
     !(is_syn && flow.state == flow_state::TCP_CLOSING)
 }
 
-/// Backend -> LB port: translate back to VIP -> client.
+/// Backend -> NAT source `slot`: translate back to VIP -> client.
 #[inline(always)]
-fn from_backend(ctx: &XdpContext, settings: &Settings, pkt: &Packet, now: u64) -> (u32, Reason) {
-    let Some(entry) = REPLIES.get_ptr_mut(client_key(pkt)) else {
+fn from_backend(
+    ctx: &XdpContext,
+    settings: &Settings,
+    pkt: &Packet,
+    slot: u32,
+    now: u64,
+) -> (u32, Reason) {
+    let endpoint = PoolKey {
+        addr: pkt.src,
+        port: pkt.sport,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(pool) = (unsafe { POOL_IDS.get(&endpoint) }).copied() else {
+        return (PASS, Reason::PassReplyNoFlow);
+    };
+    let Some(entry) = reply_entry(pool, slot) else {
         return (PASS, Reason::PassReplyNoFlow);
     };
     // SAFETY: the entry stays valid during this run; fields are plain
-    // integers and the program is the only writer of its next hop.
+    // integers and the flow's own packets are the only writers of its
+    // next hop.
     let back = unsafe { &mut *entry };
+    if back.live == lb_common::reply_claim::FREE {
+        return (PASS, Reason::PassReplyNoFlow);
+    }
     let client = back.client;
     if touches_flow(pkt) && !refresh_flow(settings, pkt, &client, now) {
         return (PASS, Reason::PassReplyNoFlow);

@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendValue, Counters, FlowEvent, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop,
-    PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
-    FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
+    PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
+    FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, INNER_MAP_FLAG, MAX_BACKENDS, MAX_NEIGH_MISSES,
+    MAX_SERVICES, MAX_TX_PORTS,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
@@ -48,10 +49,6 @@ pub static RR_CURSORS: PerCpuArray<u32, SERVICES_MAX> = PerCpuArray::new();
 #[btf_map(name = "flows")]
 pub static FLOWS: HashMap<FlowKey, FlowValue, FLOWS_MAX> = HashMap::new();
 
-/// Reverse connection tracking, keyed by the backend reply's 5-tuple.
-#[btf_map(name = "replies")]
-pub static REPLIES: HashMap<FlowKey, ReplyValue, FLOWS_MAX> = HashMap::new();
-
 /// Node-wide settings at index 0.
 #[btf_map(name = "settings")]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
@@ -85,6 +82,20 @@ pub type PortQueue = Queue<u32, 1>;
 /// endpoint, least recently released first (refilled by the agent).
 #[btf_map(name = "port_queues")]
 pub static PORT_QUEUES: ArrayOfMaps<PortQueue, BACKENDS_MAX> = ArrayOfMaps::new();
+
+/// The template of each pool's reply table. The agent makes every real
+/// table with `reply_table_len` entries for the pool's SNAT addresses.
+pub type ReplyTable = Array<ReplyValue, 1, { INNER_MAP_FLAG as usize }>;
+
+/// Port pool id -> the pool's reply table, indexed by `port_slot`: reverse
+/// connection tracking without hashing, so a new flow's claim and an
+/// ended flow's release are each one word flipped in place.
+#[btf_map(name = "reply_tables")]
+pub static REPLY_TABLES: ArrayOfMaps<ReplyTable, BACKENDS_MAX> = ArrayOfMaps::new();
+
+/// Backend endpoint -> port pool id, for the reply path.
+#[btf_map(name = "pool_ids")]
+pub static POOL_IDS: HashMap<PoolKey, u32, BACKENDS_MAX> = HashMap::new();
 
 /// Port pool id -> the agent's record of the pool (the program only reads it).
 #[btf_map(name = "port_pools")]

@@ -10,8 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    map_names, ring_base, BackendValue, Counters, FlowKey, FlowValue, Reason, ServiceKey,
-    ServiceValue, Settings,
+    map_names, port_slot, ring_base, BackendValue, Counters, FlowKey, FlowValue, Reason,
+    ServiceKey, ServiceValue, Settings,
 };
 
 use lb_agent::dataplane::{
@@ -64,6 +64,10 @@ fn ifindex(name: &str) -> u32 {
     index
 }
 
+/// The `conntrack_floor` reference program's reply map (a hash map keyed
+/// like the balancer's reply entries used to be).
+const FLOOR_REPLIES: &str = "replies";
+
 fn mac(m: &Mac) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -89,7 +93,7 @@ impl Harness {
         Self::build_namespace(&ns);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::FLOWS, max_flows)
-            .map_max_entries(map_names::REPLIES, max_flows)
+            .map_max_entries(FLOOR_REPLIES, max_flows)
             .load_file(object)
             .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
         let xdp: &mut Xdp = ebpf
@@ -122,7 +126,6 @@ impl Harness {
         Self::build_namespace(&ns);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::FLOWS, max_flows)
-            .map_max_entries(map_names::REPLIES, max_flows)
             .load_file(object)
             .unwrap_or_else(|e| panic!("load {}: {e}", object.display()));
         let program: &mut Xdp = ebpf
@@ -357,41 +360,65 @@ impl Harness {
         Ok((result.return_value, out, result.duration))
     }
 
-    /// Inserts a tracked flow in both directions, as the program would.
-    pub fn insert_flow(&mut self, client: FlowKey, flow: FlowValue, reply: FlowKey) {
-        {
-            let mut flows: HashMap<_, FlowKey, FlowValue> = self
-                .ebpf
-                .map_mut(map_names::FLOWS)
-                .expect("flows")
-                .try_into()
-                .expect("lru hash");
-            flows.insert(client, flow, 0).expect("insert flow");
-        }
-        let mut replies: HashMap<_, FlowKey, lb_common::ReplyValue> = self
-            .ebpf
-            .map_mut(map_names::REPLIES)
-            .expect("replies")
-            .try_into()
-            .expect("lru hash");
-        replies
-            .insert(reply, lb_common::ReplyValue::of(client, &flow), 0)
+    /// Inserts a tracked flow in both directions, as the program would:
+    /// the reply entry (`reply`: the backend's packets' key) goes to the
+    /// table of the backend endpoint's pool, which becomes the flow's pool.
+    pub fn insert_flow(&mut self, client: FlowKey, mut flow: FlowValue, reply: FlowKey) {
+        let settings = self.ebpf_settings();
+        let snat_index = settings
+            .snat_index_of(reply.dst_addr)
+            .expect("the reply goes to a SNAT address");
+        let pools = self.pools.as_mut().expect("the balancer's port pools");
+        flow.port_pool = pools
+            .pool_for(Endpoint {
+                addr: addr(reply.src_addr),
+                port: reply.src_port,
+                proto: reply.proto,
+            })
+            .expect("port pool");
+        pools
+            .replies_mut()
+            .set(
+                flow.port_pool,
+                port_slot(snat_index, reply.dst_port),
+                lb_common::ReplyValue::of(client, &flow),
+            )
             .expect("insert reply");
+        let mut flows: HashMap<_, FlowKey, FlowValue> = self
+            .ebpf
+            .map_mut(map_names::FLOWS)
+            .expect("flows")
+            .try_into()
+            .expect("hash");
+        flows.insert(client, flow, 0).expect("insert flow");
+    }
+
+    /// The reply entry of NAT source (`snat_index`, `port`) towards `backend`.
+    pub fn reply_entry(
+        &self,
+        backend: Endpoint,
+        snat_index: u8,
+        port: u16,
+    ) -> Option<lb_common::ReplyValue> {
+        let pools = self.pools.as_ref()?;
+        let pool = pools.pool_of(&backend)?;
+        pools
+            .replies()
+            .get(pool, port_slot(snat_index, port))
+            .filter(|entry| entry.live != lb_common::reply_claim::FREE)
     }
 
     /// Ends a flow the way the agent does when it expires or is removed.
     pub fn remove_flow_as_agent(&mut self, key: &FlowKey) {
-        let settings = self.ebpf_settings();
         let flow = self.flow(key).expect("flow to remove");
-        let [flows, replies] = self
+        let mut flows: HashMap<_, FlowKey, FlowValue> = self
             .ebpf
-            .maps_disjoint_mut([map_names::FLOWS, map_names::REPLIES]);
-        let mut flows: HashMap<_, FlowKey, FlowValue> =
-            flows.expect("flows").try_into().expect("lru hash");
-        let mut replies: HashMap<_, FlowKey, lb_common::ReplyValue> =
-            replies.expect("replies").try_into().expect("lru hash");
+            .map_mut(map_names::FLOWS)
+            .expect("flows")
+            .try_into()
+            .expect("hash");
         let pools = self.pools.as_mut().expect("the balancer's port pools");
-        end_flow(&mut flows, &mut replies, pools, &settings, key, &flow);
+        end_flow(&mut flows, pools, key, &flow);
     }
 
     pub fn reason_count(&self, reason: Reason) -> u64 {
@@ -447,8 +474,13 @@ impl Harness {
         self.key_count::<FlowValue>(map_names::FLOWS)
     }
 
+    /// Live reply entries: claims in the pools' tables, or the floor
+    /// program's reply map.
     pub fn reply_count(&self) -> usize {
-        self.key_count::<lb_common::ReplyValue>(map_names::REPLIES)
+        match &self.pools {
+            Some(pools) => pools.reply_claims(),
+            None => self.key_count::<lb_common::ReplyValue>(FLOOR_REPLIES),
+        }
     }
 
     fn key_count<V: aya::Pod>(&self, name: &str) -> usize {

@@ -266,21 +266,41 @@ fn send_as_lb1(lab: &Lab, datagrams: &[Vec<u8>]) {
     .expect("sender thread");
 }
 
-/// The NAT sources (address, port, backend, protocol) of the flows `node`
-/// tracks, from its pinned reply table.
+/// The NAT sources (SNAT address, port, backend address, backend port) of
+/// the flows `node` tracks, from its pinned reply tables.
 fn nat_sources(lab: &Lab, node: Node) -> std::collections::BTreeSet<([u8; 4], u16, [u8; 4], u16)> {
-    let path = lab.pin_dir(node).join(lb_common::map_names::REPLIES);
-    let data =
-        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let replies: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::ReplyValue> =
-        aya::maps::Map::HashMap(data)
+    use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData};
+    use lb_common::{map_names, reply_claim, slot_address_index, slot_port, PoolKey, ReplyValue};
+    let pins = lab.pin_dir(node);
+    let open = |name: &str| {
+        let path = pins.join(name);
+        MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let settings: Array<_, lb_common::Settings> = Map::Array(open(map_names::SETTINGS))
+        .try_into()
+        .expect("settings map");
+    let settings = settings.get(&0, 0).expect("settings");
+    let pool_ids: HashMap<_, PoolKey, u32> = Map::HashMap(open(map_names::POOL_IDS))
+        .try_into()
+        .expect("pool ids map");
+    let tables: ArrayOfMaps<_, Array<MapData, ReplyValue>> =
+        Map::ArrayOfMaps(open(map_names::REPLY_TABLES))
             .try_into()
-            .expect("replies map");
-    replies
-        .keys()
-        .filter_map(Result::ok)
-        .map(|key| (key.dst_addr, key.dst_port, key.src_addr, key.src_port))
-        .collect()
+            .expect("reply tables map");
+    let mut sources = std::collections::BTreeSet::new();
+    for (backend, pool) in pool_ids.iter().filter_map(Result::ok) {
+        let table = tables.get(&pool, 0).expect("reply table of a pool");
+        for (slot, entry) in table.iter().enumerate() {
+            let Ok(entry) = entry else { continue };
+            if entry.live == reply_claim::FREE {
+                continue;
+            }
+            let slot = u32::try_from(slot).expect("slot");
+            let address = settings.snat_addrs[usize::from(slot_address_index(slot))];
+            sources.insert((address, slot_port(slot), backend.addr, backend.port));
+        }
+    }
+    sources
 }
 
 /// Drops (or lets through again) everything `node` receives from its peer

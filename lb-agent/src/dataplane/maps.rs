@@ -7,14 +7,14 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_expired, map_names, port_slot, reply_key, ring_base, BackendValue, Counters, FlowEvent,
-    FlowKey, FlowValue, HalfOpenCursor, NextHop, Reason, ReplyValue, ServiceKey, ServiceValue,
-    Settings, MAX_BACKENDS, RING_SIZE,
+    flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowEvent, FlowKey,
+    FlowValue, HalfOpenCursor, NextHop, Reason, ServiceKey, ServiceValue, Settings, MAX_BACKENDS,
+    RING_SIZE,
 };
 
 use tracing::debug;
 
-use super::{batch, port_pools::PortPools, DataplaneError};
+use super::{batch, port_pools::PortPools, reply_tables::ReplyTables, DataplaneError};
 
 /// The maps of one instance, owned (they stay shared with the kernel program).
 pub struct Tables {
@@ -23,7 +23,6 @@ pub struct Tables {
     backends: Array<MapData, BackendValue>,
     rings: Array<MapData, u32>,
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    replies: HashMap<MapData, FlowKey, ReplyValue>,
     settings: Array<MapData, Settings>,
     tx_ports: DevMapHash<MapData>,
     service_stats: PerCpuArray<MapData, Counters>,
@@ -145,34 +144,22 @@ fn same_flow(a: &FlowValue, b: &FlowValue) -> bool {
 }
 
 /// Deletes one flow in both directions and gives its NAT source back to
-/// its pool.
-pub fn end_flow<F, R>(
+/// its pool. Only the flow whose claim the reply entry is gives the source
+/// back: a flow the program replaced has had its source released already.
+pub fn end_flow<F>(
     flows: &mut HashMap<F, FlowKey, FlowValue>,
-    replies: &mut HashMap<R, FlowKey, ReplyValue>,
     ports: &mut PortPools,
-    settings: &Settings,
     key: &FlowKey,
     flow: &FlowValue,
 ) where
     F: std::borrow::BorrowMut<MapData>,
-    R: std::borrow::BorrowMut<MapData>,
 {
-    let reply = reply_key(
-        flow.backend_addr,
-        flow.backend_port,
-        settings.snat_addr(flow.snat_index),
-        flow.lb_port,
-        key.proto,
-    );
     let _ = flows.remove(key);
-    // Only the flow whose claim the reply entry is gives the source back:
-    // a flow the program replaced has had its source released already.
-    let claimed = replies
-        .get(&reply, 0)
-        .is_ok_and(|entry| entry.client == *key);
-    if claimed && replies.remove(&reply).is_ok() {
-        ports.release(flow.port_pool, port_slot(flow.snat_index, flow.lb_port));
-    }
+    ports.end_claim(
+        flow.port_pool,
+        port_slot(flow.snat_index, flow.lb_port),
+        key,
+    );
 }
 
 impl Tables {
@@ -195,7 +182,6 @@ impl Tables {
             backends: typed!(get(BACKENDS)?, BACKENDS),
             rings: typed!(get(RINGS)?, RINGS),
             flows: typed!(get(FLOWS)?, FLOWS),
-            replies: typed!(get(REPLIES)?, REPLIES),
             settings: typed!(get(SETTINGS)?, SETTINGS),
             tx_ports: typed!(get(TX_PORTS)?, TX_PORTS),
             service_stats: typed!(get(SERVICE_STATS)?, SERVICE_STATS),
@@ -210,6 +196,10 @@ impl Tables {
                 typed!(get(PORT_QUEUES)?, PORT_QUEUES),
                 typed!(get(PORT_POOLS)?, PORT_POOLS),
                 typed!(get(PORT_TAKEN)?, PORT_TAKEN),
+                ReplyTables::new(
+                    typed!(get(REPLY_TABLES)?, REPLY_TABLES),
+                    typed!(get(POOL_IDS)?, POOL_IDS),
+                ),
             ),
         })
     }
@@ -440,7 +430,6 @@ impl Tables {
     /// Deletes every flow (both directions) that `select` picks; returns
     /// their client-side keys.
     pub fn remove_flows(&mut self, mut select: impl FnMut(&FlowValue) -> bool) -> Vec<FlowKey> {
-        let settings = self.settings().unwrap_or_default();
         let doomed: Vec<(FlowKey, FlowValue)> = self
             .flow_table()
             .into_iter()
@@ -448,7 +437,7 @@ impl Tables {
             .collect();
         let mut ended = Vec::with_capacity(doomed.len());
         for (key, flow) in doomed {
-            if self.end_if_still(&settings, &key, &flow, &mut select) {
+            if self.end_if_still(&key, &flow, &mut select) {
                 ended.push(key);
             }
         }
@@ -462,21 +451,13 @@ impl Tables {
     /// hears of it.
     fn end_if_still(
         &mut self,
-        settings: &Settings,
         key: &FlowKey,
         walked: &FlowValue,
         select: &mut impl FnMut(&FlowValue) -> bool,
     ) -> bool {
         match self.flows.get(key, 0) {
             Ok(current) if same_flow(&current, walked) && select(&current) => {
-                end_flow(
-                    &mut self.flows,
-                    &mut self.replies,
-                    &mut self.ports,
-                    settings,
-                    key,
-                    &current,
-                );
+                end_flow(&mut self.flows, &mut self.ports, key, &current);
                 self.report_ended(key, &current);
                 true
             }
@@ -515,7 +496,7 @@ impl Tables {
                 continue;
             }
             let mut still_expired = |current: &FlowValue| flow_expired(&settings, current, now_ns);
-            if self.end_if_still(&settings, &key, &flow, &mut still_expired) {
+            if self.end_if_still(&key, &flow, &mut still_expired) {
                 expired += 1;
             }
         }

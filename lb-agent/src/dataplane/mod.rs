@@ -8,6 +8,7 @@ pub mod maps;
 pub mod pins;
 pub mod port_pools;
 pub(crate) mod reconcile;
+pub mod reply_tables;
 pub(crate) mod settings;
 
 pub use loader::{Dataplane, LoadOptions, XdpAttachMode};

@@ -23,7 +23,7 @@ use aya::maps::{Array, ArrayOfMaps, MapData, MapError, PerCpuArray, Queue};
 use lb_common::{map_names, port_slot, slot_address_index, slot_port, PortPool, MAX_BACKENDS};
 use tracing::{info, warn};
 
-use super::{maps::per_cpu_default, DataplaneError};
+use super::{maps::per_cpu_default, reply_tables::ReplyTables, DataplaneError};
 
 /// Never-used slots a pool whose filling failed part way (a push error)
 /// gets per upkeep until it has them all.
@@ -144,6 +144,7 @@ pub struct PortPools {
     queues: ArrayOfMaps<MapData, Queue<MapData, u32>>,
     records: Array<MapData, PortPool>,
     taken: PerCpuArray<MapData, u64>,
+    replies: ReplyTables,
     layout: SlotLayout,
     /// Open handles of the live pools' queues, by pool id.
     open: HashMap<u32, Queue<MapData, u32>>,
@@ -164,11 +165,13 @@ impl PortPools {
         queues: ArrayOfMaps<MapData, Queue<MapData, u32>>,
         records: Array<MapData, PortPool>,
         taken: PerCpuArray<MapData, u64>,
+        replies: ReplyTables,
     ) -> Self {
         Self {
             queues,
             records,
             taken,
+            replies,
             layout: SlotLayout::default(),
             open: HashMap::new(),
             by_endpoint: HashMap::new(),
@@ -193,6 +196,10 @@ impl PortPools {
             take_typed(ebpf, map_names::PORT_QUEUES)?,
             take_typed(ebpf, map_names::PORT_POOLS)?,
             take_typed(ebpf, map_names::PORT_TAKEN)?,
+            ReplyTables::new(
+                take_typed(ebpf, map_names::REPLY_TABLES)?,
+                take_typed(ebpf, map_names::POOL_IDS)?,
+            ),
         ))
     }
 
@@ -205,6 +212,7 @@ impl PortPools {
         self.open.clear();
         self.by_endpoint.clear();
         self.resting.clear();
+        self.replies.clear_ids()?;
         for id in 0..MAX_BACKENDS {
             let record = self.record(id)?;
             if record.live == 0 {
@@ -223,10 +231,12 @@ impl PortPools {
                     // (their claims stand) until the flows give them back.
                     info!(pool = id, addr = %endpoint.addr, port = endpoint.port,
                         "NAT port pool made for another SNAT layout, or not filled when the agent stopped; making it anew");
-                    self.create(id, endpoint)?;
+                    self.create(id, endpoint, true)?;
                     continue;
                 }
             };
+            self.replies
+                .ensure(id, endpoint, self.layout.addresses().len() as u32, true)?;
             self.open.insert(id, queue);
             self.by_endpoint.insert(endpoint, id);
         }
@@ -250,11 +260,19 @@ impl PortPools {
                 what: "port pool",
                 limit: MAX_BACKENDS,
             })?;
-        self.create(id, endpoint)?;
+        self.create(id, endpoint, false)?;
         Ok(id)
     }
 
-    fn create(&mut self, id: u32, endpoint: Endpoint) -> Result<(), DataplaneError> {
+    /// Makes pool `id` anew; `keep_claims`: its reply table keeps the
+    /// claims of the flows an earlier run left (a rebuilt pool), else it
+    /// starts empty (a new pool).
+    fn create(
+        &mut self,
+        id: u32,
+        endpoint: Endpoint,
+        keep_claims: bool,
+    ) -> Result<(), DataplaneError> {
         let capacity = self.layout.capacity();
         if capacity == 0 {
             return Err(DataplaneError::Missing(
@@ -269,6 +287,12 @@ impl PortPools {
         self.taken
             .set(id, per_cpu_default::<u64>()?, 0)
             .map_err(map_error(map_names::PORT_TAKEN))?;
+        self.replies.ensure(
+            id,
+            endpoint,
+            self.layout.addresses().len() as u32,
+            keep_claims,
+        )?;
         let record = PortPool {
             backend_addr: endpoint.addr.octets(),
             backend_port: endpoint.port,
@@ -308,8 +332,40 @@ impl PortPools {
             self.unsaved.remove(&id);
             self.resting.remove(&id);
             self.by_endpoint.remove(&endpoint);
+            self.replies.retire(id, endpoint);
         }
         Ok(())
+    }
+
+    /// The pool of `endpoint`, if it has one.
+    pub fn pool_of(&self, endpoint: &Endpoint) -> Option<u32> {
+        self.by_endpoint.get(endpoint).copied()
+    }
+
+    /// Live claims in all the pools' reply tables.
+    pub fn reply_claims(&self) -> usize {
+        self.open
+            .keys()
+            .map(|id| self.replies.claims(*id).len())
+            .sum()
+    }
+
+    /// The pools' reply tables.
+    pub fn replies(&self) -> &ReplyTables {
+        &self.replies
+    }
+
+    pub fn replies_mut(&mut self) -> &mut ReplyTables {
+        &mut self.replies
+    }
+
+    /// Ends the claim of the flow of client key `client` on `slot` of
+    /// `pool` if it still holds it, and gives the source back if it is this
+    /// node's.
+    pub fn end_claim(&mut self, pool: u32, slot: u32, client: &lb_common::FlowKey) {
+        if self.replies.end_claim(pool, slot, client) == Some(lb_common::reply_claim::OWN) {
+            self.release(pool, slot);
+        }
     }
 
     /// Gives a flow's NAT source back to the tail of its pool's queue.

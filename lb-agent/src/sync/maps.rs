@@ -10,13 +10,15 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use lb_common::{
-    flow_expired, map_names, BackendValue, FlowEvent, FlowKey, FlowValue, ReplyValue, ServiceKey,
-    ServiceValue, Settings,
+    flow_expired, map_names, BackendValue, FlowEvent, FlowKey, FlowValue, ServiceKey, ServiceValue,
+    Settings,
 };
 use lb_sync::FlowRecord;
 
-use super::records::{entries_of, reply_key_of, Entries, LocalBackend, LocalView, Refusal};
-use crate::dataplane::{batch, pins, port_pools::SlotLayout, DataplaneError};
+use super::records::{entries_of, reply_slot_of, Entries, LocalBackend, LocalView, Refusal};
+use crate::dataplane::{
+    batch, pins, port_pools::SlotLayout, reply_tables::PinnedReplyTables, DataplaneError,
+};
 
 /// How long the view of services and backends is trusted before a record
 /// that names an unknown one makes it read again.
@@ -36,7 +38,7 @@ pub(crate) enum Installed {
 
 pub(crate) struct SyncMaps {
     flows: HashMap<MapData, FlowKey, FlowValue>,
-    replies: HashMap<MapData, FlowKey, ReplyValue>,
+    replies: PinnedReplyTables,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: Array<MapData, BackendValue>,
     settings: Array<MapData, Settings>,
@@ -52,6 +54,7 @@ fn open(dir: &Path, name: &'static str) -> Result<Map, DataplaneError> {
         map_names::FLOW_EVENTS => Map::RingBuf(data),
         map_names::BACKENDS | map_names::SETTINGS => Map::Array(data),
         map_names::FLOW_EVENTS_LOST => Map::PerCpuArray(data),
+        map_names::REPLY_TABLES => Map::ArrayOfMaps(data),
         _ => Map::HashMap(data),
     })
 }
@@ -76,7 +79,7 @@ impl SyncMaps {
         use map_names::*;
         Ok(Self {
             flows: typed!(dir, FLOWS),
-            replies: typed!(dir, REPLIES),
+            replies: PinnedReplyTables::new(typed!(dir, REPLY_TABLES)),
             services: typed!(dir, SERVICES),
             backends: typed!(dir, BACKENDS),
             settings: typed!(dir, SETTINGS),
@@ -174,18 +177,23 @@ impl SyncMaps {
                 // flows back, must not roll the state back.
                 return Ok(Installed::Unchanged);
             }
-            let old_reply = reply_key_of(&entries.client, &current, &settings);
-            if old_reply != entries.reply_key {
-                let _ = self.replies.remove(&old_reply);
+            let (old_pool, old_slot) = reply_slot_of(&current);
+            if (old_pool, old_slot) != (entries.pool, entries.slot) {
+                self.replies.end_claim(old_pool, old_slot, &entries.client);
             }
         }
         // Reply entry first: from the moment the forward entry exists the
         // program may forward, and the backend's answer needs the way back.
-        self.replies
-            .insert(entries.reply_key, entries.reply, 0)
-            .map_err(|_| Refusal::TableFull)?;
+        if !self
+            .replies
+            .write(entries.pool, entries.slot, &entries.reply)
+        {
+            // The backend's pool has no table yet (it is being made).
+            return Err(Refusal::UnknownBackend);
+        }
         if self.flows.insert(entries.client, entries.flow, 0).is_err() {
-            let _ = self.replies.remove(&entries.reply_key);
+            self.replies
+                .end_claim(entries.pool, entries.slot, &entries.client);
             return Err(Refusal::TableFull);
         }
         Ok(Installed::Flow)
@@ -217,9 +225,8 @@ impl SyncMaps {
             return Installed::Unchanged;
         };
         let _ = self.flows.remove(client);
-        let _ = self
-            .replies
-            .remove(&reply_key_of(client, &current, settings));
+        let (pool, slot) = reply_slot_of(&current);
+        self.replies.end_claim(pool, slot, client);
         Installed::Removed
     }
 }

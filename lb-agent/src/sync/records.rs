@@ -8,7 +8,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-use lb_common::{flow_state, FlowEvent, FlowKey, FlowValue, NextHop, ReplyValue, Settings};
+use lb_common::{
+    flow_state, reply_claim, FlowEvent, FlowKey, FlowValue, NextHop, ReplyValue, Settings,
+};
 use lb_sync::{FlowRecord, RecordKind};
 
 /// The record of `event` (a flow as the program last changed it), `now_ns`
@@ -101,7 +103,10 @@ pub(crate) struct LocalView {
 pub(crate) struct Entries {
     pub client: FlowKey,
     pub flow: FlowValue,
-    pub reply_key: FlowKey,
+    /// Where the reply entry goes: this node's pool of the backend and the
+    /// NAT source's slot.
+    pub pool: u32,
+    pub slot: u32,
     pub reply: ReplyValue,
 }
 
@@ -160,29 +165,29 @@ pub(crate) fn entries_of(
         state: record.state,
         snat_index,
         _pad: 0,
-        port_pool: own_slot(snat_index, lb_port).map_or(NO_POOL, |_| backend.port_pool),
+        port_pool: backend.port_pool,
         last_seen_ns: now_ns.saturating_sub(u64::from(record.age_ms) * 1_000_000),
         to_backend: NextHop::default(),
         ts_delta: record.ts_delta,
         _pad_ts: 0,
     };
+    let slot = lb_common::port_slot(snat_index, lb_port);
+    // A source of the peer's slice must never be queued here.
+    let live = match own_slot(snat_index, lb_port) {
+        Some(_) => reply_claim::OWN,
+        None => reply_claim::PEER,
+    };
     Ok(Entries {
         client,
         flow,
-        reply_key: lb_common::reply_key(
-            backend_addr,
-            record.backend.port(),
-            snat,
-            lb_port,
-            record.proto,
-        ),
-        reply: ReplyValue::of(client, &flow),
+        pool: backend.port_pool,
+        slot,
+        reply: ReplyValue {
+            live,
+            ..ReplyValue::of(client, &flow)
+        },
     })
 }
-
-/// The port pool of a flow whose NAT source is the peer's: no pool, so
-/// that neither the program nor the agent ever queues that source here.
-pub(crate) const NO_POOL: u32 = u32::MAX;
 
 fn snat_index(settings: &Settings, addr: [u8; 4]) -> Option<u8> {
     let count = (settings.snat_count as usize).min(lb_common::MAX_SNAT_ADDRESSES);
@@ -192,14 +197,11 @@ fn snat_index(settings: &Settings, addr: [u8; 4]) -> Option<u8> {
         .and_then(|i| u8::try_from(i).ok())
 }
 
-/// The reply key a forward entry's flow holds.
-pub(crate) fn reply_key_of(client: &FlowKey, flow: &FlowValue, settings: &Settings) -> FlowKey {
-    lb_common::reply_key(
-        flow.backend_addr,
-        flow.backend_port,
-        settings.snat_addr(flow.snat_index),
-        flow.lb_port,
-        client.proto,
+/// The pool and slot of the reply entry a forward entry's flow holds.
+pub(crate) fn reply_slot_of(flow: &FlowValue) -> (u32, u32) {
+    (
+        flow.port_pool,
+        lb_common::port_slot(flow.snat_index, flow.lb_port),
     )
 }
 
@@ -274,10 +276,8 @@ mod tests {
         assert_eq!(flow.last_seen_ns, now_on_peer - 250_000_000);
         assert_eq!(flow.state, flow_state::TCP_ESTABLISHED);
         assert_eq!(flow.ts_delta, 77);
-        assert_eq!(
-            entries.reply_key,
-            reply_key_of(&entries.client, &flow, &settings())
-        );
+        assert_eq!((entries.pool, entries.slot), reply_slot_of(&flow));
+        assert_eq!(entries.reply.live, reply_claim::OWN);
         assert_eq!(entries.reply.client, entries.client);
         assert_eq!(entries.reply.backend_id, 42);
     }
@@ -287,7 +287,10 @@ mod tests {
         let record = record_of(&event(), &settings(), 5_000_000_000, RecordKind::Upsert);
         let entries =
             entries_of(&record, &peer_view(), &settings(), 1, |_, _| None).expect("installs");
-        assert_eq!(entries.flow.port_pool, NO_POOL);
+        // Its reply entry sits in the backend's table here, marked so that
+        // neither the program nor the agent queues the source when it ends.
+        assert_eq!(entries.pool, 3);
+        assert_eq!(entries.reply.live, reply_claim::PEER);
     }
 
     #[test]

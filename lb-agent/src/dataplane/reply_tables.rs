@@ -1,0 +1,199 @@
+//! Reverse connection tracking: one array per port pool, indexed by
+//! `port_slot` (SNAT address index, port), of the `ReplyValue` of the flow
+//! that holds that NAT source. An array instead of a hash table keyed by
+//! the reply's 5-tuple, because a new flow then claims its source and an
+//! ended flow gives it back by flipping one word in place (no hashing, no
+//! bucket locks, no element allocation): the larger half of what a new
+//! flow used to cost. The price is memory: every pool has an entry for
+//! every port of every SNAT address (`reply_table_len`), 4 MiB per address
+//! and backend endpoint.
+//!
+//! A backend's packet finds its pool through `pool_ids` (endpoint -> pool
+//! id), which the agent writes as it makes and retires pools.
+
+use std::collections::HashMap;
+
+use aya::maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError};
+use lb_common::{
+    map_names, reply_claim, reply_table_len, FlowKey, PoolKey, ReplyValue, INNER_MAP_FLAG,
+};
+use tracing::warn;
+
+use super::{port_pools::Endpoint, DataplaneError};
+
+pub(crate) type ReplyTable = Array<MapData, ReplyValue>;
+pub(crate) type Outer = ArrayOfMaps<MapData, ReplyTable>;
+
+fn pool_key(endpoint: Endpoint) -> PoolKey {
+    PoolKey {
+        addr: endpoint.addr.octets(),
+        port: endpoint.port,
+        proto: endpoint.proto,
+        _pad: 0,
+    }
+}
+
+fn tables_error(error: MapError) -> DataplaneError {
+    DataplaneError::map(map_names::REPLY_TABLES)(error)
+}
+
+/// The reply tables and the pool ids of one instance, as the agent (their
+/// only creator) keeps them.
+pub struct ReplyTables {
+    outer: Outer,
+    pool_ids: BpfHashMap<MapData, PoolKey, u32>,
+    open: HashMap<u32, ReplyTable>,
+}
+
+impl ReplyTables {
+    pub(crate) fn new(outer: Outer, pool_ids: BpfHashMap<MapData, PoolKey, u32>) -> Self {
+        Self {
+            outer,
+            pool_ids,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Forgets every pool id (a start adopts the live pools again).
+    pub(crate) fn clear_ids(&mut self) -> Result<(), DataplaneError> {
+        let keys: Vec<PoolKey> = self.pool_ids.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.pool_ids.remove(&key);
+        }
+        self.open.clear();
+        Ok(())
+    }
+
+    /// Gives pool `id` of `endpoint` a table for `addresses` SNAT addresses.
+    /// With `keep`, the table an earlier run left is kept (its flows' claims
+    /// stand), or copied into a table of the new size; without, a pool id
+    /// taken over from a retired pool starts empty.
+    pub(crate) fn ensure(
+        &mut self,
+        id: u32,
+        endpoint: Endpoint,
+        addresses: u32,
+        keep: bool,
+    ) -> Result<(), DataplaneError> {
+        let len = reply_table_len(addresses);
+        let earlier = if keep {
+            self.outer.get(&id, 0).ok()
+        } else {
+            None
+        };
+        let table = match earlier {
+            Some(table) if table.len() == len => table,
+            earlier => {
+                let mut table = ReplyTable::create(len, INNER_MAP_FLAG).map_err(tables_error)?;
+                if let Some(earlier) = earlier {
+                    copy_claims(&earlier, &mut table);
+                }
+                self.outer.set(id, &table, 0).map_err(tables_error)?;
+                table
+            }
+        };
+        self.open.insert(id, table);
+        self.pool_ids
+            .insert(pool_key(endpoint), id, 0)
+            .map_err(DataplaneError::map(map_names::POOL_IDS))
+    }
+
+    /// Drops the table of a pool no backend uses any more.
+    pub(crate) fn retire(&mut self, id: u32, endpoint: Endpoint) {
+        let _ = self.pool_ids.remove(&pool_key(endpoint));
+        self.open.remove(&id);
+        // A one-entry table in its place frees the memory (aya has no
+        // delete for arrays of maps); the pool id no longer leads to it.
+        match ReplyTable::create(1, INNER_MAP_FLAG) {
+            Ok(empty) => {
+                let _ = self.outer.set(id, &empty, 0);
+            }
+            Err(error) => warn!(pool = id, %error, "clearing a retired reply table"),
+        }
+    }
+
+    /// Ends the claim of the flow of client key `client` on `slot` of pool
+    /// `pool`, if it still holds it; the claim it had (`reply_claim::OWN`:
+    /// the source goes back to the pool).
+    pub(crate) fn end_claim(&mut self, pool: u32, slot: u32, client: &FlowKey) -> Option<u64> {
+        let table = self.open.get_mut(&pool)?;
+        end_claim_in(table, slot, client)
+    }
+
+    /// The entry for NAT source `slot` of pool `pool`.
+    pub fn get(&self, pool: u32, slot: u32) -> Option<ReplyValue> {
+        self.open.get(&pool)?.get(&slot, 0).ok()
+    }
+
+    /// Writes the entry for NAT source `slot` of pool `pool` (tests and
+    /// tools that set up flows without the program).
+    pub fn set(&mut self, pool: u32, slot: u32, value: ReplyValue) -> Result<(), DataplaneError> {
+        let table = self
+            .open
+            .get_mut(&pool)
+            .ok_or_else(|| DataplaneError::Missing(format!("reply table of pool {pool}")))?;
+        table.set(slot, value, 0).map_err(tables_error)
+    }
+
+    /// The live claims of pool `pool`: (slot, entry).
+    pub fn claims(&self, pool: u32) -> Vec<(u32, ReplyValue)> {
+        self.open.get(&pool).map_or_else(Vec::new, live_claims)
+    }
+}
+
+fn live_claims(table: &ReplyTable) -> Vec<(u32, ReplyValue)> {
+    table
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, entry)| Some((u32::try_from(slot).ok()?, entry.ok()?)))
+        .filter(|(_, entry)| entry.live != reply_claim::FREE)
+        .collect()
+}
+
+/// Carries the claims of a table over into one of another size (a pool
+/// whose SNAT address count changed); claims beyond the new size are of
+/// addresses no longer in the pool, whose flows break either way.
+fn copy_claims(from: &ReplyTable, to: &mut ReplyTable) {
+    for (slot, entry) in live_claims(from) {
+        if slot < to.len() {
+            let _ = to.set(slot, entry, 0);
+        }
+    }
+}
+
+fn end_claim_in(table: &mut ReplyTable, slot: u32, client: &FlowKey) -> Option<u64> {
+    let entry = table.get(&slot, 0).ok()?;
+    if entry.live == reply_claim::FREE || entry.client != *client {
+        return None;
+    }
+    table.set(slot, ReplyValue::default(), 0).ok()?;
+    Some(entry.live)
+}
+
+/// Reply-table access for another holder of the pins (flow sync): tables
+/// are opened per call, since the agent may replace them at any time.
+pub(crate) struct PinnedReplyTables {
+    outer: Outer,
+}
+
+impl PinnedReplyTables {
+    pub(crate) fn new(outer: Outer) -> Self {
+        Self { outer }
+    }
+
+    /// Writes `value` for NAT source `slot` of pool `pool`; false if the
+    /// pool has no table or the slot is beyond it.
+    pub(crate) fn write(&self, pool: u32, slot: u32, value: &ReplyValue) -> bool {
+        self.outer
+            .get(&pool, 0)
+            .is_ok_and(|mut table| table.set(slot, value, 0).is_ok())
+    }
+
+    /// Frees the entry of `slot` in pool `pool` if the flow of client key
+    /// `client` holds it.
+    pub(crate) fn end_claim(&self, pool: u32, slot: u32, client: &FlowKey) {
+        if let Ok(mut table) = self.outer.get(&pool, 0) {
+            end_claim_in(&mut table, slot, client);
+        }
+    }
+}
