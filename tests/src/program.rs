@@ -16,7 +16,7 @@ use lb_common::{
 
 use lb_agent::dataplane::{
     clock::{calibrate, TickClock},
-    maps::end_flow,
+    maps::{end_flow, restore_reply_entries},
     port_pools::{Endpoint, PortPools, SlotLayout},
 };
 
@@ -67,6 +67,14 @@ fn ifindex(name: &str) -> u32 {
 /// The `conntrack_floor` reference program's reply map (a hash map keyed
 /// like the balancer's reply entries used to be).
 const FLOOR_REPLIES: &str = "replies";
+
+/// The balancer's forward table, for writing.
+fn flows_of(ebpf: &mut Ebpf) -> HashMap<&mut aya::maps::MapData, FlowKey, FlowValue> {
+    ebpf.map_mut(map_names::FLOWS)
+        .expect("flows")
+        .try_into()
+        .expect("hash")
+}
 
 fn mac(m: &Mac) -> String {
     m.iter()
@@ -384,12 +392,7 @@ impl Harness {
                 lb_common::ReplyValue::of(client, &flow),
             )
             .expect("insert reply");
-        let mut flows: HashMap<_, FlowKey, FlowValue> = self
-            .ebpf
-            .map_mut(map_names::FLOWS)
-            .expect("flows")
-            .try_into()
-            .expect("hash");
+        let mut flows = flows_of(&mut self.ebpf);
         flows.insert(client, flow, 0).expect("insert flow");
     }
 
@@ -411,14 +414,38 @@ impl Harness {
     /// Ends a flow the way the agent does when it expires or is removed.
     pub fn remove_flow_as_agent(&mut self, key: &FlowKey) {
         let flow = self.flow(key).expect("flow to remove");
-        let mut flows: HashMap<_, FlowKey, FlowValue> = self
-            .ebpf
-            .map_mut(map_names::FLOWS)
-            .expect("flows")
-            .try_into()
-            .expect("hash");
+        let mut flows = flows_of(&mut self.ebpf);
         let pools = self.pools.as_mut().expect("the balancer's port pools");
         end_flow(&mut flows, pools, key, &flow);
+    }
+
+    /// Makes the tables look as an upgrade from the agent before reply
+    /// tables finds them: the flow of `key` is tracked, its reply entry is
+    /// not, and `peer` marks it as one of the HA peer's slice the way that
+    /// agent did (no pool).
+    pub fn forget_reply_entry(&mut self, key: &FlowKey, peer: bool) {
+        let mut flow = self.flow(key).expect("flow to forget the reply of");
+        let pools = self.pools.as_mut().expect("the balancer's port pools");
+        pools
+            .replies_mut()
+            .set(
+                flow.port_pool,
+                port_slot(flow.snat_index, flow.lb_port),
+                lb_common::ReplyValue::default(),
+            )
+            .expect("clear reply entry");
+        if peer {
+            flow.port_pool = u32::MAX;
+        }
+        let mut flows = flows_of(&mut self.ebpf);
+        flows.insert(key, flow, 0).expect("rewrite flow");
+    }
+
+    /// What the agent does at its first start after that upgrade.
+    pub fn restore_reply_entries(&mut self) -> usize {
+        let mut flows = flows_of(&mut self.ebpf);
+        let pools = self.pools.as_mut().expect("the balancer's port pools");
+        restore_reply_entries(&mut flows, pools).expect("restore reply entries")
     }
 
     pub fn reason_count(&self, reason: Reason) -> u64 {

@@ -10,7 +10,8 @@ use integration_tests::{
     },
     program::*,
 };
-use lb_common::{flow_state, FlowKey, Reason, Settings, PROTO_TCP, PROTO_UDP};
+use lb_agent::dataplane::port_pools::Endpoint;
+use lb_common::{flow_state, reply_claim, FlowKey, Reason, Settings, PROTO_TCP, PROTO_UDP};
 
 const NAT_PORT: u16 = 20000;
 
@@ -1084,4 +1085,55 @@ fn flow_sync_events_report_new_flows_and_state_changes() {
     h.run(h.pub_ifindex, &dns.build());
     let udp: Vec<u8> = h.take_flow_events().iter().map(|e| e.state).collect();
     assert_eq!(udp, [flow_state::UDP]);
+}
+
+/// An agent before reply tables kept reply entries in one hash; its first
+/// start after the upgrade rebuilds them from the forward table, so the
+/// backends' packets of live flows still reach their clients, and a flow
+/// of the HA peer's slice stays out of this node's queues.
+#[test]
+fn flows_of_an_agent_before_reply_tables_keep_their_replies() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 20001);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    let mut nat_ports = Vec::new();
+    for sport in [40000, 40001] {
+        let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
+        assert_eq!(action, XDP_REDIRECT, "SYN from {sport} forwarded");
+        nat_ports.push(u16::from_be_bytes([out[34], out[35]]));
+    }
+    h.forget_reply_entry(&client_key(40000), false);
+    h.forget_reply_entry(&client_key(40001), true);
+    let syn_ack = |port| {
+        Frame::tcp(WEB1, 80, LB_PRIV, port, TCP_SYN | TCP_ACK)
+            .macs(WEB1_MAC, PRIV_MAC)
+            .build()
+    };
+    assert_eq!(
+        h.run(h.priv_ifindex, &syn_ack(nat_ports[0])).0,
+        XDP_PASS,
+        "without its reply entry a flow's replies are not ours"
+    );
+
+    assert_eq!(h.restore_reply_entries(), 2);
+    let web1 = Endpoint {
+        addr: WEB1.into(),
+        port: 80,
+        proto: PROTO_TCP,
+    };
+    for (sport, port, claim) in [
+        (40000, nat_ports[0], reply_claim::OWN),
+        (40001, nat_ports[1], reply_claim::PEER),
+    ] {
+        let (action, out) = h.run(h.priv_ifindex, &syn_ack(port));
+        assert_eq!(action, XDP_REDIRECT, "reply to NAT port {port} forwarded");
+        assert_eq!(&out[30..34], &CLIENT, "to the client");
+        assert_eq!(u16::from_be_bytes([out[36], out[37]]), sport);
+        let entry = h.reply_entry(web1, 0, port).expect("reply entry");
+        assert_eq!((entry.client, entry.live), (client_key(sport), claim));
+        let flow = h.flow(&client_key(sport)).expect("flow");
+        assert_ne!(flow.port_pool, u32::MAX, "every flow names its pool again");
+    }
 }

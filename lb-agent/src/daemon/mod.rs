@@ -177,6 +177,16 @@ impl Daemon {
         )
         .await?;
         tables.ports_mut().adopt(snat_layout)?;
+        if dataplane.legacy_replies {
+            // Before the new program replaces the old one in the links, so
+            // that it finds every live flow's NAT source claimed.
+            let flows = tables.restore_reply_entries()?;
+            dataplane.drop_legacy_replies()?;
+            info!(
+                flows,
+                "carried the flows of an earlier version over into the reply tables"
+            );
+        }
         tables.write_settings(kernel_settings(&config, &facts))?;
         let ifindexes: Vec<u32> = load
             .interfaces

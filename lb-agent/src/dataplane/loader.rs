@@ -55,6 +55,9 @@ pub struct Dataplane {
     mode: XdpAttachMode,
     /// Whether maps of an earlier run were adopted.
     pub adopted: bool,
+    /// Whether the earlier run kept reply entries in the `replies` hash
+    /// (`restore_reply_entries`, then `drop_legacy_replies`).
+    pub legacy_replies: bool,
 }
 
 const PROGRAM: &str = "lb";
@@ -179,6 +182,7 @@ impl Dataplane {
             })?;
         check_pins_compatible(&dir, opts.max_flows)?;
         let adopted = pins::map_pin(&dir, map_names::FLOWS).exists();
+        let legacy_replies = pins::map_pin(&dir, map_names::LEGACY_REPLIES).exists();
 
         let mut loader = EbpfLoader::new();
         let pin_paths: Vec<(&str, PathBuf)> = MAPS
@@ -213,15 +217,35 @@ impl Dataplane {
             interfaces,
             mode: opts.mode,
             adopted,
+            legacy_replies,
         })
     }
 
-    /// Takes the maps out of the loaded object for typed access.
+    /// Removes the pin of the earlier run's `replies` hash, once its flows
+    /// have their reply entries in the reply tables.
+    pub fn drop_legacy_replies(&mut self) -> Result<(), DataplaneError> {
+        let path = pins::map_pin(&self.dir, map_names::LEGACY_REPLIES);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DataplaneError::Io {
+                    action: "removing the replies map of an earlier version",
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        self.legacy_replies = false;
+        Ok(())
+    }
+
     /// Where this instance's maps are pinned.
     pub fn pin_dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Takes the maps out of the loaded object for typed access.
     pub fn tables(&mut self) -> Result<Tables, DataplaneError> {
         Tables::take(&mut self.ebpf)
     }

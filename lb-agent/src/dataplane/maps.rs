@@ -7,14 +7,19 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_expired, map_names, port_slot, ring_base, BackendValue, Counters, FlowEvent, FlowKey,
-    FlowValue, HalfOpenCursor, NextHop, Reason, ServiceKey, ServiceValue, Settings, MAX_BACKENDS,
-    RING_SIZE,
+    flow_expired, map_names, port_slot, reply_claim, ring_base, BackendValue, Counters, FlowEvent,
+    FlowKey, FlowValue, HalfOpenCursor, NextHop, Reason, ReplyValue, ServiceKey, ServiceValue,
+    Settings, MAX_BACKENDS, RING_SIZE,
 };
 
 use tracing::debug;
 
-use super::{batch, port_pools::PortPools, reply_tables::ReplyTables, DataplaneError};
+use super::{
+    batch,
+    port_pools::{Endpoint, PortPools},
+    reply_tables::ReplyTables,
+    DataplaneError,
+};
 
 /// The maps of one instance, owned (they stay shared with the kernel program).
 pub struct Tables {
@@ -162,6 +167,55 @@ pub fn end_flow<F>(
     );
 }
 
+/// What an agent before reply tables stored in `FlowValue::port_pool` for a
+/// flow of the HA peer's port slice.
+const LEGACY_NO_POOL: u32 = u32::MAX;
+
+/// Gives every tracked flow its reply entry, in the table of its backend's
+/// pool: an upgrade from the agent that kept reply entries in one hash
+/// table (`map_names::LEGACY_REPLIES`). The forward entry holds all a
+/// reply entry has, so nothing is read from the old table. Returns how
+/// many flows were carried over.
+pub fn restore_reply_entries<F>(
+    flows: &mut HashMap<F, FlowKey, FlowValue>,
+    ports: &mut PortPools,
+) -> Result<usize, DataplaneError>
+where
+    F: std::borrow::BorrowMut<MapData>,
+{
+    let tracked: Vec<(FlowKey, FlowValue)> = flows.iter().filter_map(Result::ok).collect();
+    for &(client, mut flow) in &tracked {
+        let endpoint = Endpoint {
+            addr: std::net::Ipv4Addr::from(flow.backend_addr),
+            port: flow.backend_port,
+            proto: client.proto,
+        };
+        let pool = ports.pool_for(endpoint)?;
+        // The peer's sources must never join this node's queues.
+        let live = if flow.port_pool == LEGACY_NO_POOL {
+            reply_claim::PEER
+        } else {
+            reply_claim::OWN
+        };
+        if flow.port_pool != pool {
+            flow.port_pool = pool;
+            // BPF_EXIST: a flow the running program ended meanwhile stays ended.
+            let _ = flows.insert(client, flow, BPF_EXIST);
+        }
+        let reply = ReplyValue {
+            live,
+            ..ReplyValue::of(client, &flow)
+        };
+        ports
+            .replies_mut()
+            .set(pool, port_slot(flow.snat_index, flow.lb_port), reply)?;
+    }
+    Ok(tracked.len())
+}
+
+/// `bpf_map_update_elem` flag: only replace an existing element.
+const BPF_EXIST: u64 = 2;
+
 impl Tables {
     /// Takes the maps out of a freshly loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
@@ -202,6 +256,11 @@ impl Tables {
                 ),
             ),
         })
+    }
+
+    /// See `restore_reply_entries`.
+    pub fn restore_reply_entries(&mut self) -> Result<usize, DataplaneError> {
+        restore_reply_entries(&mut self.flows, &mut self.ports)
     }
 
     pub fn ports(&self) -> &PortPools {
