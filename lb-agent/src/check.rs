@@ -207,13 +207,27 @@ pub fn check_text(text: &str, path: &str, offline: bool) -> Report {
     );
     let nat_ports = ports::port_count(&ports::PortSlice::of(&config).apply(&usable));
     report.findings = findings.into_iter().map(|p| document.locate(p)).collect();
-    report.warnings = config
-        .capacity_warnings(nat_ports)
-        .into_iter()
-        .map(|p| document.locate(p))
-        .collect();
+    let mut warnings = config.capacity_warnings(nat_ports);
+    if !offline {
+        warnings.extend(node_memory_bytes().and_then(|bytes| config.reply_memory_warning(bytes)));
+    }
+    report.warnings = warnings.into_iter().map(|p| document.locate(p)).collect();
     report.config = Some(config);
     report
+}
+
+/// This machine's memory (`MemTotal`), if /proc/meminfo says.
+fn node_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// The findings a config error is made of, without the file name (the

@@ -118,4 +118,55 @@ impl Config {
         }
         warnings
     }
+
+    /// The memory of the reply tables this config makes the program
+    /// allocate: one per backend endpoint (address, port, protocol), with
+    /// an entry for every port of every SNAT address.
+    pub fn reply_table_bytes(&self) -> u64 {
+        let endpoints: std::collections::HashSet<_> = self
+            .services
+            .iter()
+            .flat_map(|service| {
+                service
+                    .backends
+                    .iter()
+                    .map(move |b| (b.address, b.port_or(service.port), service.protocol))
+            })
+            .collect();
+        let addresses = self.snat_addresses().len() as u32;
+        endpoints.len() as u64
+            * u64::from(lb_common::reply_table_len(addresses))
+            * std::mem::size_of::<lb_common::ReplyValue>() as u64
+    }
+
+    /// A warning when the reply tables would take more than a quarter of
+    /// `memory_bytes` (the node's memory).
+    pub fn reply_memory_warning(&self, memory_bytes: u64) -> Option<Problem> {
+        let bytes = self.reply_table_bytes();
+        if bytes <= memory_bytes / 4 {
+            return None;
+        }
+        let mib = |b: u64| b / (1 << 20);
+        let (section, field) = if self.floating_snat_addresses().is_empty() {
+            ("node", "snat_addresses")
+        } else {
+            ("vrrp", "snat_pool")
+        };
+        Some(
+            Problem::new(
+                crate::problem::FieldPath::root().key(section).key(field),
+                format!(
+                    "the reply tables of these backends take {} MiB of the node's {} MiB \
+                     ({} MiB per SNAT address and backend endpoint)",
+                    mib(bytes),
+                    mib(memory_bytes),
+                    mib(u64::from(lb_common::reply_table_len(1))
+                        * std::mem::size_of::<lb_common::ReplyValue>() as u64),
+                ),
+            )
+            .with_hint(format!(
+                "use fewer addresses in {section}.{field} or fewer backend endpoints, or give the node more memory"
+            )),
+        )
+    }
 }

@@ -397,6 +397,25 @@ fn pool_capacity_against_a_stated_rate() {
     let config = Config::parse(&pooled, "t.toml").expect("valid");
     assert!(config.capacity_warnings(10_000).is_empty());
     assert_eq!(config.to_settings().snat_count, 5);
+
+    // Reply tables: 4 MiB per SNAT address and backend endpoint.
+    let endpoints = config
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| (b.address, b.port_or(s.port))))
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    assert!(endpoints > 0);
+    assert_eq!(config.reply_table_bytes(), endpoints * 5 * (4 << 20));
+    assert!(config.reply_memory_warning(1 << 40).is_none());
+    let warning = config
+        .reply_memory_warning(endpoints * 5 * (4 << 20) * 2)
+        .expect("more than a quarter of the memory");
+    assert_eq!(warning.path.to_string(), "node.snat_addresses");
+    assert!(
+        warning.to_string().contains("4 MiB per SNAT address"),
+        "{warning}"
+    );
 }
 
 #[test]
