@@ -6,9 +6,9 @@ use core::mem::size_of;
 
 use crate::{
     map_names::*, BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry,
-    NextHop, PoolKey, PortPool, Reason, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
-    FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
-    RING_SLOTS,
+    NextHop, PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings,
+    DEFAULT_MAX_FLOWS, FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES,
+    MAX_SERVICES, MAX_TX_PORTS, RING_SLOTS,
 };
 
 /// The kernel map type a map is declared with.
@@ -21,6 +21,7 @@ pub enum MapKind {
     DevMapHash,
     ArrayOfMaps,
     RingBuf,
+    Queue,
 }
 
 #[cfg(feature = "user")]
@@ -36,6 +37,7 @@ impl MapKind {
             MapType::DevMapHash => Self::DevMapHash,
             MapType::ArrayOfMaps => Self::ArrayOfMaps,
             MapType::RingBuf => Self::RingBuf,
+            MapType::Queue => Self::Queue,
             _ => return None,
         })
     }
@@ -52,6 +54,16 @@ pub enum OnMismatch {
     Refuse,
 }
 
+/// The maps an array of maps holds. The agent makes each one (with a size
+/// of its own), so the pin check reads their layout from one it finds: the
+/// outer map's own layout (4-byte ids) says nothing about them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InnerSpec {
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
 /// One map of the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSpec {
@@ -65,6 +77,8 @@ pub struct MapSpec {
     /// Sized by `conntrack.max_flows` when loaded.
     pub resized_at_load: bool,
     pub on_mismatch: OnMismatch,
+    /// For an array of maps, the maps it holds.
+    pub inner: Option<InnerSpec>,
 }
 
 const fn spec(
@@ -83,6 +97,27 @@ const fn spec(
         max_entries,
         resized_at_load: false,
         on_mismatch,
+        inner: None,
+    }
+}
+
+/// An array of maps (indexed by port pool id) of `kind` maps; the entries
+/// they hold are state, so a pin of another layout is refused.
+const fn of_maps(name: &'static str, kind: MapKind, key_size: usize, value_size: usize) -> MapSpec {
+    MapSpec {
+        inner: Some(InnerSpec {
+            kind,
+            key_size: key_size as u32,
+            value_size: value_size as u32,
+        }),
+        ..spec(
+            name,
+            MapKind::ArrayOfMaps,
+            4,
+            4,
+            MAX_BACKENDS,
+            OnMismatch::Refuse,
+        )
     }
 }
 
@@ -145,9 +180,10 @@ pub const MAPS: [MapSpec; 22] = [
     spec(REASONS, PerCpuArray, 4, 8, Reason::COUNT, Replace),
     spec(VIPS, Hash, 4, 4, MAX_SERVICES, Refuse),
     spec(NEIGH_MISSES, LruHash, 4, 8, MAX_NEIGH_MISSES, Refuse),
-    spec(PORT_QUEUES, ArrayOfMaps, 4, 4, MAX_BACKENDS, Refuse),
-    // Inner maps are `Array`s of `ReplyValue` (`reply_table_len`).
-    spec(REPLY_TABLES, ArrayOfMaps, 4, 4, MAX_BACKENDS, Refuse),
+    // Queues of `port_slot`s (no keys), as long as the pool's capacity.
+    of_maps(PORT_QUEUES, Queue, 0, 4),
+    // Arrays of `ReplyValue` with `reply_table_len` entries.
+    of_maps(REPLY_TABLES, Array, 4, size_of::<ReplyValue>()),
     // Written whole from the pools' records at every start.
     spec(
         POOL_IDS,

@@ -5,7 +5,8 @@
 //! replaced when their layout or size changed (rings of 256 slots, 19
 //! reasons before issue #11); a connection table of another layout (live
 //! flows) is refused with a message that says what to do; one of today's
-//! layout in an LRU map (before issue #11) is kept.
+//! layout in an LRU map (before issue #11) is kept; reply tables holding
+//! entries of another layout are refused.
 
 use std::{
     path::{Path, PathBuf},
@@ -50,6 +51,7 @@ fn an_earlier_versions_pins() {
         return;
     };
     let object = std::fs::read(object).expect("read the XDP object");
+    let parsed = aya_obj::Object::parse(&object).expect("parse the XDP object");
     let instance = format!("lbt-pins-{}", std::process::id());
     let dir = PinDir(Path::new(BPFFS).join(&instance));
     let options = LoadOptions {
@@ -74,6 +76,24 @@ fn an_earlier_versions_pins() {
             (kind, info.key_size(), info.value_size(), info.max_entries()),
             (Some(map.kind), map.key_size, map.value_size, entries),
             "{} as the object declares it vs lb_common::maps::MAPS",
+            map.name
+        );
+    }
+    for map in &MAPS {
+        let Some(spec) = map.inner else { continue };
+        let declared = parsed
+            .maps
+            .get(map.name)
+            .and_then(aya_obj::Map::inner)
+            .unwrap_or_else(|| panic!("{} declares no inner map", map.name));
+        let kind = aya_obj::generated::bpf_map_type::try_from(declared.map_type())
+            .ok()
+            .and_then(|kind| MapType::try_from(kind).ok())
+            .and_then(MapKind::of);
+        assert_eq!(
+            (kind, declared.key_size(), declared.value_size()),
+            (Some(spec.kind), spec.key_size, spec.value_size),
+            "the maps {} holds as the object declares them vs MAPS",
             map.name
         );
     }
@@ -144,4 +164,80 @@ fn an_earlier_versions_pins() {
     let dataplane = Dataplane::load(&options, &object).expect("reload");
     assert!(!dataplane.legacy_replies);
     drop(dataplane);
+    std::fs::remove_dir_all(&dir.0).expect("clear pins");
+
+    // Reply tables of another entry layout (the 56-byte replies of before
+    // reply tables): the program would misread every claim in them.
+    pin_outer_with_inner(&dir.0, map_names::REPLY_TABLES, "array", 4, 56);
+    match Dataplane::load(&options, &object) {
+        Ok(_) => panic!("reply tables of another layout were adopted"),
+        Err(error) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("reply_tables")
+                    && message.contains("56-byte")
+                    && message.contains("remove"),
+                "{message}"
+            );
+        }
+    }
+}
+
+/// Pins `name` as an array of maps holding one map of the given layout
+/// (made with the inner-map flag, as the agent makes its tables).
+fn pin_outer_with_inner(dir: &Path, name: &str, kind: &str, key: u32, value: u32) {
+    std::fs::create_dir_all(dir).expect("pin directory");
+    let inner = dir.join(format!("{name}_inner"));
+    let bpftool = |args: &[&str]| {
+        let status = Command::new("bpftool")
+            .args(args)
+            .status()
+            .expect("run bpftool");
+        assert!(status.success(), "bpftool {args:?}");
+    };
+    let inner_path = inner.to_str().expect("utf-8 path");
+    let outer = dir.join(name);
+    let outer_path = outer.to_str().expect("utf-8 path");
+    let (key, value) = (key.to_string(), value.to_string());
+    bpftool(&[
+        "map",
+        "create",
+        inner_path,
+        "type",
+        kind,
+        "key",
+        &key,
+        "value",
+        &value,
+        "entries",
+        "8",
+        "name",
+        "old_inner",
+        "flags",
+        "4096",
+    ]);
+    let entries = lb_common::MAX_BACKENDS.to_string();
+    bpftool(&[
+        "map",
+        "create",
+        outer_path,
+        "type",
+        "array_of_maps",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        &entries,
+        "name",
+        name,
+        "inner_map",
+        "pinned",
+        inner_path,
+    ]);
+    bpftool(&[
+        "map", "update", "pinned", outer_path, "key", "0", "0", "0", "0", "value", "pinned",
+        inner_path,
+    ]);
+    std::fs::remove_file(&inner).expect("unpin the inner map");
 }

@@ -11,13 +11,13 @@ use std::{
 };
 
 use aya::{
-    maps::MapInfo,
+    maps::{ArrayOfMaps, Map, MapData, MapInfo},
     programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     map_names,
-    maps::{MapKind, OnMismatch, MAPS},
+    maps::{InnerSpec, MapKind, MapSpec, OnMismatch, MAPS},
 };
 use tracing::{info, warn};
 
@@ -98,7 +98,15 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), DataplaneError> {
 
 fn describe(kind: Option<MapKind>, key: u32, value: u32) -> String {
     match kind {
-        Some(kind) => format!("a {kind:?} map of {key}/{value}-byte keys/values"),
+        Some(kind) => {
+            let name = format!("{kind:?}");
+            let article = if name.starts_with(['A', 'E', 'I', 'O', 'U']) {
+                "an"
+            } else {
+                "a"
+            };
+            format!("{article} {name} map of {key}/{value}-byte keys/values")
+        }
         None => format!("a map of another kind with {key}/{value}-byte keys/values"),
     }
 }
@@ -141,6 +149,9 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
                 expected: describe(Some(map.kind), map.key_size, map.value_size),
             });
         }
+        if let Some(inner) = map.inner {
+            check_inner_maps(&path, dir, map, inner)?;
+        }
         if legacy_lru_table {
             warn!(
                 map = map.name,
@@ -160,6 +171,55 @@ fn check_pins_compatible(dir: &Path, max_flows: u32) -> Result<(), DataplaneErro
         }
     }
     Ok(())
+}
+
+/// The kind and key/value sizes of the first map the pinned array of maps
+/// at `path` holds; `None` if it holds none (nothing there to misread).
+fn first_inner_layout(
+    path: &Path,
+    map: &MapSpec,
+) -> Result<Option<(Option<MapKind>, u32, u32)>, DataplaneError> {
+    let data = MapData::from_pin(path).map_err(DataplaneError::map(map.name))?;
+    let outer: ArrayOfMaps<MapData, MapData> = Map::ArrayOfMaps(data)
+        .try_into()
+        .map_err(DataplaneError::map(map.name))?;
+    for index in 0..map.max_entries {
+        if let Ok(inner) = outer.get(&index, 0) {
+            let info = inner.info().map_err(DataplaneError::map(map.name))?;
+            let kind = info.map_type().ok().and_then(MapKind::of);
+            return Ok(Some((kind, info.key_size(), info.value_size())));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses a pinned array of maps whose maps have another layout: the
+/// program would read their entries with this build's layout, and the
+/// kernel refuses new maps of this layout beside them.
+fn check_inner_maps(
+    path: &Path,
+    dir: &Path,
+    map: &MapSpec,
+    inner: InnerSpec,
+) -> Result<(), DataplaneError> {
+    let Some((kind, key_size, value_size)) = first_inner_layout(path, map)? else {
+        return Ok(());
+    };
+    if (kind, key_size, value_size) == (Some(inner.kind), inner.key_size, inner.value_size) {
+        return Ok(());
+    }
+    Err(DataplaneError::IncompatiblePin {
+        path: path.display().to_string(),
+        dir: dir.display().to_string(),
+        found: format!(
+            "an array of maps holding {}",
+            describe(kind, key_size, value_size)
+        ),
+        expected: format!(
+            "one holding {}",
+            describe(Some(inner.kind), inner.key_size, inner.value_size)
+        ),
+    })
 }
 
 impl Dataplane {
