@@ -1,4 +1,4 @@
-//! Whole-table reads of hash maps with `BPF_MAP_LOOKUP_BATCH`: thousands
+//! Whole-table reads of hash maps and arrays with `BPF_MAP_LOOKUP_BATCH`: thousands
 //! of entries per system call instead of two calls per entry (the next key,
 //! then its value), which is what makes walking a flow table of a million
 //! entries cost milliseconds instead of seconds. aya has no batch API yet,
