@@ -289,6 +289,14 @@ pub mod flow_state {
     pub fn is_half_open(state: u8) -> bool {
         state == TCP_HANDSHAKE || state == TCP_SYN_ACKED || state == UDP
     }
+
+    /// Whether the backend has not answered a flow in `state` at all: flow
+    /// sync leaves such flows to the node that has them (a failover costs
+    /// them only the client's retransmission).
+    #[inline(always)]
+    pub fn is_unanswered(state: u8) -> bool {
+        state == TCP_HANDSHAKE || state == UDP
+    }
 }
 
 /// TCP flag bits as in the header's flags byte.

@@ -286,7 +286,8 @@ fn new_flow(
         return (DROP, Reason::DropFlowInsert);
     }
     half_open::record(settings, new.client, &flow);
-    sync::report(settings, new.client, &flow);
+    // No sync event yet: the peer learns of the flow from its first answer
+    // (`sync`), so nothing is reported for the unanswered.
     count_taken(source.pool);
     count_traffic(service.id, backend_id, bytes, true);
     (action, Reason::ForwardedToBackend)

@@ -1,5 +1,13 @@
-//! Flow sync's side of the data path: new flows and state changes go to a
-//! ring buffer, from which the agent replicates them to its HA peer.
+//! Flow sync's side of the data path: state changes go to a ring buffer,
+//! from which the agent replicates them to its HA peer.
+//!
+//! A flow is first reported when the backend answers it (TCP's SYN-ACK,
+//! UDP's first reply), not at its first packet. Until then a failover loses
+//! nothing the peer could keep: the client's retransmission (of a SYN whose
+//! answer went to the failed node, or of an unanswered datagram) opens the
+//! flow afresh on the new master. And a flood of spoofed or unanswered
+//! first packets then costs the sync ring, the link and the peer nothing,
+//! while every connection's opening costs one event less.
 
 use lb_common::{FlowEvent, FlowKey, FlowValue, Settings};
 

@@ -19,8 +19,13 @@ const NAT_PORT: u16 = 20000;
 /// and `empty` (TCP 443, no backends), NAT range of one port so outputs are
 /// exact.
 fn lab_harness() -> Option<Harness> {
+    lab_harness_with_ports(1)
+}
+
+/// The lab's services with `nat_ports` NAT ports per backend from `NAT_PORT` on.
+fn lab_harness_with_ports(nat_ports: u16) -> Option<Harness> {
     let object = artifacts::lb_object()?;
-    let mut h = Harness::new(&object, NAT_PORT, NAT_PORT);
+    let mut h = Harness::new(&object, NAT_PORT, NAT_PORT + nat_ports - 1);
     h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80), (1, WEB2, 80)]);
     h.add_service(1, VIP, 5353, PROTO_UDP, &[(2, WEB1, 5353)]);
     h.add_service(2, VIP, 443, PROTO_TCP, &[]);
@@ -1042,11 +1047,13 @@ fn a_client_reusing_its_ports_holds_one_entry_each_way() {
     assert_eq!((h.flow_count(), h.reply_count()), (1, 1));
 }
 
-/// With sync on, each new flow and each state change is reported once,
-/// with what the peer needs to carry the flow on; plain data is not.
+/// With sync on, a flow is reported from its first answer on, once per
+/// state change, with what the peer needs to carry the flow on; its
+/// unanswered first packets and plain data are not.
 #[test]
-fn flow_sync_events_report_new_flows_and_state_changes() {
-    let Some(mut h) = lab_harness() else {
+fn flow_sync_events_report_answered_flows_and_state_changes() {
+    // Ports for three TCP flows on either backend.
+    let Some(mut h) = lab_harness_with_ports(3) else {
         return;
     };
     h.run(h.pub_ifindex, &client_syn(40100).build());
@@ -1055,6 +1062,11 @@ fn flow_sync_events_report_new_flows_and_state_changes() {
         sync_events: 1,
         ..h.ebpf_settings()
     });
+    h.run(h.pub_ifindex, &client_syn(40150).build());
+    assert!(
+        h.take_flow_events().is_empty(),
+        "an unanswered SYN is not reported"
+    );
     let (port, backend) = handshake(&h, CLIENT, 40200);
     let data = Frame::tcp(CLIENT, 40200, VIP, 80, TCP_ACK | TCP_PSH).macs(CLIENT_MAC, PUB_MAC);
     assert_eq!(h.run(h.pub_ifindex, &data.build()).0, XDP_REDIRECT);
@@ -1062,11 +1074,7 @@ fn flow_sync_events_report_new_flows_and_state_changes() {
     let states: Vec<u8> = events.iter().map(|e| e.state).collect();
     assert_eq!(
         states,
-        [
-            flow_state::TCP_HANDSHAKE,
-            flow_state::TCP_SYN_ACKED,
-            flow_state::TCP_ESTABLISHED
-        ],
+        [flow_state::TCP_SYN_ACKED, flow_state::TCP_ESTABLISHED],
         "{events:#?}"
     );
     let flow = h.flow(&client_key(40200)).expect("flow");
@@ -1076,15 +1084,33 @@ fn flow_sync_events_report_new_flows_and_state_changes() {
         assert_eq!((event.lb_port, event.snat_index), (port, 0));
         assert_eq!(event.ts_delta, flow.ts_delta);
     }
-    assert!(events[0].at_ns <= events[2].at_ns && events[2].at_ns <= flow.last_seen_ns);
+    assert!(events[0].at_ns <= events[1].at_ns && events[1].at_ns <= flow.last_seen_ns);
     let rst = Frame::tcp(CLIENT, 40200, VIP, 80, TCP_RST).macs(CLIENT_MAC, PUB_MAC);
     h.run(h.pub_ifindex, &rst.build());
     let closing: Vec<u8> = h.take_flow_events().iter().map(|e| e.state).collect();
     assert_eq!(closing, [flow_state::TCP_CLOSING]);
     let dns = Frame::udp(CLIENT, 40300, VIP, 5353).macs(CLIENT_MAC, PUB_MAC);
+    let (action, out) = h.run(h.pub_ifindex, &dns.build());
+    assert_eq!(action, XDP_REDIRECT);
     h.run(h.pub_ifindex, &dns.build());
+    assert!(
+        h.take_flow_events().is_empty(),
+        "unanswered datagrams are not reported"
+    );
+    let backend = [out[30], out[31], out[32], out[33]];
+    let backend_mac = if backend == WEB1 { WEB1_MAC } else { WEB2_MAC };
+    let answer = Frame::udp(
+        backend,
+        5353,
+        LB_PRIV,
+        u16::from_be_bytes([out[34], out[35]]),
+    )
+    .macs(backend_mac, PRIV_MAC)
+    .payload(b"answer")
+    .build();
+    assert_eq!(h.run(h.priv_ifindex, &answer).0, XDP_REDIRECT);
     let udp: Vec<u8> = h.take_flow_events().iter().map(|e| e.state).collect();
-    assert_eq!(udp, [flow_state::UDP]);
+    assert_eq!(udp, [flow_state::UDP_REPLIED]);
 }
 
 /// An agent before reply tables kept reply entries in one hash; its first

@@ -383,7 +383,7 @@ fn lab_figures(
 
 fn failover(artifacts: &build::Artifacts) -> Result<()> {
     heading("Failover: the agent pair vs the keepalived + HAProxy pair");
-    println!("\n--- A new flow's cost with flow sync on and off (BPF_PROG_TEST_RUN)");
+    println!("\n--- Opening a flow with flow sync on and off (BPF_PROG_TEST_RUN)");
     bench_binary(artifacts, "xdp-bench", &["sync"])?;
     cmd::catch_interrupts();
     crate::lab::ensure_all_lab_programs()?;

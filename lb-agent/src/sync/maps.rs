@@ -102,9 +102,10 @@ impl SyncMaps {
             .unwrap_or(0)
     }
 
-    /// Every flow of the table as the event that would describe it now:
-    /// a full transfer's content. Batched reads (a million flows in a
-    /// fraction of a second); key by key on kernels without them.
+    /// Every answered flow of the table as the event that would describe
+    /// it now: a full transfer's content (the unanswered are not reported,
+    /// as the program does not report them). Batched reads (a million flows
+    /// in a fraction of a second); key by key on kernels without them.
     pub(crate) fn table(&self) -> Vec<FlowEvent> {
         use aya::maps::IterableMap;
         let mut cursor = batch::Cursor::default();
@@ -115,6 +116,7 @@ impl SyncMaps {
             };
         entries
             .iter()
+            .filter(|(_, flow)| !lb_common::flow_state::is_unanswered(flow.state))
             .map(|(key, flow)| FlowEvent::of(key, flow))
             .collect()
     }
