@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, IterableMap, MapData, MapError};
+use aya::maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, IterableMap, Map, MapData, MapError};
 use lb_common::{
     map_names, reply_claim, reply_table_len, FlowKey, PoolKey, ReplyValue, INNER_MAP_FLAG,
 };
@@ -188,30 +188,51 @@ fn end_claim_in(table: &mut ReplyTable, slot: u32, client: &FlowKey) -> Option<u
     Some(entry.live)
 }
 
-/// Reply-table access for another holder of the pins (flow sync): tables
-/// are opened per call, since the agent may replace them at any time.
+/// Reply-table access for another holder of the pins (flow sync). The
+/// agent may replace a pool's table at any time (a new size, a retired
+/// pool), so every use asks which table the pool has now; the outer map
+/// read as an array answers with the table's id in one lookup, and a table
+/// is opened (three system calls) only when that id changed, not for every
+/// record.
 pub(crate) struct PinnedReplyTables {
-    outer: Outer,
+    table_ids: Array<MapData, u32>,
+    open: HashMap<u32, (u32, ReplyTable)>,
 }
 
 impl PinnedReplyTables {
-    pub(crate) fn new(outer: Outer) -> Self {
-        Self { outer }
+    /// `table_ids`: the pinned `reply_tables` opened as an array of ids.
+    pub(crate) fn new(table_ids: Array<MapData, u32>) -> Self {
+        Self {
+            table_ids,
+            open: HashMap::new(),
+        }
+    }
+
+    /// The table pool `pool` has now, if any.
+    fn table(&mut self, pool: u32) -> Option<&mut ReplyTable> {
+        let Ok(id) = self.table_ids.get(&pool, 0) else {
+            self.open.remove(&pool);
+            return None;
+        };
+        if self.open.get(&pool).is_none_or(|(open, _)| *open != id) {
+            let table: ReplyTable = Map::Array(MapData::from_id(id).ok()?).try_into().ok()?;
+            self.open.insert(pool, (id, table));
+        }
+        self.open.get_mut(&pool).map(|(_, table)| table)
     }
 
     /// Writes `value` for NAT source `slot` of pool `pool`; false if the
     /// pool has no table or the slot is beyond it.
-    pub(crate) fn write(&self, pool: u32, slot: u32, value: &ReplyValue) -> bool {
-        self.outer
-            .get(&pool, 0)
-            .is_ok_and(|mut table| table.set(slot, value, 0).is_ok())
+    pub(crate) fn write(&mut self, pool: u32, slot: u32, value: &ReplyValue) -> bool {
+        self.table(pool)
+            .is_some_and(|table| table.set(slot, value, 0).is_ok())
     }
 
     /// Frees the entry of `slot` in pool `pool` if the flow of client key
     /// `client` holds it.
-    pub(crate) fn end_claim(&self, pool: u32, slot: u32, client: &FlowKey) {
-        if let Ok(mut table) = self.outer.get(&pool, 0) {
-            end_claim_in(&mut table, slot, client);
+    pub(crate) fn end_claim(&mut self, pool: u32, slot: u32, client: &FlowKey) {
+        if let Some(table) = self.table(pool) {
+            end_claim_in(table, slot, client);
         }
     }
 }

@@ -54,7 +54,8 @@ fn open(dir: &Path, name: &'static str) -> Result<Map, DataplaneError> {
         map_names::FLOW_EVENTS => Map::RingBuf(data),
         map_names::BACKENDS | map_names::SETTINGS => Map::Array(data),
         map_names::FLOW_EVENTS_LOST => Map::PerCpuArray(data),
-        map_names::REPLY_TABLES => Map::ArrayOfMaps(data),
+        // Read as the ids of the tables it holds (`PinnedReplyTables`).
+        map_names::REPLY_TABLES => Map::Array(data),
         _ => Map::HashMap(data),
     })
 }
