@@ -90,9 +90,7 @@ fn downloads_survive_a_graceful_switchover_and_the_failback() {
     lab.stop_agent(Node::Lb1).expect("SIGTERM lb1's agent");
     lb2_takes_over(&lab);
     assert!(
-        downloads
-            .iter()
-            .all(|d| d.progresses(Duration::from_secs(2))),
+        downloads.iter().all(|d| d.progresses()),
         "the downloads go on through lb2"
     );
     // lb1 comes back: it asks lb2 for its flows and takes mastership back
@@ -105,9 +103,7 @@ fn downloads_survive_a_graceful_switchover_and_the_failback() {
     );
     assert!(in_sync(&lab, Node::Lb1), "lb1 took over only in sync");
     assert!(
-        downloads
-            .iter()
-            .all(|d| d.progresses(Duration::from_secs(2))),
+        downloads.iter().all(|d| d.progresses()),
         "the downloads go on through lb1 again"
     );
     all_complete(&mut downloads);

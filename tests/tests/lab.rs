@@ -96,10 +96,7 @@ fn backends_added_live_drain_and_cut() {
         !counts.contains_key("web3"),
         "no new connection to a draining backend: {counts:?}"
     );
-    assert!(
-        download.progresses(Duration::from_secs(2)),
-        "drained download keeps receiving"
-    );
+    assert!(download.progresses(), "drained download keeps receiving");
     assert!(download.running());
 
     // --now cuts it.
@@ -202,7 +199,7 @@ fn kill_9_keeps_forwarding_and_restart_adopts_flows() {
     lab.kill_agent(Node::Lb1, libc::SIGKILL).expect("kill -9");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        download.progresses(Duration::from_secs(2)),
+        download.progresses(),
         "download continues without the agent"
     );
     lab.start_agent(Node::Lb1).expect("restart");
@@ -232,10 +229,7 @@ fn kill_9_keeps_forwarding_and_restart_adopts_flows() {
         flows >= 1,
         "the download's flow survived the restart: {list:?}"
     );
-    assert!(
-        download.progresses(Duration::from_secs(2)),
-        "download continues after restart"
-    );
+    assert!(download.progresses(), "download continues after restart");
     assert!(download.running());
 }
 

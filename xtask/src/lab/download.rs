@@ -16,6 +16,13 @@ use super::{Lab, Node, SLOW_BYTES};
 /// The whole download's deadline (curl's `--max-time`).
 const MAX_TIME: &str = "90";
 
+/// How long a live download may go without a byte. nginx's `limit_rate`
+/// reckons its allowance on a clock of whole seconds, so it sends a burst
+/// about once a second, and on a busy machine (CI runs two lab tests at
+/// once on two CPUs) the gap grows past a second: a 1 s window then
+/// reports a healthy download as stalled.
+const PROGRESS_WINDOW: Duration = Duration::from_secs(3);
+
 pub struct Download {
     child: Child,
     headers: PathBuf,
@@ -65,11 +72,17 @@ impl Download {
         std::fs::metadata(&self.body).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Whether bytes keep arriving over `window` (nginx sends in bursts).
-    pub fn progresses(&self, window: Duration) -> bool {
+    /// Whether bytes still arrive: some within `PROGRESS_WINDOW`.
+    pub fn progresses(&self) -> bool {
         let before = self.received();
-        std::thread::sleep(window);
-        self.received() > before
+        let deadline = Instant::now() + PROGRESS_WINDOW;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if self.received() > before {
+                return true;
+            }
+        }
+        false
     }
 
     pub fn running(&mut self) -> bool {
