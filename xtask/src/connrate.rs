@@ -3,7 +3,10 @@
 //! same run on the same machine. Three rounds of wrk with `Connection:
 //! close` back to back show whether a rate holds once closed connections
 //! pile up (NAT ports held by closing flows, TIME_WAIT sockets on the
-//! backends), then one keep-alive round.
+//! backends), then keep-alive rounds, compared by their median: on a
+//! small VM where wrk, nginx and the balancer share the CPUs, one 10 s
+//! keep-alive round of the same build varies by ±10%, more than the
+//! margin the goal asks for.
 //!
 //! Every balancer gets a fresh lab with fresh web servers: TIME_WAIT
 //! sockets live 60 s in the backends' namespaces, and one side's leftovers
@@ -32,6 +35,8 @@ use crate::{
 /// Close-mode rounds per balancer, run back to back.
 pub const ROUNDS: usize = 3;
 pub const ROUND_SECONDS: u32 = 10;
+/// Keep-alive rounds per balancer, after the close rounds.
+pub const KEEP_ALIVE_ROUNDS: usize = 3;
 /// web1's counters: connections it put in TIME_WAIT (the kernel counts
 /// them as it arms the 60 s timer), and segments a TIME_WAIT socket
 /// rejected by PAWS (an older timestamp on a reused address and port).
@@ -106,7 +111,7 @@ pub struct Round {
 pub struct Phase {
     pub balancer: Balancer,
     pub close: Vec<Round>,
-    pub keep_alive: Round,
+    pub keep_alive: Vec<Round>,
 }
 
 impl Phase {
@@ -118,12 +123,30 @@ impl Phase {
         }
     }
 
+    /// The median keep-alive rate (of an even count, the mean of the two
+    /// middle ones).
+    pub fn keep_alive_median(&self) -> f64 {
+        let mut rates: Vec<f64> = self.keep_alive.iter().map(|r| r.wrk.rate).collect();
+        rates.sort_by(f64::total_cmp);
+        match rates.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => rates[n / 2],
+            n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
+        }
+    }
+
     fn rounds(&self) -> impl Iterator<Item = (String, &Round)> {
-        self.close
+        let close = self
+            .close
             .iter()
             .enumerate()
-            .map(|(i, r)| (format!("close {}", i + 1), r))
-            .chain(std::iter::once(("keep-alive".to_owned(), &self.keep_alive)))
+            .map(|(i, r)| (format!("close {}", i + 1), r));
+        let keep_alive = self
+            .keep_alive
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("keep-alive {}", i + 1), r));
+        close.chain(keep_alive)
     }
 
     fn counters_total(&self) -> Counters {
@@ -145,7 +168,7 @@ pub struct Goal {
 
 /// The goals for one XDP phase against HAProxy's: close mode ≥ 1.5×
 /// HAProxy in every round, the third close round ≥ 80% of the first,
-/// keep-alive ≥ 1.5× HAProxy.
+/// keep-alive (the rounds' medians) ≥ 1.5× HAProxy.
 pub fn goals(xdp: &Phase, haproxy: &Phase) -> Vec<Goal> {
     let ratios: Vec<f64> = xdp
         .close
@@ -155,7 +178,7 @@ pub fn goals(xdp: &Phase, haproxy: &Phase) -> Vec<Goal> {
         .collect();
     let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     let share = xdp.last_over_first();
-    let keep_alive = xdp.keep_alive.wrk.rate / haproxy.keep_alive.wrk.rate.max(1.0);
+    let keep_alive = xdp.keep_alive_median() / haproxy.keep_alive_median().max(1.0);
     let who = xdp.balancer;
     vec![
         Goal {
@@ -175,7 +198,7 @@ pub fn goals(xdp: &Phase, haproxy: &Phase) -> Vec<Goal> {
         },
         Goal {
             text: format!(
-                "{who}: keep-alive >= {GOAL_KEEP_ALIVE_RATIO}x HAProxy ({keep_alive:.2})"
+                "{who}: keep-alive median >= {GOAL_KEEP_ALIVE_RATIO}x HAProxy's ({keep_alive:.2})"
             ),
             holds: keep_alive >= GOAL_KEEP_ALIVE_RATIO,
         },
@@ -302,7 +325,10 @@ fn measure(lab: &Lab, balancer: Balancer) -> Result<Phase> {
     for _ in 0..ROUNDS {
         close.push(round(true)?);
     }
-    let keep_alive = round(false)?;
+    let mut keep_alive = Vec::with_capacity(KEEP_ALIVE_ROUNDS);
+    for _ in 0..KEEP_ALIVE_ROUNDS {
+        keep_alive.push(round(false)?);
+    }
     Ok(Phase {
         balancer,
         close,
@@ -403,6 +429,20 @@ pub fn rate_table(phases: &[Phase]) -> String {
         }
         rows.push(row);
     }
+    let mut row = vec!["keep-alive median".to_owned()];
+    for p in phases {
+        row.push(format!("{:.0}", p.keep_alive_median()));
+        row.push(String::new());
+    }
+    if let Some(h) = haproxy {
+        for p in &xdp {
+            row.push(format!(
+                "{:.2}",
+                p.keep_alive_median() / h.keep_alive_median().max(1.0)
+            ));
+        }
+    }
+    rows.push(row);
     let mut row = vec![format!("round {ROUNDS} / round 1")];
     for p in phases {
         row.push(format!("{:.2}", p.last_over_first()));
@@ -471,7 +511,7 @@ pub fn run(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<()>
     crate::lab::ensure_classic_programs()?;
     cmd::catch_interrupts();
     println!(
-        "\n=== Connection rate in lab `{prefix}`: {} to the VIP, {ROUNDS} rounds of {ROUND_SECONDS} s back to back, then {ROUND_SECONDS} s with keep-alive",
+        "\n=== Connection rate in lab `{prefix}`: {} to the VIP, {ROUNDS} rounds of {ROUND_SECONDS} s back to back, then {KEEP_ALIVE_ROUNDS} of {ROUND_SECONDS} s with keep-alive",
         bench::wrk_description(true)
     );
     println!("  {}", bench::machine());
@@ -514,7 +554,11 @@ pub fn run(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<()>
 mod tests {
     use super::*;
 
-    fn phase(balancer: Balancer, close: [f64; ROUNDS], keep_alive: f64) -> Phase {
+    fn phase(
+        balancer: Balancer,
+        close: [f64; ROUNDS],
+        keep_alive: [f64; KEEP_ALIVE_ROUNDS],
+    ) -> Phase {
         let round = |rate| Round {
             wrk: WrkResult {
                 rate,
@@ -530,17 +574,21 @@ mod tests {
         Phase {
             balancer,
             close: close.iter().map(|&r| round(r)).collect(),
-            keep_alive: round(keep_alive),
+            keep_alive: keep_alive.iter().map(|&r| round(r)).collect(),
         }
     }
 
     #[test]
     fn goals_follow_the_figures() {
-        let haproxy = phase(Balancer::Haproxy, [2000.0, 2000.0, 1900.0], 10000.0);
+        let haproxy = phase(
+            Balancer::Haproxy,
+            [2000.0, 2000.0, 1900.0],
+            [12000.0, 10000.0, 9000.0],
+        );
         let collapsing = phase(
             Balancer::Xdp(XdpMode::Generic),
             [4300.0, 900.0, 100.0],
-            16000.0,
+            [16000.0, 30000.0, 14000.0],
         );
         let holds: Vec<bool> = goals(&collapsing, &haproxy)
             .iter()
@@ -550,9 +598,9 @@ mod tests {
         let steady = phase(
             Balancer::Xdp(XdpMode::Native),
             [4300.0, 4200.0, 4000.0],
-            15000.0,
+            [15000.0, 15000.0, 15000.0],
         );
-        let goals = goals(&steady, &haproxy);
+        let goals = goals_of(&steady, &haproxy);
         assert!(goals.iter().all(|g| g.holds), "{goals:?}");
         assert!(
             goals[0].text.contains("2.15, 2.10, 2.11"),
@@ -560,7 +608,21 @@ mod tests {
             goals[0].text
         );
         assert!(goals[1].text.contains("(93%)"), "{}", goals[1].text);
-        assert!(goals[2].text.starts_with("XDP native: keep-alive"));
+        assert!(goals[2].text.starts_with("XDP native: keep-alive median"));
+        // One lucky round does not carry the goal: the median is 1.40x,
+        // although the mean (1.60x) and the best round (2.00x) pass.
+        let lucky = phase(
+            Balancer::Xdp(XdpMode::Generic),
+            [4300.0, 4200.0, 4000.0],
+            [20000.0, 14000.0, 14000.0],
+        );
+        let keep_alive = &goals_of(&lucky, &haproxy)[2];
+        assert!(!keep_alive.holds, "{keep_alive:?}");
+        assert!(keep_alive.text.contains("(1.40)"), "{}", keep_alive.text);
+    }
+
+    fn goals_of(xdp: &Phase, haproxy: &Phase) -> Vec<Goal> {
+        goals(xdp, haproxy)
     }
 
     #[test]
@@ -611,13 +673,17 @@ mod tests {
             phase(
                 Balancer::Xdp(XdpMode::Generic),
                 [4300.0, 900.0, 100.0],
-                16000.0,
+                [16000.0, 17000.0, 12000.0],
             ),
-            phase(Balancer::Haproxy, [2000.0, 2000.0, 2000.0], 8000.0),
+            phase(
+                Balancer::Haproxy,
+                [2000.0, 2000.0, 2000.0],
+                [8000.0, 8000.0, 9000.0],
+            ),
         ];
         let rates = rate_table(&phases);
         let lines: Vec<&str> = rates.lines().collect();
-        assert_eq!(lines.len(), 1 + ROUNDS + 2, "{rates}");
+        assert_eq!(lines.len(), 1 + ROUNDS + KEEP_ALIVE_ROUNDS + 2, "{rates}");
         assert!(
             lines[0].contains("XDP generic req/s") && lines[0].contains("XDP generic / HAProxy")
         );
@@ -625,9 +691,19 @@ mod tests {
             lines[1].trim_start().starts_with("close 1") && lines[1].ends_with("2.15"),
             "{rates}"
         );
-        assert!(lines[4].trim_start().starts_with("keep-alive") && lines[4].ends_with("2.00"));
         assert!(
-            lines[5].contains("0.02") && lines[5].contains("1.00"),
+            lines[4].trim_start().starts_with("keep-alive 1") && lines[4].ends_with("2.00"),
+            "{rates}"
+        );
+        // Medians 16000 and 8000.
+        assert!(
+            lines[7].trim_start().starts_with("keep-alive median")
+                && lines[7].contains("16000")
+                && lines[7].ends_with("2.00"),
+            "{rates}"
+        );
+        assert!(
+            lines[8].contains("0.02") && lines[8].contains("1.00"),
             "{rates}"
         );
         let counters = counter_table(&phases);
@@ -642,9 +718,12 @@ mod tests {
                 .map(String::from)
                 .collect()
         };
-        // Four rounds of 10 TIME_WAIT entries, 1 PAWS reject, 3 SYN
+        // Six rounds of 10 TIME_WAIT entries, 1 PAWS reject, 3 SYN
         // retransmissions and 2 port drops.
-        assert_eq!(row("XDP generic, phase total"), ["40", "4", "12", "8", "0"]);
+        assert_eq!(
+            row("XDP generic, phase total"),
+            ["60", "6", "18", "12", "0"]
+        );
         // HAProxy has no agent to count port drops.
         assert_eq!(row("HAProxy, close 2"), ["10", "1", "3", "-", "0"]);
     }
