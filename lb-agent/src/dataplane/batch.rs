@@ -46,6 +46,33 @@ impl Cursor {
     }
 }
 
+/// The whole table in batches, keeping what `keep` picks as each batch
+/// comes in (a table of hundreds of thousands of mostly idle entries is
+/// never held whole); where the kernel cannot batch this map, `walk` reads
+/// it key by key and `keep` filters that.
+pub fn read_all<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    mut keep: impl FnMut(&(K, V)) -> bool,
+    walk: impl FnOnce() -> Vec<(K, V)>,
+) -> Vec<(K, V)> {
+    let mut kept = Vec::new();
+    let mut cursor = Cursor::default();
+    loop {
+        match read_some::<K, V>(map, &mut cursor, 1) {
+            Ok((entries, done)) => {
+                kept.extend(entries.into_iter().filter(&mut keep));
+                if done {
+                    return kept;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "reading a map key by key");
+                return walk().into_iter().filter(&mut keep).collect();
+            }
+        }
+    }
+}
+
 /// About `limit` entries (whole batches) from where `cursor` stands, and
 /// whether the walk reached the end (the cursor then starts over); all of
 /// them with `usize::MAX`. Entries that the program adds or deletes

@@ -17,7 +17,7 @@ use aya::maps::{Array, ArrayOfMaps, HashMap as BpfHashMap, IterableMap, Map, Map
 use lb_common::{
     map_names, reply_claim, reply_table_len, FlowKey, PoolKey, ReplyValue, INNER_MAP_FLAG,
 };
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::{batch, port_pools::Endpoint, DataplaneError};
 
@@ -144,28 +144,17 @@ impl ReplyTables {
 /// A table is hundreds of thousands of entries, nearly all free: read in
 /// batches (one system call per several thousand), keeping only claims.
 fn live_claims(table: &ReplyTable) -> Vec<(u32, ReplyValue)> {
-    let live = |(_, entry): &(u32, ReplyValue)| entry.live != reply_claim::FREE;
-    let mut claims = Vec::new();
-    let mut cursor = batch::Cursor::default();
-    loop {
-        match batch::read_some::<u32, ReplyValue>(table.map(), &mut cursor, 1) {
-            Ok((entries, done)) => {
-                claims.extend(entries.into_iter().filter(live));
-                if done {
-                    return claims;
-                }
-            }
-            Err(error) => {
-                debug!(%error, "reading a reply table entry by entry");
-                return table
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(slot, entry)| Some((u32::try_from(slot).ok()?, entry.ok()?)))
-                    .filter(live)
-                    .collect();
-            }
-        }
-    }
+    batch::read_all(
+        table.map(),
+        |(_, entry): &(u32, ReplyValue)| entry.live != reply_claim::FREE,
+        || {
+            table
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, entry)| Some((u32::try_from(slot).ok()?, entry.ok()?)))
+                .collect()
+        },
+    )
 }
 
 /// Carries the claims of a table over into one of another size (a pool

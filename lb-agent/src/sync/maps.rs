@@ -109,15 +109,13 @@ impl SyncMaps {
     /// in a fraction of a second); key by key on kernels without them.
     pub(crate) fn table(&self) -> Vec<FlowEvent> {
         use aya::maps::IterableMap;
-        let mut cursor = batch::Cursor::default();
-        let entries: Vec<(FlowKey, FlowValue)> =
-            match batch::read_some(self.flows.map(), &mut cursor, usize::MAX) {
-                Ok((entries, _)) => entries,
-                Err(_) => self.flows.iter().filter_map(Result::ok).collect(),
-            };
-        entries
+        let answered: Vec<(FlowKey, FlowValue)> = batch::read_all(
+            self.flows.map(),
+            |(_, flow): &(FlowKey, FlowValue)| !lb_common::flow_state::is_unanswered(flow.state),
+            || self.flows.iter().filter_map(Result::ok).collect(),
+        );
+        answered
             .iter()
-            .filter(|(_, flow)| !lb_common::flow_state::is_unanswered(flow.state))
             .map(|(key, flow)| FlowEvent::of(key, flow))
             .collect()
     }
