@@ -3,17 +3,18 @@
 //! same run on the same machine. Three rounds of wrk with `Connection:
 //! close` back to back show whether a rate holds once closed connections
 //! pile up (NAT ports held by closing flows, TIME_WAIT sockets on the
-//! backends), then keep-alive rounds, compared by their median: on a
-//! small VM where wrk, nginx and the balancer share the CPUs, one 10 s
+//! backends); keep-alive rounds are compared by their median: on a small
+//! VM where wrk, nginx and the balancer share the CPUs, one 10 s
 //! keep-alive round of the same build varies by ±10%, more than the
 //! margin the goal asks for.
 //!
-//! Every balancer gets a fresh lab with fresh web servers: TIME_WAIT
-//! sockets live 60 s in the backends' namespaces, and one side's leftovers
-//! must not slow the other down. HAProxy's lab has no agent, so only
-//! HAProxy ever handles the VIP there.
+//! Every balancer has a lab of its own, with its own web servers, and all
+//! the labs are up for the whole section, so that the balancers can take
+//! turns: the VM's speed drifts over minutes, and rounds a minute apart
+//! compared one balancer's luck with another's. HAProxy's lab has no
+//! agent, so only HAProxy ever handles the VIP there.
 //!
-//! The client reuses its own TIME_WAIT ports (`tcp_tw_reuse = 1`) in both
+//! The client reuses its own TIME_WAIT ports (`tcp_tw_reuse = 1`) in every
 //! labs. HAProxy's FIN reaches wrk after the response, so wrk often closes
 //! first and the client keeps the TIME_WAIT; one client address then runs
 //! out of ports at about 28,000 / 60 s = 470 connections/s, a limit of the
@@ -29,7 +30,7 @@ use crate::{
     bench::{self, WrkResult, VIP_URL},
     build::Artifacts,
     cmd,
-    lab::{Lab, LabOptions, LbSetup, Node, XdpMode},
+    lab::{Lab, LabGuard, LabOptions, LbSetup, Node, XdpMode},
 };
 
 /// Close-mode rounds per balancer, run back to back.
@@ -295,27 +296,68 @@ fn wait_serving(lab: &Lab) -> Result<()> {
 /// comment).
 const CLIENT_TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
 
-/// The rounds through whatever serves the VIP of `lab` now.
-fn measure(lab: &Lab, balancer: Balancer) -> Result<Phase> {
-    lab.exec_ok(Node::Client, &["sysctl", "-qw", CLIENT_TW_REUSE])?;
-    let agent = matches!(balancer, Balancer::Xdp(_));
-    let mut before = counters(lab)?;
-    let mut exhausted = if agent { port_exhausted(lab)? } else { 0 };
-    let mut round = |close: bool| -> Result<Round> {
+/// One balancer's lab, up for the whole section, and the counters its
+/// next round is measured from.
+struct Contender {
+    balancer: Balancer,
+    lab: LabGuard,
+    before: Counters,
+    /// The agent's `drop_port_exhausted` so far (XDP only).
+    exhausted: Option<u64>,
+}
+
+impl Contender {
+    /// A fresh lab serving the VIP through `balancer`, with the lab prefix
+    /// `prefix`.
+    fn up(artifacts: &Artifacts, prefix: &str, balancer: Balancer) -> Result<Contender> {
+        crate::lab::validate_prefix(prefix)?;
+        let lab = match balancer {
+            Balancer::Xdp(mode) => {
+                Lab::up_guarded(&bench::bench_lab_options(artifacts, prefix, mode))?
+            }
+            Balancer::Haproxy => {
+                let options = LabOptions {
+                    lbs: LbSetup::NoAgent,
+                    ..LabOptions::with_prefix(prefix)
+                };
+                let lab = Lab::up_guarded(&options)?;
+                lab.start_haproxy(Node::Lb1)?;
+                lab
+            }
+        };
+        wait_serving(&lab)?;
+        lab.exec_ok(Node::Client, &["sysctl", "-qw", CLIENT_TW_REUSE])?;
+        let before = counters(&lab)?;
+        let exhausted = match balancer {
+            Balancer::Xdp(_) => Some(port_exhausted(&lab)?),
+            Balancer::Haproxy => None,
+        };
+        Ok(Contender {
+            balancer,
+            lab,
+            before,
+            exhausted,
+        })
+    }
+
+    /// One wrk round through this lab's VIP and what the counters did.
+    fn round(&mut self, close: bool) -> Result<Round> {
+        let lab = &self.lab;
         let wrk = bench::wrk_run(lab, Node::Client, VIP_URL, close, ROUND_SECONDS)?;
         let now = counters(lab)?;
-        let delta = now.since(before);
-        before = now;
-        let port_exhausted = if agent {
-            let now = port_exhausted(lab)?;
-            let delta = now.saturating_sub(exhausted);
-            exhausted = now;
-            Some(delta)
-        } else {
-            None
+        let delta = now.since(self.before);
+        self.before = now;
+        let port_exhausted = match self.exhausted {
+            Some(before) => {
+                let now = port_exhausted(lab)?;
+                self.exhausted = Some(now);
+                Some(now.saturating_sub(before))
+            }
+            None => None,
         };
         eprintln!(
-            "xtask: {balancer} {}: {:.0} req/s, socket errors {}",
+            "xtask: {} {}: {:.0} req/s, socket errors {}",
+            self.balancer,
             if close { "close" } else { "keep-alive" },
             wrk.rate,
             wrk.errors
@@ -325,41 +367,69 @@ fn measure(lab: &Lab, balancer: Balancer) -> Result<Phase> {
             counters: delta,
             port_exhausted,
         })
-    };
-    let mut close = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        close.push(round(true)?);
     }
-    let mut keep_alive = Vec::with_capacity(KEEP_ALIVE_ROUNDS);
+}
+
+/// The lab prefix of `balancer`'s lab: every balancer has its own lab,
+/// all up at once.
+fn lab_prefix(prefix: &str, balancer: Balancer) -> String {
+    let tag = match balancer {
+        Balancer::Xdp(XdpMode::Generic) => "g",
+        Balancer::Xdp(XdpMode::Native) => "n",
+        Balancer::Haproxy => "h",
+    };
+    format!("{prefix}-{tag}")
+}
+
+/// The order the balancers take their turns in: HAProxy right after the
+/// first XDP mode, so that each XDP mode's close rounds run next to
+/// HAProxy's in time.
+pub fn turn_order(modes: &[XdpMode]) -> Vec<Balancer> {
+    let mut order: Vec<Balancer> = modes.iter().map(|&m| Balancer::Xdp(m)).collect();
+    order.insert(order.len().min(1), Balancer::Haproxy);
+    order
+}
+
+/// Every balancer's rounds. Each has its own fresh lab with its own web
+/// servers (TIME_WAIT sockets live 60 s in the backends' namespaces, and
+/// one balancer's must not slow another down), all up for the whole
+/// section. Keep-alive first, on the fresh labs, in turns: round 1 of
+/// every balancer, then round 2, ... This VM's speed drifts by 20% and
+/// more over minutes (the host's other guests), so rounds compared with
+/// each other run within seconds of each other. Then each balancer's
+/// close rounds, back to back (they show whether a rate holds while
+/// closed connections pile up, so they cannot take turns).
+fn measure_all(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<Vec<Phase>> {
+    let mut contenders = Vec::new();
+    for balancer in turn_order(modes) {
+        contenders.push(Contender::up(
+            artifacts,
+            &lab_prefix(prefix, balancer),
+            balancer,
+        )?);
+        cmd::check_interrupted()?;
+    }
+    let mut phases: Vec<Phase> = contenders
+        .iter()
+        .map(|c| Phase {
+            balancer: c.balancer,
+            close: Vec::with_capacity(ROUNDS),
+            keep_alive: Vec::with_capacity(KEEP_ALIVE_ROUNDS),
+        })
+        .collect();
     for _ in 0..KEEP_ALIVE_ROUNDS {
-        keep_alive.push(round(false)?);
+        for (contender, phase) in contenders.iter_mut().zip(&mut phases) {
+            phase.keep_alive.push(contender.round(false)?);
+            cmd::check_interrupted()?;
+        }
     }
-    Ok(Phase {
-        balancer,
-        close,
-        keep_alive,
-    })
-}
-
-fn xdp_phase(artifacts: &Artifacts, prefix: &str, mode: XdpMode) -> Result<Phase> {
-    let lab = Lab::up_guarded(&bench::bench_lab_options(artifacts, prefix, mode))?;
-    wait_serving(&lab)?;
-    let phase = measure(&lab, Balancer::Xdp(mode))?;
-    drop(lab);
-    Ok(phase)
-}
-
-fn haproxy_phase(prefix: &str) -> Result<Phase> {
-    let options = LabOptions {
-        lbs: LbSetup::NoAgent,
-        ..LabOptions::with_prefix(prefix)
-    };
-    let lab = Lab::up_guarded(&options)?;
-    lab.start_haproxy(Node::Lb1)?;
-    wait_serving(&lab)?;
-    let phase = measure(&lab, Balancer::Haproxy)?;
-    drop(lab);
-    Ok(phase)
+    for (contender, phase) in contenders.iter_mut().zip(&mut phases) {
+        for _ in 0..ROUNDS {
+            phase.close.push(contender.round(true)?);
+        }
+        cmd::check_interrupted()?;
+    }
+    Ok(phases)
 }
 
 /// Right-aligned columns after a left-aligned first one.
@@ -513,23 +583,18 @@ pub fn run(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<()>
     crate::lab::ensure_classic_programs()?;
     cmd::catch_interrupts();
     println!(
-        "\n=== Connection rate in lab `{prefix}`: {} to the VIP, {ROUNDS} rounds of {ROUND_SECONDS} s back to back, then {KEEP_ALIVE_ROUNDS} of {ROUND_SECONDS} s with keep-alive",
+        "\n=== Connection rate in labs `{prefix}-*`: {KEEP_ALIVE_ROUNDS} rounds of {ROUND_SECONDS} s with keep-alive, the balancers taking turns, then {} to the VIP, {ROUNDS} rounds of {ROUND_SECONDS} s back to back",
         bench::wrk_description(true)
     );
     println!("  {}", bench::machine());
     println!(
-        "  XDP: the agent on lb1 (no HA); HAProxy: {} in TCP mode on lb1 (the lab's classic haproxy.cfg, no agent); backends web1 + web2; each balancer in a fresh lab",
+        "  XDP: the agent on lb1 (no HA); HAProxy: {} in TCP mode on lb1 (the lab's classic haproxy.cfg, no agent); backends web1 + web2; each balancer in a lab of its own, all up at once",
         haproxy_version()
     );
     println!(
         "  client: {CLIENT_TW_REUSE} (one client address with TIME_WAIT ports would cap HAProxy at ~470 connections/s)"
     );
-    let mut phases = Vec::new();
-    for &mode in modes {
-        phases.push(xdp_phase(artifacts, prefix, mode)?);
-        cmd::check_interrupted()?;
-    }
-    phases.push(haproxy_phase(prefix)?);
+    let phases = measure_all(artifacts, prefix, modes)?;
 
     println!("\n  Requests/s and wrk's socket errors (connect/read/write/timeout):");
     print!("{}", rate_table(&phases));
@@ -617,6 +682,19 @@ mod tests {
         let keep_alive = &goals(&lucky, &haproxy)[2];
         assert!(!keep_alive.holds, "{keep_alive:?}");
         assert!(keep_alive.text.contains("(1.40)"), "{}", keep_alive.text);
+    }
+
+    #[test]
+    fn haproxy_takes_its_turn_next_to_each_xdp_mode() {
+        let generic = Balancer::Xdp(XdpMode::Generic);
+        let native = Balancer::Xdp(XdpMode::Native);
+        assert_eq!(
+            turn_order(&[XdpMode::Generic, XdpMode::Native]),
+            [generic, Balancer::Haproxy, native]
+        );
+        assert_eq!(turn_order(&[XdpMode::Native]), [native, Balancer::Haproxy]);
+        assert_eq!(turn_order(&[]), [Balancer::Haproxy]);
+        assert_eq!(lab_prefix("bench", native), "bench-n");
     }
 
     #[test]

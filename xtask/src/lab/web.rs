@@ -76,7 +76,11 @@ fn nginx_conf(dir: &Path, name: &str, address: std::net::Ipv4Addr, temp: &[&str]
         .collect();
     format!(
         "# nginx of lab web server {name}, written by `cargo xtask lab up`.
-worker_processes 1;
+# One worker per CPU, as Debian's nginx.conf has it: with a single worker
+# per web server the lab's CPUs sat idle under load whenever both workers
+# waited on one CPU (wake-ups pile up there), which capped whatever
+# balancer was being measured.
+worker_processes auto;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 
