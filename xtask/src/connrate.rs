@@ -392,8 +392,8 @@ pub fn turn_order(modes: &[XdpMode]) -> Vec<Balancer> {
 
 /// Every balancer's rounds. Each has its own fresh lab with its own web
 /// servers (TIME_WAIT sockets live 60 s in the backends' namespaces, and
-/// one balancer's must not slow another down), all up for the whole
-/// section. Keep-alive first, on the fresh labs, in turns: round 1 of
+/// one balancer's must not slow another down), all up until their close
+/// rounds. Keep-alive first, on the fresh labs, in turns: round 1 of
 /// every balancer, then round 2, ... This VM's speed drifts by 20% and
 /// more over minutes (the host's other guests), so rounds compared with
 /// each other run within seconds of each other. Then each balancer's
@@ -423,10 +423,13 @@ fn measure_all(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result
             cmd::check_interrupted()?;
         }
     }
-    for (contender, phase) in contenders.iter_mut().zip(&mut phases) {
+    for (mut contender, phase) in contenders.into_iter().zip(&mut phases) {
         for _ in 0..ROUNDS {
             phase.close.push(contender.round(true)?);
         }
+        // Its TIME_WAIT sockets go with its namespaces before the next
+        // balancer's close rounds.
+        drop(contender);
         cmd::check_interrupted()?;
     }
     Ok(phases)
