@@ -56,6 +56,9 @@ pub struct Harness {
     _ns: NetNs,
 }
 
+/// bpf(2) command number of `BPF_OBJ_GET_INFO_BY_FD`.
+const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+
 fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("interface name");
     // SAFETY: valid C string.
@@ -366,6 +369,60 @@ impl Harness {
         let result = program.test_run(opts)?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out, result.duration))
+    }
+
+    /// The loaded program's machine code as the JIT left it, and the name
+    /// the kernel gives it in profiles (`bpf_prog_<tag>_<name>`), for
+    /// mapping `perf` samples onto instructions (Debian's bpftool has no
+    /// disassembler).
+    pub fn jit_image(&self) -> std::io::Result<(String, Vec<u8>)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let program: &Xdp = self
+            .ebpf
+            .program(&self.program)
+            .expect("program loaded")
+            .try_into()
+            .expect("an XDP program");
+        let tag = program
+            .info()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .tag();
+        let fd = program
+            .fd()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .as_fd()
+            .as_raw_fd();
+        let symbol = format!("bpf_prog_{tag:016x}_{}", self.program);
+        // struct bpf_prog_info: jited_prog_len at byte 16, jited_prog_insns at 24.
+        let mut info = [0u64; 32];
+        let info_call = |info: &mut [u64; 32]| -> std::io::Result<()> {
+            // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info.
+            let mut attr = [0u64; 2];
+            attr[0] = (fd as u32 as u64) | ((std::mem::size_of_val(info) as u64) << 32);
+            attr[1] = info.as_mut_ptr() as u64;
+            // SAFETY: attr and info are valid for the sizes passed, and the
+            // kernel writes at most info_len bytes and the image's length.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    libc::c_long::from(BPF_OBJ_GET_INFO_BY_FD),
+                    attr.as_mut_ptr(),
+                    std::mem::size_of_val(&attr) as libc::c_long,
+                )
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        info_call(&mut info)?;
+        let len = (info[2] & 0xffff_ffff) as usize;
+        let mut image = vec![0u8; len];
+        info = [0u64; 32];
+        info[2] = len as u64;
+        info[3] = image.as_mut_ptr() as u64;
+        info_call(&mut info)?;
+        Ok((symbol, image))
     }
 
     /// Inserts a tracked flow in both directions, as the program would:

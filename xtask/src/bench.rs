@@ -46,6 +46,9 @@ pub struct BenchOptions {
     pub xdp: Vec<XdpMode>,
     /// Lab prefix of the lab sections.
     pub prefix: String,
+    /// Run the per-packet section under `perf` and show where the
+    /// program's time goes (`profile`).
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
@@ -54,6 +57,7 @@ impl Default for BenchOptions {
             only: None,
             xdp: Vec::new(),
             prefix: DEFAULT_PREFIX.to_owned(),
+            profile: false,
         }
     }
 }
@@ -256,7 +260,11 @@ pub fn run(options: &BenchOptions) -> Result<()> {
 
     if wanted("packet") {
         heading("Per packet (BPF_PROG_TEST_RUN)");
-        bench_binary(&artifacts, "xdp-bench", &[])?;
+        if options.profile {
+            crate::profile::packet(bench_command(&artifacts, "xdp-bench", &[])?)?;
+        } else {
+            bench_binary(&artifacts, "xdp-bench", &[])?;
+        }
     }
     if wanted("table") {
         heading("Flow table at scale (the agent's expiry pass and census)");
@@ -281,9 +289,9 @@ pub fn run(options: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-/// Builds and runs one of the tests crate's benchmark binaries with
-/// `args`.
-fn bench_binary(artifacts: &build::Artifacts, name: &str, args: &[&str]) -> Result<()> {
+/// Builds one of the tests crate's benchmark binaries and returns the
+/// command that runs it with `args` and the artifacts' paths.
+fn bench_command(artifacts: &build::Artifacts, name: &str, args: &[&str]) -> Result<Command> {
     cmd::run(
         Command::new(env!("CARGO"))
             .current_dir(workspace_root())
@@ -298,16 +306,24 @@ fn bench_binary(artifacts: &build::Artifacts, name: &str, args: &[&str]) -> Resu
             ])
             .env(ENV_EBPF_OBJECT, &artifacts.lb_object),
     )?;
-    let bench = build::target_dir().join("release").join(name);
-    let status = Command::new(&bench)
+    let mut bench = Command::new(build::target_dir().join("release").join(name));
+    bench
         .args(args)
         .env(ENV_EBPF_OBJECT, &artifacts.lb_object)
         .env(ENV_TRIVIAL_OBJECT, &artifacts.trivial_object)
         .env(ENV_PASS_OBJECT, &artifacts.pass_object)
         .env(ENV_AGENT_BIN, &artifacts.agent)
-        .env(ENV_XTASK_BIN, std::env::current_exe()?)
+        .env(ENV_XTASK_BIN, std::env::current_exe()?);
+    Ok(bench)
+}
+
+/// Builds and runs one of the tests crate's benchmark binaries with
+/// `args`.
+fn bench_binary(artifacts: &build::Artifacts, name: &str, args: &[&str]) -> Result<()> {
+    let mut bench = bench_command(artifacts, name, args)?;
+    let status = bench
         .status()
-        .with_context(|| format!("running {}", bench.display()))?;
+        .with_context(|| format!("running {}", cmd::describe(&bench)))?;
     if !status.success() {
         bail!("{name} failed ({status})");
     }

@@ -1,7 +1,7 @@
 //! The project's tasks as a library: toolchain bootstrap and builds
 //! (`build`, `toolchain`), the namespace lab (`lab`, used by the `tests`
 //! crate), the demo, the full check (`ci`), the benchmarks (`bench`,
-//! `connrate`, `failover_bench`), the lab's UDP tools (`udp`), the
+//! `connrate`, `failover_bench`, `profile`), the lab's UDP tools (`udp`), the
 //! failover probe (`probe`) and keep-alive holder (`hold`).
 //! `main.rs` only parses the command line.
 
@@ -17,6 +17,7 @@ pub mod hold;
 pub mod install;
 pub mod lab;
 pub mod probe;
+pub mod profile;
 pub mod toolchain;
 pub mod udp;
 pub mod vagrant;

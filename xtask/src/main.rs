@@ -74,6 +74,10 @@ enum Task {
         /// Lab prefix of the lab and connrate sections.
         #[arg(long, default_value = xtask::bench::DEFAULT_PREFIX)]
         prefix: String,
+        /// Run the per-packet section under perf and show where the
+        /// program's time goes (its hottest instructions in the JIT image).
+        #[arg(long)]
+        profile: bool,
     },
     /// Print the agent config of a Vagrant LB node (vagrant/provision/lb.sh).
     #[command(hide = true)]
@@ -256,9 +260,17 @@ fn run(task: Task) -> Result<()> {
             println!("installed {}", installed.binary.display());
             Ok(())
         }
-        Task::Bench { only, xdp, prefix } => {
-            xtask::bench::run(&xtask::bench::BenchOptions { only, xdp, prefix })
-        }
+        Task::Bench {
+            only,
+            xdp,
+            prefix,
+            profile,
+        } => xtask::bench::run(&xtask::bench::BenchOptions {
+            only,
+            xdp,
+            prefix,
+            profile,
+        }),
         Task::UdpResponder {
             bind,
             name,

@@ -9,6 +9,9 @@
 //! takes the same path through the same code (map lookups, checksum
 //! updates, route lookup, counters), with caches as warm as under load.
 //!
+//! With `XDP_BENCH_JIT=FILE` it also writes the program's JIT image
+//! for `cargo xtask bench --profile`.
+//!
 //! `xdp-bench sync` compares only the opening of a flow (SYN and the
 //! backend's SYN-ACK) with flow sync events on and off (the failover
 //! section of `cargo xtask bench`).
@@ -82,6 +85,14 @@ fn main() {
     }
     h.set_settings(settings);
     h.add_service(0, VIP, 80, PROTO_TCP, &[(0, VIP, 80)]);
+    // XDP_BENCH_JIT=FILE: the program's machine code to FILE and its
+    // profile symbol to FILE.symbol (`cargo xtask bench --profile`).
+    if let Some(path) = std::env::var_os("XDP_BENCH_JIT") {
+        let path = std::path::PathBuf::from(path);
+        let (symbol, image) = h.jit_image().expect("reading the JIT image");
+        std::fs::write(&path, image).expect("writing the JIT image");
+        std::fs::write(path.with_extension("symbol"), symbol).expect("writing its symbol");
+    }
     // Every run must see this CPU's half-open ring and counters.
     stay_on_this_cpu();
     let (mut ring_h, ring_settings) = ring_cycle_harness(&object);
