@@ -350,12 +350,7 @@ impl Harness {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration), ProgramError> {
-        let program: &Xdp = self
-            .ebpf
-            .program(&self.program)
-            .expect("program loaded")
-            .try_into()
-            .expect("lb is XDP");
+        let program = self.xdp();
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
@@ -371,18 +366,22 @@ impl Harness {
         Ok((result.return_value, out, result.duration))
     }
 
+    /// The loaded program.
+    fn xdp(&self) -> &Xdp {
+        self.ebpf
+            .program(&self.program)
+            .expect("program loaded")
+            .try_into()
+            .expect("an XDP program")
+    }
+
     /// The loaded program's machine code as the JIT left it, and the name
     /// the kernel gives it in profiles (`bpf_prog_<tag>_<name>`), for
     /// mapping `perf` samples onto instructions (Debian's bpftool has no
     /// disassembler).
     pub fn jit_image(&self) -> std::io::Result<(String, Vec<u8>)> {
         use std::os::fd::{AsFd, AsRawFd};
-        let program: &Xdp = self
-            .ebpf
-            .program(&self.program)
-            .expect("program loaded")
-            .try_into()
-            .expect("an XDP program");
+        let program = self.xdp();
         let tag = program
             .info()
             .map_err(|e| std::io::Error::other(e.to_string()))?
