@@ -9,13 +9,14 @@
 //! margin the goal asks for.
 //!
 //! Every balancer has a lab of its own, with its own web servers, and all
-//! the labs are up for the whole section, so that the balancers can take
-//! turns: the VM's speed drifts over minutes, and rounds a minute apart
-//! compared one balancer's luck with another's. HAProxy's lab has no
-//! agent, so only HAProxy ever handles the VIP there.
+//! the labs are up together until their close rounds, so that the
+//! balancers can take turns at keep-alive: the VM's speed drifts over
+//! minutes, and rounds a minute apart compared one balancer's luck with
+//! another's. HAProxy's lab has no agent, so only HAProxy ever handles
+//! the VIP there.
 //!
 //! The client reuses its own TIME_WAIT ports (`tcp_tw_reuse = 1`) in every
-//! labs. HAProxy's FIN reaches wrk after the response, so wrk often closes
+//! lab. HAProxy's FIN reaches wrk after the response, so wrk often closes
 //! first and the client keeps the TIME_WAIT; one client address then runs
 //! out of ports at about 28,000 / 60 s = 470 connections/s, a limit of the
 //! lab's single client and not of HAProxy (through the XDP balancer nginx
@@ -296,8 +297,8 @@ fn wait_serving(lab: &Lab) -> Result<()> {
 /// comment).
 const CLIENT_TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
 
-/// One balancer's lab, up for the whole section, and the counters its
-/// next round is measured from.
+/// One balancer's lab, up until its close rounds are done, and the
+/// counters its next round is measured from.
 struct Contender {
     balancer: Balancer,
     lab: LabGuard,
