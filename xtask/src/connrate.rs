@@ -1,19 +1,18 @@
 //! `cargo xtask bench --only connrate`: new connections per second through
 //! the XDP balancer against HAProxy in TCP mode on the same LB node, in the
 //! same run on the same machine. Three rounds of wrk with `Connection:
-//! close` back to back show whether a rate holds once closed connections
-//! pile up (NAT ports held by closing flows, TIME_WAIT sockets on the
+//! close` one after another show whether a rate holds once closed
+//! connections pile up (NAT ports held by closing flows, TIME_WAIT sockets on the
 //! backends); keep-alive rounds are compared by their median: on a small
 //! VM where wrk, nginx and the balancer share the CPUs, one 10 s
 //! keep-alive round of the same build varies by ±10%, more than the
 //! margin the goal asks for.
 //!
 //! Every balancer has a lab of its own, with its own web servers, and all
-//! the labs are up together until their close rounds, so that the
-//! balancers can take turns at keep-alive: the VM's speed drifts over
-//! minutes, and rounds a minute apart compared one balancer's luck with
-//! another's. HAProxy's lab has no agent, so only HAProxy ever handles
-//! the VIP there.
+//! the labs are up together, so that the balancers can take turns round
+//! by round: the VM's speed drifts over minutes, and rounds a minute
+//! apart compared one balancer's luck with another's. HAProxy's lab has
+//! no agent, so only HAProxy ever handles the VIP there.
 //!
 //! The client reuses its own TIME_WAIT ports (`tcp_tw_reuse = 1`) in every
 //! lab. HAProxy's FIN reaches wrk after the response, so wrk often closes
@@ -34,7 +33,7 @@ use crate::{
     lab::{Lab, LabGuard, LabOptions, LbSetup, Node, XdpMode},
 };
 
-/// Close-mode rounds per balancer, run back to back.
+/// Close-mode rounds per balancer, one after another.
 pub const ROUNDS: usize = 3;
 pub const ROUND_SECONDS: u32 = 10;
 /// Keep-alive rounds per balancer, after the close rounds.
@@ -297,8 +296,8 @@ fn wait_serving(lab: &Lab) -> Result<()> {
 /// comment).
 const CLIENT_TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
 
-/// One balancer's lab, up until its close rounds are done, and the
-/// counters its next round is measured from.
+/// One balancer's lab, up for the whole section, and the counters its
+/// next round is measured from.
 struct Contender {
     balancer: Balancer,
     lab: LabGuard,
@@ -391,15 +390,18 @@ pub fn turn_order(modes: &[XdpMode]) -> Vec<Balancer> {
     order
 }
 
-/// Every balancer's rounds. Each has its own fresh lab with its own web
-/// servers (TIME_WAIT sockets live 60 s in the backends' namespaces, and
-/// one balancer's must not slow another down), all up until their close
-/// rounds. Keep-alive first, on the fresh labs, in turns: round 1 of
-/// every balancer, then round 2, ... This VM's speed drifts by 20% and
-/// more over minutes (the host's other guests), so rounds compared with
-/// each other run within seconds of each other. Then each balancer's
-/// close rounds, back to back (they show whether a rate holds while
-/// closed connections pile up, so they cannot take turns).
+/// Every balancer's rounds, in turns: round 1 of every balancer, then
+/// round 2, and so on, keep-alive first on the fresh labs, then close.
+/// This VM's speed drifts by 20% and more over minutes (the host's other
+/// guests), so rounds compared with each other must run within seconds of
+/// each other, not a minute apart. Each balancer's close rounds still
+/// follow one another with nothing of its own in between: its backends
+/// keep their TIME_WAIT sockets (60 s) and its pool keeps cycling (a
+/// backend's sources come round in about half a minute at these rates),
+/// so round 3 still reuses sources inside the backends' TIME_WAIT, which
+/// is what the rounds are there to show; the only difference is that the
+/// balancer's closing flows (10 s) may end while the others take their
+/// turns.
 fn measure_all(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<Vec<Phase>> {
     let mut contenders = Vec::new();
     for balancer in turn_order(modes) {
@@ -418,20 +420,18 @@ fn measure_all(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result
             keep_alive: Vec::with_capacity(KEEP_ALIVE_ROUNDS),
         })
         .collect();
-    for _ in 0..KEEP_ALIVE_ROUNDS {
+    let turns =
+        std::iter::repeat_n(false, KEEP_ALIVE_ROUNDS).chain(std::iter::repeat_n(true, ROUNDS));
+    for close in turns {
         for (contender, phase) in contenders.iter_mut().zip(&mut phases) {
-            phase.keep_alive.push(contender.round(false)?);
+            let round = contender.round(close)?;
+            if close {
+                phase.close.push(round);
+            } else {
+                phase.keep_alive.push(round);
+            }
             cmd::check_interrupted()?;
         }
-    }
-    for (mut contender, phase) in contenders.into_iter().zip(&mut phases) {
-        for _ in 0..ROUNDS {
-            phase.close.push(contender.round(true)?);
-        }
-        // Its TIME_WAIT sockets go with its namespaces before the next
-        // balancer's close rounds.
-        drop(contender);
-        cmd::check_interrupted()?;
     }
     Ok(phases)
 }
@@ -587,7 +587,7 @@ pub fn run(artifacts: &Artifacts, prefix: &str, modes: &[XdpMode]) -> Result<()>
     crate::lab::ensure_classic_programs()?;
     cmd::catch_interrupts();
     println!(
-        "\n=== Connection rate in labs `{prefix}-*`: {KEEP_ALIVE_ROUNDS} rounds of {ROUND_SECONDS} s with keep-alive, the balancers taking turns, then {} to the VIP, {ROUNDS} rounds of {ROUND_SECONDS} s back to back",
+        "\n=== Connection rate in labs `{prefix}-*`, the balancers taking turns round by round: {KEEP_ALIVE_ROUNDS} rounds of {ROUND_SECONDS} s with keep-alive, then {ROUNDS} of {} to the VIP",
         bench::wrk_description(true)
     );
     println!("  {}", bench::machine());
