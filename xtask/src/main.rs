@@ -64,7 +64,7 @@ enum Task {
     /// figures and wrk via the LB vs direct, connection rate vs HAProxy,
     /// failover outage vs keepalived.
     Bench {
-        /// Run one section only: packet, lab, connrate or failover.
+        /// Run one section only: packet, table, scale, lab, connrate or failover.
         #[arg(long, value_parser = xtask::bench::SECTIONS)]
         only: Option<String>,
         /// XDP modes of the lab and connrate sections (comma-separated);
