@@ -253,6 +253,15 @@ pub fn run(options: &BenchOptions) -> Result<()> {
     }
     crate::lab::validate_prefix(&options.prefix)?;
     let wanted = |section: &str| only.is_none_or(|o| o == section);
+    if options.profile && !wanted("packet") {
+        bail!("--profile applies to the packet section; use it with `--only packet` or without `--only`");
+    }
+    if wanted("connrate") {
+        // Checked before any section runs: connrate's labs add a suffix.
+        for balancer in crate::connrate::turn_order(&options.xdp_modes()) {
+            crate::lab::validate_prefix(&crate::connrate::lab_prefix(&options.prefix, balancer))?;
+        }
+    }
     heading("Build");
     let artifacts = build::build_all(BuildOptions::default())?;
     heading("Machine");

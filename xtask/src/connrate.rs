@@ -2,11 +2,11 @@
 //! the XDP balancer against HAProxy in TCP mode on the same LB node, in the
 //! same run on the same machine. Three rounds of wrk with `Connection:
 //! close` one after another show whether a rate holds once closed
-//! connections pile up (NAT ports held by closing flows, TIME_WAIT sockets on the
-//! backends); keep-alive rounds are compared by their median: on a small
-//! VM where wrk, nginx and the balancer share the CPUs, one 10 s
-//! keep-alive round of the same build varies by ±10%, more than the
-//! margin the goal asks for.
+//! connections pile up (NAT ports held by closing flows, TIME_WAIT
+//! sockets on the backends); keep-alive rounds are compared by their
+//! median: on a small VM where wrk, nginx and the balancer share the
+//! CPUs, one 10 s keep-alive round of the same build varies by ±10%,
+//! more than the margin the goal asks for.
 //!
 //! Every balancer has a lab of its own, with its own web servers, and all
 //! the labs are up together, so that the balancers can take turns round
@@ -310,7 +310,6 @@ impl Contender {
     /// A fresh lab serving the VIP through `balancer`, with the lab prefix
     /// `prefix`.
     fn up(artifacts: &Artifacts, prefix: &str, balancer: Balancer) -> Result<Contender> {
-        crate::lab::validate_prefix(prefix)?;
         let lab = match balancer {
             Balancer::Xdp(mode) => {
                 Lab::up_guarded(&bench::bench_lab_options(artifacts, prefix, mode))?
@@ -372,7 +371,7 @@ impl Contender {
 
 /// The lab prefix of `balancer`'s lab: every balancer has its own lab,
 /// all up at once.
-fn lab_prefix(prefix: &str, balancer: Balancer) -> String {
+pub fn lab_prefix(prefix: &str, balancer: Balancer) -> String {
     let tag = match balancer {
         Balancer::Xdp(XdpMode::Generic) => "g",
         Balancer::Xdp(XdpMode::Native) => "n",
@@ -382,8 +381,8 @@ fn lab_prefix(prefix: &str, balancer: Balancer) -> String {
 }
 
 /// The order the balancers take their turns in: HAProxy right after the
-/// first XDP mode, so that each XDP mode's close rounds run next to
-/// HAProxy's in time.
+/// first XDP mode, so that every XDP round runs right before or after a
+/// HAProxy round.
 pub fn turn_order(modes: &[XdpMode]) -> Vec<Balancer> {
     let mut order: Vec<Balancer> = modes.iter().map(|&m| Balancer::Xdp(m)).collect();
     order.insert(order.len().min(1), Balancer::Haproxy);
