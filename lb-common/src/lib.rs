@@ -70,6 +70,15 @@ pub mod map_names {
     pub const FLOW_EVENTS: &str = "flow_events";
     /// Per-CPU count at index 0 of `FlowEvent`s lost to a full ring.
     pub const FLOW_EVENTS_LOST: &str = "flow_events_lost";
+    /// Per-CPU `FlowCacheEntry` per `flow_cache_slots` index: copies of
+    /// established flows, so that their packets skip the `flows` hash.
+    pub const FLOW_CACHE: &str = "flow_cache";
+    /// Generation per `flow_cache_slots` generation index, moved on by
+    /// every change of a flow that cached copies must not outlive.
+    pub const FLOW_GENERATIONS: &str = "flow_generations";
+    /// Index 0 -> the agent's epoch of the flow cache: moved on whenever
+    /// the agent removes or rewrites flows, which ends every cached copy.
+    pub const FLOW_CACHE_EPOCH: &str = "flow_cache_epoch";
 }
 
 /// Most services one node can hold (service ids are `0..MAX_SERVICES`).
@@ -106,6 +115,58 @@ pub const INNER_MAP_FLAG: u32 = 1 << 12;
 pub const fn reply_table_len(addresses: u32) -> u32 {
     addresses * REPLY_SLOTS_PER_ADDRESS
 }
+/// Slots of each CPU's flow cache (`flow_cache`), a power of two.
+pub const FLOW_CACHE_SLOTS: u32 = 8192;
+/// Entries of `flow_generations`, a power of two.
+pub const FLOW_GENERATIONS_SLOTS: u32 = 65536;
+/// Longest a cached flow copy serves packets before its packet goes to the
+/// `flows` hash again (refreshing the entry's `last_seen_ns` there and the
+/// copy); see `flow_cache_ttl_ns`.
+pub const FLOW_CACHE_MAX_TTL_NS: u64 = 250_000_000;
+
+/// The flow cache's validity for a node whose established flows idle out
+/// after `established_ns`: short against that timeout, because hits do not
+/// refresh the flow's `last_seen_ns` in `flows` (only the hash lookups
+/// every this often do), and the agent expires by it.
+pub const fn flow_cache_ttl_ns(established_ns: u64) -> u64 {
+    let quarter = established_ns / 4;
+    if quarter < FLOW_CACHE_MAX_TTL_NS {
+        quarter
+    } else {
+        FLOW_CACHE_MAX_TTL_NS
+    }
+}
+
+/// Where `key` lives in the flow cache: (slot in each CPU's cache, index
+/// in `flow_generations`). A multiplicative hash of the folded tuple: cheap
+/// enough to inline, and a collision (even a crafted one) only costs the
+/// colliding flows their hash lookup.
+#[inline(always)]
+pub fn flow_cache_slots(key: &FlowKey) -> (u32, u32) {
+    let ports = (u32::from(key.src_port) << 16) | u32::from(key.dst_port);
+    let folded = u32::from_ne_bytes(key.src_addr)
+        ^ u32::from_ne_bytes(key.dst_addr).rotate_left(16)
+        ^ ports
+        ^ u32::from(key.proto);
+    let hash = u64::from(folded).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let slot = (hash >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32;
+    let generation = (hash >> 24) as u32 & (FLOW_GENERATIONS_SLOTS - 1);
+    (slot, generation)
+}
+
+/// A copy of an established flow in a CPU's flow cache. It serves that
+/// CPU's packets of the flow while `flow.last_seen_ns` (the time it was
+/// copied) is younger than `Settings::flow_cache_ttl_ns`, its `generation`
+/// is the one in `flow_generations` and its `epoch` the agent's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCacheEntry {
+    pub key: FlowKey,
+    pub flow: FlowValue,
+    pub generation: u32,
+    pub epoch: u32,
+}
+
 /// Slots of each CPU's half-open ring: the most half-open flows one CPU
 /// keeps (`Settings::half_open_per_cpu` may ask for fewer).
 pub const HALF_OPEN_SLOTS: u32 = 16384;
@@ -544,6 +605,9 @@ pub struct Settings {
     /// with a peer is on); 0: the program spends nothing on it.
     pub sync_events: u32,
     pub _pad_sync: u32,
+    /// How long a flow cache copy serves (`flow_cache_ttl_ns`); 0: the
+    /// cache is off and every packet looks its flow up in `flows`.
+    pub flow_cache_ttl_ns: u64,
 }
 
 impl Settings {
@@ -765,6 +829,7 @@ mod pod {
     unsafe impl aya::Pod for super::PoolKey {}
     unsafe impl aya::Pod for super::HalfOpenEntry {}
     unsafe impl aya::Pod for super::HalfOpenCursor {}
+    unsafe impl aya::Pod for super::FlowCacheEntry {}
 }
 
 #[cfg(test)]
@@ -782,12 +847,49 @@ mod tests {
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 64);
         assert_eq!(size_of::<PoolKey>(), 8);
-        assert_eq!(size_of::<Settings>(), 152);
+        assert_eq!(size_of::<Settings>(), 160);
+        assert_eq!(size_of::<FlowCacheEntry>(), 88);
         assert_eq!(size_of::<FlowEvent>(), 40);
         assert_eq!(size_of::<PortPool>(), 32);
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(size_of::<HalfOpenEntry>(), 24);
         assert_eq!(size_of::<HalfOpenCursor>(), 16);
+    }
+
+    #[test]
+    fn flow_cache_copies_live_a_quarter_of_the_established_timeout_at_most() {
+        assert_eq!(flow_cache_ttl_ns(900_000_000_000), FLOW_CACHE_MAX_TTL_NS);
+        assert_eq!(flow_cache_ttl_ns(400_000_000), 100_000_000);
+        assert_eq!(flow_cache_ttl_ns(3), 0, "too short to cache at all");
+    }
+
+    #[test]
+    fn flow_cache_slots_spread_neighbouring_ports_within_bounds() {
+        let mut key = FlowKey {
+            src_addr: [10, 100, 0, 10],
+            dst_addr: [10, 100, 0, 100],
+            src_port: 0,
+            dst_port: 80,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let mut slots = [false; FLOW_CACHE_SLOTS as usize];
+        let mut generations = [false; FLOW_GENERATIONS_SLOTS as usize];
+        for port in 40_000..40_000 + FLOW_CACHE_SLOTS / 2 {
+            key.src_port = port as u16;
+            let (slot, generation) = flow_cache_slots(&key);
+            slots[slot as usize] = true;
+            generations[generation as usize] = true;
+        }
+        // A run of client ports (one client's connections) must not pile
+        // onto a few slots: most land on slots of their own.
+        let used = slots.iter().filter(|used| **used).count() as u32;
+        assert!(used > FLOW_CACHE_SLOTS / 2 * 3 / 4, "{used} slots used");
+        let used = generations.iter().filter(|used| **used).count() as u32;
+        assert!(
+            used > FLOW_CACHE_SLOTS / 2 * 3 / 4,
+            "{used} generations used"
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use core::mem::size_of;
 
 use crate::{
-    map_names::*, BackendValue, Counters, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry,
-    NextHop, PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings,
-    DEFAULT_MAX_FLOWS, FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES,
-    MAX_SERVICES, MAX_TX_PORTS, RING_SLOTS,
+    map_names::*, BackendValue, Counters, FlowCacheEntry, FlowKey, FlowValue, HalfOpenCursor,
+    HalfOpenEntry, NextHop, PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue,
+    Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES, FLOW_GENERATIONS_SLOTS,
+    HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS, RING_SLOTS,
 };
 
 /// The kernel map type a map is declared with.
@@ -139,7 +139,7 @@ use MapKind::*;
 use OnMismatch::*;
 
 /// Every map the program declares, in a stable order.
-pub const MAPS: [MapSpec; 22] = [
+pub const MAPS: [MapSpec; 25] = [
     spec(
         SERVICES,
         Hash,
@@ -232,6 +232,26 @@ pub const MAPS: [MapSpec; 22] = [
     // peer's full transfer at the next start covers them.
     spec(FLOW_EVENTS, RingBuf, 0, 0, FLOW_EVENTS_BYTES, Replace),
     spec(FLOW_EVENTS_LOST, PerCpuArray, 4, 8, 1, Replace),
+    // The flow cache holds copies only: a new one is as good as the old,
+    // and the agent moves the epoch on at every start, which ends any
+    // copy of a kept cache whose flows changed while no agent ran.
+    spec(
+        FLOW_CACHE,
+        PerCpuArray,
+        4,
+        size_of::<FlowCacheEntry>(),
+        FLOW_CACHE_SLOTS,
+        Replace,
+    ),
+    spec(
+        FLOW_GENERATIONS,
+        Array,
+        4,
+        4,
+        FLOW_GENERATIONS_SLOTS,
+        Replace,
+    ),
+    spec(FLOW_CACHE_EPOCH, Array, 4, 4, 1, Replace),
 ];
 
 /// The spec of the map called `name`.

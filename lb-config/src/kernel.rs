@@ -62,6 +62,9 @@ impl Config {
             tick_offset_ns: 0,
             sync_events: u32::from(self.sync.is_some()),
             _pad_sync: 0,
+            flow_cache_ttl_ns: lb_common::flow_cache_ttl_ns(ns(self
+                .conntrack
+                .tcp_established_timeout)),
         }
     }
 

@@ -4,7 +4,7 @@
 //! scheduling, ports, conntrack), `nat` (rewrite and checksums), `forward`
 //! (route lookup and transmit), `rst` (fast-fail resets), `half_open` (the
 //! cap on half-open flows), `sync` (events for the HA peer), `counters`,
-//! `clock`, `maps`.
+//! `flow_cache` (each CPU's copies of established flows), `clock`, `maps`.
 #![no_std]
 #![no_main]
 // BPF inline assembly (the compare-and-swap in `lookup`).
@@ -12,6 +12,7 @@
 
 mod clock;
 mod counters;
+mod flow_cache;
 mod forward;
 mod half_open;
 mod lookup;
@@ -73,8 +74,16 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             return from_backend(ctx, settings, &pkt, port_slot(snat_index, pkt.dport), now);
         }
     }
-    // Tracked flows first: the common packet needs one lookup, not two.
+    // Tracked flows first: the common packet needs one lookup, not two,
+    // and none while its flow is in this CPU's cache.
     let client = client_key(&pkt);
+    let cache = flow_cache::probe(settings, &pkt, &client);
+    if let Some(probe) = &cache {
+        if let Some(flow) = flow_cache::find(settings, probe, &client, now) {
+            // SAFETY: this CPU's cache slot, valid during this run.
+            return to_backend(ctx, settings, &pkt, unsafe { &mut *flow }, now);
+        }
+    }
     let is_syn =
         pkt.proto == lb_common::PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // Plain zeroed fields, not an Option of a copied entry: the verifier
@@ -86,7 +95,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         // integers and the program is their only writer.
         let flow = unsafe { &mut *entry };
         if reusable(settings, flow, now, is_syn) {
-            return established(ctx, settings, &pkt, &client, flow, now);
+            let verdict = established(ctx, settings, &pkt, &client, flow, now);
+            if let Some(probe) = &cache {
+                flow_cache::keep(probe, &client, flow);
+            }
+            return verdict;
         }
         replaced = ReplacedSource::of(flow);
         stale_entry = Some(entry);
@@ -148,6 +161,19 @@ fn established(
         flow,
         next_state(flow.state, pkt.tcp_flags, false),
     );
+    to_backend(ctx, settings, pkt, flow, now)
+}
+
+/// NATs and sends a client's packet on its flow (the flow's entry in
+/// `flows`, or this CPU's copy of it).
+#[inline(always)]
+fn to_backend(
+    ctx: &XdpContext,
+    settings: &Settings,
+    pkt: &Packet,
+    flow: &mut FlowValue,
+    now: u64,
+) -> (u32, Reason) {
     let bytes = pkt.ip_len as u64;
     let snat = settings.snat_addr(flow.snat_index);
     rewrite(
@@ -285,6 +311,8 @@ fn new_flow(
         give_back(&source);
         return (DROP, Reason::DropFlowInsert);
     }
+    // Copies of the flow these client ports had before are now wrong.
+    flow_cache::changed(new.client);
     half_open::record(settings, new.client, &flow);
     // No sync event yet: the peer learns of the flow from its first answer
     // (`sync`), so nothing is reported for the unanswered.

@@ -8,10 +8,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendValue, Counters, FlowEvent, FlowKey, FlowValue, HalfOpenCursor, HalfOpenEntry, NextHop,
-    PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS,
-    FLOW_EVENTS_BYTES, HALF_OPEN_SLOTS, INNER_MAP_FLAG, MAX_BACKENDS, MAX_NEIGH_MISSES,
-    MAX_SERVICES, MAX_TX_PORTS,
+    BackendValue, Counters, FlowCacheEntry, FlowEvent, FlowKey, FlowValue, HalfOpenCursor,
+    HalfOpenEntry, NextHop, PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue,
+    Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES, FLOW_GENERATIONS_SLOTS,
+    HALF_OPEN_SLOTS, INNER_MAP_FLAG, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
@@ -125,3 +125,16 @@ pub static FLOW_EVENTS: RingBuf<FlowEvent, { FLOW_EVENTS_BYTES as usize }> = Rin
 /// Per-CPU count of events lost to a full `FLOW_EVENTS`.
 #[btf_map(name = "flow_events_lost")]
 pub static FLOW_EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Each CPU's copies of established flows (see `flow_cache`).
+#[btf_map(name = "flow_cache")]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry, { FLOW_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
+/// Generations of the flows' cached copies (see `flow_cache`).
+#[btf_map(name = "flow_generations")]
+pub static FLOW_GENERATIONS: Array<u32, { FLOW_GENERATIONS_SLOTS as usize }> = Array::new();
+
+/// The agent's epoch of the flow cache at index 0 (see `flow_cache`).
+#[btf_map(name = "flow_cache_epoch")]
+pub static FLOW_CACHE_EPOCH: Array<u32, 1> = Array::new();

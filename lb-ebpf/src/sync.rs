@@ -36,11 +36,13 @@ pub fn report(settings: &Settings, client: &FlowKey, flow: &FlowValue) {
     }
 }
 
-/// Moves `flow` to `state` and reports a change.
+/// Moves `flow` to `state` and reports a change (to the peer, and to the
+/// CPUs' flow caches, whose copies it ends).
 #[inline(always)]
 pub fn set_state(settings: &Settings, client: &FlowKey, flow: &mut FlowValue, state: u8) {
     if flow.state != state {
         flow.state = state;
+        crate::flow_cache::changed(client);
         report(settings, client, flow);
     }
 }

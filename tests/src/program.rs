@@ -16,7 +16,7 @@ use lb_common::{
 
 use lb_agent::dataplane::{
     clock::{calibrate, TickClock},
-    maps::{end_flow, restore_reply_entries},
+    maps::{end_flow, end_flow_cache_copies, restore_reply_entries},
     port_pools::{Endpoint, PortPools, SlotLayout},
 };
 
@@ -72,6 +72,31 @@ fn ifindex(name: &str) -> u32 {
 const FLOOR_REPLIES: &str = "replies";
 
 /// The balancer's forward table, for writing.
+/// Runs `work` with the calling thread on CPU `cpu` (a test run executes
+/// on the CPU that asks for it), then lets the thread run anywhere again.
+/// None if the machine has no such CPU.
+pub fn on_cpu<T>(cpu: usize, work: impl FnOnce() -> T) -> Option<T> {
+    // SAFETY: plain syscalls on a zeroed, then filled, CPU set of our own.
+    unsafe {
+        let mut before: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut before), 0);
+        if !libc::CPU_ISSET(cpu, &before) {
+            return None;
+        }
+        let mut only: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut only);
+        assert_eq!(
+            libc::sched_setaffinity(0, size, &only),
+            0,
+            "pin to CPU {cpu}"
+        );
+        let result = work();
+        assert_eq!(libc::sched_setaffinity(0, size, &before), 0);
+        Some(result)
+    }
+}
+
 fn flows_of(ebpf: &mut Ebpf) -> HashMap<&mut aya::maps::MapData, FlowKey, FlowValue> {
     ebpf.map_mut(map_names::FLOWS)
         .expect("flows")
@@ -473,6 +498,18 @@ impl Harness {
         let mut flows = flows_of(&mut self.ebpf);
         let pools = self.pools.as_mut().expect("the balancer's port pools");
         end_flow(&mut flows, pools, key, &flow);
+    }
+
+    /// What the agent does after it removed or rewrote flows: ends the
+    /// copies in every CPU's flow cache.
+    pub fn end_flow_cache_copies(&mut self) {
+        let mut epoch: Array<_, u32> = self
+            .ebpf
+            .map_mut(map_names::FLOW_CACHE_EPOCH)
+            .expect("flow_cache_epoch")
+            .try_into()
+            .expect("array");
+        end_flow_cache_copies(&mut epoch).expect("move the flow cache epoch on");
     }
 
     /// Makes the tables look as an upgrade from the agent before reply

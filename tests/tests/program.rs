@@ -790,6 +790,125 @@ fn syn_reusing_a_closing_flows_ports_starts_a_new_flow_and_frees_the_old_source(
     assert_eq!(h.reason_count(Reason::DropPortExhausted), 1);
 }
 
+/// The client's plain ACK on the connection from `sport`.
+fn client_ack(sport: u16) -> Vec<u8> {
+    Frame::tcp(CLIENT, sport, VIP, 80, TCP_ACK)
+        .macs(CLIENT_MAC, PUB_MAC)
+        .build()
+}
+
+/// Opens the connection from `sport` up to established (SYN, the backend's
+/// SYN-ACK, the client's ACK) and sends one more ACK, which leaves a copy
+/// of the flow in the running CPU's cache. Returns the backend's address.
+fn establish_and_cache(h: &Harness, sport: u16) -> [u8; 4] {
+    let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
+    assert_eq!(action, XDP_REDIRECT, "SYN from {sport} forwarded");
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    let backend = [out[30], out[31], out[32], out[33]];
+    let backend_mac = if backend == WEB1 { WEB1_MAC } else { WEB2_MAC };
+    let synack = Frame::tcp(backend, 80, LB_PRIV, port, TCP_SYN | TCP_ACK)
+        .macs(backend_mac, PRIV_MAC)
+        .build();
+    assert_eq!(h.run(h.priv_ifindex, &synack).0, XDP_REDIRECT);
+    for _ in 0..2 {
+        assert_eq!(h.run(h.pub_ifindex, &client_ack(sport)).0, XDP_REDIRECT);
+    }
+    assert_eq!(
+        h.flow(&client_key(sport)).expect("flow").state,
+        flow_state::TCP_ESTABLISHED
+    );
+    backend
+}
+
+/// Where the balancer sent a client's packet: (action, backend address).
+fn sent_to(h: &Harness, frame: &[u8]) -> (u32, [u8; 4]) {
+    let (action, out) = h.run(h.pub_ifindex, frame);
+    (action, [out[30], out[31], out[32], out[33]])
+}
+
+#[test]
+fn established_flows_are_served_from_the_cpus_cache_until_the_agent_ends_them() {
+    let Some(mut h) = lab_harness() else { return };
+    let served = on_cpu(0, || {
+        let backend = establish_and_cache(&h, 40000);
+        // Gone from `flows` behind the agent's back (no epoch moved on):
+        // only this CPU's copy can still forward the next segment.
+        h.remove_flow_as_agent(&client_key(40000));
+        let copy = sent_to(&h, &client_ack(40000));
+        h.end_flow_cache_copies();
+        let ended = h.run(h.pub_ifindex, &client_ack(40000)).0;
+        (backend, copy, ended)
+    })
+    .expect("CPU 0");
+    let (backend, copy, ended) = served;
+    assert_eq!(copy, (XDP_REDIRECT, backend), "served from the cache");
+    assert_eq!(ended, XDP_TX, "the agent's epoch ended the copy: a RST");
+    assert_eq!(h.reason_count(Reason::RstNoFlow), 1);
+}
+
+#[test]
+fn a_flow_cache_copy_serves_only_its_time_to_live() {
+    let Some(mut h) = lab_harness() else { return };
+    let ttl_ns = 20_000_000;
+    h.set_settings(Settings {
+        flow_cache_ttl_ns: ttl_ns,
+        ..h.ebpf_settings()
+    });
+    let ended = on_cpu(0, || {
+        establish_and_cache(&h, 40000);
+        h.remove_flow_as_agent(&client_key(40000));
+        std::thread::sleep(std::time::Duration::from_nanos(3 * ttl_ns));
+        h.run(h.pub_ifindex, &client_ack(40000)).0
+    })
+    .expect("CPU 0");
+    assert_eq!(ended, XDP_TX, "an old copy is not used: the flow is gone");
+
+    // Off: every packet looks its flow up.
+    h.set_settings(Settings {
+        flow_cache_ttl_ns: 0,
+        ..h.ebpf_settings()
+    });
+    let ended = on_cpu(0, || {
+        establish_and_cache(&h, 40001);
+        h.remove_flow_as_agent(&client_key(40001));
+        h.run(h.pub_ifindex, &client_ack(40001)).0
+    })
+    .expect("CPU 0");
+    assert_eq!(ended, XDP_TX);
+    assert_eq!(h.reason_count(Reason::RstNoFlow), 2);
+}
+
+#[test]
+fn a_flow_replaced_on_another_cpu_ends_this_cpus_copy() {
+    let Some(h) = lab_harness_with_ports(4) else {
+        return;
+    };
+    // CPU 0 opens the connection from 40000 (to web1) and caches it.
+    let first = on_cpu(0, || establish_and_cache(&h, 40000)).expect("CPU 0");
+    assert_eq!(first, WEB1);
+    // On CPU 1 the connection closes and the client opens a new one on the
+    // same ports, which this CPU's schedule gives to web2 (its first pick,
+    // web1, went to the connection from 40001).
+    let Some(second) = on_cpu(1, || {
+        let fin = Frame::tcp(CLIENT, 40000, VIP, 80, TCP_FIN | TCP_ACK).macs(CLIENT_MAC, PUB_MAC);
+        assert_eq!(h.run(h.pub_ifindex, &fin.build()).0, XDP_REDIRECT);
+        let fin_back =
+            Frame::tcp(WEB1, 80, LB_PRIV, NAT_PORT, TCP_FIN | TCP_ACK).macs(WEB1_MAC, PRIV_MAC);
+        assert_eq!(h.run(h.priv_ifindex, &fin_back.build()).0, XDP_REDIRECT);
+        assert_eq!(sent_to(&h, &client_syn(40001).build()).1, WEB1);
+        sent_to(&h, &client_syn(40000).build())
+    }) else {
+        eprintln!("SKIP: one CPU only, no other CPU to change the flow on");
+        return;
+    };
+    assert_eq!(second, (XDP_REDIRECT, WEB2));
+    // Back on CPU 0, the new connection's ACK follows the new flow, not
+    // the copy of the old one.
+    let next = on_cpu(0, || sent_to(&h, &client_ack(40000))).expect("CPU 0");
+    assert_eq!(next, (XDP_REDIRECT, WEB2));
+    assert_eq!(h.flow(&client_key(40000)).expect("flow").backend_addr, WEB2);
+}
+
 #[test]
 fn ports_are_reused_least_recently_released_first() {
     let Some(object) = artifacts::lb_object() else {

@@ -188,6 +188,9 @@ impl Daemon {
             );
         }
         tables.write_settings(kernel_settings(&config, &facts))?;
+        // The program ran on while no agent did; copies it cached of flows
+        // this start rewrote (or a peer's transfer will) must not serve.
+        tables.end_flow_cache_copies();
         let ifindexes: Vec<u32> = load
             .interfaces
             .iter()

@@ -36,6 +36,7 @@ pub struct Tables {
     neigh_misses: HashMap<MapData, [u8; 4], u64>,
     backend_hops: PerCpuArray<MapData, NextHop>,
     half_open_cursors: PerCpuArray<MapData, HalfOpenCursor>,
+    flow_cache_epoch: Array<MapData, u32>,
     ports: PortPools,
     sweep: FlowSweep,
     /// Flow sync's feed of flows the agent ends itself (`remove --now`,
@@ -213,6 +214,23 @@ where
     Ok(tracked.len())
 }
 
+/// Ends every copy in the CPUs' flow caches (the program's `flow_cache`):
+/// called after the agent removed or rewrote flows, which the copies would
+/// otherwise serve for up to `Settings::flow_cache_ttl_ns` more. Only
+/// after the flows changed: the program reads the epoch before the flow,
+/// so a copy that carries the new epoch was made from the changed flows.
+pub fn end_flow_cache_copies<F>(epoch: &mut Array<F, u32>) -> Result<(), DataplaneError>
+where
+    F: std::borrow::BorrowMut<MapData>,
+{
+    let current = epoch
+        .get(&0, 0)
+        .map_err(DataplaneError::map(map_names::FLOW_CACHE_EPOCH))?;
+    epoch
+        .set(0, current.wrapping_add(1), 0)
+        .map_err(DataplaneError::map(map_names::FLOW_CACHE_EPOCH))
+}
+
 /// `bpf_map_update_elem` flag: only replace an existing element.
 const BPF_EXIST: u64 = 2;
 
@@ -244,6 +262,7 @@ impl Tables {
             neigh_misses: typed!(get(NEIGH_MISSES)?, NEIGH_MISSES),
             backend_hops: typed!(get(BACKEND_HOPS)?, BACKEND_HOPS),
             half_open_cursors: typed!(get(HALF_OPEN_CURSORS)?, HALF_OPEN_CURSORS),
+            flow_cache_epoch: typed!(get(FLOW_CACHE_EPOCH)?, FLOW_CACHE_EPOCH),
             sweep: FlowSweep::default(),
             removals: None,
             ports: PortPools::new(
@@ -500,7 +519,18 @@ impl Tables {
                 ended.push(key);
             }
         }
+        if !ended.is_empty() {
+            self.end_flow_cache_copies();
+        }
         ended
+    }
+
+    /// See `end_flow_cache_copies`. A failure is logged, not returned:
+    /// the copies then end within `Settings::flow_cache_ttl_ns` anyway.
+    pub fn end_flow_cache_copies(&mut self) {
+        if let Err(error) = end_flow_cache_copies(&mut self.flow_cache_epoch) {
+            tracing::warn!(%error, "could not end the flow cache's copies at once");
+        }
     }
 
     /// Ends the flow `walked` saw at `key` if that entry still holds it and

@@ -43,6 +43,7 @@ pub(crate) struct SyncMaps {
     backends: Array<MapData, BackendValue>,
     settings: Array<MapData, Settings>,
     lost: PerCpuArray<MapData, u64>,
+    flow_cache_epoch: Array<MapData, u32>,
     layout: SlotLayout,
     view: LocalView,
     view_read: Option<Instant>,
@@ -52,7 +53,7 @@ fn open(dir: &Path, name: &'static str) -> Result<Map, DataplaneError> {
     let data = MapData::from_pin(pins::map_pin(dir, name)).map_err(DataplaneError::map(name))?;
     Ok(match name {
         map_names::FLOW_EVENTS => Map::RingBuf(data),
-        map_names::BACKENDS | map_names::SETTINGS => Map::Array(data),
+        map_names::BACKENDS | map_names::SETTINGS | map_names::FLOW_CACHE_EPOCH => Map::Array(data),
         map_names::FLOW_EVENTS_LOST => Map::PerCpuArray(data),
         // Read as the ids of the tables it holds (`PinnedReplyTables`).
         map_names::REPLY_TABLES => Map::Array(data),
@@ -85,6 +86,7 @@ impl SyncMaps {
             backends: typed!(dir, BACKENDS),
             settings: typed!(dir, SETTINGS),
             lost: typed!(dir, FLOW_EVENTS_LOST),
+            flow_cache_epoch: typed!(dir, FLOW_CACHE_EPOCH),
             layout,
             view: LocalView::default(),
             view_read: None,
@@ -197,6 +199,9 @@ impl SyncMaps {
                 .end_claim(entries.pool, entries.slot, &entries.client);
             return Err(Refusal::TableFull);
         }
+        if current.is_some() {
+            self.end_flow_cache_copies();
+        }
         Ok(Installed::Flow)
     }
 
@@ -228,7 +233,18 @@ impl SyncMaps {
         let _ = self.flows.remove(client);
         let (pool, slot) = reply_slot_of(&current);
         self.replies.end_claim(pool, slot, client);
+        self.end_flow_cache_copies();
         Installed::Removed
+    }
+
+    /// A flow this node had was rewritten or removed: copies of it in the
+    /// CPUs' flow caches end (a failure leaves them their short life).
+    fn end_flow_cache_copies(&mut self) {
+        if let Err(error) =
+            crate::dataplane::maps::end_flow_cache_copies(&mut self.flow_cache_epoch)
+        {
+            tracing::warn!(%error, "could not end the flow cache's copies at once");
+        }
     }
 }
 
