@@ -217,6 +217,30 @@ async fn reconcile_takes_the_ip_back_when_it_moved() {
 }
 
 #[tokio::test]
+async fn reconcile_leaves_an_assignment_in_progress_alone() {
+    // The round right after a takeover finds this node's own assignment
+    // still running and the IP still the old holder's: asking again would
+    // only be refused with 422.
+    let mock = mock(Some(THEM)).await;
+    let mut p = provider(&mock, TOKEN);
+    let (_tx, wish) = holding();
+    p.acquire(&wish).await.expect("assignment started");
+    assert_eq!(mock.holder(IP), Some(THEM), "the action is still running");
+    p.reconcile(&wish).await.expect("waits for it");
+    let posts = mock
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "{:?}", mock.requests());
+    assert_eq!(p.counts().1, 0, "nothing failed");
+    assert!(wait_holder(&mock, US).await);
+    p.reconcile(&wish).await.expect("ours now");
+    assert_eq!(p.held(), vec![IP]);
+    assert_eq!(p.counts().1, 0);
+}
+
+#[tokio::test]
 async fn the_token_never_shows() {
     let mock = mock(None).await;
     let p = provider(&mock, TOKEN);

@@ -20,7 +20,7 @@ use std::{
 
 use reqwest::{header::HeaderMap, StatusCode};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{cancelled, FloatingIpError, Wish};
 use crate::config::FloatingIpConfig;
@@ -135,6 +135,15 @@ struct ReservedIpReply {
 #[derive(Deserialize)]
 struct ReservedIp {
     droplet: Option<Droplet>,
+    /// An action on the IP (ours or another droplet's) is still running.
+    #[serde(default)]
+    locked: bool,
+}
+
+/// Where a reserved IP stands.
+struct Assignment {
+    droplet: Option<u64>,
+    locked: bool,
 }
 
 #[derive(Deserialize)]
@@ -284,8 +293,9 @@ impl DigitalOcean {
         }
     }
 
-    /// Which droplet `ip` is assigned to (`None`: unassigned).
-    async fn holder(&mut self, ip: Ipv4Addr) -> Result<Option<u64>, Attempt> {
+    /// Which droplet `ip` is assigned to (`None`: unassigned), and whether
+    /// an action on it is still running.
+    async fn holder(&mut self, ip: Ipv4Addr) -> Result<Assignment, Attempt> {
         let url = format!("{}/v2/reserved_ips/{ip}", self.api_url);
         self.calls += 1;
         let reply = self
@@ -307,7 +317,10 @@ impl DigitalOcean {
         let status = reply.status();
         if status.is_success() {
             return match reply.json::<ReservedIpReply>().await {
-                Ok(body) => Ok(body.reserved_ip.droplet.map(|d| d.id)),
+                Ok(body) => Ok(Assignment {
+                    droplet: body.reserved_ip.droplet.map(|d| d.id),
+                    locked: body.reserved_ip.locked,
+                }),
                 Err(e) => {
                     self.errors += 1;
                     Err(Attempt::Retry(
@@ -357,19 +370,24 @@ impl DigitalOcean {
         if status.is_success() {
             return Attempt::Done;
         }
-        self.errors += 1;
         if status == StatusCode::UNPROCESSABLE_ENTITY {
             // Already assigned, or an action on the IP is in progress:
             // done if it is ours, else wait for the other action.
             return match self.holder(ip).await {
-                Ok(Some(id)) if id == droplet => Attempt::Done,
-                Ok(_) => Attempt::Retry(
-                    self.retry_interval,
-                    "422: another action on the IP is in progress".into(),
-                ),
+                Ok(Assignment {
+                    droplet: Some(id), ..
+                }) if id == droplet => Attempt::Done,
+                Ok(_) => {
+                    self.errors += 1;
+                    Attempt::Retry(
+                        self.retry_interval,
+                        "422: another action on the IP is in progress".into(),
+                    )
+                }
                 Err(attempt) => attempt,
             };
         }
+        self.errors += 1;
         self.classify(status, reply.headers(), ip)
     }
 
@@ -437,12 +455,24 @@ impl DigitalOcean {
         let droplet = self.droplet_with_retries(wish).await?;
         for ip in self.addresses.clone() {
             match self.holder(ip).await {
-                Ok(Some(id)) if id == droplet => {
+                Ok(Assignment {
+                    droplet: Some(id), ..
+                }) if id == droplet => {
                     if !self.held.contains(&ip) {
                         self.held.push(ip);
                     }
                 }
-                Ok(other) => {
+                // An assignment still running (most often the one this
+                // node just asked for at takeover) decides the holder;
+                // asking again now would only be refused. The next round
+                // looks again.
+                Ok(Assignment {
+                    droplet: other,
+                    locked: true,
+                }) => {
+                    debug!(%ip, holder = ?other, "an action on the reserved IP is in progress; looking again next round");
+                }
+                Ok(Assignment { droplet: other, .. }) => {
                     warn!(%ip, holder = ?other, "the reserved IP is not this droplet's while master: assigning it again");
                     self.held.retain(|a| *a != ip);
                     self.assign(ip, wish).await?;
@@ -464,7 +494,9 @@ impl DigitalOcean {
         self.held.clear();
         for ip in self.addresses.clone() {
             match self.holder(ip).await {
-                Ok(Some(id)) if id == droplet => self.held.push(ip),
+                Ok(Assignment {
+                    droplet: Some(id), ..
+                }) if id == droplet => self.held.push(ip),
                 Ok(_) => {}
                 Err(Attempt::Fatal(error)) => return Err(error),
                 Err(_) => return Ok(false),
