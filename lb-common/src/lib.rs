@@ -79,6 +79,9 @@ pub mod map_names {
     /// Index 0 -> the agent's epoch of the flow cache: moved on whenever
     /// the agent removes or rewrites flows, which ends every cached copy.
     pub const FLOW_CACHE_EPOCH: &str = "flow_cache_epoch";
+    /// Per-CPU `PoolCacheEntry` per `pool_cache_slot`: copies of `pool_ids`
+    /// entries, so that replies skip that hash.
+    pub const POOL_CACHE: &str = "pool_cache";
 }
 
 /// Most services one node can hold (service ids are `0..MAX_SERVICES`).
@@ -165,6 +168,32 @@ pub struct FlowCacheEntry {
     pub flow: FlowValue,
     pub generation: u32,
     pub epoch: u32,
+}
+
+/// Slots of each CPU's copies of `pool_ids` entries (`pool_cache`), a
+/// power of two.
+pub const POOL_CACHE_SLOTS: u32 = 1024;
+
+/// Where the copy of the pool id of backend endpoint `key` lives in each
+/// CPU's `pool_cache`.
+#[inline(always)]
+pub fn pool_cache_slot(key: &PoolKey) -> u32 {
+    let folded = u32::from_ne_bytes(key.addr)
+        ^ ((u32::from(key.port) << 16) | u32::from(key.proto)).rotate_left(8);
+    let hash = u64::from(folded).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (hash >> (64 - POOL_CACHE_SLOTS.trailing_zeros())) as u32
+}
+
+/// A CPU's copy of a `pool_ids` entry. It is only believed while the
+/// pool's record in `port_pools` is live and names the same endpoint: the
+/// agent writes the record whenever it gives a pool id to an endpoint or
+/// takes it away, so no copy outlives the assignment it was made from.
+/// An empty slot (protocol 0) matches no packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PoolCacheEntry {
+    pub endpoint: PoolKey,
+    pub pool: u32,
 }
 
 /// Slots of each CPU's half-open ring: the most half-open flows one CPU
@@ -830,6 +859,7 @@ mod pod {
     unsafe impl aya::Pod for super::HalfOpenEntry {}
     unsafe impl aya::Pod for super::HalfOpenCursor {}
     unsafe impl aya::Pod for super::FlowCacheEntry {}
+    unsafe impl aya::Pod for super::PoolCacheEntry {}
 }
 
 #[cfg(test)]
@@ -849,6 +879,7 @@ mod tests {
         assert_eq!(size_of::<PoolKey>(), 8);
         assert_eq!(size_of::<Settings>(), 160);
         assert_eq!(size_of::<FlowCacheEntry>(), 88);
+        assert_eq!(size_of::<PoolCacheEntry>(), 12);
         assert_eq!(size_of::<FlowEvent>(), 40);
         assert_eq!(size_of::<PortPool>(), 32);
         assert_eq!(size_of::<Counters>(), 32);
@@ -890,6 +921,24 @@ mod tests {
             used > FLOW_CACHE_SLOTS / 2 * 3 / 4,
             "{used} generations used"
         );
+    }
+
+    #[test]
+    fn pool_cache_slots_spread_a_subnet_of_backends() {
+        let mut used = [false; POOL_CACHE_SLOTS as usize];
+        for host in 1..=254u8 {
+            for port in [80u16, 443, 8080] {
+                let key = PoolKey {
+                    addr: [10, 200, 0, host],
+                    port,
+                    proto: PROTO_TCP,
+                    _pad: 0,
+                };
+                used[pool_cache_slot(&key) as usize] = true;
+            }
+        }
+        let used = used.iter().filter(|u| **u).count();
+        assert!(used > 254 * 3 * 3 / 4, "{used} slots used");
     }
 
     #[test]

@@ -6,9 +6,10 @@ use core::mem::size_of;
 
 use crate::{
     map_names::*, BackendValue, Counters, FlowCacheEntry, FlowKey, FlowValue, HalfOpenCursor,
-    HalfOpenEntry, NextHop, PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue,
-    Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES, FLOW_GENERATIONS_SLOTS,
-    HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS, RING_SLOTS,
+    HalfOpenEntry, NextHop, PoolCacheEntry, PoolKey, PortPool, Reason, ReplyValue, ServiceKey,
+    ServiceValue, Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES,
+    FLOW_GENERATIONS_SLOTS, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES,
+    MAX_TX_PORTS, POOL_CACHE_SLOTS, RING_SLOTS,
 };
 
 /// The kernel map type a map is declared with.
@@ -139,7 +140,7 @@ use MapKind::*;
 use OnMismatch::*;
 
 /// Every map the program declares, in a stable order.
-pub const MAPS: [MapSpec; 25] = [
+pub const MAPS: [MapSpec; 26] = [
     spec(
         SERVICES,
         Hash,
@@ -252,6 +253,15 @@ pub const MAPS: [MapSpec; 25] = [
         Replace,
     ),
     spec(FLOW_CACHE_EPOCH, Array, 4, 4, 1, Replace),
+    // Copies checked against `port_pools` at every use.
+    spec(
+        POOL_CACHE,
+        PerCpuArray,
+        4,
+        size_of::<PoolCacheEntry>(),
+        POOL_CACHE_SLOTS,
+        Replace,
+    ),
 ];
 
 /// The spec of the map called `name`.

@@ -2,12 +2,16 @@
 //! ring), NAT source allocation from the port pools and connection tracking.
 
 use lb_common::{
-    flow_state, port_slot, reply_claim, ring_base, slot_address_index, slot_port, BackendValue,
-    FlowKey, FlowValue, ReplyValue, ServiceValue, Settings, PORT_CLAIM_TRIES, PROTO_TCP, RING_SIZE,
+    flow_state, pool_cache_slot, port_slot, reply_claim, ring_base, slot_address_index, slot_port,
+    BackendValue, FlowKey, FlowValue, PoolCacheEntry, PoolKey, ReplyValue, ServiceValue, Settings,
+    PORT_CLAIM_TRIES, PROTO_TCP, RING_SIZE,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, PORT_POOLS, PORT_QUEUES, PORT_TAKEN, REPLY_TABLES, RINGS, RR_CURSORS},
+    maps::{
+        BACKENDS, FLOWS, POOL_CACHE, POOL_IDS, PORT_POOLS, PORT_QUEUES, PORT_TAKEN, REPLY_TABLES,
+        RINGS, RR_CURSORS,
+    },
     parsing::Packet,
 };
 
@@ -53,6 +57,51 @@ pub struct NatSource {
     pub snat_index: u8,
     pub addr: [u8; 4],
     pub port: u16,
+}
+
+/// The port pool of backend endpoint `endpoint`: this CPU's copy of its
+/// `pool_ids` entry while the pool's record still names the endpoint (two
+/// array reads the verifier inlines), else the `pool_ids` hash, whose
+/// answer is copied. The hash lookup is three kernel calls, which on CPUs
+/// with return mitigations cost about as much as the rest of a reply.
+#[inline(always)]
+pub fn pool_of(endpoint: &PoolKey) -> Option<u32> {
+    let copy = POOL_CACHE.get_ptr_mut(pool_cache_slot(endpoint));
+    if let Some(copy) = copy {
+        // SAFETY: per-CPU slot, only this CPU touches it while we run.
+        let cached = unsafe { *copy };
+        if cached.endpoint == *endpoint && pool_serves(cached.pool, endpoint) {
+            return Some(cached.pool);
+        }
+    }
+    // SAFETY: copied out at once.
+    let pool = *unsafe { POOL_IDS.get(endpoint) }?;
+    if let Some(copy) = copy {
+        // SAFETY: as above.
+        unsafe {
+            *copy = PoolCacheEntry {
+                endpoint: *endpoint,
+                pool,
+            }
+        };
+    }
+    Some(pool)
+}
+
+/// Whether the agent's record of pool `pool` gives it to `endpoint`.
+#[inline(always)]
+fn pool_serves(pool: u32, endpoint: &PoolKey) -> bool {
+    let Some(record) = PORT_POOLS.get_ptr(pool) else {
+        return false;
+    };
+    // SAFETY: array map value, valid during this run. The agent writes it
+    // whole; a record torn by that write fails one of the compares or
+    // still names the pool the endpoint had a moment ago.
+    let record = unsafe { &*record };
+    record.live == 1
+        && record.backend_addr == endpoint.addr
+        && record.backend_port == endpoint.port
+        && record.proto == endpoint.proto
 }
 
 /// The reply entry of NAT source `slot` in pool `pool`'s table.

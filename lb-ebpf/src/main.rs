@@ -35,10 +35,10 @@ use crate::{
     counters::{count, count_rejected, count_traffic},
     forward::{forward, DROP, PASS},
     lookup::{
-        claim_nat_source, client_key, count_taken, give_back, initial_state, release_replaced,
-        reply_entry, schedule, track, ReplacedSource,
+        claim_nat_source, client_key, count_taken, give_back, initial_state, pool_of,
+        release_replaced, reply_entry, schedule, track, ReplacedSource,
     },
-    maps::{BACKEND_HOPS, FLOWS, POOL_IDS, SERVICES, SETTINGS},
+    maps::{BACKEND_HOPS, FLOWS, SERVICES, SETTINGS},
     nat::{rewrite, Rewrite},
     parsing::{parse, Packet, TCP_ACK, TCP_SYN},
     ptr::load,
@@ -346,8 +346,7 @@ fn from_backend(
         proto: pkt.proto,
         _pad: 0,
     };
-    // SAFETY: copied out at once.
-    let Some(pool) = (unsafe { POOL_IDS.get(&endpoint) }).copied() else {
+    let Some(pool) = pool_of(&endpoint) else {
         return (PASS, Reason::PassReplyNoFlow);
     };
     let Some(entry) = reply_entry(pool, slot) else {

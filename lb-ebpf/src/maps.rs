@@ -9,9 +9,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendValue, Counters, FlowCacheEntry, FlowEvent, FlowKey, FlowValue, HalfOpenCursor,
-    HalfOpenEntry, NextHop, PoolKey, PortPool, Reason, ReplyValue, ServiceKey, ServiceValue,
-    Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES, FLOW_GENERATIONS_SLOTS,
-    HALF_OPEN_SLOTS, INNER_MAP_FLAG, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES, MAX_TX_PORTS,
+    HalfOpenEntry, NextHop, PoolCacheEntry, PoolKey, PortPool, Reason, ReplyValue, ServiceKey,
+    ServiceValue, Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES,
+    FLOW_GENERATIONS_SLOTS, HALF_OPEN_SLOTS, INNER_MAP_FLAG, MAX_BACKENDS, MAX_NEIGH_MISSES,
+    MAX_SERVICES, MAX_TX_PORTS, POOL_CACHE_SLOTS,
 };
 
 const SERVICES_MAX: usize = MAX_SERVICES as usize;
@@ -138,3 +139,8 @@ pub static FLOW_GENERATIONS: Array<u32, { FLOW_GENERATIONS_SLOTS as usize }> = A
 /// The agent's epoch of the flow cache at index 0 (see `flow_cache`).
 #[btf_map(name = "flow_cache_epoch")]
 pub static FLOW_CACHE_EPOCH: Array<u32, 1> = Array::new();
+
+/// Each CPU's copies of `pool_ids` entries (see `lookup::pool_of`).
+#[btf_map(name = "pool_cache")]
+pub static POOL_CACHE: PerCpuArray<PoolCacheEntry, { POOL_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();

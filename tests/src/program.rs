@@ -512,6 +512,40 @@ impl Harness {
         end_flow_cache_copies(&mut epoch).expect("move the flow cache epoch on");
     }
 
+    /// Deletes `backend`'s entry in `pool_ids` behind the agent's back (the
+    /// port pools own that map's handle, so this opens it again by id).
+    pub fn forget_pool_id(&self, backend: Endpoint) {
+        let program: &Xdp = self
+            .ebpf
+            .program(&self.program)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        let ids = program
+            .info()
+            .expect("program info")
+            .map_ids()
+            .expect("map ids")
+            .unwrap_or_default();
+        let map = ids
+            .into_iter()
+            .filter_map(|id| aya::maps::MapData::from_id(id).ok())
+            .find(|map| {
+                map.info()
+                    .is_ok_and(|info| info.name_as_str() == Some(map_names::POOL_IDS))
+            })
+            .expect("the program's pool_ids");
+        let mut pool_ids: HashMap<_, lb_common::PoolKey, u32> =
+            aya::maps::Map::HashMap(map).try_into().expect("hash");
+        let key = lb_common::PoolKey {
+            addr: backend.addr.octets(),
+            port: backend.port,
+            proto: backend.proto,
+            _pad: 0,
+        };
+        pool_ids.remove(&key).expect("the backend's pool id");
+    }
+
     /// Makes the tables look as an upgrade from the agent before reply
     /// tables finds them: the flow of `key` is tracked, its reply entry is
     /// not, and `peer` marks it as one of the HA peer's slice the way that

@@ -909,6 +909,73 @@ fn a_flow_replaced_on_another_cpu_ends_this_cpus_copy() {
     assert_eq!(h.flow(&client_key(40000)).expect("flow").backend_addr, WEB2);
 }
 
+/// A plain ACK from web1 to NAT port `port`: (action, reason counted).
+fn web1_ack(h: &Harness, port: u16) -> u32 {
+    let ack = Frame::tcp(WEB1, 80, LB_PRIV, port, TCP_ACK).macs(WEB1_MAC, PRIV_MAC);
+    h.run(h.priv_ifindex, &ack.build()).0
+}
+
+#[test]
+fn a_backends_pool_is_found_through_the_cpus_copy_while_its_record_names_it() {
+    let Some(mut h) = lab_harness() else { return };
+    let web1 = Endpoint {
+        addr: addr(WEB1),
+        port: 80,
+        proto: PROTO_TCP,
+    };
+    // CPU 0's SYN-ACK finds web1's pool through `pool_ids` and copies it.
+    let backend = on_cpu(0, || {
+        let (_, out) = h.run(h.pub_ifindex, &client_syn(40000).build());
+        let synack = Frame::tcp(WEB1, 80, LB_PRIV, NAT_PORT, TCP_SYN | TCP_ACK)
+            .macs(WEB1_MAC, PRIV_MAC)
+            .build();
+        assert_eq!(h.run(h.priv_ifindex, &synack).0, XDP_REDIRECT);
+        [out[30], out[31], out[32], out[33]]
+    })
+    .expect("CPU 0");
+    assert_eq!(backend, WEB1);
+
+    // Without the hash entry only CPU 0's copy knows the pool.
+    h.forget_pool_id(web1);
+    let copy = on_cpu(0, || web1_ack(&h, NAT_PORT)).expect("CPU 0");
+    assert_eq!(copy, XDP_REDIRECT, "CPU 0 found the pool in its copy");
+    if let Some(elsewhere) = on_cpu(1, || web1_ack(&h, NAT_PORT)) {
+        assert_eq!(elsewhere, XDP_PASS, "CPU 1 has no copy and no pool id");
+    }
+
+    // The pool is retired and its id given to another endpoint, whose
+    // flow holds the same NAT source: web1's packets must not reach it
+    // through the old copy.
+    let pools = h.pools.as_mut().expect("the balancer's port pools");
+    let pool = pools.pool_of(&web1).expect("web1's pool");
+    pools.retain(&[]).expect("retire every pool");
+    let heir = (1..=254u8)
+        .map(|host| Endpoint {
+            addr: std::net::Ipv4Addr::new(10, 200, 1, host),
+            port: 80,
+            proto: PROTO_TCP,
+        })
+        .find(|endpoint| pools.pool_for(*endpoint).expect("a new pool") == pool)
+        .expect("an endpoint that takes web1's pool id");
+    assert_ne!(heir, web1);
+    let held = lb_common::ReplyValue {
+        client: client_key(40001),
+        live: reply_claim::OWN,
+        ..Default::default()
+    };
+    pools
+        .replies_mut()
+        .set(pool, lb_common::port_slot(0, NAT_PORT), held)
+        .expect("the heir's flow");
+    let passes_before = h.reason_count(Reason::PassReplyNoFlow);
+    let stale = on_cpu(0, || web1_ack(&h, NAT_PORT)).expect("CPU 0");
+    assert_eq!(
+        stale, XDP_PASS,
+        "the copy no longer matches the pool's record"
+    );
+    assert_eq!(h.reason_count(Reason::PassReplyNoFlow), passes_before + 1);
+}
+
 #[test]
 fn ports_are_reused_least_recently_released_first() {
     let Some(object) = artifacts::lb_object() else {
