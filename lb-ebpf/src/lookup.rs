@@ -38,12 +38,20 @@ pub fn schedule(service: &ServiceValue) -> Option<(u32, BackendValue)> {
     }
     let cursor = RR_CURSORS.get_ptr_mut(service.id)?;
     // SAFETY: per-CPU slot, only this CPU touches it while we run.
-    let position = unsafe {
-        let position = *cursor;
-        *cursor = position.wrapping_add(1);
-        position
+    let cursor = unsafe { &mut *cursor };
+    // The cursor stays below the ring's length, so no division is needed
+    // (one costs as much as a map lookup); the rare cursor past a ring that
+    // the agent just shortened starts over.
+    let mut position = *cursor;
+    if position >= service.ring_len {
+        position = 0;
+    }
+    *cursor = if position + 1 == service.ring_len {
+        0
+    } else {
+        position + 1
     };
-    let slot = ring_base(service.id, service.ring_half) + position.checked_rem(service.ring_len)?;
+    let slot = ring_base(service.id, service.ring_half) + position;
     let backend_id = *RINGS.get(slot)?;
     let backend = *BACKENDS.get(backend_id)?;
     Some((backend_id, backend))

@@ -311,8 +311,12 @@ fn new_flow(
         give_back(&source);
         return (DROP, Reason::DropFlowInsert);
     }
-    // Copies of the flow these client ports had before are now wrong.
-    flow_cache::changed(new.client);
+    // No CPU's cached copy of the flow these client ports had can serve
+    // any more, so the generation needs no atomic bump here: only
+    // established flows are copied, a flow leaves that state through
+    // `sync::set_state` (which bumps it), and an established flow is only
+    // replaced once idle past `tcp_established`, four times longer than a
+    // copy serves. An entry the agent removed ended its copies by the epoch.
     half_open::record(settings, new.client, &flow);
     // No sync event yet: the peer learns of the flow from its first answer
     // (`sync`), so nothing is reported for the unanswered.

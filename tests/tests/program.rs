@@ -628,6 +628,38 @@ fn services_with_more_backends_than_the_old_ring_serve_every_backend() {
 }
 
 #[test]
+fn a_shortened_ring_is_walked_from_its_start() {
+    let Some(mut h) = lab_harness_with_ports(4) else {
+        return;
+    };
+    let three = [(0, WEB1, 80), (1, WEB2, 80), (3, WEB1, 81)];
+    h.add_service(0, VIP, 80, PROTO_TCP, &three);
+    let backend_of = |h: &Harness, sport: u16| {
+        let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
+        assert_eq!(action, XDP_REDIRECT, "SYN from {sport}");
+        (
+            [out[30], out[31], out[32], out[33]],
+            u16::from_be_bytes([out[36], out[37]]),
+        )
+    };
+    let picks = on_cpu(0, || {
+        let before = [backend_of(&h, 41000), backend_of(&h, 41001)];
+        // The third backend goes: the ring is two long now, while this
+        // CPU's cursor stands at its old third slot, which still names it.
+        h.add_service(0, VIP, 80, PROTO_TCP, &three[..2]);
+        let after = [backend_of(&h, 41002), backend_of(&h, 41003)];
+        (before, after)
+    })
+    .expect("CPU 0");
+    assert_eq!(picks.0, [(WEB1, 80), (WEB2, 80)]);
+    assert_eq!(
+        picks.1,
+        [(WEB1, 80), (WEB2, 80)],
+        "never the removed backend"
+    );
+}
+
+#[test]
 fn port_exhaustion_is_counted_not_misforwarded() {
     let Some(object) = artifacts::lb_object() else {
         return;
