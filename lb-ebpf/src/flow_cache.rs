@@ -4,14 +4,16 @@
 //! bucket walk and the key compare, each with a return that CPUs with
 //! return mitigations make dear).
 //!
-//! A copy is only good while nothing changed its flow. Every change that
-//! matters moves the flow's generation on (`changed`): a state change in
-//! either direction, on any CPU, and a new flow on the same client ports;
-//! the agent moves its epoch on when it removes or rewrites flows itself.
-//! A copy also serves only `flow_cache_ttl_ns`, after which the packet
-//! takes the hash lookup again, which refreshes the flow's `last_seen_ns`
-//! for the agent's expiry and makes a new copy. Only plain TCP segments of
-//! established flows use it: SYN, FIN and RST always go to the hash.
+//! A copy is only good while nothing changed its flow. A state change in
+//! either direction, on any CPU, moves the flow's generation on
+//! (`changed`); the agent moves its epoch on when it removes or rewrites
+//! live flows itself. A copy also serves only `flow_cache_ttl_ns` (at most
+//! a quarter of the established timeout), after which the packet takes
+//! the hash lookup again, which refreshes the flow's `last_seen_ns` for
+//! the agent's expiry and makes a new copy; so a flow that is replaced or
+//! expired for having been idle a whole timeout has no copy left. Only
+//! plain TCP segments of established flows use it: SYN, FIN and RST always
+//! go to the hash.
 
 use lb_common::{
     flow_cache_slots, flow_state, FlowCacheEntry, FlowKey, FlowValue, Settings, PROTO_TCP,
