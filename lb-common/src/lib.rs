@@ -235,7 +235,7 @@ pub struct HalfOpenEntry {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct HalfOpenCursor {
-    /// Opened flows so far; the next slot is this modulo the ring length.
+    /// The slot the next flow opened takes (below the ring's length).
     pub next: u32,
     pub _pad: u32,
     /// Half-open flows ended to make room for new ones.

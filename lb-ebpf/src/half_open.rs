@@ -34,14 +34,16 @@ pub fn record(settings: &Settings, client: &FlowKey, flow: &FlowValue) {
         return;
     };
     // SAFETY: per-CPU slot, only this CPU touches it while we run.
-    let position = unsafe {
-        let position = (*cursor).next;
-        (*cursor).next = position.wrapping_add(1);
-        position
-    };
-    let Some(index) = position.checked_rem(ring_len(settings)) else {
-        return;
-    };
+    let cursor = unsafe { &mut *cursor };
+    // Kept below the ring's length instead of taken modulo it: a division
+    // costs a new flow as much as a map lookup. A cursor left past a ring
+    // made shorter (a reload) starts over.
+    let len = ring_len(settings);
+    let mut index = cursor.next;
+    if index >= len {
+        index = 0;
+    }
+    cursor.next = if index + 1 == len { 0 } else { index + 1 };
     let Some(slot) = HALF_OPEN.get_ptr_mut(index) else {
         return;
     };
@@ -49,8 +51,7 @@ pub fn record(settings: &Settings, client: &FlowKey, flow: &FlowValue) {
     // has no room for a copy).
     let recorded = unsafe { &mut *slot };
     if recorded.client.proto != 0 && recorded.client != *client && end_if_half_open(recorded) {
-        // SAFETY: as above.
-        unsafe { (*cursor).evicted = (*cursor).evicted.wrapping_add(1) };
+        cursor.evicted = cursor.evicted.wrapping_add(1);
     }
     *recorded = HalfOpenEntry {
         client: *client,

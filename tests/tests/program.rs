@@ -1135,6 +1135,39 @@ fn handshake(h: &Harness, client: [u8; 4], sport: u16) -> (u16, [u8; 4]) {
 }
 
 #[test]
+fn a_half_open_ring_made_shorter_caps_at_its_new_length() {
+    let Some(mut h) = lab_harness_with_ports(64) else {
+        return;
+    };
+    let ring = |h: &mut Harness, len: u32| {
+        h.set_settings(Settings {
+            half_open_per_cpu: len,
+            ..h.ebpf_settings()
+        })
+    };
+    let syn = |h: &Harness, n: u16| {
+        let source = [10, 100, 0, 128 + n as u8];
+        let frame = Frame::tcp(source, 1024, VIP, 80, TCP_SYN).macs(CLIENT_MAC, PUB_MAC);
+        assert_eq!(h.run(h.pub_ifindex, &frame.build()).0, XDP_REDIRECT);
+    };
+    ring(&mut h, 8);
+    // Six half-open flows leave this CPU's cursor at slot 6 of 8.
+    on_cpu(0, || (0..6).for_each(|n| syn(&h, n))).expect("CPU 0");
+    assert_eq!(h.half_open_evicted(), 0, "the ring had room");
+    // A reload shortens the ring to 4: the cursor stands past its end.
+    ring(&mut h, 4);
+    on_cpu(0, || (6..16).for_each(|n| syn(&h, n))).expect("CPU 0");
+    assert_eq!(
+        h.half_open_evicted(),
+        10,
+        "every later SYN displaced a half-open flow of the shorter ring"
+    );
+    // Four in the ring, and the two recorded past its new end, which only
+    // the agent's expiry ends now.
+    assert_eq!(h.flow_count(), 6);
+}
+
+#[test]
 fn a_syn_flood_of_ten_tables_displaces_only_half_open_flows() {
     let Some(object) = artifacts::lb_object() else {
         return;
