@@ -38,6 +38,10 @@ fn the_lab_config_parses_with_defaults() {
     assert_eq!(settings.snat_addrs[0], [10, 200, 0, 11]);
     assert_eq!((settings.port_min, settings.port_max), (20000, 29999));
     assert_eq!(settings.udp_ns, 60_000_000_000);
+    assert_eq!(
+        settings.flow_cache_ttl_ns, 250_000_000,
+        "cached flow copies serve 250 ms at most (a quarter of a 15 min timeout is longer)"
+    );
 }
 
 #[test]
