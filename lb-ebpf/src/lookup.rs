@@ -1,5 +1,6 @@
 //! Service lookup, scheduling (weighted round robin over the agent-built
-//! ring), NAT source allocation from the port pools and connection tracking.
+//! ring), NAT source allocation from the port pools, the reply path's pool
+//! lookup (with each CPU's copies of it) and connection tracking.
 
 use lb_common::{
     flow_state, pool_cache_slot, port_slot, reply_claim, ring_base, slot_address_index, slot_port,
