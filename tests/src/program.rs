@@ -537,13 +537,9 @@ impl Harness {
             .expect("the program's pool_ids");
         let mut pool_ids: HashMap<_, lb_common::PoolKey, u32> =
             aya::maps::Map::HashMap(map).try_into().expect("hash");
-        let key = lb_common::PoolKey {
-            addr: backend.addr.octets(),
-            port: backend.port,
-            proto: backend.proto,
-            _pad: 0,
-        };
-        pool_ids.remove(&key).expect("the backend's pool id");
+        pool_ids
+            .remove(&backend.pool_key())
+            .expect("the backend's pool id");
     }
 
     /// Makes the tables look as an upgrade from the agent before reply

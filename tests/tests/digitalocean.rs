@@ -71,6 +71,14 @@ async fn wait_holder(mock: &Mock, droplet: u64) -> bool {
     false
 }
 
+/// Assignment requests the API has seen.
+fn posts(mock: &Mock) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.starts_with("POST"))
+        .count()
+}
+
 #[tokio::test]
 async fn assigns_the_reserved_ip_to_this_droplet() {
     let mock = mock(Some(THEM)).await;
@@ -201,12 +209,6 @@ async fn reconcile_takes_the_ip_back_when_it_moved() {
     p.acquire(&wish).await.expect("assigned");
     assert!(wait_holder(&mock, US).await);
     p.reconcile(&wish).await.expect("nothing to do");
-    let posts = |m: &Mock| {
-        m.requests()
-            .iter()
-            .filter(|r| r.starts_with("POST"))
-            .count()
-    };
     assert_eq!(posts(&mock), 1);
 
     mock.set_holder(IP, Some(THEM));
@@ -227,12 +229,7 @@ async fn reconcile_leaves_an_assignment_in_progress_alone() {
     p.acquire(&wish).await.expect("assignment started");
     assert_eq!(mock.holder(IP), Some(THEM), "the action is still running");
     p.reconcile(&wish).await.expect("waits for it");
-    let posts = mock
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("POST"))
-        .count();
-    assert_eq!(posts, 1, "{:?}", mock.requests());
+    assert_eq!(posts(&mock), 1, "{:?}", mock.requests());
     assert_eq!(p.counts().1, 0, "nothing failed");
     assert!(wait_holder(&mock, US).await);
     p.reconcile(&wish).await.expect("ours now");

@@ -131,6 +131,18 @@ pub struct Endpoint {
     pub proto: u8,
 }
 
+impl Endpoint {
+    /// The key of this endpoint in the program's `pool_ids`.
+    pub fn pool_key(self) -> lb_common::PoolKey {
+        lb_common::PoolKey {
+            addr: self.addr.octets(),
+            port: self.port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// How full one pool is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolUsage {

@@ -24,15 +24,6 @@ use super::{batch, port_pools::Endpoint, DataplaneError};
 pub(crate) type ReplyTable = Array<MapData, ReplyValue>;
 pub(crate) type Outer = ArrayOfMaps<MapData, ReplyTable>;
 
-fn pool_key(endpoint: Endpoint) -> PoolKey {
-    PoolKey {
-        addr: endpoint.addr.octets(),
-        port: endpoint.port,
-        proto: endpoint.proto,
-        _pad: 0,
-    }
-}
-
 fn tables_error(error: MapError) -> DataplaneError {
     DataplaneError::map(map_names::REPLY_TABLES)(error)
 }
@@ -94,13 +85,13 @@ impl ReplyTables {
         };
         self.open.insert(id, table);
         self.pool_ids
-            .insert(pool_key(endpoint), id, 0)
+            .insert(endpoint.pool_key(), id, 0)
             .map_err(DataplaneError::map(map_names::POOL_IDS))
     }
 
     /// Drops the table of a pool no backend uses any more.
     pub(crate) fn retire(&mut self, id: u32, endpoint: Endpoint) {
-        let _ = self.pool_ids.remove(&pool_key(endpoint));
+        let _ = self.pool_ids.remove(&endpoint.pool_key());
         self.open.remove(&id);
         // A one-entry table in its place frees the memory (aya has no
         // delete for arrays of maps); the pool id no longer leads to it.
