@@ -548,6 +548,7 @@ impl Agent {
             flows: census.active,
             max_flows: u64::from(self.config.conntrack.max_flows.get()),
             half_open_evicted: self.tables.half_open_evicted(),
+            nat_source_push_failures: self.tables.ports().push_failures(),
         }
     }
 
@@ -558,6 +559,7 @@ impl Agent {
         if expired > 0 {
             tracing::debug!(expired, "expired idle flows");
         }
+        self.tables.apply_pool_notes();
         if let Err(error) = self.tables.ports_mut().upkeep() {
             warn!(%error, "refilling the NAT port pools");
         }

@@ -335,6 +335,12 @@ const FAMILIES: &[Family] = &[
         samples: |s| single(s.stats.half_open_evicted),
     },
     Family {
+        name: "lb_nat_source_push_failures_total",
+        kind: Kind::Counter,
+        help: "NAT sources a port pool's queue refused to take back, each lost to its pool until a restart (a fault: alert on any).",
+        samples: |s| single(s.stats.nat_source_push_failures),
+    },
+    Family {
         name: "lb_vrrp_state",
         kind: Kind::Gauge,
         help: "1 for the VRRP state this node is in.",
@@ -627,6 +633,7 @@ mod tests {
                 flows: 4,
                 max_flows: 65536,
                 half_open_evicted: 3,
+                nat_source_push_failures: 2,
             },
             vrrp: Some(VrrpStatus {
                 state: VrrpState::Master,
@@ -674,6 +681,7 @@ mod tests {
         assert!(text.contains("lb_xdp_packets_total{reason=\"forwarded_to_backend\"} 60\n"));
         assert!(text.contains("lb_floating_ip_provider_calls_total{provider=\"local\"} 3\n"));
         assert!(text.contains("lb_conntrack_half_open_evicted_total 3\n"));
+        assert!(text.contains("lb_nat_source_push_failures_total 2\n"));
         assert!(text.contains("lb_sync_state{state=\"in-sync\"} 1\n"));
         assert!(text.contains("lb_sync_lag_microseconds{quantile=\"0.99\"} 4800\n"));
         assert!(text.contains("lb_sync_flows_installed_total 9\n"));

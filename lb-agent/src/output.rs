@@ -188,6 +188,12 @@ fn stats(report: &StatsReport) -> String {
             report.half_open_evicted
         ));
     }
+    if report.nat_source_push_failures > 0 {
+        out.push_str(&format!(
+            "NAT sources lost to their pools (a fault; see the agent's log): {}\n",
+            report.nat_source_push_failures
+        ));
+    }
     out
 }
 

@@ -102,9 +102,10 @@ pub const MAX_TX_PORTS: u32 = 64;
 pub const MAX_NEIGH_MISSES: u32 = 1024;
 /// How many slots the program takes from a pool's queue for one new flow
 /// before it counts port exhaustion. A slot is only skipped when a live
-/// flow already holds it, which happens only after the agent rebuilt a
-/// queue (its copy of a held slot is then dropped).
-pub const PORT_CLAIM_TRIES: u32 = 3;
+/// flow already holds it: one that flow sync installed while the slot sat
+/// in the queue (`reply_claim::OWN_QUEUED`), which the agent takes out of
+/// the queues before this node leads, so only stragglers remain.
+pub const PORT_CLAIM_TRIES: u32 = 8;
 /// Most source addresses in the SNAT pool (`Settings::snat_addrs`).
 pub const MAX_SNAT_ADDRESSES: usize = 16;
 /// Entries a reply table has per SNAT address: one per port, so that a
@@ -525,6 +526,12 @@ pub mod reply_claim {
     /// Held by a flow the HA peer opened from its own port slice: never
     /// queued here.
     pub const PEER: u64 = 2;
+    /// Held by a flow of this node's slice whose source still sits in the
+    /// pool's queue: a flow that flow sync brought while the source was
+    /// free here. The pop that meets it takes the source out of the queue
+    /// (it becomes `OWN`); the flow's end frees it without queueing it
+    /// again, so a source is never in its queue twice.
+    pub const OWN_QUEUED: u64 = 3;
 }
 
 /// Which pool's reply table a backend's packet is looked up in: the

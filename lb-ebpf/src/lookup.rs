@@ -143,7 +143,8 @@ fn flip_live(entry: *mut ReplyValue, from: u64, to: u64) -> bool {
 /// Takes the least recently released free NAT source towards `backend`
 /// from its pool's queue, O(1): a pop, and the claim of the slot's reply
 /// entry, which fails if a live flow holds that source (then the next slot
-/// is tried and the held one dropped: its flow gives it back when it ends).
+/// is tried and the held one leaves the queue: its flow gives it back when
+/// it ends).
 #[inline(always)]
 pub fn claim_nat_source(
     settings: &Settings,
@@ -159,29 +160,36 @@ pub fn claim_nat_source(
         let slot = queue.pop().ok()??;
         let snat_index = slot_address_index(slot);
         if u32::from(snat_index) >= settings.snat_count {
-            // Left from a larger pool before a restart: not ours to use.
+            // Left from a larger pool before a restart, or the marker of
+            // the agent's pass through the queue: not ours to use.
             continue;
         }
         let Some(entry) = reply_entry(pool, slot) else {
             continue;
         };
-        if flip_live(entry, reply_claim::FREE, reply_claim::OWN) {
-            // SAFETY: as in `flip_live`; the claim makes this run the
-            // entry's only writer until the flow ends.
-            unsafe {
-                *entry = ReplyValue {
-                    live: reply_claim::OWN,
-                    ..*back
-                }
-            };
-            return Some(NatSource {
-                pool,
-                slot,
-                snat_index,
-                addr: settings.snat_addr(snat_index),
-                port: slot_port(slot),
-            });
+        if !flip_live(entry, reply_claim::FREE, reply_claim::OWN) {
+            // A flow sync brought holds it: the source is out of the queue
+            // now, taken for that flow, whose end must queue it again.
+            if flip_live(entry, reply_claim::OWN_QUEUED, reply_claim::OWN) {
+                count_taken(pool);
+            }
+            continue;
         }
+        // SAFETY: as in `flip_live`; the claim makes this run the entry's
+        // only writer until the flow ends.
+        unsafe {
+            *entry = ReplyValue {
+                live: reply_claim::OWN,
+                ..*back
+            }
+        };
+        return Some(NatSource {
+            pool,
+            slot,
+            snat_index,
+            addr: settings.snat_addr(snat_index),
+            port: slot_port(slot),
+        });
     }
     None
 }
@@ -250,8 +258,11 @@ pub fn release_replaced(old: &ReplacedSource, client: &FlowKey) {
         return;
     }
     if !flip_live(entry, reply_claim::OWN, reply_claim::FREE) {
-        // A source of the peer's slice is freed here but never queued.
-        flip_live(entry, reply_claim::PEER, reply_claim::FREE);
+        // A source still in the queue, or one of the peer's slice: freed
+        // here, never queued (again).
+        if !flip_live(entry, reply_claim::OWN_QUEUED, reply_claim::FREE) {
+            flip_live(entry, reply_claim::PEER, reply_claim::FREE);
+        }
         return;
     }
     if let Some(queue) = PORT_QUEUES.get(old.port_pool) {

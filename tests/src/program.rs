@@ -452,7 +452,20 @@ impl Harness {
     /// Inserts a tracked flow in both directions, as the program would:
     /// the reply entry (`reply`: the backend's packets' key) goes to the
     /// table of the backend endpoint's pool, which becomes the flow's pool.
-    pub fn insert_flow(&mut self, client: FlowKey, mut flow: FlowValue, reply: FlowKey) {
+    pub fn insert_flow(&mut self, client: FlowKey, flow: FlowValue, reply: FlowKey) {
+        self.insert_flow_holding(client, flow, reply, lb_common::reply_claim::OWN);
+    }
+
+    /// Like `insert_flow`, the flow's claim on its source being `live`
+    /// (`OWN_QUEUED`: as flow sync installs a flow of this node's slice
+    /// whose source is still in its queue).
+    pub fn insert_flow_holding(
+        &mut self,
+        client: FlowKey,
+        mut flow: FlowValue,
+        reply: FlowKey,
+        live: u64,
+    ) {
         let settings = self.ebpf_settings();
         let snat_index = settings
             .snat_index_of(reply.dst_addr)
@@ -470,11 +483,31 @@ impl Harness {
             .set(
                 flow.port_pool,
                 port_slot(snat_index, reply.dst_port),
-                lb_common::ReplyValue::of(client, &flow),
+                lb_common::ReplyValue {
+                    live,
+                    ..lb_common::ReplyValue::of(client, &flow)
+                },
             )
             .expect("insert reply");
         let mut flows = flows_of(&mut self.ebpf);
         flows.insert(client, flow, 0).expect("insert flow");
+    }
+
+    /// What a start of the agent does with the pools it finds, here with
+    /// NAT ports `port_min..=port_max` on the harness's one SNAT address:
+    /// a pool of another layout is made anew around its flows' claims.
+    pub fn adopt_pools(&mut self, port_min: u16, port_max: u16) {
+        let pools = self.pools.as_mut().expect("the balancer's port pools");
+        pools
+            .adopt(SlotLayout::new(
+                vec![addr(LB_PRIV)],
+                vec![(port_min, port_max)],
+            ))
+            .expect("port pools");
+        let mut settings = self.ebpf_settings();
+        settings.port_min = port_min;
+        settings.port_max = port_max;
+        self.set_settings(settings);
     }
 
     /// The reply entry of NAT source (`snat_index`, `port`) towards `backend`.

@@ -1036,6 +1036,151 @@ fn ports_are_reused_least_recently_released_first() {
     assert_eq!(h.run(h.pub_ifindex, &client_syn(40013).build()).0, XDP_DROP);
 }
 
+/// A SYN from `sport` to www: the NAT port it was given, or `None` when
+/// it was dropped for want of one.
+fn nat_port_of_syn(h: &Harness, sport: u16) -> Option<u16> {
+    let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
+    match action {
+        XDP_REDIRECT => Some(u16::from_be_bytes([out[34], out[35]])),
+        XDP_DROP => None,
+        other => panic!("SYN from {sport}: action {other}"),
+    }
+}
+
+/// The NAT ports new flows get until the pool is empty.
+fn ports_until_exhausted(h: &Harness, first_sport: u16) -> Vec<u16> {
+    (first_sport..first_sport + 16)
+        .map_while(|sport| nat_port_of_syn(h, sport))
+        .collect()
+}
+
+/// A flow of www from `sport` held on NAT port `port` towards web1, the
+/// way flow sync installs one (`live`: its claim).
+fn install_flow_on(h: &mut Harness, sport: u16, port: u16, live: u64) {
+    let flow = lb_common::FlowValue {
+        backend_addr: WEB1,
+        backend_port: 80,
+        lb_port: port,
+        state: flow_state::TCP_ESTABLISHED,
+        last_seen_ns: lb_agent::dataplane::maps::monotonic_ns(),
+        ..Default::default()
+    };
+    let reply = FlowKey {
+        src_addr: WEB1,
+        dst_addr: LB_PRIV,
+        src_port: 80,
+        dst_port: port,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    h.insert_flow_holding(client_key(sport), flow, reply, live);
+}
+
+const WEB1_HTTP: Endpoint = Endpoint {
+    addr: std::net::Ipv4Addr::new(10, 200, 0, 21),
+    port: 80,
+    proto: PROTO_TCP,
+};
+
+#[test]
+fn a_source_a_synced_flow_holds_leaves_the_queue_when_met_and_is_queued_once() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 20003);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    // Flow sync brings flows on the first three sources while all four
+    // are still queued here.
+    for (sport, port) in [(41000, 20000), (41001, 20001), (41002, 20002)] {
+        install_flow_on(&mut h, sport, port, reply_claim::OWN_QUEUED);
+    }
+    // The one that ends before any new flow meets its source: freed where
+    // it stands in the queue, not queued a second time.
+    h.remove_flow_as_agent(&client_key(41002));
+    // A new flow meets the two held sources, takes them out of the queue
+    // for their flows and claims the first free one.
+    assert_eq!(nat_port_of_syn(&h, 40000), Some(20002));
+    for port in [20000, 20001] {
+        let entry = h.reply_entry(WEB1_HTTP, 0, port).expect("still held");
+        assert_eq!(
+            entry.live,
+            reply_claim::OWN,
+            "port {port} is out of the queue"
+        );
+    }
+    assert_eq!(nat_port_of_syn(&h, 40001), Some(20003));
+    assert_eq!(
+        nat_port_of_syn(&h, 40002),
+        None,
+        "every source is held once"
+    );
+    // Those flows end now: their sources go back, each once.
+    h.remove_flow_as_agent(&client_key(41001));
+    h.remove_flow_as_agent(&client_key(41000));
+    assert_eq!(ports_until_exhausted(&h, 40010), vec![20001, 20000]);
+    assert_eq!(h.reason_count(Reason::DropPortExhausted), 2);
+}
+
+#[test]
+fn a_new_flow_replacing_a_synced_flow_still_queued_frees_its_source_in_place() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 20001);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    let mut closing = |sport, port| {
+        install_flow_on(&mut h, sport, port, reply_claim::OWN_QUEUED);
+        let mut flow = h.flow(&client_key(sport)).expect("installed");
+        flow.state = flow_state::TCP_CLOSING;
+        let reply = FlowKey {
+            src_addr: WEB1,
+            dst_addr: LB_PRIV,
+            src_port: 80,
+            dst_port: port,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        h.insert_flow_holding(client_key(sport), flow, reply, reply_claim::OWN_QUEUED);
+    };
+    closing(40000, 20000);
+    // The client opens a new connection from the same ports: the program
+    // ends the synced flow, whose source stays where it is in the queue,
+    // and the new flow takes the first free source: that one.
+    assert_eq!(nat_port_of_syn(&h, 40000), Some(20000));
+    assert_eq!(nat_port_of_syn(&h, 40001), Some(20001));
+    assert_eq!(
+        nat_port_of_syn(&h, 40002),
+        None,
+        "no source was queued twice"
+    );
+}
+
+#[test]
+fn a_pool_made_anew_leaves_out_the_sources_live_flows_hold() {
+    let Some(object) = artifacts::lb_object() else {
+        return;
+    };
+    let mut h = Harness::new(&object, 20000, 20003);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    assert_eq!(nat_port_of_syn(&h, 40000), Some(20000));
+    assert_eq!(nat_port_of_syn(&h, 40001), Some(20001));
+    // A restart with one NAT port more: the pool is made anew for the new
+    // layout, around the claims of the two live flows.
+    h.adopt_pools(20000, 20004);
+    // One of them ends before any new flow: its source comes back once,
+    // after every source that never served.
+    h.remove_flow_as_agent(&client_key(40000));
+    assert_eq!(
+        ports_until_exhausted(&h, 40010),
+        vec![20002, 20003, 20004, 20000]
+    );
+    assert_eq!(
+        h.reason_count(Reason::DropPortExhausted),
+        1,
+        "no new flow met a held source and gave up"
+    );
+}
+
 /// TSval and TSecr of the timestamp option `before_len` option bytes into
 /// the TCP header of `frame`.
 fn timestamps_of(frame: &[u8], before_len: usize) -> (u32, u32) {

@@ -91,6 +91,10 @@ pub struct NodeStatus {
     /// Half-open flows that gave way to new ones.
     #[serde(default)]
     pub half_open_evicted: u64,
+    /// NAT sources a queue refused to take back (each lost to its pool
+    /// until a restart: a fault, 0 when all is well).
+    #[serde(default)]
+    pub nat_source_push_failures: u64,
     /// Flow sync with the peer, or `None` without `[sync]`.
     #[serde(default)]
     pub sync: Option<crate::sync::SyncStatus>,
@@ -220,6 +224,9 @@ pub struct StatsReport {
     /// share was full: a SYN flood, or clients that never answer).
     #[serde(default)]
     pub half_open_evicted: u64,
+    /// NAT sources a queue refused to take back (a fault; see `Status`).
+    #[serde(default)]
+    pub nat_source_push_failures: u64,
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ impl Handler {
             flows: stats.flows,
             max_flows: stats.max_flows,
             half_open_evicted: stats.half_open_evicted,
+            nat_source_push_failures: stats.nat_source_push_failures,
             sync: self.sync.as_ref().map(|s| s.borrow().clone()),
             snat: Some(self.snat.clone()),
         }))

@@ -286,6 +286,7 @@ impl Daemon {
         let handle = sync::start(config, place, self.stop.subscribe()).await?;
         if let Some(mut agent) = self.agent() {
             agent.tables().feed_removals(handle.removals);
+            agent.tables().take_pool_notes(handle.pool_notes);
         }
         self.sync_status = Some(handle.status);
         self.tasks.push(handle.task);

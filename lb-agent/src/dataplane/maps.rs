@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::{
     batch,
-    port_pools::{Endpoint, PortPools},
+    port_pools::{Endpoint, PoolNote, PortPools},
     reply_tables::ReplyTables,
     DataplaneError,
 };
@@ -42,6 +42,8 @@ pub struct Tables {
     /// Flow sync's feed of flows the agent ends itself (`remove --now`,
     /// `shutdown-flows`, expiry), so the peer ends its copies too.
     removals: Option<tokio::sync::mpsc::Sender<FlowEvent>>,
+    /// Flow sync's news of this node's NAT sources (`PoolNote`).
+    pool_notes: Option<tokio::sync::mpsc::Receiver<PoolNote>>,
 }
 
 /// Entries the expiry pass reads at most per call: a table of a million
@@ -265,6 +267,7 @@ impl Tables {
             flow_cache_epoch: typed!(get(FLOW_CACHE_EPOCH)?, FLOW_CACHE_EPOCH),
             sweep: FlowSweep::default(),
             removals: None,
+            pool_notes: None,
             ports: PortPools::new(
                 typed!(get(PORT_QUEUES)?, PORT_QUEUES),
                 typed!(get(PORT_POOLS)?, PORT_POOLS),
@@ -503,6 +506,23 @@ impl Tables {
     /// by its own expiry).
     pub fn feed_removals(&mut self, feed: tokio::sync::mpsc::Sender<FlowEvent>) {
         self.removals = Some(feed);
+    }
+
+    /// Takes flow sync's news of this node's NAT sources from now on
+    /// (`apply_pool_notes`).
+    pub fn take_pool_notes(&mut self, notes: tokio::sync::mpsc::Receiver<PoolNote>) {
+        self.pool_notes = Some(notes);
+    }
+
+    /// Gives the port pools what flow sync did to their sources since the
+    /// last call: sources back to their queues, sources taken out.
+    pub fn apply_pool_notes(&mut self) {
+        let Some(notes) = self.pool_notes.as_mut() else {
+            return;
+        };
+        while let Ok(note) = notes.try_recv() {
+            self.ports.apply(note);
+        }
     }
 
     /// Deletes every flow (both directions) that `select` picks; returns

@@ -14,14 +14,17 @@
 //! interrupted is made anew.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     hash::{Hash, Hasher},
     net::Ipv4Addr,
+    sync::atomic::{AtomicU16, Ordering},
 };
 
 use aya::maps::{Array, ArrayOfMaps, MapData, MapError, PerCpuArray, Queue};
-use lb_common::{map_names, port_slot, slot_address_index, slot_port, PortPool, MAX_BACKENDS};
-use tracing::{info, warn};
+use lb_common::{
+    map_names, port_slot, reply_claim, slot_address_index, slot_port, PortPool, MAX_BACKENDS,
+};
+use tracing::{debug, info, warn};
 
 use super::{maps::per_cpu_default, reply_tables::ReplyTables, DataplaneError};
 
@@ -151,6 +154,18 @@ pub struct PoolUsage {
     pub capacity: u64,
 }
 
+/// News for the pools' owner from another holder of the pins (flow sync),
+/// which changes claims but leaves the queues' accounting to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolNote {
+    /// A flow of this node's slice ended there (`OWN`): its source goes
+    /// back to the tail of its queue.
+    Released { pool: u32, slot: u32 },
+    /// `count` sources left pool `pool`'s queue for the flows holding them
+    /// (`take_held_out`).
+    TakenOut { pool: u32, count: u64 },
+}
+
 /// The pools of one instance.
 pub struct PortPools {
     queues: ArrayOfMaps<MapData, Queue<MapData, u32>>,
@@ -166,6 +181,17 @@ pub struct PortPools {
     /// Slots released while their pool is still being filled, oldest
     /// first: they go to the queue behind the last never-used slot.
     resting: HashMap<u32, VecDeque<u32>>,
+    /// Of a pool made anew while still filling: the slots flows of an
+    /// earlier run hold, which the filling leaves out (their flows give
+    /// them back when they end).
+    held_at_fill: HashMap<u32, HashSet<u32>>,
+    /// Sources taken out of a queue for flows by another holder of the
+    /// pins (flow sync's pass, `take_held_out`), not in the records yet.
+    taken_elsewhere: HashMap<u32, u64>,
+    /// Pushes a queue refused: a source lost to its pool until a restart.
+    /// A queue holds every source of its pool once, so this is a fault;
+    /// the first is logged, every one counted.
+    push_failures: u64,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -189,6 +215,9 @@ impl PortPools {
             by_endpoint: HashMap::new(),
             unsaved: HashMap::new(),
             resting: HashMap::new(),
+            held_at_fill: HashMap::new(),
+            taken_elsewhere: HashMap::new(),
+            push_failures: 0,
         }
     }
 
@@ -224,6 +253,7 @@ impl PortPools {
         self.open.clear();
         self.by_endpoint.clear();
         self.resting.clear();
+        self.held_at_fill.clear();
         self.replies.clear_ids()?;
         for id in 0..MAX_BACKENDS {
             let record = self.record(id)?;
@@ -291,7 +321,9 @@ impl PortPools {
                 "SNAT addresses or NAT ports for the port pools".into(),
             ));
         }
-        let queue = Queue::<MapData, u32>::create(capacity, 0)
+        // One place more than the pool has sources: room for the marker
+        // of a pass through the queue (`take_held_out`).
+        let queue = Queue::<MapData, u32>::create(capacity + 1, 0)
             .map_err(map_error(map_names::PORT_QUEUES))?;
         self.queues
             .set(id, &queue, 0)
@@ -320,6 +352,30 @@ impl PortPools {
             .map_err(map_error(map_names::PORT_POOLS))?;
         self.unsaved.remove(&id);
         self.resting.remove(&id);
+        self.taken_elsewhere.remove(&id);
+        // A flow of an earlier run that holds a source keeps it out of the
+        // queue (it comes back when the flow ends); a source flow sync
+        // marks as still queued (`OWN_QUEUED`) is queued with the rest.
+        let held: HashSet<u32> = if keep_claims {
+            self.replies
+                .claims(id)
+                .into_iter()
+                .filter(|(_, entry)| entry.live != reply_claim::OWN_QUEUED)
+                .map(|(slot, _)| slot)
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        if !held.is_empty() {
+            info!(
+                pool = id,
+                held = held.len(),
+                "NAT sources held by live flows stay out of the pool made anew"
+            );
+            self.held_at_fill.insert(id, held);
+        } else {
+            self.held_at_fill.remove(&id);
+        }
         self.open.insert(id, queue);
         self.by_endpoint.insert(endpoint, id);
         // All at once: a slot the program gives back goes to the tail, and
@@ -343,6 +399,8 @@ impl PortPools {
             self.open.remove(&id);
             self.unsaved.remove(&id);
             self.resting.remove(&id);
+            self.held_at_fill.remove(&id);
+            self.taken_elsewhere.remove(&id);
             self.by_endpoint.remove(&endpoint);
             self.replies.retire(id, endpoint);
         }
@@ -395,8 +453,30 @@ impl PortPools {
         };
         match queue.push(slot, 0) {
             Ok(()) => *self.unsaved.entry(pool).or_default() += 1,
-            Err(error) => warn!(pool, %error, "giving a NAT port back to its pool"),
+            Err(error) => count_push_failure(
+                &mut self.push_failures,
+                pool,
+                &error,
+                "a released NAT source",
+            ),
         }
+    }
+
+    /// Applies what flow sync did to the claims of this node's sources.
+    pub fn apply(&mut self, note: PoolNote) {
+        match note {
+            PoolNote::Released { pool, slot } => self.release(pool, slot),
+            PoolNote::TakenOut { pool, count } => {
+                if self.open.contains_key(&pool) {
+                    *self.taken_elsewhere.entry(pool).or_default() += count;
+                }
+            }
+        }
+    }
+
+    /// Pushes a queue refused so far (each a lost source: a fault).
+    pub fn push_failures(&self) -> u64 {
+        self.push_failures
     }
 
     fn taken(&self, id: u32) -> u64 {
@@ -412,8 +492,12 @@ impl PortPools {
         let ids: Vec<u32> = self.open.keys().copied().collect();
         for id in ids {
             let mut record = self.record(id)?;
-            if let Some(released) = self.unsaved.remove(&id) {
-                record.released = record.released.wrapping_add(released);
+            let released = self.unsaved.remove(&id).unwrap_or(0);
+            // The record counts releases; a source taken out elsewhere
+            // is one released less.
+            let taken = self.taken_elsewhere.remove(&id).unwrap_or(0);
+            if released != 0 || taken != 0 {
+                record.released = record.released.wrapping_add(released).wrapping_sub(taken);
                 self.records
                     .set(id, record, 0)
                     .map_err(map_error(map_names::PORT_POOLS))?;
@@ -433,12 +517,18 @@ impl PortPools {
             return Ok(());
         };
         let end = record.fresh_next.saturating_add(count).min(record.capacity);
+        let held = self.held_at_fill.get(&id);
         let mut next = record.fresh_next;
         while next < end {
             let Some(slot) = self.layout.slot(next) else {
                 break;
             };
+            if held.is_some_and(|held| held.contains(&slot)) {
+                next += 1;
+                continue;
+            }
             if let Err(error) = queue.push(slot, 0) {
+                // Tried again at the next upkeep.
                 warn!(pool = id, %error, "queueing fresh NAT ports");
                 break;
             }
@@ -452,9 +542,10 @@ impl PortPools {
             self.resting.entry(id).or_default();
             return Ok(());
         }
+        self.held_at_fill.remove(&id);
         for slot in self.resting.remove(&id).unwrap_or_default() {
             if let Err(error) = queue.push(slot, 0) {
-                warn!(pool = id, %error, "giving released NAT ports back to their pool");
+                count_push_failure(&mut self.push_failures, id, &error, "a released NAT source");
             }
         }
         Ok(())
@@ -475,6 +566,70 @@ impl PortPools {
             capacity: u64::from(record.capacity),
         })
     }
+}
+
+/// Counts a push a queue refused; the first is logged as the fault it is.
+fn count_push_failure(failures: &mut u64, pool: u32, error: &MapError, what: &str) {
+    *failures += 1;
+    if *failures == 1 {
+        warn!(pool, %error, "{what} could not go back to its pool's queue and is lost to it until a restart; \
+            this is a fault of the agent (later ones are counted in `status`, not logged)");
+    } else {
+        debug!(pool, %error, failures = *failures, "{what} could not go back to its pool's queue");
+    }
+}
+
+/// Address index of the marker a pass through a queue pushes behind the
+/// last entry: no SNAT address has it, so the program drops it unused.
+const PASS_MARKER_INDEX: u8 = u8::MAX;
+
+/// What `take_held_out` decides for a source it meets in a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// Free after all: it stays in the queue, in its place.
+    Free,
+    /// A flow holds it and now owns it outright (`OWN_QUEUED` -> `OWN`).
+    TakenOut,
+    /// A copy a flow holds that should not be queued at all: dropped.
+    Dropped,
+}
+
+/// One pass through a pool's queue: every source `claims` (slot -> the
+/// `live` word read before the pass) names as held is put to `settle`,
+/// which decides whether it leaves the queue; every other source goes
+/// back to the tail in the order it had. Returns how many left for flows
+/// (`Held::TakenOut`). A marker pushed behind the last entry ends the
+/// pass; a queue too full for it, or an empty queue, is left as it is.
+pub(crate) fn take_held_out(
+    queue: &mut Queue<MapData, u32>,
+    claims: &HashMap<u32, u64>,
+    mut settle: impl FnMut(u32, u64) -> Held,
+) -> Result<u64, MapError> {
+    static PASSES: AtomicU16 = AtomicU16::new(0);
+    let marker = port_slot(PASS_MARKER_INDEX, PASSES.fetch_add(1, Ordering::Relaxed));
+    queue.push(marker, 0)?;
+    let mut taken_out = 0;
+    for _ in 0..=queue.capacity() {
+        // Empty: the program popped the marker (and dropped it).
+        let Ok(slot) = queue.pop(0) else { break };
+        if slot == marker {
+            break;
+        }
+        if slot_address_index(slot) == PASS_MARKER_INDEX {
+            // The marker of a pass that did not finish.
+            continue;
+        }
+        let decision = match claims.get(&slot) {
+            None => Held::Free,
+            Some(live) => settle(slot, *live),
+        };
+        match decision {
+            Held::Free => queue.push(slot, 0)?,
+            Held::TakenOut => taken_out += 1,
+            Held::Dropped => {}
+        }
+    }
+    Ok(taken_out)
 }
 
 #[cfg(test)]
@@ -532,5 +687,72 @@ mod tests {
         let other = SlotLayout::new(layout().addresses().to_vec(), vec![(1024, 1025)]);
         assert_eq!(layout().fingerprint(), layout().fingerprint());
         assert_ne!(layout().fingerprint(), other.fingerprint());
+    }
+
+    /// A queue of `slots`, in order (root only: a kernel map).
+    fn queue_of(slots: &[u32], room: u32) -> Option<Queue<MapData, u32>> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: creating a BPF queue needs root");
+            return None;
+        }
+        let mut queue = Queue::create(room, 0).expect("create a BPF queue");
+        for slot in slots {
+            queue.push(slot, 0).expect("push");
+        }
+        Some(queue)
+    }
+
+    fn drain(queue: &mut Queue<MapData, u32>) -> Vec<u32> {
+        std::iter::from_fn(|| queue.pop(0).ok()).collect()
+    }
+
+    #[test]
+    fn a_pass_takes_held_sources_out_and_keeps_the_order_of_the_rest() {
+        let slots: Vec<u32> = (20000..20006).map(|port| port_slot(0, port)).collect();
+        let stale_marker = port_slot(PASS_MARKER_INDEX, 7);
+        let mut queued = slots.clone();
+        queued.insert(3, stale_marker);
+        let Some(mut queue) = queue_of(&queued, 8) else {
+            return;
+        };
+        let claims: HashMap<u32, u64> = [
+            (slots[0], reply_claim::OWN_QUEUED),
+            (slots[2], reply_claim::OWN_QUEUED),
+            (slots[4], reply_claim::OWN),
+        ]
+        .into();
+        let mut asked = Vec::new();
+        let taken = take_held_out(&mut queue, &claims, |slot, live| {
+            asked.push(slot);
+            match (slot == slots[2], live) {
+                // Its flow ended since the claims were read.
+                (true, _) => Held::Free,
+                (false, reply_claim::OWN_QUEUED) => Held::TakenOut,
+                _ => Held::Dropped,
+            }
+        })
+        .expect("a pass");
+        assert_eq!(taken, 1);
+        assert_eq!(
+            asked,
+            vec![slots[0], slots[2], slots[4]],
+            "only held ones are asked"
+        );
+        assert_eq!(
+            drain(&mut queue),
+            vec![slots[1], slots[2], slots[3], slots[5]],
+            "the rest in their order, no marker left"
+        );
+    }
+
+    #[test]
+    fn a_pass_leaves_a_queue_without_room_for_its_marker_alone() {
+        let slots: Vec<u32> = (20000..20003).map(|port| port_slot(0, port)).collect();
+        let Some(mut queue) = queue_of(&slots, 3) else {
+            return;
+        };
+        let claims: HashMap<u32, u64> = [(slots[0], reply_claim::OWN_QUEUED)].into();
+        assert!(take_held_out(&mut queue, &claims, |_, _| Held::TakenOut).is_err());
+        assert_eq!(drain(&mut queue), slots);
     }
 }

@@ -168,51 +168,79 @@ fn end_claim_in(table: &mut ReplyTable, slot: u32, client: &FlowKey) -> Option<u
     Some(entry.live)
 }
 
-/// Reply-table access for another holder of the pins (flow sync). The
-/// agent may replace a pool's table at any time (a new size, a retired
-/// pool), so every use asks which table the pool has now; the outer map
-/// read as an array answers with the table's id in one lookup, and a table
-/// is opened (three system calls) only when that id changed, not for every
-/// record.
+/// Reply-table access for another holder of the pins (flow sync).
 pub(crate) struct PinnedReplyTables {
-    table_ids: Array<MapData, u32>,
-    open: HashMap<u32, (u32, ReplyTable)>,
+    tables: PinnedInner<ReplyTable>,
 }
 
 impl PinnedReplyTables {
     /// `table_ids`: the pinned `reply_tables` opened as an array of ids.
     pub(crate) fn new(table_ids: Array<MapData, u32>) -> Self {
         Self {
-            table_ids,
-            open: HashMap::new(),
+            tables: PinnedInner::new(table_ids, Map::Array),
         }
     }
 
-    /// The table pool `pool` has now, if any.
-    fn table(&mut self, pool: u32) -> Option<&mut ReplyTable> {
-        let Ok(id) = self.table_ids.get(&pool, 0) else {
-            self.open.remove(&pool);
-            return None;
-        };
-        if self.open.get(&pool).is_none_or(|(open, _)| *open != id) {
-            let table: ReplyTable = Map::Array(MapData::from_id(id).ok()?).try_into().ok()?;
-            self.open.insert(pool, (id, table));
-        }
-        self.open.get_mut(&pool).map(|(_, table)| table)
+    /// The entry of NAT source `slot` of pool `pool`.
+    pub(crate) fn get(&mut self, pool: u32, slot: u32) -> Option<ReplyValue> {
+        self.tables.get(pool)?.get(&slot, 0).ok()
     }
 
     /// Writes `value` for NAT source `slot` of pool `pool`; false if the
     /// pool has no table or the slot is beyond it.
     pub(crate) fn write(&mut self, pool: u32, slot: u32, value: &ReplyValue) -> bool {
-        self.table(pool)
+        self.tables
+            .get(pool)
             .is_some_and(|table| table.set(slot, value, 0).is_ok())
     }
 
     /// Frees the entry of `slot` in pool `pool` if the flow of client key
-    /// `client` holds it.
-    pub(crate) fn end_claim(&mut self, pool: u32, slot: u32, client: &FlowKey) {
-        if let Some(table) = self.table(pool) {
-            end_claim_in(table, slot, client);
+    /// `client` holds it; the claim it had.
+    pub(crate) fn end_claim(&mut self, pool: u32, slot: u32, client: &FlowKey) -> Option<u64> {
+        end_claim_in(self.tables.get(pool)?, slot, client)
+    }
+
+    /// The live claims of pool `pool`: (slot, entry).
+    pub(crate) fn claims(&mut self, pool: u32) -> Vec<(u32, ReplyValue)> {
+        self.tables
+            .get(pool)
+            .map_or_else(Vec::new, |table| live_claims(table))
+    }
+}
+
+/// The inner maps of a pinned array of maps, for another holder of the
+/// pins (flow sync). The agent may replace a pool's inner map at any time
+/// (a new size, a retired pool), so every use asks which map the pool has
+/// now; the outer map read as an array answers with the map's id in one
+/// lookup, and a map is opened (three system calls) only when that id
+/// changed, not for every use.
+pub(crate) struct PinnedInner<T> {
+    ids: Array<MapData, u32>,
+    kind: fn(MapData) -> Map,
+    open: HashMap<u32, (u32, T)>,
+}
+
+impl<T: TryFrom<Map>> PinnedInner<T> {
+    /// `ids`: the pinned outer map opened as an array of ids; `kind`: the
+    /// inner maps' kind.
+    pub(crate) fn new(ids: Array<MapData, u32>, kind: fn(MapData) -> Map) -> Self {
+        Self {
+            ids,
+            kind,
+            open: HashMap::new(),
         }
+    }
+
+    /// The map pool `pool` has now, if any.
+    pub(crate) fn get(&mut self, pool: u32) -> Option<&mut T> {
+        let Ok(id) = self.ids.get(&pool, 0) else {
+            self.open.remove(&pool);
+            return None;
+        };
+        if self.open.get(&pool).is_none_or(|(open, _)| *open != id) {
+            let map = T::try_from((self.kind)(MapData::from_id(id).ok()?)).ok()?;
+            self.open.insert(pool, (id, map));
+        }
+        self.open.get_mut(&pool).map(|(_, map)| map)
     }
 }

@@ -380,6 +380,9 @@ impl Link {
         if !progress.have_full {
             info!(records, "flow sync: holding the peer's flows");
         }
+        // Before this node may lead: no new flow may meet a source the
+        // peer's flows hold in a queue here.
+        self.maps.take_held_sources_out();
         progress.have_full = true;
         progress.shown.transfers_received += 1;
         progress.shown.last_transfer_records = Some(records);
@@ -390,6 +393,9 @@ impl Link {
     }
 
     async fn heartbeat(&mut self, progress: &mut Progress) {
+        if self.maps.has_queued_claims() {
+            self.maps.take_held_sources_out();
+        }
         let hello = Message::Hello {
             want_full: !progress.have_full,
             in_sync: progress.have_full,

@@ -4,20 +4,26 @@
 //! every entry is replaced whole).
 
 use std::{
+    collections::{BTreeSet, HashMap as StdHashMap},
     path::Path,
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, Queue, RingBuf};
 use lb_common::{
-    flow_expired, map_names, BackendValue, FlowEvent, FlowKey, FlowValue, ServiceKey, ServiceValue,
-    Settings,
+    flow_expired, map_names, reply_claim, BackendValue, FlowEvent, FlowKey, FlowValue, ReplyValue,
+    ServiceKey, ServiceValue, Settings,
 };
 use lb_sync::FlowRecord;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use super::records::{entries_of, reply_slot_of, Entries, LocalBackend, LocalView, Refusal};
 use crate::dataplane::{
-    batch, pins, port_pools::SlotLayout, reply_tables::PinnedReplyTables, DataplaneError,
+    batch, pins,
+    port_pools::{take_held_out, Held, PoolNote, SlotLayout},
+    reply_tables::{PinnedInner, PinnedReplyTables},
+    DataplaneError,
 };
 
 /// How long the view of services and backends is trusted before a record
@@ -39,6 +45,13 @@ pub(crate) enum Installed {
 pub(crate) struct SyncMaps {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     replies: PinnedReplyTables,
+    queues: PinnedInner<Queue<MapData, u32>>,
+    /// Pools given claims on sources still in their queues
+    /// (`OWN_QUEUED`) since the last pass through them.
+    queued_claims: BTreeSet<u32>,
+    /// To the agent, which owns the queues' accounting.
+    notes: mpsc::Sender<PoolNote>,
+    notes_lost: u64,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: Array<MapData, BackendValue>,
     settings: Array<MapData, Settings>,
@@ -55,8 +68,8 @@ fn open(dir: &Path, name: &'static str) -> Result<Map, DataplaneError> {
         map_names::FLOW_EVENTS => Map::RingBuf(data),
         map_names::BACKENDS | map_names::SETTINGS | map_names::FLOW_CACHE_EPOCH => Map::Array(data),
         map_names::FLOW_EVENTS_LOST => Map::PerCpuArray(data),
-        // Read as the ids of the tables it holds (`PinnedReplyTables`).
-        map_names::REPLY_TABLES => Map::Array(data),
+        // Read as the ids of the maps they hold (`PinnedInner`).
+        map_names::REPLY_TABLES | map_names::PORT_QUEUES => Map::Array(data),
         _ => Map::HashMap(data),
     })
 }
@@ -76,12 +89,21 @@ pub(crate) fn event_ring(dir: &Path) -> Result<RingBuf<MapData>, DataplaneError>
 
 impl SyncMaps {
     /// Opens the maps pinned at `dir`; `layout`: this node's own NAT
-    /// sources (its port slice).
-    pub(crate) fn open(dir: &Path, layout: SlotLayout) -> Result<Self, DataplaneError> {
+    /// sources (its port slice); `notes`: where the agent learns of the
+    /// sources flow sync gives back or takes out of their queues.
+    pub(crate) fn open(
+        dir: &Path,
+        layout: SlotLayout,
+        notes: mpsc::Sender<PoolNote>,
+    ) -> Result<Self, DataplaneError> {
         use map_names::*;
         Ok(Self {
             flows: typed!(dir, FLOWS),
             replies: PinnedReplyTables::new(typed!(dir, REPLY_TABLES)),
+            queues: PinnedInner::new(typed!(dir, PORT_QUEUES), Map::Queue),
+            queued_claims: BTreeSet::new(),
+            notes,
+            notes_lost: 0,
             services: typed!(dir, SERVICES),
             backends: typed!(dir, BACKENDS),
             settings: typed!(dir, SETTINGS),
@@ -182,22 +204,26 @@ impl SyncMaps {
             }
             let (old_pool, old_slot) = reply_slot_of(&current);
             if (old_pool, old_slot) != (entries.pool, entries.slot) {
-                self.replies.end_claim(old_pool, old_slot, &entries.client);
+                self.end_claim(old_pool, old_slot, &entries.client);
             }
+        }
+        let mut reply = entries.reply;
+        if reply.live == reply_claim::OWN_QUEUED {
+            let here = self.replies.get(entries.pool, entries.slot);
+            reply.live = claim_brought(here.as_ref(), &entries.client);
         }
         // Reply entry first: from the moment the forward entry exists the
         // program may forward, and the backend's answer needs the way back.
-        if !self
-            .replies
-            .write(entries.pool, entries.slot, &entries.reply)
-        {
+        if !self.replies.write(entries.pool, entries.slot, &reply) {
             // The backend's pool has no table yet (it is being made).
             return Err(Refusal::UnknownBackend);
         }
         if self.flows.insert(entries.client, entries.flow, 0).is_err() {
-            self.replies
-                .end_claim(entries.pool, entries.slot, &entries.client);
+            self.end_claim(entries.pool, entries.slot, &entries.client);
             return Err(Refusal::TableFull);
+        }
+        if reply.live == reply_claim::OWN_QUEUED {
+            self.queued_claims.insert(entries.pool);
         }
         if current.is_some() {
             self.end_flow_cache_copies();
@@ -232,9 +258,93 @@ impl SyncMaps {
         };
         let _ = self.flows.remove(client);
         let (pool, slot) = reply_slot_of(&current);
-        self.replies.end_claim(pool, slot, client);
+        self.end_claim(pool, slot, client);
         self.end_flow_cache_copies();
         Installed::Removed
+    }
+
+    /// Ends the claim of the flow of `client` on `slot` of `pool`; a
+    /// source this node's flow held outright goes back to its queue
+    /// through the agent.
+    fn end_claim(&mut self, pool: u32, slot: u32, client: &FlowKey) {
+        if self.replies.end_claim(pool, slot, client) == Some(reply_claim::OWN) {
+            self.tell(PoolNote::Released { pool, slot });
+        }
+    }
+
+    fn tell(&mut self, note: PoolNote) {
+        if self.notes.try_send(note).is_err() {
+            // The agent is far behind (or gone): a released source stays
+            // out of its queue, counted taken, until a restart.
+            self.notes_lost += 1;
+            if self.notes_lost == 1 {
+                warn!(?note, "flow sync: the agent took no news of NAT sources; a source may be lost to its pool");
+            }
+        }
+    }
+
+    /// Whether flows sync brought hold sources still in their queues.
+    pub(crate) fn has_queued_claims(&self) -> bool {
+        !self.queued_claims.is_empty()
+    }
+
+    /// Takes the sources that flows sync brought hold out of their pools'
+    /// queues, so that no new flow here meets them there: one pass through
+    /// each pool's queue that got such claims (the rest keep their order).
+    /// Done before this node leads after a full transfer, and whenever
+    /// later records brought such claims.
+    pub(crate) fn take_held_sources_out(&mut self) {
+        let pools = std::mem::take(&mut self.queued_claims);
+        for pool in pools {
+            let claims: StdHashMap<u32, u64> = self
+                .replies
+                .claims(pool)
+                .into_iter()
+                .map(|(slot, entry)| (slot, entry.live))
+                .collect();
+            let Some(queue) = self.queues.get(pool) else {
+                continue;
+            };
+            let replies = &mut self.replies;
+            let passed = take_held_out(queue, &claims, |slot, live| {
+                if live != reply_claim::OWN_QUEUED {
+                    // Held outright: a copy that should not be queued.
+                    return Held::Dropped;
+                }
+                // Read again: the flow may have ended since the claims were.
+                match replies.get(pool, slot) {
+                    Some(entry) if entry.live == reply_claim::OWN_QUEUED => {
+                        let owned = ReplyValue {
+                            live: reply_claim::OWN,
+                            ..entry
+                        };
+                        if replies.write(pool, slot, &owned) {
+                            Held::TakenOut
+                        } else {
+                            Held::Free
+                        }
+                    }
+                    Some(entry) if entry.live == reply_claim::FREE => Held::Free,
+                    _ => Held::Dropped,
+                }
+            });
+            match passed {
+                Ok(0) => {}
+                Ok(count) => {
+                    info!(
+                        pool,
+                        count,
+                        "flow sync: NAT sources the peer's flows hold left their pool's queue"
+                    );
+                    self.tell(PoolNote::TakenOut { pool, count });
+                }
+                Err(error) => {
+                    // Left to the program, which takes such sources out as
+                    // it meets them.
+                    warn!(pool, %error, "flow sync: a pass through a NAT source queue stopped");
+                }
+            }
+        }
     }
 
     /// A flow this node had was rewritten or removed: copies of it in the
@@ -245,6 +355,27 @@ impl SyncMaps {
         {
             tracing::warn!(%error, "could not end the flow cache's copies at once");
         }
+    }
+}
+
+/// The claim to write for a flow of this node's slice that flow sync
+/// brings, given the reply entry `here` of its source: the flow's own
+/// claim stands as it is (in the queue or not); a source no flow holds
+/// sits in its queue (or will: a pool still filling, a release on its
+/// way), so the flow holds it `OWN_QUEUED`; one another flow holds
+/// outright is out of the queue, so the new flow holds it `OWN`.
+pub(crate) fn claim_brought(here: Option<&ReplyValue>, client: &FlowKey) -> u64 {
+    match here {
+        Some(entry)
+            if entry.client == *client
+                && matches!(entry.live, reply_claim::OWN | reply_claim::OWN_QUEUED) =>
+        {
+            entry.live
+        }
+        Some(entry) if entry.live == reply_claim::OWN || entry.live == reply_claim::PEER => {
+            reply_claim::OWN
+        }
+        _ => reply_claim::OWN_QUEUED,
     }
 }
 
@@ -363,5 +494,49 @@ mod tests {
             ..here
         };
         assert!(!deletion_applies(&here, &other, &settings(), now));
+    }
+
+    fn entry(client: FlowKey, live: u64) -> ReplyValue {
+        ReplyValue {
+            client,
+            live,
+            ..ReplyValue::default()
+        }
+    }
+
+    fn client(port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: [10, 100, 0, 10],
+            dst_addr: [10, 100, 0, 100],
+            src_port: port,
+            dst_port: 80,
+            proto: lb_common::PROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn a_flow_sync_brings_keeps_the_claim_this_node_has_or_marks_its_queued_source() {
+        let ours = client(40000);
+        // This node's own flow: its claim stands, in the queue or out.
+        for live in [reply_claim::OWN, reply_claim::OWN_QUEUED] {
+            assert_eq!(claim_brought(Some(&entry(ours, live)), &ours), live);
+        }
+        // A free source is in its queue.
+        assert_eq!(claim_brought(None, &ours), reply_claim::OWN_QUEUED);
+        assert_eq!(
+            claim_brought(Some(&entry(client(1), reply_claim::FREE)), &ours),
+            reply_claim::OWN_QUEUED
+        );
+        // Another flow's source: out of the queue when held outright, in
+        // it when that flow's claim said so.
+        assert_eq!(
+            claim_brought(Some(&entry(client(1), reply_claim::OWN)), &ours),
+            reply_claim::OWN
+        );
+        assert_eq!(
+            claim_brought(Some(&entry(client(1), reply_claim::OWN_QUEUED)), &ours),
+            reply_claim::OWN_QUEUED
+        );
     }
 }

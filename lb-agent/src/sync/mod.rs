@@ -31,11 +31,18 @@ use tracing::warn;
 
 pub use status::{SyncState, SyncStatus};
 
-use crate::{config::SyncConfig, dataplane::port_pools::SlotLayout};
+use crate::{
+    config::SyncConfig,
+    dataplane::port_pools::{PoolNote, SlotLayout},
+};
 
 /// Removals waiting for the link: `remove --now` of a backend with many
 /// flows, or an expiry sweep's slice, comes in one burst.
 const REMOVALS_QUEUE: usize = 65_536;
+
+/// News of NAT sources waiting for the agent's next upkeep: a deletion
+/// burst gives back one source per flow, and a pass one note per pool.
+const POOL_NOTES_QUEUE: usize = 262_144;
 
 /// Errors setting up flow sync.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +68,8 @@ pub(crate) struct SyncHandle {
     pub removals: mpsc::Sender<lb_common::FlowEvent>,
     /// Whether this node may take mastership (see `link::RESYNC_LIMIT`).
     pub may_lead: watch::Receiver<bool>,
+    /// What sync did to this node's NAT sources, for the port pools.
+    pub pool_notes: mpsc::Receiver<PoolNote>,
     pub task: JoinHandle<()>,
 }
 
@@ -95,7 +104,8 @@ pub(crate) async fn start(
             source,
         })?;
     let ring = maps::event_ring(place.pin_dir)?;
-    let maps = maps::SyncMaps::open(place.pin_dir, place.layout)?;
+    let (pool_notes_tx, pool_notes) = mpsc::channel(POOL_NOTES_QUEUE);
+    let maps = maps::SyncMaps::open(place.pin_dir, place.layout, pool_notes_tx)?;
     let (status, status_seen) = watch::channel(SyncStatus {
         peer: Some(peer),
         ..SyncStatus::default()
@@ -122,6 +132,7 @@ pub(crate) async fn start(
         status: status_seen,
         removals,
         may_lead: may_lead_seen,
+        pool_notes,
         task,
     })
 }

@@ -172,9 +172,11 @@ pub(crate) fn entries_of(
         _pad_ts: 0,
     };
     let slot = lb_common::port_slot(snat_index, lb_port);
-    // A source of the peer's slice must never be queued here.
+    // A source of the peer's slice must never be queued here; one of this
+    // node's own is in its queue while free here (`SyncMaps::install`
+    // keeps the claim this node already has).
     let live = match own_slot(snat_index, lb_port) {
-        Some(_) => reply_claim::OWN,
+        Some(_) => reply_claim::OWN_QUEUED,
         None => reply_claim::PEER,
     };
     Ok(Entries {
@@ -277,7 +279,7 @@ mod tests {
         assert_eq!(flow.state, flow_state::TCP_ESTABLISHED);
         assert_eq!(flow.ts_delta, 77);
         assert_eq!((entries.pool, entries.slot), reply_slot_of(&flow));
-        assert_eq!(entries.reply.live, reply_claim::OWN);
+        assert_eq!(entries.reply.live, reply_claim::OWN_QUEUED);
         assert_eq!(entries.reply.client, entries.client);
         assert_eq!(entries.reply.backend_id, 42);
     }
