@@ -12,18 +12,13 @@ mod lag;
 mod outage;
 mod survival;
 
-use std::{
-    path::Path,
-    process::{Command, Output, Stdio},
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::{
     cmd,
-    lab::{Lab, LabOptions, LbSetup, Node},
+    lab::{ClientTool, Lab, LabOptions, LbSetup, Node},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,50 +117,6 @@ fn fail_master(lab: &Lab, pair: Pair, failure: Failure) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// One of xtask's client tools (`probe`, `hold`) running in the client's
-/// namespace on its own thread while the master fails.
-struct ClientTool {
-    name: &'static str,
-    thread: JoinHandle<std::io::Result<Output>>,
-}
-
-impl ClientTool {
-    /// Starts `xtask <name> args...` in the client's namespace.
-    fn start(lab: &Lab, name: &'static str, args: &[&str]) -> Self {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &lab.ns(Node::Client)])
-            .arg(lab.xtask_bin())
-            .arg(name)
-            .args(args)
-            .stdin(Stdio::null());
-        Self {
-            name,
-            thread: std::thread::spawn(move || command.output()),
-        }
-    }
-
-    /// Waits for the tool to end; the lines it printed.
-    fn lines(self) -> Result<Vec<String>> {
-        let name = self.name;
-        let output = self
-            .thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread of xtask {name} panicked"))?
-            .with_context(|| format!("running xtask {name}"))?;
-        if !output.status.success() {
-            bail!(
-                "xtask {name} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect())
-    }
 }
 
 /// Runs the three parts and prints their tables.

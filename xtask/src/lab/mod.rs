@@ -21,11 +21,13 @@
 //! - `download`: a long download from the client, watched to the last byte
 //! - `agent`: the agents' configs, start and stop, CLI
 //! - `classic`: keepalived + HAProxy on an LB node
+//! - `client_tool`: xtask's client tools (`probe`, `hold`...) run from the client
 //! - `cloud`: the stand-in DigitalOcean API
 //! - `process`: pid files, signals, stopping
 
 mod agent;
 mod classic;
+mod client_tool;
 mod cloud;
 mod download;
 mod handle;
@@ -42,6 +44,7 @@ pub use agent::{
     agent_config, agent_config_with, agent_model, ha_agent_config, vrrp_model, www_check,
 };
 pub use classic::{ensure_classic_programs, haproxy_config, keepalived_config};
+pub use client_tool::ClientTool;
 pub use cloud::{do_mock_binary, floating_ip_model, DO_API_PORT, DROPLETS, ENV_DO_MOCK_BIN};
 pub use download::Download;
 pub use handle::Lab;
