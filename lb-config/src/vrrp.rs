@@ -64,6 +64,14 @@ pub struct VrrpConfig {
     pub garp_count: GarpCount,
     #[serde(default = "default_garp_interval", with = "crate::duration")]
     pub garp_interval: Duration,
+    /// While master, announce the floating addresses again this often
+    /// (keepalived's `vrrp_garp_master_refresh`; "0s": never), and check
+    /// that no other node answers ARP for them: a neighbour that bound an
+    /// address to a node that lost it (a stale cache, a dead agent's node)
+    /// is corrected within this time, or at once when the check finds a
+    /// second owner.
+    #[serde(default = "default_garp_refresh", with = "crate::duration")]
+    pub garp_refresh: Duration,
     /// Hooks with keepalived's convention `TYPE NAME STATE PRIORITY`, run
     /// without blocking the election, killed after `notify_timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +139,9 @@ fn default_true() -> bool {
 fn default_garp_interval() -> Duration {
     Duration::from_millis(200)
 }
+fn default_garp_refresh() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_notify_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -152,6 +163,7 @@ impl VrrpConfig {
             virtual_addresses: Vec::new(),
             garp_count: GarpCount::default(),
             garp_interval: default_garp_interval(),
+            garp_refresh: default_garp_refresh(),
             notify_master: None,
             notify_backup: None,
             notify_fault: None,

@@ -413,3 +413,77 @@ fn a_split_brain_never_shares_a_nat_source_and_heals_to_one_master() {
     );
     assert!(holds_snat(&lab, Node::Lb1));
 }
+
+/// Whether a new connection through the VIP is answered.
+fn new_connection_answered(lab: &Lab) -> bool {
+    lab.http_get(Node::Client, "http://10.100.0.100/")
+        .is_ok_and(|body| body.trim().starts_with("web"))
+}
+
+/// lb1's agent dies and lb2 takes over, but lb1's kernel keeps the
+/// floating addresses; a backend that resolved the floating SNAT address
+/// to lb1 sends its answers there, and every new connection through lb2
+/// fails. lb2's refresh finds lb1 answering ARP for the address and
+/// announces it again: the backends learn lb2 within `garp_refresh`.
+#[test]
+fn a_backend_bound_to_a_dead_agents_node_learns_the_master_again() {
+    let Some(lab) = lab_ha("fsstale") else { return };
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)
+        .expect("kill -9 lb1's agent");
+    lb2_takes_over(&lab);
+    assert!(
+        wait_for(Duration::from_secs(5), || new_connection_answered(&lab)),
+        "lb2 serves new connections"
+    );
+    let lb1_mac = lab
+        .exec_ok(Node::Lb1, &["cat", "/sys/class/net/priv0/address"])
+        .expect("lb1's private MAC");
+    let snat = xtask::lab::FLOATING_SNAT.to_string();
+    for web in [Node::Web1, Node::Web2] {
+        lab.exec_ok(
+            web,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &snat,
+                "lladdr",
+                lb1_mac.trim(),
+                "dev",
+                "eth0",
+                "nud",
+                "stale",
+            ],
+        )
+        .expect("point the web server at lb1");
+    }
+    let stale_since = std::time::Instant::now();
+    // The default garp_refresh (10 s), the provider's reconcile tick, and
+    // room for a loaded machine.
+    assert!(
+        wait_for(Duration::from_secs(16), || new_connection_answered(&lab)),
+        "new connections work again within the refresh"
+    );
+    let healed_after = stale_since.elapsed();
+    assert!(
+        (0..10).all(|_| new_connection_answered(&lab)),
+        "and keep working (healed after {healed_after:?})"
+    );
+    // lb1's kernel still answers ARP for the addresses: lb2's next
+    // refresh finds it.
+    assert!(
+        wait_for(Duration::from_secs(16), || vrrp_field(
+            &lab,
+            Node::Lb2,
+            "second_owners"
+        )
+        .as_u64()
+            >= Some(1)),
+        "lb2 finds lb1 answering for its addresses: {}",
+        status_field(&lab, Node::Lb2, "vrrp")
+    );
+    assert!(
+        new_connection_answered(&lab),
+        "new connections work after lb2 announced again"
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{FloatingIpError, LocalProvider, Provider, Wish};
+use super::{FloatingIpError, Garp, LocalProvider, Provider, Wish};
 use crate::config::VrrpConfig;
 
 /// The floating IP's provider and, with a floating SNAT address, the
@@ -34,25 +34,23 @@ impl Holder {
         addresses: Vec<Ipv4Addr>,
         instance: &str,
     ) -> Result<Self, FloatingIpError> {
-        let (count, interval) = (config.garp_count.get(), config.garp_interval);
+        let garp = Garp {
+            count: config.garp_count.get(),
+            interval: config.garp_interval,
+            refresh: config.garp_refresh,
+        };
         let vip = Provider::from_config(
             &config.floating_ip,
             public_interface,
             addresses,
-            count,
-            interval,
+            garp,
             instance,
         )?;
         let shared = config.floating_snat();
         let snat = if shared.is_empty() {
             None
         } else {
-            Some(LocalProvider::new(
-                private_interface,
-                shared,
-                count,
-                interval,
-            )?)
+            Some(LocalProvider::new(private_interface, shared, garp)?)
         };
         Ok(Self { vip, snat })
     }
@@ -106,6 +104,11 @@ impl Holder {
             None => Ok(()),
         };
         self.vip.reconcile(wish).await.and(snat)
+    }
+
+    /// Times another node answered ARP for an address held, both sides.
+    pub(super) fn second_owners(&self) -> u64 {
+        self.vip.second_owners() + self.snat.as_ref().map_or(0, LocalProvider::second_owners)
     }
 
     /// Operations and failures of both sides.

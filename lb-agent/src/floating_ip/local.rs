@@ -6,7 +6,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     os::fd::OwnedFd,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::TryStreamExt;
@@ -26,17 +26,33 @@ pub struct LocalProvider {
     interface: String,
     ifindex: u32,
     addresses: Vec<Ipv4Addr>,
-    garp_count: u32,
-    garp_interval: Duration,
+    garp: Garp,
+    /// When the addresses were last announced again and checked.
+    refreshed: Option<Instant>,
     /// Address changes made and failed, for status and metrics.
     ops: u64,
     failures: u64,
+    /// Times another node was found answering ARP for our addresses.
+    second_owners: u64,
     /// The link state last seen while holding, to announce again after a
     /// flap (switches and neighbours forget while the link is down).
     link_was_up: Option<bool>,
 }
 
 const ETH_P_ARP: u16 = 0x0806;
+
+/// How the floating addresses are announced: `count` gratuitous ARPs
+/// `interval` apart on taking them, then one round every `refresh` while
+/// master, each with a check for a second owner (`Duration::ZERO`: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Garp {
+    pub count: u32,
+    pub interval: Duration,
+    pub refresh: Duration,
+}
+
+/// How long the check waits for another node's answer.
+const SECOND_OWNER_WAIT: Duration = Duration::from_millis(150);
 
 /// An ARP request from `mac`/`sender` asking who has `target`, broadcast.
 pub fn arp_request(mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> [u8; 42] {
@@ -70,8 +86,7 @@ impl LocalProvider {
     pub fn new(
         interface: &str,
         addresses: Vec<Ipv4Addr>,
-        garp_count: u32,
-        garp_interval: Duration,
+        garp: Garp,
     ) -> Result<Self, FloatingIpError> {
         let ifindex = crate::dataplane::loader::interface_index(interface)
             .ok_or_else(|| FloatingIpError::NoInterface(interface.to_string()))?;
@@ -82,16 +97,22 @@ impl LocalProvider {
             interface: interface.to_string(),
             ifindex,
             addresses,
-            garp_count,
-            garp_interval,
+            garp,
+            refreshed: None,
             ops: 0,
             failures: 0,
+            second_owners: 0,
             link_was_up: None,
         })
     }
 
     pub fn counts(&self) -> (u64, u64) {
         (self.ops, self.failures)
+    }
+
+    /// Times another node was found answering ARP for our addresses.
+    pub fn second_owners(&self) -> u64 {
+        self.second_owners
     }
 
     /// Counts one address change and turns its failure into an error that
@@ -129,7 +150,50 @@ impl LocalProvider {
             info!(interface = %self.interface, "link up again: announcing the floating IP");
             self.announce().await;
         }
+        let due = self
+            .refreshed
+            .is_none_or(|at| at.elapsed() >= self.garp.refresh);
+        if !self.garp.refresh.is_zero() && due {
+            self.refresh().await;
+        }
         Ok(())
+    }
+
+    /// Announces the addresses once more (a neighbour whose binding went
+    /// stale learns it again) and asks whether another node answers ARP
+    /// for them (a node whose agent died keeps its addresses, and its
+    /// kernel answers): if so, announces them at once in full.
+    async fn refresh(&mut self) {
+        self.refreshed = Some(Instant::now());
+        let Some(mac) = self.mac().await else {
+            return;
+        };
+        let (ifindex, addresses) = (self.ifindex, self.addresses.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let socket = packet_socket()?;
+            for addr in &addresses {
+                send_frame(&socket, ifindex, &garp_frame(mac, *addr))?;
+            }
+            check_second_owner(&socket, ifindex, mac, &addresses, SECOND_OWNER_WAIT)
+        })
+        .await;
+        let owner = match checked {
+            Ok(Ok(owner)) => owner,
+            Ok(Err(error)) => {
+                warn!(%error, interface = %self.interface, "checking for another owner of the floating addresses");
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some((addr, other)) = owner {
+            self.second_owners += 1;
+            if self.second_owners == 1 {
+                warn!(addr = %addr, mac = %format_mac(&other), interface = %self.interface,
+                    "another node answers ARP for a floating address this master holds (a node whose agent died?); \
+                     announcing it again now, and at every garp_refresh while it lasts (counted in status, logged once)");
+            }
+            self.announce().await;
+        }
     }
 
     pub fn addresses(&self) -> &[Ipv4Addr] {
@@ -177,6 +241,7 @@ impl LocalProvider {
         }
         self.link_was_up = self.link_up().await;
         self.announce().await;
+        self.refreshed = Some(Instant::now());
         Ok(())
     }
 
@@ -188,7 +253,7 @@ impl LocalProvider {
             return;
         };
         let (ifindex, addresses) = (self.ifindex, self.addresses.clone());
-        let (count, interval) = (self.garp_count, self.garp_interval);
+        let (count, interval) = (self.garp.count, self.garp.interval);
         tokio::spawn(async move {
             let socket = match packet_socket() {
                 Ok(s) => s,
@@ -276,6 +341,72 @@ pub fn packet_socket() -> std::io::Result<OwnedFd> {
     Ok(Socket::new(Domain::PACKET, Type::RAW, Some(protocol))?.into())
 }
 
+/// Sends an ARP probe (sender address 0.0.0.0, so no neighbour learns
+/// anything from it) for each of `addresses` out of `ifindex`, and waits
+/// up to `wait` for an answer from a MAC other than `own`: the address and
+/// that MAC. A node holding the address answers the probe to `own`.
+fn check_second_owner(
+    socket: &OwnedFd,
+    ifindex: u32,
+    own: [u8; 6],
+    addresses: &[Ipv4Addr],
+    wait: Duration,
+) -> std::io::Result<Option<(Ipv4Addr, [u8; 6])>> {
+    let sock = SockRef::from(socket);
+    sock.bind(&broadcast_on(ifindex))?;
+    for addr in addresses {
+        send_frame(
+            socket,
+            ifindex,
+            &arp_request(own, Ipv4Addr::UNSPECIFIED, *addr),
+        )?;
+    }
+    let deadline = Instant::now() + wait;
+    let mut frame = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        let len = match sock.recv(&mut frame) {
+            Ok(len) => len,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(error) => return Err(error),
+        };
+        // SAFETY: recv initialised the first `len` bytes.
+        let bytes: Vec<u8> = frame[..len.min(frame.len())]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        if let Some(found) = other_owner(&bytes, own, addresses) {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The address and MAC of an ARP reply in `frame` that claims one of
+/// `addresses` for a MAC other than `own`.
+fn other_owner(frame: &[u8], own: [u8; 6], addresses: &[Ipv4Addr]) -> Option<(Ipv4Addr, [u8; 6])> {
+    if frame.len() < 42 || frame[12..14] != ETH_P_ARP.to_be_bytes() || frame[20..22] != [0, 2] {
+        return None;
+    }
+    let mac: [u8; 6] = frame[22..28].try_into().ok()?;
+    let addr = Ipv4Addr::new(frame[28], frame[29], frame[30], frame[31]);
+    (mac != own && addresses.contains(&addr)).then_some((addr, mac))
+}
+
+fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Sends one Ethernet `frame` (to the broadcast address) out of `ifindex`.
 pub fn send_frame(fd: &OwnedFd, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
     SockRef::from(fd).send_to(frame, &broadcast_on(ifindex))?;
@@ -302,6 +433,34 @@ fn broadcast_on(ifindex: u32) -> SockAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_another_macs_arp_reply_for_a_floating_address_is_a_second_owner() {
+        let (own, other) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let vip = Ipv4Addr::new(10, 100, 0, 100);
+        let reply = |mac: [u8; 6], addr: Ipv4Addr| {
+            let mut frame = arp_request(mac, addr, Ipv4Addr::UNSPECIFIED);
+            frame[20..22].copy_from_slice(&[0, 2]);
+            frame
+        };
+        assert_eq!(
+            other_owner(&reply(other, vip), own, &[vip]),
+            Some((vip, other))
+        );
+        assert_eq!(other_owner(&reply(own, vip), own, &[vip]), None, "our own");
+        let elsewhere = Ipv4Addr::new(10, 100, 0, 7);
+        assert_eq!(other_owner(&reply(other, elsewhere), own, &[vip]), None);
+        assert_eq!(
+            other_owner(&arp_request(other, vip, vip), own, &[vip]),
+            None,
+            "a request"
+        );
+        assert_eq!(
+            other_owner(&reply(other, vip)[..41], own, &[vip]),
+            None,
+            "short"
+        );
+    }
 
     #[test]
     fn garp_is_a_broadcast_request_for_the_address_itself() {

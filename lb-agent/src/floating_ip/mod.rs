@@ -27,7 +27,7 @@ use tracing::{info, warn};
 pub use digitalocean::{DigitalOcean, DoError, Token};
 pub use exec::ExecProvider;
 pub use holder::{Held, Holder};
-pub use local::{arp_request, garp_frame, packet_socket, send_frame, LocalProvider};
+pub use local::{arp_request, garp_frame, packet_socket, send_frame, Garp, LocalProvider};
 
 use crate::config::{FloatingIpConfig, ProviderKind};
 
@@ -83,6 +83,10 @@ pub struct ProviderStatus {
     pub calls: u64,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Times another node was found answering ARP for an address this
+    /// master holds (each answered by announcing it again at once).
+    #[serde(default)]
+    pub second_owners: u64,
 }
 
 /// One provider.
@@ -106,17 +110,13 @@ impl Provider {
         config: &FloatingIpConfig,
         public_interface: &str,
         addresses: Vec<Ipv4Addr>,
-        garp_count: u32,
-        garp_interval: Duration,
+        garp: Garp,
         instance: &str,
     ) -> Result<Self, FloatingIpError> {
         Ok(match config.provider {
-            ProviderKind::Local => Provider::Local(LocalProvider::new(
-                public_interface,
-                addresses,
-                garp_count,
-                garp_interval,
-            )?),
+            ProviderKind::Local => {
+                Provider::Local(LocalProvider::new(public_interface, addresses, garp)?)
+            }
             ProviderKind::Digitalocean => {
                 let token = Token::from_config(config)?;
                 Provider::DigitalOcean(Box::new(DigitalOcean::new(config, token, addresses)?))
@@ -184,6 +184,14 @@ impl Provider {
             Provider::Local(p) => p.reconcile().await,
             Provider::DigitalOcean(p) => p.reconcile(wish).await.map_err(Into::into),
             Provider::Exec(p) => p.reconcile(wish).await,
+        }
+    }
+
+    /// Times another node answered ARP for the addresses (`local` only).
+    fn second_owners(&self) -> u64 {
+        match self {
+            Provider::Local(p) => p.second_owners(),
+            _ => 0,
         }
     }
 
@@ -265,6 +273,7 @@ impl ProviderHandle {
 
 fn record(status: &mut ProviderStatus, provider: &Holder, result: Result<(), FloatingIpError>) {
     (status.calls, status.errors) = provider.counts();
+    status.second_owners = provider.second_owners();
     match result {
         Ok(()) | Err(FloatingIpError::Cancelled) => {}
         Err(error) => {

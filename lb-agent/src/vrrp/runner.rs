@@ -118,6 +118,10 @@ pub struct VrrpStatus {
     pub provider_errors: u64,
     #[serde(default)]
     pub provider_last_error: Option<String>,
+    /// Times this master found another node answering ARP for an address
+    /// it holds (`vrrp.garp_refresh`), each answered by announcing again.
+    #[serde(default)]
+    pub second_owners: u64,
     pub adverts_sent: u64,
     pub adverts_received: u64,
     /// Ignored advertisements by reason (wrong source, TTL, auth, ...).
@@ -383,6 +387,7 @@ impl VrrpRunner {
             s.provider_calls = self.provider_base.0 + p.calls;
             s.provider_errors = self.provider_base.1 + p.errors;
             s.provider_last_error = p.last_error.clone();
+            s.second_owners = p.second_owners;
         }
     }
 
