@@ -79,6 +79,10 @@ pub mod map_names {
     /// Index 0 -> the agent's epoch of the flow cache: moved on whenever
     /// the agent removes or rewrites flows, which ends every cached copy.
     pub const FLOW_CACHE_EPOCH: &str = "flow_cache_epoch";
+    /// Index `liveness::AGENT` -> the agent's last heartbeat, index
+    /// `liveness::PEER_MASTER` -> when the program last saw the VRRP peer
+    /// advertise as master (both on the program's clock, in ns).
+    pub const AGENT_LIVENESS: &str = "agent_liveness";
     /// Per-CPU `PoolCacheEntry` per `pool_cache_slot`: copies of `pool_ids`
     /// entries, so that replies skip that hash.
     pub const POOL_CACHE: &str = "pool_cache";
@@ -599,6 +603,34 @@ impl FlowEvent {
     }
 }
 
+/// Entries of `agent_liveness`.
+pub mod liveness {
+    /// Written by the agent's VRRP thread every advert interval.
+    pub const AGENT: u32 = 0;
+    /// Written by the program on every VRRP advert of the peer.
+    pub const PEER_MASTER: u32 = 1;
+    pub const ENTRIES: u32 = 2;
+}
+
+/// Whether the agent of this node has gone silent while a peer advertises
+/// itself as master, `now` on the program's clock: then this node must not
+/// answer ARP for the floating addresses. Without a guard (`settings`), a
+/// heartbeat, or a peer heard within the silence, nothing changes.
+#[inline(always)]
+pub fn floating_addresses_lost(
+    settings: &Settings,
+    agent_heartbeat_ns: u64,
+    peer_master_ns: u64,
+    now: u64,
+) -> bool {
+    let silence = settings.agent_silence_ns;
+    silence != 0
+        && agent_heartbeat_ns != 0
+        && peer_master_ns != 0
+        && now.saturating_sub(agent_heartbeat_ns) > silence
+        && now.saturating_sub(peer_master_ns) <= silence
+}
+
 /// Node-wide settings, written by the agent at index 0 of `settings`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -644,6 +676,15 @@ pub struct Settings {
     /// How long a flow cache copy serves (`flow_cache_ttl_ns`); 0: the
     /// cache is off and every packet looks its flow up in `flows`.
     pub flow_cache_ttl_ns: u64,
+    /// The guard of a node whose agent died (`agent_liveness`): once the
+    /// agent's heartbeat is older than this while the peer advertises
+    /// itself as master (VRRP adverts of `vrrp_vrid` arriving), ARP
+    /// requests for the floating addresses (the VIPs, and the SNAT pool
+    /// when `snat_floating`) are dropped, so only the master answers for
+    /// them. 0: no guard (no VRRP).
+    pub agent_silence_ns: u64,
+    pub vrrp_vrid: u32,
+    pub snat_floating: u32,
 }
 
 impl Settings {
@@ -757,11 +798,15 @@ pub enum Reason {
     DropBadLength = 19,
     /// Not for a VIP and a length field disagrees: passed for the stack to drop.
     PassBadLength = 20,
+    /// An ARP request for a floating address while this node's agent is
+    /// gone and the peer is master (`floating_addresses_lost`): dropped,
+    /// so neighbours learn only the master's MAC.
+    DropArpFloatingLost = 21,
 }
 
 impl Reason {
     /// Number of reasons; the size of the `reasons` map.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Every reason, index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -786,6 +831,7 @@ impl Reason {
         Reason::PassOtherHost,
         Reason::DropBadLength,
         Reason::PassBadLength,
+        Reason::DropArpFloatingLost,
     ];
 
     /// Stable snake_case name for CLI output and metrics labels.
@@ -812,6 +858,7 @@ impl Reason {
             Reason::PassOtherHost => "pass_other_host",
             Reason::DropBadLength => "drop_bad_length",
             Reason::PassBadLength => "pass_bad_length",
+            Reason::DropArpFloatingLost => "drop_arp_floating_lost",
         }
     }
 }
@@ -884,7 +931,7 @@ mod tests {
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<ReplyValue>(), 64);
         assert_eq!(size_of::<PoolKey>(), 8);
-        assert_eq!(size_of::<Settings>(), 160);
+        assert_eq!(size_of::<Settings>(), 176);
         assert_eq!(size_of::<FlowCacheEntry>(), 88);
         assert_eq!(size_of::<PoolCacheEntry>(), 12);
         assert_eq!(size_of::<FlowEvent>(), 40);
@@ -892,6 +939,42 @@ mod tests {
         assert_eq!(size_of::<Counters>(), 32);
         assert_eq!(size_of::<HalfOpenEntry>(), 24);
         assert_eq!(size_of::<HalfOpenCursor>(), 16);
+    }
+
+    #[test]
+    fn floating_addresses_are_lost_only_to_a_silent_agent_while_a_peer_leads() {
+        const S: u64 = 1_000_000_000;
+        let settings = Settings {
+            agent_silence_ns: 4 * S,
+            ..Settings::default()
+        };
+        let now = 100 * S;
+        assert!(floating_addresses_lost(
+            &settings,
+            now - 5 * S,
+            now - S,
+            now
+        ));
+        assert!(
+            !floating_addresses_lost(&settings, now - 3 * S, now - S, now),
+            "alive"
+        );
+        assert!(
+            !floating_addresses_lost(&settings, now - 5 * S, now - 5 * S, now),
+            "no master lately"
+        );
+        assert!(
+            !floating_addresses_lost(&settings, now - 5 * S, 0, now),
+            "no master ever"
+        );
+        assert!(
+            !floating_addresses_lost(&settings, 0, now - S, now),
+            "never started"
+        );
+        assert!(
+            !floating_addresses_lost(&Settings::default(), now - 5 * S, now - S, now),
+            "no guard"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use core::mem::size_of;
 
 use crate::{
-    map_names::*, BackendValue, Counters, FlowCacheEntry, FlowKey, FlowValue, HalfOpenCursor,
-    HalfOpenEntry, NextHop, PoolCacheEntry, PoolKey, PortPool, Reason, ReplyValue, ServiceKey,
-    ServiceValue, Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES,
+    liveness, map_names::*, BackendValue, Counters, FlowCacheEntry, FlowKey, FlowValue,
+    HalfOpenCursor, HalfOpenEntry, NextHop, PoolCacheEntry, PoolKey, PortPool, Reason, ReplyValue,
+    ServiceKey, ServiceValue, Settings, DEFAULT_MAX_FLOWS, FLOW_CACHE_SLOTS, FLOW_EVENTS_BYTES,
     FLOW_GENERATIONS_SLOTS, HALF_OPEN_SLOTS, MAX_BACKENDS, MAX_NEIGH_MISSES, MAX_SERVICES,
     MAX_TX_PORTS, POOL_CACHE_SLOTS, RING_SLOTS,
 };
@@ -140,7 +140,7 @@ use MapKind::*;
 use OnMismatch::*;
 
 /// Every map the program declares, in a stable order.
-pub const MAPS: [MapSpec; 26] = [
+pub const MAPS: [MapSpec; 27] = [
     spec(
         SERVICES,
         Hash,
@@ -253,6 +253,9 @@ pub const MAPS: [MapSpec; 26] = [
         Replace,
     ),
     spec(FLOW_CACHE_EPOCH, Array, 4, 4, 1, Replace),
+    // A heartbeat rewritten every advert interval and a peer's advert
+    // time: nothing lasting.
+    spec(AGENT_LIVENESS, Array, 4, 8, liveness::ENTRIES, Replace),
     // Copies checked against `port_pools` at every use.
     spec(
         POOL_CACHE,

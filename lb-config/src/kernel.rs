@@ -65,6 +65,15 @@ impl Config {
             flow_cache_ttl_ns: lb_common::flow_cache_ttl_ns(ns(self
                 .conntrack
                 .tcp_established_timeout)),
+            agent_silence_ns: self
+                .vrrp
+                .as_ref()
+                .map_or(0, |vrrp| ns(vrrp.agent_silence())),
+            vrrp_vrid: self
+                .vrrp
+                .as_ref()
+                .map_or(0, |vrrp| u32::from(vrrp.vrid.get())),
+            snat_floating: u32::from(!self.floating_snat_addresses().is_empty()),
         }
     }
 

@@ -147,6 +147,15 @@ fn default_notify_timeout() -> Duration {
 }
 
 impl VrrpConfig {
+    /// How long the agent may be silent before its node's data path stops
+    /// answering ARP for the floating addresses (while a peer is master):
+    /// four advert intervals, past any peer's master-down interval (three
+    /// intervals and a skew of less than one), so a live agent that is
+    /// merely late never loses them.
+    pub fn agent_silence(&self) -> Duration {
+        self.advert_int * 4
+    }
+
     /// Virtual router `vrid` at `priority`, keepalived's defaults for the rest.
     pub fn new(vrid: Vrid, priority: Priority) -> Self {
         Self {

@@ -3,7 +3,8 @@
 //! Layout (after Katran's data path): `parsing` (headers), `lookup` (services,
 //! scheduling, ports, conntrack), `nat` (rewrite and checksums), `forward`
 //! (route lookup and transmit), `rst` (fast-fail resets), `half_open` (the
-//! cap on half-open flows), `sync` (events for the HA peer), `counters`,
+//! cap on half-open flows), `sync` (events for the HA peer), `guard` (a
+//! dead agent's node gives up the floating addresses), `counters`,
 //! `flow_cache` (each CPU's copies of established flows), `clock`, `maps`.
 #![no_std]
 #![no_main]
@@ -14,6 +15,7 @@ mod clock;
 mod counters;
 mod flow_cache;
 mod forward;
+mod guard;
 mod half_open;
 mod lookup;
 mod maps;
@@ -62,7 +64,10 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     }
     let pkt = match parse(ctx) {
         Ok(pkt) => pkt,
-        Err(verdict) => return (verdict.action, verdict.reason),
+        Err(verdict) => {
+            let verdict = guard::other_traffic(ctx, settings, verdict);
+            return (verdict.action, verdict.reason);
+        }
     };
     // SAFETY: `pkt.eth` was bounds-checked by `parse`; it starts the packet.
     if !settings.accepts_mac(&unsafe { load(core::ptr::addr_of!((*pkt.eth).dst_addr)) }) {

@@ -144,3 +144,8 @@ pub static FLOW_CACHE_EPOCH: Array<u32, 1> = Array::new();
 #[btf_map(name = "pool_cache")]
 pub static POOL_CACHE: PerCpuArray<PoolCacheEntry, { POOL_CACHE_SLOTS as usize }> =
     PerCpuArray::new();
+
+/// The agent's heartbeat and the peer master's last advert
+/// (`lb_common::liveness`).
+#[btf_map(name = "agent_liveness")]
+pub static AGENT_LIVENESS: Array<u64, { lb_common::liveness::ENTRIES as usize }> = Array::new();

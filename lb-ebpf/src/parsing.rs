@@ -74,7 +74,7 @@ fn drop(reason: Reason) -> Verdict {
 }
 
 #[inline(always)]
-fn is_vip(addr: &[u8; 4]) -> bool {
+pub fn is_vip(addr: &[u8; 4]) -> bool {
     // SAFETY: the value is only tested for presence.
     unsafe { VIPS.get(addr).is_some() }
 }

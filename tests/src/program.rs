@@ -493,6 +493,28 @@ impl Harness {
         flows.insert(client, flow, 0).expect("insert flow");
     }
 
+    /// Writes entry `index` of `agent_liveness` (`lb_common::liveness`).
+    pub fn set_liveness(&mut self, index: u32, value: u64) {
+        let mut map: Array<_, u64> = self
+            .ebpf
+            .map_mut(map_names::AGENT_LIVENESS)
+            .expect("agent_liveness")
+            .try_into()
+            .expect("array");
+        map.set(index, value, 0).expect("write agent_liveness");
+    }
+
+    /// Entry `index` of `agent_liveness`.
+    pub fn liveness(&self, index: u32) -> u64 {
+        let map: Array<_, u64> = self
+            .ebpf
+            .map(map_names::AGENT_LIVENESS)
+            .expect("agent_liveness")
+            .try_into()
+            .expect("array");
+        map.get(&index, 0).expect("read agent_liveness")
+    }
+
     /// What a start of the agent does with the pools it finds, here with
     /// NAT ports `port_min..=port_max` on the harness's one SNAT address:
     /// a pool of another layout is made anew around its flows' claims.

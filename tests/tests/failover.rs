@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use integration_tests::e2e::*;
+use integration_tests::{arp::who_has, e2e::*};
 use xtask::lab::{Lab, Node, SLOW_BYTES, SLOW_RATE};
 
 /// How long a download of `/slow` takes, with room for a loaded machine.
@@ -420,11 +420,12 @@ fn new_connection_answered(lab: &Lab) -> bool {
         .is_ok_and(|body| body.trim().starts_with("web"))
 }
 
-/// lb1's agent dies and lb2 takes over, but lb1's kernel keeps the
-/// floating addresses; a backend that resolved the floating SNAT address
-/// to lb1 sends its answers there, and every new connection through lb2
-/// fails. lb2's refresh finds lb1 answering ARP for the address and
-/// announces it again: the backends learn lb2 within `garp_refresh`.
+/// lb1's agent dies and lb2 takes over; a backend that still sends the
+/// floating SNAT address's traffic to lb1 (forced here, as an unlucky
+/// re-resolution would) fails every new connection until it learns lb2:
+/// lb1 no longer answers for the address, and lb2 announces it again
+/// every `garp_refresh`, so it heals within that bound. Then a node that
+/// wrongly holds the address is found by lb2's check and counted.
 #[test]
 fn a_backend_bound_to_a_dead_agents_node_learns_the_master_again() {
     let Some(lab) = lab_ha("fsstale") else { return };
@@ -435,24 +436,13 @@ fn a_backend_bound_to_a_dead_agents_node_learns_the_master_again() {
         wait_for(Duration::from_secs(5), || new_connection_answered(&lab)),
         "lb2 serves new connections"
     );
-    let lb1_mac = lab
-        .exec_ok(Node::Lb1, &["cat", "/sys/class/net/priv0/address"])
-        .expect("lb1's private MAC");
     let snat = xtask::lab::FLOATING_SNAT.to_string();
+    let lb1_mac = mac_of(&lab, Node::Lb1, "priv0");
     for web in [Node::Web1, Node::Web2] {
         lab.exec_ok(
             web,
             &[
-                "ip",
-                "neigh",
-                "replace",
-                &snat,
-                "lladdr",
-                lb1_mac.trim(),
-                "dev",
-                "eth0",
-                "nud",
-                "stale",
+                "ip", "neigh", "replace", &snat, "lladdr", &lb1_mac, "dev", "eth0", "nud", "stale",
             ],
         )
         .expect("point the web server at lb1");
@@ -469,8 +459,21 @@ fn a_backend_bound_to_a_dead_agents_node_learns_the_master_again() {
         (0..10).all(|_| new_connection_answered(&lab)),
         "and keep working (healed after {healed_after:?})"
     );
-    // lb1's kernel still answers ARP for the addresses: lb2's next
-    // refresh finds it.
+    let lb2_mac = mac_of(&lab, Node::Lb2, "priv0");
+    for web in [Node::Web1, Node::Web2] {
+        let neigh = lab
+            .exec_ok(web, &["ip", "neigh", "show", &snat])
+            .expect("neighbour");
+        assert!(neigh.contains(&lb2_mac), "{web:?} learnt lb2: {neigh}");
+    }
+
+    // web3 wrongly holds the floating SNAT address: lb2's next check
+    // finds it answering.
+    lab.exec_ok(
+        Node::Web3,
+        &["ip", "addr", "add", &format!("{snat}/32"), "dev", "eth0"],
+    )
+    .expect("a second owner");
     assert!(
         wait_for(Duration::from_secs(16), || vrrp_field(
             &lab,
@@ -479,11 +482,99 @@ fn a_backend_bound_to_a_dead_agents_node_learns_the_master_again() {
         )
         .as_u64()
             >= Some(1)),
-        "lb2 finds lb1 answering for its addresses: {}",
+        "lb2 finds the other owner: {}",
         status_field(&lab, Node::Lb2, "vrrp")
+    );
+}
+
+/// `node`'s MAC on `interface`.
+fn mac_of(lab: &Lab, node: Node, interface: &str) -> String {
+    lab.exec_ok(
+        node,
+        &["cat", &format!("/sys/class/net/{interface}/address")],
+    )
+    .expect("MAC")
+    .trim()
+    .to_string()
+}
+
+/// The MACs that answer ARP for `target` asked from `from` (its `eth0`).
+fn arp_owners(lab: &Lab, from: Node, target: std::net::Ipv4Addr) -> Vec<String> {
+    let sender = from
+        .public_address()
+        .or(from.private_address())
+        .expect("an address to ask from");
+    who_has(
+        &lab.ns(from),
+        "eth0",
+        sender,
+        target,
+        Duration::from_millis(300),
+    )
+    .iter()
+    .map(|mac| {
+        mac.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+    .collect()
+}
+
+/// Whether exactly `node` answers ARP for the VIP (asked by the client)
+/// and for the floating SNAT address (asked by web1).
+fn sole_owner(lab: &Lab, node: Node) -> bool {
+    let snat = xtask::lab::FLOATING_SNAT;
+    arp_owners(lab, Node::Client, xtask::lab::VIP) == [mac_of(lab, node, "pub0")]
+        && arp_owners(lab, Node::Web1, snat) == [mac_of(lab, node, "priv0")]
+}
+
+/// After `kill -9` of lb1's agent its kernel keeps the floating addresses,
+/// but its program stops answering ARP for them once lb2 advertises itself
+/// as master: exactly one node answers. lb1's agent back: it leads again,
+/// still one owner. Both agents dead: no master is heard, and lb1's data
+/// path keeps answering and serving alone.
+#[test]
+fn after_kill_9_only_the_master_answers_for_the_floating_addresses() {
+    let Some(lab) = lab_ha("fsarp") else { return };
+    assert!(
+        sole_owner(&lab, Node::Lb1),
+        "lb1 owns the addresses at first"
+    );
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)
+        .expect("kill -9 lb1's agent");
+    lb2_takes_over(&lab);
+    // Four advert intervals (4 s in the lab) after lb1's last heartbeat.
+    assert!(
+        wait_for(Duration::from_secs(10), || sole_owner(&lab, Node::Lb2)),
+        "only lb2 answers: VIP {:?}, SNAT {:?}",
+        arp_owners(&lab, Node::Client, xtask::lab::VIP),
+        arp_owners(&lab, Node::Web1, xtask::lab::FLOATING_SNAT)
+    );
+    assert!(new_connection_answered(&lab), "lb2 serves");
+
+    lab.start_agent(Node::Lb1).expect("lb1's agent back");
+    assert!(
+        wait_for(Duration::from_secs(30), || lab.vip_holder()
+            == Some(Node::Lb1)),
+        "lb1 resyncs and leads again"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || sole_owner(&lab, Node::Lb1)),
+        "only lb1 answers again"
+    );
+
+    lab.kill_agent(Node::Lb2, libc::SIGKILL)
+        .expect("kill -9 lb2's agent");
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)
+        .expect("kill -9 lb1's agent");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        sole_owner(&lab, Node::Lb1),
+        "with no master heard, lb1's data path keeps its addresses"
     );
     assert!(
         new_connection_answered(&lab),
-        "new connections work after lb2 announced again"
+        "and serves new connections alone"
     );
 }

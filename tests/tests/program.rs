@@ -1181,6 +1181,117 @@ fn a_pool_made_anew_leaves_out_the_sources_live_flows_hold() {
     );
 }
 
+const SECOND: u64 = 1_000_000_000;
+/// The lab's VRRP virtual router.
+const VRID: u8 = 33;
+const LB2_PRIV: [u8; 4] = [10, 200, 0, 12];
+const LB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
+
+/// A VRRPv2 advertisement of `vrid` at `priority` from lb2 to this node.
+fn vrrp_advert(vrid: u8, priority: u8) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&PRIV_MAC);
+    frame.extend_from_slice(&LB2_MAC);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+    ip[8] = 255;
+    ip[9] = 112;
+    ip[12..16].copy_from_slice(&LB2_PRIV);
+    ip[16..20].copy_from_slice(&LB_PRIV);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&[0x21, vrid, priority, 1, 1, 1, 0, 0]);
+    frame
+}
+
+/// A harness whose agent runs VRRP (silence 4 s) with the floating SNAT
+/// address `LB_PRIV`; the agent's heartbeat `heartbeat_age` old.
+fn guarded_harness(heartbeat_age: u64) -> Option<Harness> {
+    let mut h = lab_harness()?;
+    let mut settings = h.ebpf_settings();
+    settings.agent_silence_ns = 4 * SECOND;
+    settings.vrrp_vrid = u32::from(VRID);
+    settings.snat_floating = 1;
+    h.set_settings(settings);
+    let now = lb_agent::dataplane::maps::monotonic_ns();
+    h.set_liveness(lb_common::liveness::AGENT, now - heartbeat_age);
+    Some(h)
+}
+
+/// What the program does with an ARP request for `target` from web1.
+fn arp_for(h: &Harness, target: [u8; 4]) -> u32 {
+    h.run(h.priv_ifindex, &arp_request(WEB1_MAC, WEB1, target))
+        .0
+}
+
+#[test]
+fn a_dead_agents_node_stops_answering_arp_for_floating_addresses_once_the_peer_leads() {
+    let Some(h) = guarded_harness(10 * SECOND) else {
+        return;
+    };
+    // No peer heard yet: a surviving data path keeps its addresses.
+    assert_eq!(arp_for(&h, VIP), XDP_PASS);
+    // lb2 advertises itself as master: the program notes it and passes it.
+    assert_eq!(h.run(h.priv_ifindex, &vrrp_advert(VRID, 100)).0, XDP_PASS);
+    assert_ne!(h.liveness(lb_common::liveness::PEER_MASTER), 0);
+    assert_eq!(arp_for(&h, VIP), XDP_DROP, "the VIP");
+    assert_eq!(arp_for(&h, LB_PRIV), XDP_DROP, "the floating SNAT address");
+    assert_eq!(h.reason_count(Reason::DropArpFloatingLost), 2);
+    // Only requests for floating addresses.
+    assert_eq!(arp_for(&h, [10, 200, 0, 99]), XDP_PASS, "another address");
+    let mut reply = arp_request(WEB1_MAC, WEB1, VIP);
+    reply[21] = 2;
+    assert_eq!(h.run(h.priv_ifindex, &reply).0, XDP_PASS, "an ARP reply");
+}
+
+#[test]
+fn arp_for_floating_addresses_is_answered_while_the_agent_lives_or_no_peer_leads() {
+    let now = || lb_agent::dataplane::maps::monotonic_ns();
+    // A live agent, the peer heard.
+    let Some(h) = guarded_harness(SECOND) else {
+        return;
+    };
+    h.run(h.priv_ifindex, &vrrp_advert(VRID, 100));
+    assert_eq!(
+        arp_for(&h, VIP),
+        XDP_PASS,
+        "a live agent keeps its addresses"
+    );
+
+    // A dead agent, the peer last heard longer ago than the silence: it
+    // is down too, and this data path serves alone.
+    let Some(mut h) = guarded_harness(10 * SECOND) else {
+        return;
+    };
+    h.set_liveness(lb_common::liveness::PEER_MASTER, now() - 5 * SECOND);
+    assert_eq!(arp_for(&h, VIP), XDP_PASS, "no master heard lately");
+
+    // A peer leaving (priority 0) or another virtual router is no master.
+    h.set_liveness(lb_common::liveness::PEER_MASTER, 0);
+    for advert in [vrrp_advert(VRID, 0), vrrp_advert(VRID + 1, 100)] {
+        assert_eq!(h.run(h.priv_ifindex, &advert).0, XDP_PASS);
+    }
+    assert_eq!(h.liveness(lb_common::liveness::PEER_MASTER), 0);
+    assert_eq!(arp_for(&h, VIP), XDP_PASS);
+
+    // Without VRRP there is no guard.
+    let mut settings = h.ebpf_settings();
+    settings.agent_silence_ns = 0;
+    h.set_settings(settings);
+    h.run(h.priv_ifindex, &vrrp_advert(VRID, 100));
+    assert_eq!(arp_for(&h, VIP), XDP_PASS, "no guard configured");
+    assert_eq!(h.reason_count(Reason::DropArpFloatingLost), 0);
+    // The agent restarted: its heartbeat ends the guard at once.
+    let Some(mut h) = guarded_harness(10 * SECOND) else {
+        return;
+    };
+    h.run(h.priv_ifindex, &vrrp_advert(VRID, 100));
+    assert_eq!(arp_for(&h, VIP), XDP_DROP);
+    h.set_liveness(lb_common::liveness::AGENT, now());
+    assert_eq!(arp_for(&h, VIP), XDP_PASS, "a restarted agent");
+}
+
 /// TSval and TSecr of the timestamp option `before_len` option bytes into
 /// the TCP header of `frame`.
 fn timestamps_of(frame: &[u8], before_len: usize) -> (u32, u32) {

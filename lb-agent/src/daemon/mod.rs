@@ -262,6 +262,7 @@ impl Daemon {
             services: Agent::service_state(&self.agent),
             status: SharedStatus::default(),
             may_lead,
+            pin_dir: self.dataplane.pin_dir().to_path_buf(),
         };
         reloader.vrrp = Some(PreparedVrrp::new(&context, &config)?.start().await?);
         self.vrrp_status = Some(context.status.clone());

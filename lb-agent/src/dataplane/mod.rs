@@ -3,6 +3,7 @@
 
 pub(crate) mod batch;
 pub mod clock;
+pub mod liveness;
 pub mod loader;
 pub mod maps;
 pub mod pins;

@@ -21,13 +21,13 @@ use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
 };
-use tracing::error;
+use tracing::{error, warn};
 
 use super::{
     runner::{PreparedRunner, RunnerInputs, SharedStatus, Stop},
     track::{ServiceState, Tracking, Verdict},
 };
-use crate::{config::VrrpConfig, floating_ip::Holder};
+use crate::{config::VrrpConfig, dataplane::liveness::Heartbeat, floating_ip::Holder};
 
 /// The name of the runner's thread (`top -H`, `perf`).
 pub const THREAD_NAME: &str = "lb-vrrp";
@@ -49,6 +49,9 @@ pub struct VrrpContext {
     /// False while flow sync waits for the peer's table: preemption waits
     /// with it. Always true without flow sync.
     pub may_lead: watch::Receiver<bool>,
+    /// Where the program's maps are pinned: the VRRP thread writes the
+    /// agent's heartbeat there (`dataplane::liveness`).
+    pub pin_dir: std::path::PathBuf,
 }
 
 /// Built (socket open, settings checked) but not running yet.
@@ -95,6 +98,7 @@ impl PreparedVrrp {
                 .unwrap_or(&context.private_interface),
             holder,
             addresses,
+            heartbeat(&context.pin_dir),
         )
         .context("starting VRRP")?;
         let tracking = Tracking::new(vrrp, &context.interfaces, context.services.clone())
@@ -132,6 +136,14 @@ impl PreparedVrrp {
             tracking,
         })
     }
+}
+
+/// The agent's heartbeat for the program, if its map can be opened (an
+/// older program has none: its node then keeps the addresses as before).
+fn heartbeat(pin_dir: &std::path::Path) -> Option<Heartbeat> {
+    Heartbeat::open(pin_dir)
+        .map_err(|error| warn!(%error, "no heartbeat for the XDP program: a node whose agent dies will keep answering ARP for the floating addresses"))
+        .ok()
 }
 
 /// Starts `runner` on a thread of its own with a current-thread runtime,

@@ -28,6 +28,7 @@ use super::{
 use crate::{
     config::VrrpConfig,
     config::VrrpVersion,
+    dataplane::liveness::Heartbeat,
     floating_ip::{Holder, ProviderHandle},
     limits::{Throttle, LOG_INTERVAL},
 };
@@ -196,6 +197,7 @@ pub struct PreparedRunner {
     src: Ipv4Addr,
     addresses: Vec<Ipv4Addr>,
     auth: Auth,
+    heartbeat: Option<Heartbeat>,
 }
 
 pub struct VrrpRunner {
@@ -228,6 +230,9 @@ pub struct VrrpRunner {
     send_errors: Throttle,
     receive_errors: Throttle,
     preemption_held: bool,
+    /// Written every advert interval while this thread runs.
+    heartbeat: Option<Heartbeat>,
+    heartbeat_errors: Throttle,
 }
 
 /// What drives a running runner besides the network.
@@ -246,6 +251,7 @@ impl PreparedRunner {
         interface: &str,
         provider: Holder,
         addresses: Vec<Ipv4Addr>,
+        heartbeat: Option<Heartbeat>,
     ) -> anyhow::Result<Self> {
         let version = match config.version {
             VrrpVersion::V2 => Version::V2,
@@ -273,6 +279,7 @@ impl PreparedRunner {
             src,
             addresses,
             auth,
+            heartbeat,
         })
     }
 
@@ -298,6 +305,8 @@ impl PreparedRunner {
             provider_base: (0, 0),
             send_errors: Throttle::new(LOG_INTERVAL),
             receive_errors: Throttle::new(LOG_INTERVAL),
+            heartbeat: self.heartbeat,
+            heartbeat_errors: Throttle::new(LOG_INTERVAL),
             preemption_held: false,
         })
     }
@@ -636,6 +645,8 @@ impl VrrpRunner {
         self.hold_preemption(!*may_lead.borrow_and_update());
         let mut buf = vec![0u8; 2048];
         let mut provider_tick = tokio::time::interval(PROVIDER_STATUS_INTERVAL);
+        let mut heartbeat_tick = tokio::time::interval(self.config.advert_int);
+        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .machine
@@ -652,6 +663,7 @@ impl VrrpRunner {
                     self.show_provider();
                     self.after_split_brain();
                 }
+                _ = heartbeat_tick.tick() => self.beat(),
                 Ok(()) = verdicts.changed() => {
                     let verdict = verdicts.borrow_and_update().clone();
                     self.on_verdict(verdict).await;
@@ -680,6 +692,18 @@ impl VrrpRunner {
                 }
             }
             self.publish();
+        }
+    }
+
+    /// Tells the program this agent is alive (see `dataplane::liveness`).
+    fn beat(&mut self) {
+        let Some(heartbeat) = &mut self.heartbeat else {
+            return;
+        };
+        if let Err(error) = heartbeat.beat() {
+            if let Some(suppressed) = self.heartbeat_errors.ready(Instant::now()) {
+                warn!(%error, suppressed, "writing the agent's heartbeat for the XDP program");
+            }
         }
     }
 
