@@ -359,6 +359,12 @@ const FAMILIES: &[Family] = &[
         samples: |s| vrrp_single(s, |vrrp| vrrp.transitions),
     },
     Family {
+        name: "lb_vrrp_missed_deadlines_total",
+        kind: Kind::Counter,
+        help: "VRRP timers (advert due, master down) that fired more than half an advert interval late.",
+        samples: |s| vrrp_single(s, |vrrp| vrrp.missed_deadlines),
+    },
+    Family {
         name: "lb_vrrp_adverts_sent_total",
         kind: Kind::Counter,
         help: "VRRP advertisements sent.",

@@ -160,6 +160,7 @@ async fn spawn_runner(
     std::thread::Builder::new()
         .name(THREAD_NAME.into())
         .spawn(move || {
+            super::realtime::raise_this_thread();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

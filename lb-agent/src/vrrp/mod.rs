@@ -8,5 +8,6 @@ pub mod instance;
 pub(crate) mod io;
 pub(crate) mod machine;
 pub mod packet;
+mod realtime;
 pub(crate) mod runner;
 pub(crate) mod track;

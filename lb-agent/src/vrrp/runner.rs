@@ -123,6 +123,11 @@ pub struct VrrpStatus {
     /// it holds (`vrrp.garp_refresh`), each answered by announcing again.
     #[serde(default)]
     pub second_owners: u64,
+    /// Timers (an advert due, the master-down interval) that fired more
+    /// than half an advert interval late: the VRRP thread did not get a
+    /// CPU in time, the first sign of a spurious transition to come.
+    #[serde(default)]
+    pub missed_deadlines: u64,
     pub adverts_sent: u64,
     pub adverts_received: u64,
     /// Ignored advertisements by reason (wrong source, TTL, auth, ...).
@@ -685,6 +690,9 @@ impl VrrpRunner {
                     }
                 },
                 _ = tokio::time::sleep_until(deadline) => {
+                    if deadline.elapsed() > self.config.advert_int / 2 {
+                        self.status.missed_deadlines += 1;
+                    }
                     let was = self.machine.state();
                     let actions = self.machine.on_timer(Instant::now());
                     let reason = if was == State::Backup { "master down interval expired" } else { "advert timer" };

@@ -4,12 +4,14 @@
 //! - `outage`: how long new connections fail when the master fails;
 //! - `survival`: the share of established connections (keep-alive HTTP
 //!   and long downloads) that live through the master's failure;
-//! - `lag`: the flow sync's replication lag under a bounded new-flow load.
+//! - `lag`: the flow sync's replication lag under a bounded new-flow load;
+//! - `soak`: VRRP transitions of a saturated pair at 20 ms adverts.
 //!
 //! (The new-flow cost with sync on and off is `xdp-bench sync`.)
 
 mod lag;
 mod outage;
+pub mod soak;
 mod survival;
 
 use std::{path::Path, time::Duration};
@@ -126,5 +128,7 @@ pub fn run(agent_bin: &Path) -> Result<()> {
     println!("\n--- Flow sync replication lag under a bounded new-flow load");
     lag::run(agent_bin)?;
     println!("\n--- Outage for new connections");
-    outage::run(agent_bin)
+    outage::run(agent_bin)?;
+    println!("\n--- A saturated pair at 20 ms adverts");
+    soak::run(agent_bin)
 }

@@ -1,6 +1,6 @@
 //! The outage a client sees when the master fails, for the agent pair and
 //! for the classic keepalived + HAProxy pair in the same lab in the same
-//! run, with VRRPv2 at 1 s and VRRPv3 at 100 ms.
+//! run, with VRRPv2 at 1 s and VRRPv3 at 100 ms and 20 ms.
 //!
 //! A probe opens a new HTTP connection to the VIP every 10 ms (`probe`).
 //! Two ways the master fails: its processes are killed with SIGKILL (the
@@ -32,7 +32,7 @@ struct Vrrp {
     master_down: Duration,
 }
 
-const SETTINGS: [Vrrp; 2] = [
+const SETTINGS: [Vrrp; 3] = [
     Vrrp {
         version: VrrpVersion::V2,
         advert_int: Duration::from_secs(1),
@@ -44,6 +44,12 @@ const SETTINGS: [Vrrp; 2] = [
         advert_int: Duration::from_millis(100),
         label: "v3 100 ms",
         master_down: Duration::from_millis(361),
+    },
+    Vrrp {
+        version: VrrpVersion::V3,
+        advert_int: super::soak::ADVERT_INT,
+        label: "v3 20 ms",
+        master_down: Duration::from_millis(72),
     },
 ];
 
