@@ -19,7 +19,7 @@ use super::{
 use crate::{
     cmd,
     hold::Held,
-    lab::{Download, Lab, Node, HTTP_PORT, SLOW_BYTES, SLOW_RATE, VIP},
+    lab::{Download, Lab, LabOptions, Node, VrrpVersion, HTTP_PORT, SLOW_BYTES, SLOW_RATE, VIP},
 };
 
 const PREFIX: &str = "bsurv";
@@ -33,8 +33,29 @@ const REQUEST_TIMEOUT: &str = "15s";
 /// seconds in, so most of it is after the failure.
 const HOLD: Duration = Duration::from_secs(25);
 
+/// VRRP as a row runs it: the lab's default (v2, 1 s adverts), or v3 at
+/// the soak's 20 ms.
+#[derive(Debug, Clone, Copy)]
+struct Vrrp {
+    label: &'static str,
+    version: VrrpVersion,
+    advert_int: Duration,
+}
+
+const V2_1S: Vrrp = Vrrp {
+    label: "v2 1 s",
+    version: VrrpVersion::V2,
+    advert_int: Duration::from_secs(1),
+};
+const V3_20MS: Vrrp = Vrrp {
+    label: "v3 20 ms",
+    version: VrrpVersion::V3,
+    advert_int: super::soak::ADVERT_INT,
+};
+
 struct Row {
     pair: Pair,
+    vrrp: Vrrp,
     failure: Failure,
     held: usize,
     held_survived: usize,
@@ -45,8 +66,12 @@ struct Row {
     first_failure: Option<String>,
 }
 
-fn measure(agent_bin: &Path, pair: Pair, failure: Failure) -> Result<Row> {
-    let options = pair_options(agent_bin, pair, PREFIX);
+fn measure(agent_bin: &Path, pair: Pair, vrrp: Vrrp, failure: Failure) -> Result<Row> {
+    let options = LabOptions {
+        vrrp: vrrp.version,
+        advert_int: vrrp.advert_int,
+        ..pair_options(agent_bin, pair, PREFIX)
+    };
     let lab = Lab::up_guarded(&options)?;
     if pair == Pair::Agent {
         wait_lb2_in_sync(&lab)?;
@@ -117,6 +142,7 @@ fn measure(agent_bin: &Path, pair: Pair, failure: Failure) -> Result<Row> {
     }
     Ok(Row {
         pair,
+        vrrp,
         failure,
         held: held.len(),
         held_survived: held.iter().filter(|h| h.survived()).count(),
@@ -132,22 +158,34 @@ fn share(part: usize, whole: usize) -> f64 {
 
 pub(super) fn run(agent_bin: &Path) -> Result<()> {
     let mut rows = Vec::new();
-    for failure in [Failure::Node, Failure::Kill, Failure::Graceful] {
+    let runs = [
+        (V2_1S, Failure::Node),
+        (V2_1S, Failure::Kill),
+        (V2_1S, Failure::Graceful),
+        (V3_20MS, Failure::Node),
+    ];
+    for (vrrp, failure) in runs {
         for pair in [Pair::Agent, Pair::Classic] {
-            eprintln!("xtask: survival: {}, {}...", pair.label(), failure.label());
-            rows.push(measure(agent_bin, pair, failure)?);
+            eprintln!(
+                "xtask: survival: {}, {}, {}...",
+                pair.label(),
+                vrrp.label,
+                failure.label()
+            );
+            rows.push(measure(agent_bin, pair, vrrp, failure)?);
         }
     }
     println!(
-        "  {:<22} {:<18} {:>22} {:>14} {:>9}",
-        "pair", "master failure", "keep-alive survived", "downloads", "survived"
+        "  {:<22} {:<10} {:<18} {:>22} {:>14} {:>9}",
+        "pair", "VRRP", "master failure", "keep-alive survived", "downloads", "survived"
     );
     for row in &rows {
         let total = row.held + DOWNLOADS;
         let survived = row.held_survived + row.downloads_survived;
         println!(
-            "  {:<22} {:<18} {:>16}/{:<5} {:>12}/{} {:>8.0}%",
+            "  {:<22} {:<10} {:<18} {:>16}/{:<5} {:>12}/{} {:>8.0}%",
             row.pair.label(),
+            row.vrrp.label,
             row.failure.label(),
             row.held_survived,
             row.held,
@@ -158,8 +196,9 @@ pub(super) fn run(agent_bin: &Path) -> Result<()> {
     }
     for row in rows.iter().filter(|r| r.first_failure.is_some()) {
         println!(
-            "  ({}, {}: first failure: {})",
+            "  ({}, {}, {}: first failure: {})",
             row.pair.label(),
+            row.vrrp.label,
             row.failure.label(),
             row.first_failure.as_deref().unwrap_or("")
         );
@@ -170,7 +209,7 @@ pub(super) fn run(agent_bin: &Path) -> Result<()> {
         .max()
         .unwrap_or_default();
     println!(
-        "  ({CONNECTIONS} keep-alive connections, a request on each every {REQUEST_EVERY}, held {} s, the master failing at most {:.1} s in; {DOWNLOADS} downloads of {} KiB at {} KiB/s; VRRPv2, 1 s adverts)",
+        "  ({CONNECTIONS} keep-alive connections, a request on each every {REQUEST_EVERY}, held {} s, the master failing at most {:.1} s in; {DOWNLOADS} downloads of {} KiB at {} KiB/s)",
         HOLD.as_secs(),
         latest.as_secs_f64(),
         SLOW_BYTES / 1024,
