@@ -12,7 +12,7 @@ use integration_tests::e2e::*;
 use xtask::{
     hold::Held,
     lab::{ClientTool, Lab, Node, HTTP_PORT, UDP_PORT, VIP},
-    probe::Sample,
+    probe::{self, Sample},
 };
 
 const KEEP_ALIVE: usize = 200;
@@ -61,24 +61,16 @@ fn when(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Instant>
 fn fail_lb1(lab: &Lab, failure: Failure) {
     match failure {
         Failure::Graceful => lab.stop_agent(Node::Lb1).expect("SIGTERM lb1's agent"),
-        Failure::Kill9 | Failure::NodeLost => lab
+        Failure::Kill9 => lab
             .kill_agent(Node::Lb1, libc::SIGKILL)
             .expect("kill -9 lb1's agent"),
-    }
-    if failure == Failure::NodeLost {
-        for link in ["pub0", "priv0"] {
-            lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])
-                .expect("lb1's link down");
-        }
+        Failure::NodeLost => lab.lose_node(Node::Lb1).expect("lb1's node lost"),
     }
 }
 
 fn bring_back_lb1(lab: &Lab, failure: Failure) {
     if failure == Failure::NodeLost {
-        for link in ["pub0", "priv0"] {
-            lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "up"])
-                .expect("lb1's link up");
-        }
+        lab.set_links(Node::Lb1, true).expect("lb1's links up");
     }
     lab.start_agent(Node::Lb1).expect("lb1's agent back");
 }
@@ -179,12 +171,7 @@ fn failback(prefix: &str, failure: Failure) {
         "the probes go on for 20 s after the failback"
     );
 
-    let samples: Vec<Sample> = prober
-        .lines()
-        .expect("the probes")
-        .iter()
-        .filter_map(|line| Sample::parse(line))
-        .collect();
+    let samples = probe::samples(&prober.lines().expect("the probes"));
     let failed = failed_outside(&samples, started, &[(failed_at, taken_over), (back, back)]);
     assert!(
         failed.is_empty(),

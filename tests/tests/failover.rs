@@ -138,12 +138,7 @@ fn flows_survive_the_loss_of_the_masters_node() {
     let mut downloads = downloads_known_to_lb2(&lab, 3);
     downloads.push(Download::start(&lab, "survivor-late").expect("start a download"));
     std::thread::sleep(Duration::from_millis(200));
-    lab.kill_agent(Node::Lb1, libc::SIGKILL)
-        .expect("kill -9 lb1's agent");
-    for link in ["pub0", "priv0"] {
-        lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])
-            .expect("lb1's link down");
-    }
+    lab.lose_node(Node::Lb1).expect("lb1's node lost");
     lb2_takes_over(&lab);
     assert!(
         wait_for(Duration::from_secs(5), || udp_answer(&lab) == before),

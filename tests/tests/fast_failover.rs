@@ -9,31 +9,12 @@ use std::time::Duration;
 use integration_tests::e2e::*;
 use xtask::{
     failover_bench::soak::{saturate, ADVERT_INT},
-    lab::{ClientTool, Lab, Node, HTTP_PORT, VIP},
-    probe::{self, Sample},
+    lab::{ClientTool, Node, HTTP_PORT, VIP},
+    probe,
 };
 
 const OUTAGE_BOUND: Duration = Duration::from_millis(100);
 const SOAK: Duration = Duration::from_secs(20);
-
-/// Waits for a VRRP advert from lb1 to reach lb2, so that the failure
-/// comes at the same phase of lb2's timer in every run.
-fn after_an_advert(lab: &Lab) {
-    let lb1 = Node::Lb1
-        .private_address()
-        .expect("lb1's address")
-        .to_string();
-    lab.exec_ok(
-        Node::Lb2,
-        &[
-            &lab.xtask_bin().to_string_lossy(),
-            "wait-advert",
-            "--from",
-            &lb1,
-        ],
-    )
-    .expect("an advert from lb1");
-}
 
 #[test]
 fn losing_the_masters_node_at_20ms_adverts_costs_new_connections_under_100ms() {
@@ -56,19 +37,10 @@ fn losing_the_masters_node_at_20ms_adverts_costs_new_connections_under_100ms() {
         ],
     );
     std::thread::sleep(Duration::from_secs(1));
-    after_an_advert(&lab);
-    lab.kill_agent(Node::Lb1, libc::SIGKILL)
-        .expect("kill -9 lb1's agent");
-    for link in ["pub0", "priv0"] {
-        lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])
-            .expect("lb1's link down");
-    }
-    let samples: Vec<Sample> = prober
-        .lines()
-        .expect("the probes")
-        .iter()
-        .filter_map(|line| Sample::parse(line))
-        .collect();
+    lab.wait_advert(Node::Lb2, Node::Lb1)
+        .expect("an advert from lb1");
+    lab.lose_node(Node::Lb1).expect("lb1's node lost");
+    let samples = probe::samples(&prober.lines().expect("the probes"));
     let outage = probe::outage(&samples);
     let failed = samples.iter().filter(|s| !s.ok).count();
     eprintln!(

@@ -32,6 +32,15 @@ fn lab_harness_with_ports(nat_ports: u16) -> Option<Harness> {
     Some(h)
 }
 
+/// A harness with www (TCP 80) on web1 alone and NAT ports
+/// `port_min..=port_max`.
+fn web1_harness(port_min: u16, port_max: u16) -> Option<Harness> {
+    let object = artifacts::lb_object()?;
+    let mut h = Harness::new(&object, port_min, port_max);
+    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
+    Some(h)
+}
+
 /// The flow-table key of the client's connection from `sport` to www.
 fn client_key(sport: u16) -> FlowKey {
     FlowKey {
@@ -661,11 +670,9 @@ fn a_shortened_ring_is_walked_from_its_start() {
 
 #[test]
 fn port_exhaustion_is_counted_not_misforwarded() {
-    let Some(object) = artifacts::lb_object() else {
+    let Some(h) = web1_harness(20000, 20001) else {
         return;
     };
-    let mut h = Harness::new(&object, 20000, 20001);
-    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
     let mut used = Vec::new();
     for sport in [40000u16, 40001] {
         let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());
@@ -681,11 +688,9 @@ fn port_exhaustion_is_counted_not_misforwarded() {
 
 #[test]
 fn not_ready_passes_everything() {
-    let Some(object) = artifacts::lb_object() else {
+    let Some(mut h) = web1_harness(20000, 20000) else {
         return;
     };
-    let mut h = Harness::new(&object, 20000, 20000);
-    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
     h.set_settings(lb_common::Settings::default());
     let syn = client_syn(40000).build();
     let (action, out) = h.run(h.pub_ifindex, &syn);
@@ -1010,11 +1015,9 @@ fn a_backends_pool_is_found_through_the_cpus_copy_while_its_record_names_it() {
 
 #[test]
 fn ports_are_reused_least_recently_released_first() {
-    let Some(object) = artifacts::lb_object() else {
+    let Some(mut h) = web1_harness(20000, 20003) else {
         return;
     };
-    let mut h = Harness::new(&object, 20000, 20003);
-    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
     // Four flows take the four ports in the pool's order.
     let ports: Vec<u16> = (40000..40004)
         .map(|sport| open_and_close(&h, sport))
@@ -1084,11 +1087,9 @@ const WEB1_HTTP: Endpoint = Endpoint {
 
 #[test]
 fn a_source_a_synced_flow_holds_leaves_the_queue_when_met_and_is_queued_once() {
-    let Some(object) = artifacts::lb_object() else {
+    let Some(mut h) = web1_harness(20000, 20003) else {
         return;
     };
-    let mut h = Harness::new(&object, 20000, 20003);
-    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
     // Flow sync brings flows on the first three sources while all four
     // are still queued here.
     for (sport, port) in [(41000, 20000), (41001, 20001), (41002, 20002)] {
@@ -1123,11 +1124,9 @@ fn a_source_a_synced_flow_holds_leaves_the_queue_when_met_and_is_queued_once() {
 
 #[test]
 fn a_new_flow_replacing_a_synced_flow_still_queued_frees_its_source_in_place() {
-    let Some(object) = artifacts::lb_object() else {
+    let Some(mut h) = web1_harness(20000, 20001) else {
         return;
     };
-    let mut h = Harness::new(&object, 20000, 20001);
-    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
     let mut closing = |sport, port| {
         install_flow_on(&mut h, sport, port, reply_claim::OWN_QUEUED);
         let mut flow = h.flow(&client_key(sport)).expect("installed");
@@ -1157,11 +1156,9 @@ fn a_new_flow_replacing_a_synced_flow_still_queued_frees_its_source_in_place() {
 
 #[test]
 fn a_pool_made_anew_leaves_out_the_sources_live_flows_hold() {
-    let Some(object) = artifacts::lb_object() else {
+    let Some(mut h) = web1_harness(20000, 20003) else {
         return;
     };
-    let mut h = Harness::new(&object, 20000, 20003);
-    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
     assert_eq!(nat_port_of_syn(&h, 40000), Some(20000));
     assert_eq!(nat_port_of_syn(&h, 40001), Some(20001));
     // A restart with one NAT port more: the pool is made anew for the new
@@ -1626,11 +1623,9 @@ fn flow_sync_events_report_answered_flows_and_state_changes() {
 /// of the HA peer's slice stays out of this node's queues.
 #[test]
 fn flows_of_an_agent_before_reply_tables_keep_their_replies() {
-    let Some(object) = artifacts::lb_object() else {
+    let Some(mut h) = web1_harness(20000, 20001) else {
         return;
     };
-    let mut h = Harness::new(&object, 20000, 20001);
-    h.add_service(0, VIP, 80, PROTO_TCP, &[(0, WEB1, 80)]);
     let mut nat_ports = Vec::new();
     for sport in [40000, 40001] {
         let (action, out) = h.run(h.pub_ifindex, &client_syn(sport).build());

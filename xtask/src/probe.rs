@@ -114,6 +114,14 @@ pub fn run(
     Ok(samples)
 }
 
+/// The samples among the lines `probe` printed.
+pub fn samples(lines: &[String]) -> Vec<Sample> {
+    lines
+        .iter()
+        .filter_map(|line| Sample::parse(line))
+        .collect()
+}
+
 /// The outage the samples show: from the start of the first failed probe to
 /// the start of the first successful probe after the last failure (the time
 /// during which a new connection could fail). Zero when none failed.

@@ -114,9 +114,7 @@ fn fail_master(lab: &Lab, pair: Pair, failure: Failure) -> Result<()> {
         }
     }
     if failure == Failure::Node {
-        for link in ["pub0", "priv0"] {
-            lab.exec_ok(Node::Lb1, &["ip", "link", "set", link, "down"])?;
-        }
+        lab.set_links(Node::Lb1, false)?;
     }
     Ok(())
 }

@@ -9,12 +9,12 @@
 
 use std::{net::SocketAddrV4, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::{fail_master, pair_options, ClientTool, Failure, Pair};
 use crate::{
     lab::{Lab, LabOptions, Node, VrrpVersion, HTTP_PORT, VIP},
-    probe::{self, Sample},
+    probe,
 };
 
 const PREFIX: &str = "bfail";
@@ -93,23 +93,9 @@ fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failur
     std::thread::sleep(LEAD);
     // Fail right after an advert reached lb2: every run then starts at the
     // same phase of lb2's master-down timer, so runs and pairs compare.
-    let lb1 = Node::Lb1.private_address().context("lb1 address")?;
-    let lb1 = lb1.to_string();
-    lab.exec_ok(
-        Node::Lb2,
-        &[
-            &lab.xtask_bin().to_string_lossy(),
-            "wait-advert",
-            "--from",
-            &lb1,
-        ],
-    )?;
+    lab.wait_advert(Node::Lb2, Node::Lb1)?;
     fail_master(&lab, pair, failure)?;
-    let samples: Vec<Sample> = prober
-        .lines()?
-        .iter()
-        .filter_map(|l| Sample::parse(l))
-        .collect();
+    let samples = probe::samples(&prober.lines()?);
     drop(lab);
     Ok(Row {
         pair,

@@ -379,6 +379,22 @@ impl Lab {
         Ok(())
     }
 
+    /// `node` is lost as when its machine dies: its agent killed (kill -9),
+    /// its links down.
+    pub fn lose_node(&self, node: Node) -> Result<()> {
+        self.kill_agent(node, libc::SIGKILL)?;
+        self.set_links(node, false)
+    }
+
+    /// Takes `node`'s two links (`pub0`, `priv0`) up or down.
+    pub fn set_links(&self, node: Node, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        for link in ["pub0", "priv0"] {
+            self.exec_ok(node, &["ip", "link", "set", link, state])?;
+        }
+        Ok(())
+    }
+
     /// Stops `node`'s agent if it runs: SIGTERM, SIGKILL after 3 s.
     pub fn stop_agent(&self, node: Node) -> Result<()> {
         if let Some(pid) = self.agent_pid(node) {

@@ -76,6 +76,19 @@ impl Lab {
         )
     }
 
+    /// Waits in `at`'s namespace until a VRRP advertisement from `from`
+    /// arrives (`xtask wait-advert`): a failure right after it comes at the
+    /// same phase of `at`'s master-down timer in every run.
+    pub fn wait_advert(&self, at: Node, from: Node) -> Result<()> {
+        let from = from
+            .private_address()
+            .with_context(|| format!("{from:?} has no private address"))?
+            .to_string();
+        let xtask = self.xtask_bin().to_string_lossy().into_owned();
+        self.exec_ok(at, &[&xtask, "wait-advert", "--from", &from])
+            .map(drop)
+    }
+
     /// Like `exec`, but fails (quoting stderr) unless it exits 0; returns stdout.
     pub fn exec_ok(&self, node: Node, args: &[&str]) -> Result<String> {
         cmd::stdout_of(
