@@ -573,3 +573,20 @@ fn after_kill_9_only_the_master_answers_for_the_floating_addresses() {
         "and serves new connections alone"
     );
 }
+
+/// Without a VRRP peer there is no one to give the addresses to: after
+/// `kill -9` of its agent a lone node's data path keeps answering ARP for
+/// the VIP and serving.
+#[test]
+fn a_lone_node_keeps_answering_for_the_vip_after_kill_9() {
+    let Some(lab) = lab("fslone") else { return };
+    lab.kill_agent(Node::Lb1, libc::SIGKILL)
+        .expect("kill -9 lb1's agent");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        arp_owners(&lab, Node::Client, xtask::lab::VIP),
+        [mac_of(&lab, Node::Lb1, "pub0")],
+        "lb1 still answers for the VIP"
+    );
+    assert!(new_connection_answered(&lab), "and serves");
+}

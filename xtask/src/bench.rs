@@ -217,7 +217,9 @@ pub fn wrk_description(close: bool) -> String {
 }
 
 /// Parts of the benchmark `--only` can pick.
-pub const SECTIONS: [&str; 6] = ["packet", "table", "scale", "lab", "connrate", "failover"];
+pub const SECTIONS: [&str; 7] = [
+    "packet", "table", "scale", "lab", "connrate", "failover", "soak",
+];
 
 /// `model name` of the first CPU in /proc/cpuinfo.
 pub fn cpu_model() -> String {
@@ -294,6 +296,11 @@ pub fn run(options: &BenchOptions) -> Result<()> {
     }
     if wanted("failover") {
         failover(&artifacts)?;
+    } else if wanted("soak") {
+        heading("Failover: a saturated pair at 20 ms adverts");
+        cmd::catch_interrupts();
+        crate::lab::ensure_all_lab_programs()?;
+        crate::failover_bench::soak::run(&artifacts.agent)?;
     }
     Ok(())
 }

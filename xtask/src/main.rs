@@ -64,7 +64,9 @@ enum Task {
     /// figures and wrk via the LB vs direct, connection rate vs HAProxy,
     /// failover outage vs keepalived.
     Bench {
-        /// Run one section only: packet, table, scale, lab, connrate or failover.
+        /// Run one section only: packet, table, scale, lab, connrate,
+        /// failover, or soak (the ten-minute soak of a saturated pair at 20 ms
+        /// adverts, also the last part of failover).
         #[arg(long, value_parser = xtask::bench::SECTIONS)]
         only: Option<String>,
         /// XDP modes of the lab and connrate sections (comma-separated);

@@ -41,6 +41,34 @@ fn counts(lab: &Lab, field: &str) -> (u64, u64) {
     )
 }
 
+/// New UDP flows through the VIP for `duration`, in floods of at most a
+/// minute (`xtask udp-flood`'s bound).
+fn flood(lab: &Lab, duration: Duration) -> Result<()> {
+    let udp = format!("{VIP}:{UDP_PORT}");
+    let started = Instant::now();
+    while let Some(left) = duration.checked_sub(started.elapsed()) {
+        let chunk = left.min(Duration::from_secs(60));
+        if chunk < Duration::from_secs(1) {
+            break;
+        }
+        let flood_for = format!("{}ms", chunk.as_millis());
+        ClientTool::start(
+            lab,
+            "udp-flood",
+            &[
+                "--to",
+                &udp,
+                "--rate",
+                NEW_FLOWS_PER_SECOND,
+                "--duration",
+                &flood_for,
+            ],
+        )
+        .lines()?;
+    }
+    Ok(())
+}
+
 /// Saturates the pair of `lab` for `duration` and reports what changed.
 pub fn saturate(lab: &Lab, duration: Duration) -> Result<Soak> {
     let transitions = counts(lab, "transitions");
@@ -56,21 +84,7 @@ pub fn saturate(lab: &Lab, duration: Duration) -> Result<Soak> {
                 .context("starting a busy loop")?,
         );
     }
-    let udp = format!("{VIP}:{UDP_PORT}");
-    let flood_for = format!("{seconds}s");
-    let flood = ClientTool::start(
-        lab,
-        "udp-flood",
-        &[
-            "--to",
-            &udp,
-            "--rate",
-            NEW_FLOWS_PER_SECOND,
-            "--duration",
-            &flood_for,
-        ],
-    );
-    let flooded = flood.lines();
+    let flooded = flood(lab, duration);
     for mut child in busy {
         let _ = child.wait();
     }
@@ -89,7 +103,7 @@ pub fn saturate(lab: &Lab, duration: Duration) -> Result<Soak> {
 }
 
 /// The benchmark's ten-minute soak of the agent pair at 20 ms adverts.
-pub(super) fn run(agent_bin: &std::path::Path) -> Result<()> {
+pub fn run(agent_bin: &std::path::Path) -> Result<()> {
     let options = LabOptions {
         vrrp: VrrpVersion::V3,
         advert_int: ADVERT_INT,
