@@ -7,6 +7,14 @@
 //! to the kernel's own real-time threads) and the smallest timer slack.
 //! Both need CAP_SYS_NICE (root, or the systemd unit's capability); without
 //! it the thread runs as before and the agent says so once.
+//!
+//! A real-time thread still waits for a page fault: under memory reclaim
+//! (the kernel paging out the agent's cold code, heavy writeback) a fault
+//! on a page of the VRRP path stalled the thread past the master-down
+//! interval in the lab. So the agent's pages stay resident once touched
+//! (`mlockall` with `MCL_ONFAULT`: nothing is faulted in ahead, so memory
+//! use does not grow); that needs `LimitMEMLOCK=infinity` (the unit sets
+//! it) or CAP_IPC_LOCK.
 
 use tracing::{info, warn};
 
@@ -36,5 +44,15 @@ pub(crate) fn raise_this_thread() {
     }
     if slack != 0 {
         warn!(error = %std::io::Error::last_os_error(), "setting the VRRP thread's timer slack");
+    }
+    // SAFETY: a plain system call; it only changes how pages are kept.
+    let locked =
+        unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+    if locked != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not keep the agent's memory resident (needs LimitMEMLOCK=infinity or CAP_IPC_LOCK): \
+             under memory pressure a page fault may delay VRRP adverts"
+        );
     }
 }
