@@ -1057,14 +1057,15 @@ fn ports_until_exhausted(h: &Harness, first_sport: u16) -> Vec<u16> {
         .collect()
 }
 
-/// A flow of www from `sport` held on NAT port `port` towards web1, the
-/// way flow sync installs one (`live`: its claim).
-fn install_flow_on(h: &mut Harness, sport: u16, port: u16, live: u64) {
+/// A flow of www from client port `sport` held on NAT port `port`
+/// towards web1 in `state`, the way flow sync installs one (`live`: its
+/// claim).
+fn install_flow_on(h: &mut Harness, (sport, port): (u16, u16), state: u8, live: u64) {
     let flow = lb_common::FlowValue {
         backend_addr: WEB1,
         backend_port: 80,
         lb_port: port,
-        state: flow_state::TCP_ESTABLISHED,
+        state,
         last_seen_ns: lb_agent::dataplane::maps::monotonic_ns(),
         ..Default::default()
     };
@@ -1093,7 +1094,12 @@ fn a_source_a_synced_flow_holds_leaves_the_queue_when_met_and_is_queued_once() {
     // Flow sync brings flows on the first three sources while all four
     // are still queued here.
     for (sport, port) in [(41000, 20000), (41001, 20001), (41002, 20002)] {
-        install_flow_on(&mut h, sport, port, reply_claim::OWN_QUEUED);
+        install_flow_on(
+            &mut h,
+            (sport, port),
+            flow_state::TCP_ESTABLISHED,
+            reply_claim::OWN_QUEUED,
+        );
     }
     // The one that ends before any new flow meets its source: freed where
     // it stands in the queue, not queued a second time.
@@ -1127,21 +1133,12 @@ fn a_new_flow_replacing_a_synced_flow_still_queued_frees_its_source_in_place() {
     let Some(mut h) = web1_harness(20000, 20001) else {
         return;
     };
-    let mut closing = |sport, port| {
-        install_flow_on(&mut h, sport, port, reply_claim::OWN_QUEUED);
-        let mut flow = h.flow(&client_key(sport)).expect("installed");
-        flow.state = flow_state::TCP_CLOSING;
-        let reply = FlowKey {
-            src_addr: WEB1,
-            dst_addr: LB_PRIV,
-            src_port: 80,
-            dst_port: port,
-            proto: PROTO_TCP,
-            _pad: [0; 3],
-        };
-        h.insert_flow_holding(client_key(sport), flow, reply, reply_claim::OWN_QUEUED);
-    };
-    closing(40000, 20000);
+    install_flow_on(
+        &mut h,
+        (40000, 20000),
+        flow_state::TCP_CLOSING,
+        reply_claim::OWN_QUEUED,
+    );
     // The client opens a new connection from the same ports: the program
     // ends the synced flow, whose source stays where it is in the queue,
     // and the new flow takes the first free source: that one.
