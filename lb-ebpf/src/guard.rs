@@ -20,12 +20,11 @@ use crate::{
     clock::now_ns,
     forward::DROP,
     maps::AGENT_LIVENESS,
-    parsing::{is_vip, Verdict, IP_OFFSET, L4_OFFSET},
+    parsing::{is_vip, Verdict, ETH_P_IPV4, IP_OFFSET, L4_OFFSET},
     ptr::{load, load_be16, ptr_at},
 };
 
 const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV4: u16 = 0x0800;
 const ARP_REQUEST: u16 = 1;
 const PROTO_VRRP: u8 = 112;
 /// VRRP message type (low nibble of the first byte): advertisement.

@@ -16,7 +16,7 @@ pub const IP_OFFSET: usize = EthHdr::LEN;
 /// Packets with IP options are never rewritten, so L4 always starts here.
 pub const L4_OFFSET: usize = EthHdr::LEN + Ipv4Hdr::LEN;
 
-const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV4: u16 = 0x0800;
 /// More-fragments flag and fragment offset in the flags/offset word.
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;

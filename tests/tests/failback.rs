@@ -19,8 +19,8 @@ const KEEP_ALIVE: usize = 200;
 const UDP_FLOWS: u64 = 10_000;
 /// New connections every 25 ms (40/s), each failed after 900 ms: a SYN the
 /// balancer drops is sent again only after 1 s, so no drop goes unseen.
-const PROBE_EVERY: &str = "25ms";
-const PROBE_TIMEOUT: &str = "900ms";
+const PROBE_EVERY: Duration = Duration::from_millis(25);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
 const PROBING: Duration = Duration::from_secs(50);
 /// How long lb1 stays away.
 const AWAY: Duration = Duration::from_secs(5);
@@ -135,22 +135,8 @@ fn failback(prefix: &str, failure: Failure) {
         status_field(&lab, Node::Lb2, "sync")
     );
 
-    let probe_for = format!("{}s", PROBING.as_secs());
     let started = Instant::now();
-    let prober = ClientTool::start(
-        &lab,
-        "probe",
-        &[
-            "--target",
-            &http,
-            "--every",
-            PROBE_EVERY,
-            "--duration",
-            &probe_for,
-            "--timeout",
-            PROBE_TIMEOUT,
-        ],
-    );
+    let prober = ClientTool::probe(&lab, &http, PROBE_EVERY, PROBING, PROBE_TIMEOUT);
     std::thread::sleep(Duration::from_secs(3));
     let failed_at = Instant::now();
     fail_lb1(&lab, failure);

@@ -21,19 +21,12 @@ fn losing_the_masters_node_at_20ms_adverts_costs_new_connections_under_100ms() {
         return;
     };
     let target = format!("{VIP}:{HTTP_PORT}");
-    let prober = ClientTool::start(
+    let prober = ClientTool::probe(
         &lab,
-        "probe",
-        &[
-            "--target",
-            &target,
-            "--every",
-            "10ms",
-            "--duration",
-            "3s",
-            "--timeout",
-            "300ms",
-        ],
+        &target,
+        Duration::from_millis(10),
+        Duration::from_secs(3),
+        Duration::from_millis(300),
     );
     std::thread::sleep(Duration::from_secs(1));
     lab.wait_advert(Node::Lb2, Node::Lb1)

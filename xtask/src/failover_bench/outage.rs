@@ -73,23 +73,7 @@ fn measure(agent_bin: &std::path::Path, pair: Pair, vrrp: &Vrrp, failure: Failur
     std::thread::sleep(Duration::from_secs(2));
     let duration = LEAD + vrrp.master_down * 2 + Duration::from_secs(2);
     let target = SocketAddrV4::new(VIP, HTTP_PORT).to_string();
-    let every = format!("{}ms", PROBE_EVERY.as_millis());
-    let timeout = format!("{}ms", PROBE_TIMEOUT.as_millis());
-    let seconds = format!("{}ms", duration.as_millis());
-    let prober = ClientTool::start(
-        &lab,
-        "probe",
-        &[
-            "--target",
-            &target,
-            "--every",
-            &every,
-            "--duration",
-            &seconds,
-            "--timeout",
-            &timeout,
-        ],
-    );
+    let prober = ClientTool::probe(&lab, &target, PROBE_EVERY, duration, PROBE_TIMEOUT);
     std::thread::sleep(LEAD);
     // Fail right after an advert reached lb2: every run then starts at the
     // same phase of lb2's master-down timer, so runs and pairs compare.

@@ -3,6 +3,7 @@
 use std::{
     process::{Command, Output, Stdio},
     thread::JoinHandle,
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -30,6 +31,34 @@ impl ClientTool {
             name,
             thread: std::thread::spawn(move || command.output()),
         }
+    }
+
+    /// `xtask probe`: a new HTTP connection to `target` every `every` for
+    /// `duration`, each failed after `timeout` (`probe::samples` reads
+    /// what it prints).
+    pub fn probe(
+        lab: &Lab,
+        target: &str,
+        every: Duration,
+        duration: Duration,
+        timeout: Duration,
+    ) -> Self {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let (every, duration, timeout) = (ms(every), ms(duration), ms(timeout));
+        Self::start(
+            lab,
+            "probe",
+            &[
+                "--target",
+                target,
+                "--every",
+                &every,
+                "--duration",
+                &duration,
+                "--timeout",
+                &timeout,
+            ],
+        )
     }
 
     /// Waits for the tool to end; the lines it printed.
